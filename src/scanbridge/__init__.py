@@ -1,0 +1,3 @@
+"""scanbridge: a webhook bridge between digital-pathology platforms and ONNX models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Adapters: the real (AWS, HTTP) and in-memory implementations of the ports."""

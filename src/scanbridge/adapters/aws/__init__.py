@@ -1,0 +1,1 @@
+"""AWS adapters (boto3): DynamoDB, S3, KMS, Batch."""

@@ -1,0 +1,30 @@
+"""JobLauncher on AWS Batch: the job gets the task_id and nothing secret."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def job_name(task_id: str) -> str:
+    """A Batch-legal job name (letters, digits, - and _; 128 chars) for a task."""
+    return ("scanbridge-" + re.sub(r"[^A-Za-z0-9_-]", "_", task_id))[:128]
+
+
+class BatchJobLauncher:
+    """SubmitJob on the GPU queue with `task_id` as the only parameter."""
+
+    def __init__(self, client: Any, job_queue: str, job_definition: str) -> None:
+        self._batch = client
+        self._queue = job_queue
+        self._definition = job_definition
+
+    def submit(self, task_id: str) -> str:
+        """Submit the worker job; returns the Batch job id."""
+        out = self._batch.submit_job(jobName=job_name(task_id), jobQueue=self._queue,
+                                     jobDefinition=self._definition, parameters={"task_id": task_id})
+        return str(out["jobId"])
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Terminate the job (works in every state)."""
+        self._batch.terminate_job(jobId=job_id, reason=reason[:255])

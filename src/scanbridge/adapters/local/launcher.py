@@ -1,0 +1,98 @@
+"""JobLauncher for local mode: one worker subprocess per task, at most SCANBRIDGE_MAX_WORKERS at once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OnFinished = Callable[[str, bool, "str | None"], object]
+
+
+class LocalJobLauncher:
+    """Runs `python -m scanbridge.entrypoints.worker --task-id ID`; calls `on_finished` when it exits.
+
+    The child gets this process's environment (endpoint of the moto server, table names), never the
+    task token: the worker reads what it needs from the task store, as on Batch.
+    """
+
+    def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="local-job")
+        self._log_dir = log_dir
+        self._on_finished = on_finished
+        self._env = env
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def set_on_finished(self, callback: OnFinished) -> None:
+        """Set what runs when a job ends (the delivery service)."""
+        self._on_finished = callback
+
+    def submit(self, task_id: str) -> str:
+        """Queue the worker for `task_id`; returns a local job id."""
+        job_id = f"local-{uuid.uuid4()}"
+        self._pool.submit(self._run, task_id, job_id)
+        return job_id
+
+    def _run(self, task_id: str, job_id: str) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{job_id}.log"
+        reason: str | None = None
+        ok = False
+        try:
+            with self._lock:
+                if job_id in self._cancelled:
+                    return
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
+                    stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ),
+                    start_new_session=True)
+                with self._lock:
+                    self._procs[job_id] = proc
+                code = proc.wait()
+            ok = code == 0
+            if not ok:
+                reason = f"worker exited with code {code}" if code > 0 else f"worker killed by signal {-code}"
+        except Exception as exc:  # noqa: BLE001 - report every launcher failure as a failed job
+            log.exception("local worker could not run")
+            reason = f"worker could not start: {type(exc).__name__}"
+        finally:
+            with self._lock:
+                self._procs.pop(job_id, None)
+        if self._on_finished is not None:
+            try:
+                self._on_finished(task_id, ok, reason)
+            except Exception:  # noqa: BLE001 - a delivery error must not kill the launcher thread
+                log.exception("results step failed", extra={"task_id": task_id})
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Terminate the worker of `job_id` (SIGTERM to its process group)."""
+        with self._lock:
+            self._cancelled.add(job_id)
+            proc = self._procs.get(job_id)
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    def shutdown(self) -> None:
+        """Stop every worker and the pool."""
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self._pool.shutdown(wait=False, cancel_futures=True)

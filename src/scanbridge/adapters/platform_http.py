@@ -1,0 +1,37 @@
+"""PlatformClient over HTTP (httpx): POST /api/v3/external/results/{task_id} with a Bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from scanbridge.domain.errors import DeliveryError
+from scanbridge.ports import PlatformResponse
+
+
+def results_url(base_url: str, task_id: str) -> str:
+    """The platform's results endpoint for a task."""
+    return f"{base_url.rstrip('/')}/api/v3/external/results/{quote(task_id, safe='')}"
+
+
+class HttpPlatformClient:
+    """Posts results with httpx; connection errors and timeouts become retryable DeliveryErrors."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self._base_url = base_url
+        self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+
+    def post_results(self, task_id: str, body: dict[str, Any], bearer: str) -> PlatformResponse:
+        """POST the body; returns the platform's status and (truncated) answer."""
+        if not self._base_url:
+            raise DeliveryError("SCANBRIDGE_PLATFORM_URL is not set", retryable=False)
+        try:
+            resp = httpx.post(results_url(self._base_url, task_id), json=body, timeout=self._timeout,
+                              headers={"Authorization": f"Bearer {bearer}"}, follow_redirects=False)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(f"platform timed out: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise DeliveryError(f"platform unreachable: {type(exc).__name__}") from exc
+        return PlatformResponse(status_code=resp.status_code, body=resp.text[:2000])

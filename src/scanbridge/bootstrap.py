@@ -1,0 +1,108 @@
+"""The one composition root: settings -> adapters -> services.
+
+Lambdas call `bootstrap()` once at module scope; tests pass fakes as overrides. Nothing here runs
+at import time, and the API side never imports inference/ or the readers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from scanbridge.config import Settings, get_settings
+from scanbridge.domain.catalog import BuiltinCatalog
+from scanbridge.ports import ArtifactStore, JobLauncher, ModelCatalog, PlatformClient, SecretBox, TaskStore
+from scanbridge.services.delivery import DeliveryService
+from scanbridge.services.intake import IntakeService
+from scanbridge.services.queries import QueryService
+
+if TYPE_CHECKING:
+    from scanbridge.services.processing import ProcessingService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Container:
+    """Every adapter and service of one process."""
+
+    settings: Settings
+    tasks: TaskStore
+    artifacts: ArtifactStore
+    secrets: SecretBox
+    launcher: JobLauncher
+    platform: PlatformClient
+    catalog: ModelCatalog
+    intake: IntakeService
+    delivery: DeliveryService
+    queries: QueryService
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def aws_clients(settings: Settings) -> dict[str, Any]:
+    """boto3 clients for DynamoDB, S3, KMS and Batch (pointed at moto when an endpoint is set)."""
+    import boto3
+
+    session = boto3.session.Session(region_name=settings.aws_region)
+    kwargs: dict[str, Any] = {"endpoint_url": settings.aws_endpoint_url} if settings.aws_endpoint_url else {}
+    return {name: session.client(name, **kwargs) for name in ("dynamodb", "s3", "kms", "batch")}
+
+
+def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
+    """Build the container; any adapter can be replaced by passing it by name (tasks=..., launcher=...)."""
+    settings = settings or get_settings()
+    need_aws = not all(k in overrides for k in ("tasks", "artifacts", "secrets"))
+    clients = aws_clients(settings) if need_aws else {}
+    if need_aws and overrides.pop("provision", False):
+        from scanbridge.adapters.aws.provision import provision
+
+        provision(settings, clients["dynamodb"], clients["s3"], clients["kms"])
+
+    from scanbridge.adapters.aws.dynamodb import DynamoTaskStore
+    from scanbridge.adapters.aws.kms import KmsSecretBox
+    from scanbridge.adapters.aws.s3 import S3ArtifactStore
+    from scanbridge.adapters.platform_http import HttpPlatformClient
+
+    tasks = overrides.get("tasks") or DynamoTaskStore(clients["dynamodb"], settings.table_name)
+    artifacts = overrides.get("artifacts") or S3ArtifactStore(clients["s3"], settings.bucket_name)
+    secrets = overrides.get("secrets") or KmsSecretBox(clients["kms"], settings.kms_key_id)
+    platform = overrides.get("platform") or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
+    catalog = overrides.get("catalog") or BuiltinCatalog()
+    delivery = DeliveryService(tasks, artifacts, secrets, platform, api_key=settings.platform_api_key,
+                               attempts=settings.delivery_attempts, backoff_s=settings.delivery_backoff_s,
+                               sleep=overrides.get("sleep", time.sleep))
+    launcher = overrides.get("launcher")
+    if launcher is None:
+        if settings.launcher == "batch":
+            from scanbridge.adapters.aws.batch import BatchJobLauncher
+
+            launcher = BatchJobLauncher(clients["batch"], settings.job_queue, settings.job_definition)
+        else:
+            from scanbridge.adapters.local.launcher import LocalJobLauncher
+
+            launcher = LocalJobLauncher(max_workers=settings.max_workers, log_dir=settings.data_dir / "logs",
+                                        on_finished=delivery.on_job_finished)
+    intake = IntakeService(tasks, launcher, secrets, default_model=settings.default_model,
+                           max_scans=settings.max_scans_per_task)
+    queries = QueryService(tasks, artifacts)
+    return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
+                     platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries)
+
+
+def build_processing(container: Container, **overrides: Any) -> ProcessingService:
+    """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it)."""
+    from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
+    from scanbridge.inference.runner import Analyzer, ModelLoader
+    from scanbridge.services.processing import ProcessingService
+
+    s = container.settings
+    fetcher = overrides.get("fetcher") or SafeFetcher(FetchPolicy(
+        allowed_hosts=s.scan_host_patterns(), max_bytes=s.max_scan_bytes,
+        connect_timeout_s=s.fetch_connect_timeout_s, read_timeout_s=s.fetch_read_timeout_s,
+        attempts=s.fetch_attempts))
+    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads)
+    analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size)
+    return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
+                             work_dir=s.data_dir / "work", check_model=loader.check)

@@ -1,0 +1,73 @@
+"""One settings class for every entry point; field names match template.yaml's environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S3_HOSTS = "*.s3.amazonaws.com,*.s3.*.amazonaws.com,s3.amazonaws.com,s3.*.amazonaws.com"
+
+
+class Settings(BaseSettings):
+    """Every knob of scanbridge, read from `SCANBRIDGE_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="SCANBRIDGE_", extra="ignore")
+
+    # Where results go and where scans may come from.
+    platform_url: str = Field("", description="Base URL results are POSTed to")
+    platform_api_key: str = Field("", description="Bearer key used when a webhook has no jwt_token")
+    allowed_scan_hosts: str = Field(S3_HOSTS, description="Comma-separated host[:port] patterns")
+    max_scan_bytes: int = 20 * 1024**3
+    max_scans_per_task: int = 50
+    fetch_connect_timeout_s: float = 10.0
+    fetch_read_timeout_s: float = 60.0
+    fetch_attempts: int = 3
+
+    # Storage and AWS.
+    data_dir: Path = Path(".scanbridge")
+    table_name: str = "scanbridge-tasks"
+    models_table_name: str = "scanbridge-models"
+    bucket_name: str = "scanbridge-artifacts"
+    kms_key_id: str = "alias/scanbridge"
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+
+    # Jobs.
+    launcher: Literal["batch", "local"] = "local"
+    job_queue: str = ""
+    job_definition: str = ""
+    max_workers: int = 2
+
+    # Models and inference.
+    default_model: str = "tissue"
+    tile_size: int = 512
+    batch_size: int = 8
+    intra_op_threads: int = 0
+
+    # Delivery.
+    delivery_attempts: int = 5
+    delivery_backoff_s: float = 1.0
+    delivery_timeout_s: float = 30.0
+
+    # Protections (off when empty; template.yaml switches them on).
+    webhook_secret: str = ""
+    api_keys: str = ""
+    admin_token: str = ""
+    max_body_bytes: int = 1024 * 1024
+
+    public_url: str = ""
+    log_level: str = "INFO"
+
+    def scan_host_patterns(self) -> list[str]:
+        """The allowlist as a list of lower-case host[:port] patterns."""
+        return [h.strip().lower() for h in self.allowed_scan_hosts.split(",") if h.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,160 @@
+"""One error hierarchy; every error carries a stable `code` that clients and tests rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ScanbridgeError(Exception):
+    """Base of every error scanbridge raises on purpose."""
+
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class ValidationError(ScanbridgeError):
+    """A request or payload that does not follow the contract."""
+
+    code = "VALIDATION_ERROR"
+
+
+class NotFoundError(ScanbridgeError):
+    """The thing asked for does not exist (or is not visible to the caller)."""
+
+    code = "NOT_FOUND"
+
+
+class TaskNotFoundError(NotFoundError):
+    """No such task."""
+
+    code = "TASK_NOT_FOUND"
+
+
+class ResultsNotReadyError(NotFoundError):
+    """The task has not posted results yet."""
+
+    code = "RESULTS_NOT_READY"
+
+
+class ConflictError(ScanbridgeError):
+    """The request conflicts with the task's current state."""
+
+    code = "CONFLICT"
+
+
+class InvalidTransitionError(ConflictError):
+    """A status change the state machine does not allow."""
+
+    code = "INVALID_TRANSITION"
+
+
+class AuthError(ScanbridgeError):
+    """Missing or invalid credentials."""
+
+    code = "UNAUTHORIZED"
+
+
+class ForbiddenError(ScanbridgeError):
+    """Valid credentials, but not for this."""
+
+    code = "FORBIDDEN"
+
+
+class TaskTokenExpiredError(ScanbridgeError):
+    """The task JWT expired before the work could start."""
+
+    code = "TASK_TOKEN_EXPIRED"
+
+
+class NoPlatformCredentialsError(ScanbridgeError):
+    """Neither a task JWT nor a platform API key is available to post results."""
+
+    code = "NO_PLATFORM_CREDENTIALS"
+
+
+class ModelNotFoundError(NotFoundError):
+    """The webhook named a model the registry does not have."""
+
+    code = "MODEL_NOT_FOUND"
+
+
+# --- scans -------------------------------------------------------------------------------------
+
+
+class ScanError(ScanbridgeError):
+    """A scan could not be fetched, opened or analysed; fails that scan only."""
+
+    code = "SCAN_FAILED"
+
+
+class ScanUrlForbiddenError(ScanError):
+    """The URL breaks the safe-fetch rules (scheme, host allowlist, address class)."""
+
+    code = "SCAN_URL_FORBIDDEN"
+
+
+class ScanUrlExpiredError(ScanError):
+    """The presigned URL expired before it was fetched."""
+
+    code = "SCAN_URL_EXPIRED"
+
+
+class ScanDownloadError(ScanError):
+    """The download failed (HTTP error, connection error, timeout)."""
+
+    code = "SCAN_DOWNLOAD_FAILED"
+
+
+class ScanTooLargeError(ScanError):
+    """The scan is larger than SCANBRIDGE_MAX_SCAN_BYTES."""
+
+    code = "SCAN_TOO_LARGE"
+
+
+class UnsupportedFormatError(ScanError):
+    """The file is not a format any reader handles."""
+
+    code = "SCAN_UNSUPPORTED_FORMAT"
+
+
+class CorruptScanError(ScanError):
+    """The file claims a supported format but its data cannot be decoded."""
+
+    code = "SCAN_CORRUPT"
+
+
+class UnsafeArchiveError(ScanError):
+    """A ZIP that breaks the unpacking guards (size, count, ratio, paths, links)."""
+
+    code = "SCAN_ARCHIVE_UNSAFE"
+
+
+class InferenceError(ScanError):
+    """The model failed on a scan."""
+
+    code = "INFERENCE_FAILED"
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+
+class DeliveryError(ScanbridgeError):
+    """Posting results to the platform failed."""
+
+    code = "DELIVERY_FAILED"
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = True,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+class WorkerFailedError(ScanbridgeError):
+    """The worker process ended without writing results."""
+
+    code = "WORKER_FAILED"

@@ -1,0 +1,139 @@
+"""The `scanbridge` command: serve, worker, run-scan, inspect, dev (make-slide, build-models)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.local_stack import serve
+
+    return serve(args.host, args.port)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.worker import main
+
+    return main(["--task-id", args.task_id])
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.imaging.readers import detect_format, open_scan
+
+    status = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            reader = open_scan([path])
+            info = {"file": name, "detected": detect_format(path), **reader.metadata.to_json()}
+            reader.close()
+        except ScanbridgeError as exc:
+            info = {"file": name, "error": {"code": exc.code, "message": exc.message}}
+            status = 1
+        print(json.dumps(info, indent=2))
+    return status
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.imaging.readers import open_scan
+    from scanbridge.inference.analyze import analyze_scan
+    from scanbridge.inference.runner import ModelLoader
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = ModelLoader().load(args.model)
+    status = 0
+    for name in args.files:
+        path = Path(name)
+        stem = path.stem
+
+        def bar(done: int, total: int, _stem: str = stem) -> None:
+            width = 30
+            filled = int(width * done / max(total, 1))
+            print(f"\r{_stem}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tiles", end="",
+                  file=sys.stderr, flush=True)
+
+        try:
+            reader = open_scan([path])
+            try:
+                analysis = analyze_scan(stem, reader, model, progress=bar)
+            finally:
+                reader.close()
+        except ScanbridgeError as exc:
+            print(f"\n{name}: {exc.code}: {exc.message}", file=sys.stderr)
+            status = 1
+            continue
+        print(file=sys.stderr)
+        result = analysis.result
+        (out / f"{stem}.geojson").write_text(json.dumps(result.geojson))
+        (out / f"{stem}.result.json").write_text(json.dumps(result.model_dump(mode="json", exclude_none=True)))
+        summary = (result.results or {}).get("report", {}).get("summary", {})
+        print(json.dumps({"file": name, "summary": summary, "geojson": str(out / f"{stem}.geojson")}))
+    return status
+
+
+def _make_slide(args: argparse.Namespace) -> int:
+    from scanbridge.imaging import synth
+
+    return synth.main(args.rest)
+
+
+def _build_models(args: argparse.Namespace) -> int:
+    from scanbridge.inference.zoo import BUILTINS
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (spec, build) in BUILTINS.items():
+        (out / f"{name}.onnx").write_bytes(build())
+        (out / f"{name}.json").write_text(spec.model_dump_json(indent=2))
+        print(f"wrote {out / (name + '.onnx')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="scanbridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the local stack (API + moto + worker launcher)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("worker", help="process one task (what Batch runs)")
+    p.add_argument("--task-id", required=True)
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("inspect", help="print what the readers find in scan files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("run-scan", help="run a model offline on local scan files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--model", default="tissue")
+    p.add_argument("--out", default="scanbridge-out")
+    p.set_defaults(func=_run_scan)
+
+    dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
+    p = dev.add_parser("make-slide", help="write a synthetic Aperio-style slide", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_make_slide)
+    p = dev.add_parser("build-models", help="write the built-in ONNX models to a folder")
+    p.add_argument("--out", default="models")
+    p.set_defaults(func=_build_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `scanbridge` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

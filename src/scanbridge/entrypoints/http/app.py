@@ -1,0 +1,85 @@
+"""Routes: the webhook, health, tasks, results. Each parses, calls one service and shapes the answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from scanbridge import __version__
+from scanbridge.bootstrap import Container
+from scanbridge.domain.errors import ValidationError
+from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.webhook import WebhookPayload
+from scanbridge.entrypoints.http import errors
+
+log = logging.getLogger(__name__)
+
+
+def _payload(raw: bytes, max_bytes: int) -> WebhookPayload:
+    if len(raw) > max_bytes:
+        raise ValidationError(f"the body is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationError("the body must be a JSON object")
+    try:
+        return WebhookPayload.model_validate(data)
+    except pydantic.ValidationError as exc:
+        details = {"errors": [{"loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]}
+        raise ValidationError("the webhook does not follow the platform contract", details=details) from exc
+
+
+def create_app(container: Container) -> FastAPI:
+    """The FastAPI app over one container."""
+    settings = container.settings
+    app = FastAPI(title="scanbridge", version=__version__,
+                  description="Webhook bridge between digital-pathology platforms and ONNX models.")
+    app.state.container = container
+    errors.install(app)
+    if not settings.webhook_secret:
+        log.warning("SCANBRIDGE_WEBHOOK_SECRET is not set: webhooks are accepted unsigned (local mode)")
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        """Liveness, version and the models this bridge offers."""
+        return {"status": "ok", "version": __version__, "models": container.catalog.names(),
+                "launcher": settings.launcher}
+
+    @app.post("/webhook", status_code=202, tags=["platform"])
+    async def webhook(request: Request) -> JSONResponse:
+        """Accept a platform task: 202 with {task_id, status}; redeliveries return the same task."""
+        payload = _payload(await request.body(), settings.max_body_bytes)
+        accepted = container.intake.accept(payload)
+        return JSONResponse({"task_id": accepted.task.task_id, "status": str(accepted.task.status),
+                             "created": accepted.created}, status_code=202)
+
+    @app.get("/tasks", tags=["tasks"])
+    def list_tasks(status: TaskStatus | None = None, company_id: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None) -> dict[str, Any]:
+        """Tasks, newest first, filtered by status and company; `next_cursor` pages on."""
+        page = container.queries.tasks(status=status, company_id=company_id, limit=limit, cursor=cursor)
+        return {"tasks": [t.public_view() for t in page.tasks], "next_cursor": page.next_cursor}
+
+    @app.get("/tasks/{task_id}", tags=["tasks"])
+    def get_task(task_id: str) -> dict[str, Any]:
+        """A task: status, per-scan status and progress, timestamps, error, delivery."""
+        return container.queries.task(task_id).public_view()
+
+    @app.get("/tasks/{task_id}/results", tags=["tasks"])
+    def get_results(task_id: str) -> dict[str, Any]:
+        """Exactly the body that was posted to the platform."""
+        return container.queries.results(task_id)
+
+    @app.get("/tasks/{task_id}/scans/{scan_id}/metadata", tags=["tasks"])
+    def scan_metadata(task_id: str, scan_id: str) -> dict[str, Any]:
+        """What the reader found in the scan: dimensions, levels, mpp, vendor, format."""
+        return container.queries.scan_metadata(task_id, scan_id)
+
+    return app

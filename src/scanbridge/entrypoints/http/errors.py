@@ -1,0 +1,57 @@
+"""The HTTP entry point's one table from error type to status, and the uniform error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scanbridge.domain import errors as e
+
+STATUS: list[tuple[type[e.ScanbridgeError], int]] = [
+    (e.ValidationError, 422),
+    (e.NotFoundError, 404),
+    (e.ConflictError, 409),
+    (e.AuthError, 401),
+    (e.ForbiddenError, 403),
+]
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """`{"error": {"code", "message", "details"}}`, everywhere."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def status_for(exc: e.ScanbridgeError) -> int:
+    """The HTTP status of a scanbridge error."""
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into the uniform body."""
+
+    @app.exception_handler(e.ScanbridgeError)
+    async def _scanbridge(_: Request, exc: e.ScanbridgeError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, e.AuthError) else None
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status_for(exc),
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = {"errors": [{"loc": list(err.get("loc", [])), "msg": err.get("msg", "")} for err in exc.errors()]}
+        return JSONResponse(error_body("VALIDATION_ERROR", "the request is not valid", details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body("INTERNAL_ERROR", "an unexpected error occurred"), status_code=500)

@@ -1,0 +1,33 @@
+"""The results Lambda: a Batch "Job State Change" event -> post the task's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from scanbridge.bootstrap import Container, bootstrap
+
+logger = Logger(service="scanbridge-results")
+_container: Container | None = None
+
+
+def parse_event(event: dict[str, Any]) -> tuple[str, bool, str | None]:
+    """task_id, whether the job succeeded, and the reason from a Batch state-change event."""
+    detail = event.get("detail") or {}
+    task_id = (detail.get("parameters") or {}).get("task_id")
+    if not task_id:
+        raise ValueError("the Batch event carries no task_id parameter")
+    status = detail.get("status")
+    return str(task_id), status == "SUCCEEDED", detail.get("statusReason")
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Deliver the results of the job's task; returns the task's new status."""
+    global _container
+    if _container is None:
+        _container = bootstrap()
+    task_id, succeeded, reason = parse_event(event)
+    logger.append_keys(task_id=task_id)
+    task = _container.delivery.on_job_finished(task_id, succeeded, reason)
+    return {"task_id": task.task_id, "status": str(task.status)}

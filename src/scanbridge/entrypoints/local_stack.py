@@ -1,0 +1,64 @@
+"""`scanbridge serve`: the API, a moto server (DynamoDB, S3, KMS) and the local worker launcher in one tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+log = logging.getLogger("scanbridge.serve")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def start_moto() -> tuple[Any, str]:
+    """A moto server on a free loopback port; returns it and its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Run the local stack until Ctrl-C."""
+    import uvicorn
+
+    from scanbridge.config import Settings, get_settings
+    from scanbridge.bootstrap import bootstrap
+    from scanbridge.entrypoints.http.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    moto, endpoint = start_moto()
+    # Children (worker subprocesses) inherit these, so they reach the same moto server.
+    os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
+    os.environ.setdefault("SCANBRIDGE_LAUNCHER", "local")
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)
+    get_settings.cache_clear()
+    settings: Settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["SCANBRIDGE_DATA_DIR"] = str(settings.data_dir.resolve())
+    container = bootstrap(settings, provision=True)
+    if not settings.platform_url:
+        log.warning("SCANBRIDGE_PLATFORM_URL is not set: results cannot be delivered")
+    log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers", endpoint,
+             settings.data_dir.resolve(), settings.max_workers)
+    print(f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)", flush=True)
+    try:
+        uvicorn.run(create_app(container), host=host, port=port, log_level="warning")
+    finally:
+        shutdown = getattr(container.launcher, "shutdown", None)
+        if shutdown:
+            shutdown()
+        moto.stop()
+        print("scanbridge stopped", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""Imaging: safe download, scan readers, tissue detection and tiling."""

@@ -1,0 +1,72 @@
+"""The one reader contract every scan format implements (modelled on OpenSlide's API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScanMetadata:
+    """What a reader knows about a scan, for the API and for picking pyramid levels."""
+
+    format: str
+    vendor: str | None
+    dimensions: tuple[int, int]
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None
+    objective_power: float | None
+    associated_images: tuple[str, ...] = ()
+    transfer_syntax: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready view (properties trimmed to short values)."""
+        return {
+            "format": self.format, "vendor": self.vendor,
+            "width": self.dimensions[0], "height": self.dimensions[1],
+            "level_count": len(self.level_dimensions),
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp_x": self.mpp[0] if self.mpp else None, "mpp_y": self.mpp[1] if self.mpp else None,
+            "objective_power": self.objective_power,
+            "associated_images": list(self.associated_images),
+            "transfer_syntax": self.transfer_syntax,
+        }
+
+
+class ScanReader(Protocol):
+    """A whole-slide (or single) image: levels, metadata and RGB regions."""
+
+    metadata: ScanMetadata
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (h, w, 3) at `level`, top-left at level-0 `location`; outside the image is white."""
+
+    def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
+        """An RGB thumbnail no larger than max_size, and its downsample from level 0."""
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+def best_level(downsamples: tuple[float, ...], target: float) -> int:
+    """The level with the largest downsample not above `target` (level 0 when target <= 1)."""
+    best = 0
+    for i, ds in enumerate(downsamples):
+        if ds <= target * 1.01:
+            best = i
+    return best
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite premultiplied RGBA (OpenSlide's output) onto white."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    rgb = rgba[..., :3].astype(np.uint16)
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    out = rgb + (255 - alpha)  # premultiplied: transparent pixels are (0,0,0,0) -> white
+    return np.clip(out, 0, 255).astype(np.uint8)

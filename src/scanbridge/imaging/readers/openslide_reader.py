@@ -1,0 +1,66 @@
+"""OpenSlide-backed reader: Aperio SVS, generic/pyramidal TIFF and what else OpenSlide reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import openslide
+
+from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
+from scanbridge.imaging.readers.base import ScanMetadata, rgba_to_rgb
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class OpenSlideReader:
+    """A ScanReader over openslide.OpenSlide; native errors become scanbridge errors."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise UnsupportedFormatError("OpenSlide does not support this file") from exc
+        except openslide.OpenSlideError as exc:
+            raise CorruptScanError(f"OpenSlide could not open the file: {exc}") from exc
+        props = dict(self._slide.properties)
+        mpp_x, mpp_y = _float(props.get(openslide.PROPERTY_NAME_MPP_X)), _float(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        self.metadata = ScanMetadata(
+            format="openslide",
+            vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
+            dimensions=tuple(self._slide.dimensions),  # type: ignore[arg-type]
+            level_dimensions=tuple(tuple(d) for d in self._slide.level_dimensions),  # type: ignore[misc]
+            level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
+            mpp=(mpp_x, mpp_y) if mpp_x and mpp_y else None,
+            objective_power=_float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)),
+            associated_images=tuple(sorted(self._slide.associated_images.keys())),
+            properties={k: v for k, v in props.items() if len(v) < 512},
+        )
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 region; a decoding failure is SCAN_CORRUPT."""
+        try:
+            region = self._slide.read_region(location, level, size)
+        except openslide.OpenSlideError as exc:
+            raise CorruptScanError(f"the scan's image data cannot be decoded: {exc}") from exc
+        return rgba_to_rgb(np.asarray(region))
+
+    def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
+        """Thumbnail read from the best level (decoding errors are SCAN_CORRUPT)."""
+        w, h = self.metadata.dimensions
+        scale = max(w / max_size, h / max_size, 1.0)
+        try:
+            thumb = self._slide.get_thumbnail((max(1, int(w / scale)), max(1, int(h / scale))))
+        except openslide.OpenSlideError as exc:
+            raise CorruptScanError(f"the scan's image data cannot be decoded: {exc}") from exc
+        arr = np.asarray(thumb.convert("RGB"))
+        return arr, w / arr.shape[1]
+
+    def close(self) -> None:
+        """Close the slide."""
+        self._slide.close()

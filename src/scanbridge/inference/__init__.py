@@ -1,0 +1,1 @@
+"""Inference: built-in ONNX models, sessions, the tile pipeline and post-processing."""

@@ -1,0 +1,114 @@
+"""One scan through one model: tissue mask, tile grid, pipeline, post-processing, result body."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scanbridge.domain.results import ScanResult
+from scanbridge.imaging.readers.base import ScanReader, best_level
+from scanbridge.imaging.tiling import grid_over_tissue
+from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_grid
+from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
+from scanbridge.inference.session import OnnxModel
+
+THUMBNAIL_MAX = 2048
+
+
+@dataclass
+class ScanAnalysis:
+    """A scan's result body plus what it took to make it."""
+
+    result: ScanResult
+    metadata: dict[str, Any]
+    stats: PipelineStats
+    prob_map: np.ndarray | None = None
+    map_downsample: float = 1.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _fmt_area(mm2: float | None) -> str:
+    return "n/a (scan has no pixel size)" if mm2 is None else f"{mm2:.3f} mm²"
+
+
+def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
+                 batch_size: int = 8, readers: int = 2, progress: ProgressFn | None = None) -> ScanAnalysis:
+    """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON)."""
+    t0 = time.perf_counter()
+    spec = model.spec
+    meta = reader.metadata
+    width, height = meta.dimensions
+    thumb, thumb_ds = reader.thumbnail(THUMBNAIL_MAX)
+    mask = tissue_mask(thumb)
+    t_mask = time.perf_counter()
+
+    target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
+    level = best_level(meta.level_downsamples, target_ds)
+    size = tile_size or spec.input_size
+    grid = grid_over_tissue(level, meta.level_dimensions[level], meta.level_downsamples[level], size,
+                            mask, thumb_ds)
+    canvas, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
+    t_run = time.perf_counter()
+
+    map_ds = grid.downsample * spec.output_downsample  # level-0 px per map px
+    h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
+    prob = canvas[:h_map, :w_map]
+    result = _classification_result(scan_id, spec_name=spec.name, model=model, prob=prob, map_ds=map_ds,
+                                    bounds=(width, height), mpp=meta.mpp)
+    timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
+    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
+                        map_downsample=map_ds, timings=timings)
+
+
+def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, prob: np.ndarray, map_ds: float,
+                           bounds: tuple[int, int], mpp: tuple[float, float] | None) -> ScanResult:
+    spec = model.spec
+    label = spec.labels[0] if spec.labels else None
+    class_name = label.name if label else spec_name
+    colour = label.color if label else "#00ff00"
+    threshold = next(iter(spec.thresholds.values()), 0.5)
+    um2_per_px = mpp[0] * mpp[1] if mpp else None
+    min_area_px = 0.0
+    if um2_per_px and spec.outputs.get("min_region_um2"):
+        min_area_px = float(spec.outputs["min_region_um2"]) / um2_per_px
+    polygons = mask_to_polygons(prob >= threshold, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
+    features: list[dict[str, Any]] = []
+    total_px = 0.0
+    for poly in polygons:
+        area_px = float(poly.area)
+        total_px += area_px
+        measurements = {"Area px^2": area_px}
+        if um2_per_px:
+            measurements["Area µm^2"] = area_px * um2_per_px
+            measurements["Area mm^2"] = area_px * um2_per_px / 1e6
+        features.append(polygon_feature(poly, annotation_type=class_name.lower(), class_name=class_name,
+                                        colour=colour, measurements=measurements))
+    levels = list(spec.outputs.get("contour_levels", []))
+    if levels:
+        colours = list(spec.outputs.get("contour_colors", ["#ffffff"] * len(levels)))
+        per_level = [mask_to_polygons(prob >= lv, map_ds, bounds, min_area=min_area_px, simplify=map_ds)
+                     for lv in levels]
+        features.append(heatmap_feature(levels, colours, per_level))
+    slide_px = float(bounds[0] * bounds[1])
+    area_mm2 = total_px * um2_per_px / 1e6 if um2_per_px else None
+    fraction = total_px / slide_px if slide_px else 0.0
+    summary = {
+        f"{class_name} area": _fmt_area(area_mm2),
+        f"{class_name} fraction": f"{fraction * 100:.1f} %",
+        f"{class_name} regions": str(len(polygons)),
+        "Model": f"{spec.name} v{spec.version}",
+    }
+    results: dict[str, Any] = {
+        "report": {"summary": summary, "rois": None},
+        "model": {"name": spec.name, "version": spec.version, "provider": model.provider},
+        f"{class_name.lower()}_area_mm2": area_mm2,
+        f"{class_name.lower()}_fraction": round(fraction, 6),
+        f"{class_name.lower()}_regions": len(polygons),
+    }
+    return ScanResult(scanId=scan_id, results=results,
+                      geojson={"type": "FeatureCollection", "features": features})

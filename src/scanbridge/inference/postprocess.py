@@ -1,0 +1,103 @@
+"""Model outputs to results: masks to level-0 polygons (shapely), features, summaries."""
+
+from __future__ import annotations
+
+import uuid
+from functools import reduce
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box, mapping
+from skimage import measure
+
+
+def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
+                     min_area: float = 0.0, simplify: float | None = None) -> list[Polygon]:
+    """Polygons (with holes) of a boolean mask, in level-0 pixels (`scale` px per mask pixel)."""
+    if not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float32), 1)
+    rings = []
+    for contour in measure.find_contours(padded, 0.5):
+        if len(contour) < 4:
+            continue
+        xy = np.column_stack([contour[:, 1] - 1 + 0.5, contour[:, 0] - 1 + 0.5]) * scale
+        ring = Polygon(xy)
+        if not ring.is_valid:
+            ring = shapely.make_valid(ring)
+        if not ring.is_empty and ring.area > 0:
+            rings.append(ring)
+    if not rings:
+        return []
+    # Contours of a binary mask nest without crossing: their symmetric difference is the region with holes.
+    region = reduce(lambda a, b: a.symmetric_difference(b), rings)
+    region = region.intersection(box(0, 0, bounds[0], bounds[1]))
+    if simplify:
+        region = region.simplify(simplify, preserve_topology=True)
+    region = shapely.make_valid(region)
+    polygons = _polygons_of(region)
+    return [p for p in polygons if p.area >= min_area]
+
+
+def _polygons_of(geom: Any) -> list[Polygon]:
+    if isinstance(geom, Polygon):
+        return [geom] if not geom.is_empty else []
+    if isinstance(geom, MultiPolygon):
+        return [g for g in geom.geoms if not g.is_empty]
+    if hasattr(geom, "geoms"):
+        return [p for g in geom.geoms for p in _polygons_of(g)]
+    return []
+
+
+def _rounded(geom: Polygon) -> dict[str, Any]:
+    geo = mapping(shapely.set_precision(geom, 0.01))
+    return {"type": geo["type"], "coordinates": _lists(geo["coordinates"])}
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], (int, float)):
+            return [round(float(v), 2) for v in value]
+        return [_lists(v) for v in value]
+    return value
+
+
+def hex_to_rgb(colour: str) -> list[int]:
+    """'#rrggbb' -> [r, g, b]."""
+    c = colour.lstrip("#")
+    return [int(c[i:i + 2], 16) for i in (0, 2, 4)]
+
+
+def polygon_feature(poly: Polygon, *, annotation_type: str, class_name: str, colour: str,
+                    measurements: dict[str, float], object_type: str = "annotation",
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A platform Feature that QuPath imports too (id, objectType, classification, measurements)."""
+    x1, y1, x2, y2 = poly.bounds
+    props: dict[str, Any] = {
+        "annotation_type": annotation_type,
+        "objectType": object_type,
+        "classification": {"name": class_name, "color": hex_to_rgb(colour)},
+        "measurements": {k: round(float(v), 4) for k, v in measurements.items()},
+    }
+    props.update(extra or {})
+    return {"type": "Feature", "id": str(uuid.uuid4()), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
+            "geometry": _rounded(poly), "properties": props}
+
+
+def heatmap_feature(levels: list[float], colours: list[str], polygons_per_level: list[list[Polygon]]) -> dict[str, Any]:
+    """The platform's heat map: one GeometryCollection of Polygons, a colour per contour level."""
+    geometries: list[dict[str, Any]] = []
+    geometry_levels: list[int] = []
+    for i, polys in enumerate(polygons_per_level):
+        for p in polys:
+            geometries.append(_rounded(Polygon(p.exterior.coords)))
+            geometry_levels.append(i)
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": {"type": "GeometryCollection", "geometries": geometries},
+        "properties": {"annotation_type": "heatmap", "objectType": "annotation",
+                       "contour_colors": list(colours), "contour_levels": list(levels),
+                       "geometry_levels": geometry_levels},
+    }

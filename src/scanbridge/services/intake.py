@@ -1,0 +1,96 @@
+"""Intake: accept a platform webhook, store the task once (idempotent on task_id), start one job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import jwt
+
+from scanbridge.domain.errors import ValidationError
+from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.task import ScanState, Task
+from scanbridge.domain.webhook import WebhookPayload
+from scanbridge.ports import JobLauncher, SecretBox, TaskStore
+from scanbridge.services.common import update_task
+
+log = logging.getLogger(__name__)
+
+
+def token_expiry(token: str) -> int | None:
+    """The `exp` claim of a JWT, read without verifying (we cannot: the platform signs it)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return int(exp) if isinstance(exp, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The outcome of a webhook: the task and whether this call created it."""
+
+    task: Task
+    created: bool
+
+
+class IntakeService:
+    """Turns a webhook into exactly one stored task and one job.
+
+    >>> intake.accept(WebhookPayload.model_validate(body))  # Accepted(task=..., created=True)
+    """
+
+    def __init__(self, tasks: TaskStore, launcher: JobLauncher, secrets: SecretBox, *,
+                 default_model: str, max_scans: int = 50) -> None:
+        self._tasks = tasks
+        self._launcher = launcher
+        self._secrets = secrets
+        self._default_model = default_model
+        self._max_scans = max_scans
+
+    def accept(self, payload: WebhookPayload) -> Accepted:
+        """Store the task if new, then make sure it has a job; duplicates return the stored task."""
+        files = payload.scan_files()
+        if len(files) > self._max_scans:
+            raise ValidationError(f"the webhook has {len(files)} scans; the limit is {self._max_scans}")
+        token = payload.jwt_token or None
+        task = Task(
+            task_id=payload.task_id,
+            company_id=payload.company_id,
+            case_id=payload.case_id,
+            model=payload.requested_model() or self._default_model,
+            scans={sid: ScanState(scan_id=sid, urls=urls,
+                                  stain=payload.stains[sid].model_dump() if sid in payload.stains else None)
+                   for sid, urls in files.items()},
+            extra=payload.extra_fields(),
+            token_ciphertext=self._secrets.encrypt(token, {"task_id": payload.task_id}) if token else None,
+            token_exp=token_expiry(token) if token else None,
+        )
+        created = self._tasks.create(task)
+        if not created:
+            log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
+        stored = self._ensure_job(payload.task_id)
+        return Accepted(task=stored, created=created)
+
+    def _ensure_job(self, task_id: str) -> Task:
+        """Claim RECEIVED -> QUEUED (only one caller wins), then submit the job."""
+        claimed: list[bool] = []
+
+        def claim(task: Task) -> Task | None:
+            claimed.clear()
+            if task.status != TaskStatus.RECEIVED:
+                return None
+            claimed.append(True)
+            return task.moved_to(TaskStatus.QUEUED, attempts=task.attempts + 1)
+
+        task = update_task(self._tasks, task_id, claim)
+        if not claimed:
+            return task
+        try:
+            job_id = self._launcher.submit(task_id)
+        except Exception:
+            log.exception("job submission failed; the task goes back to RECEIVED for the next delivery")
+            update_task(self._tasks, task_id, lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED}))
+            raise
+        return update_task(self._tasks, task_id, lambda t: t.model_copy(update={"job_id": job_id}))

@@ -1,0 +1,186 @@
+"""Processing (the worker): fetch each scan, run the model, store each scan's result.
+
+Every failure of one scan is caught, coded and stored as that scan's result; the task's other
+scans still run. Task-level failures (expired token, unknown model) fail every scan before any
+download. The worker never posts: the results step does, from what is stored here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from scanbridge.domain.errors import ScanbridgeError, ScanError, TaskTokenExpiredError
+from scanbridge.domain.results import ScanResult, failure_result
+from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.task import Progress, Task, utcnow
+from scanbridge.ports import ArtifactStore, TaskStore
+from scanbridge.services.common import update_task
+
+log = logging.getLogger(__name__)
+
+
+def scan_result_key(task_id: str, scan_id: str) -> str:
+    """Where a scan's result JSON lives in the artifact store."""
+    return f"tasks/{task_id}/scans/{scan_id}/result.json"
+
+
+def scan_metadata_key(task_id: str, scan_id: str) -> str:
+    """Where a scan's reader metadata lives in the artifact store."""
+    return f"tasks/{task_id}/scans/{scan_id}/metadata.json"
+
+
+class TaskCancelledError(ScanbridgeError):
+    """The task was cancelled while the worker ran."""
+
+    code = "TASK_CANCELLED"
+
+
+class Fetcher(Protocol):
+    """Downloads a scan's files (imaging.fetch.SafeFetcher)."""
+
+    def fetch_all(self, urls: list[str], dest_dir: Path) -> list[Path]:
+        """Every file, in order."""
+
+
+class ScanAnalyzer(Protocol):
+    """Runs one model over one scan's files."""
+
+    def __call__(self, scan_id: str, paths: list[Path], model_name: str,
+                 progress: Callable[[int, int], None]) -> tuple[ScanResult, dict[str, Any]]:
+        """The scan's result and its reader metadata."""
+
+
+class ProcessingService:
+    """Runs a task's scans in the worker.
+
+    >>> processing.run("task-1")  # Task with each scan SUCCEEDED or FAILED, results stored
+    """
+
+    def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, fetcher: Fetcher, analyzer: ScanAnalyzer,
+                 *, work_dir: Path, check_model: Callable[[str], None],
+                 clock: Callable[[], float] = time.time, progress_interval_s: float = 1.0) -> None:
+        self._tasks = tasks
+        self._artifacts = artifacts
+        self._fetcher = fetcher
+        self._analyzer = analyzer
+        self._work_dir = work_dir
+        self._check_model = check_model
+        self._clock = clock
+        self._interval = progress_interval_s
+
+    def run(self, task_id: str) -> Task:
+        """Process every scan of the task that has no result yet; returns the task."""
+        task = update_task(self._tasks, task_id, lambda t: None)
+        if task.status.is_terminal or task.status == TaskStatus.DELIVERING:
+            log.info("task already finished processing; nothing to do", extra={"task_id": task_id})
+            return task
+        try:
+            if task.token_exp is not None and task.token_exp <= self._clock():
+                raise TaskTokenExpiredError("the task token expired before processing started")
+            self._check_model(task.model or "")
+        except ScanbridgeError as exc:
+            return self._fail_all(task, exc)
+        for scan_id in list(task.scans):
+            current = self._tasks.get(task_id)
+            if current is None or current.status == TaskStatus.CANCELLED:
+                log.info("task cancelled; stopping", extra={"task_id": task_id})
+                return current or task
+            if current.scans[scan_id].status in (ScanStatus.SUCCEEDED, ScanStatus.FAILED):
+                continue  # a retried worker keeps what the last attempt finished
+            try:
+                self._process_scan(current, scan_id)
+            except TaskCancelledError:
+                return self._tasks.get(task_id) or task
+        return self._tasks.get(task_id) or task
+
+    def _fail_all(self, task: Task, exc: ScanbridgeError) -> Task:
+        for scan_id in task.scans:
+            self._store_result(task.task_id, failure_result(scan_id, exc.code, exc.message))
+
+        def change(t: Task) -> Task:
+            scans = {sid: s.model_copy(update={"status": ScanStatus.FAILED, "error_code": exc.code,
+                                               "error_message": exc.message, "finished_at": utcnow()})
+                     for sid, s in t.scans.items()}
+            return t.model_copy(update={"error_code": exc.code, "error_message": exc.message, "scans": scans,
+                                        "updated_at": utcnow()})
+
+        log.warning("task failed before processing: %s", exc.code, extra={"task_id": task.task_id})
+        return update_task(self._tasks, task.task_id, change)
+
+    def _set_scan(self, task_id: str, scan_id: str, task_status: TaskStatus | None = None,
+                  **changes: Any) -> Task:
+        def change(t: Task) -> Task:
+            if t.status == TaskStatus.CANCELLED:
+                raise TaskCancelledError("the task was cancelled")
+            scans = dict(t.scans)
+            scans[scan_id] = scans[scan_id].model_copy(update=changes)
+            if task_status and task_status != t.status:
+                return t.moved_to(task_status, scans=scans)
+            return t.model_copy(update={"scans": scans, "updated_at": utcnow()})
+
+        return update_task(self._tasks, task_id, change)
+
+    def _store_result(self, task_id: str, result: ScanResult) -> None:
+        body = json.dumps(result.model_dump(mode="json", exclude_none=True)).encode()
+        self._artifacts.put(scan_result_key(task_id, result.scanId), body, "application/json")
+
+    def _process_scan(self, task: Task, scan_id: str) -> None:
+        task_id = task.task_id
+        scan = task.scans[scan_id]
+        workdir = self._work_dir / _safe(task_id) / _safe(scan_id)
+        started = self._clock()
+        self._set_scan(task_id, scan_id, TaskStatus.DOWNLOADING, status=ScanStatus.DOWNLOADING,
+                       started_at=utcnow(), progress=Progress(step="downloading", percent=0.0))
+        try:
+            paths = self._fetcher.fetch_all(list(scan.urls), workdir)
+            self._set_scan(task_id, scan_id, TaskStatus.RUNNING, status=ScanStatus.RUNNING,
+                           progress=Progress(step="analysing", percent=5.0))
+            last = [0.0]
+
+            def progress(done: int, total: int) -> None:
+                now = self._clock()
+                if done < total and now - last[0] < self._interval:
+                    return
+                last[0] = now
+                elapsed = now - started
+                eta = elapsed / done * (total - done) if done else None
+                self._set_scan(task_id, scan_id, status=ScanStatus.RUNNING, progress=Progress(
+                    step="inference", percent=round(5.0 + 90.0 * done / max(total, 1), 1),
+                    tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
+
+            result, metadata = self._analyzer(scan_id, paths, task.model or "", progress)
+            self._artifacts.put(scan_metadata_key(task_id, scan_id), json.dumps(metadata).encode(),
+                                "application/json")
+            self._store_result(task_id, result)
+            final = self._tasks.get(task_id)
+            tiles = final.scans[scan_id].progress if final else Progress()
+            self._set_scan(task_id, scan_id, status=ScanStatus.SUCCEEDED, finished_at=utcnow(),
+                           progress=tiles.model_copy(update={"step": "done", "percent": 100.0, "eta_s": 0.0}))
+            log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id})
+        except TaskCancelledError:
+            raise
+        except ScanError as exc:
+            self._scan_failed(task_id, scan_id, exc.code, exc.message)
+        except ScanbridgeError as exc:
+            self._scan_failed(task_id, scan_id, exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bad file must fail its scan, never the worker
+            log.exception("unexpected error on a scan", extra={"task_id": task_id, "scan_id": scan_id})
+            self._scan_failed(task_id, scan_id, "SCAN_PROCESSING_ERROR", f"unexpected {type(exc).__name__}")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _scan_failed(self, task_id: str, scan_id: str, code: str, message: str) -> None:
+        log.warning("scan failed: %s", code, extra={"task_id": task_id, "scan_id": scan_id})
+        self._store_result(task_id, failure_result(scan_id, code, message))
+        self._set_scan(task_id, scan_id, status=ScanStatus.FAILED, error_code=code, error_message=message,
+                       finished_at=utcnow(), progress=Progress(step="failed", percent=100.0))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:100] or "_"
