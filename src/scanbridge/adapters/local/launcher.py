@@ -56,7 +56,7 @@ class LocalJobLauncher:
                     return
             with open(log_path, "ab") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
+                    [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
                     stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ),
                     start_new_session=True)
                 with self._lock:

@@ -1,0 +1,5 @@
+"""Results Lambda: on a Batch job state change, posts the task's results to the platform."""
+
+from scanbridge.entrypoints.lambda_results import handler  # noqa: F401
+
+__all__ = ["handler"]

@@ -1,0 +1,1 @@
+"""Developer tools: a local platform that serves scans and receives results."""

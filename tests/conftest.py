@@ -1,0 +1,100 @@
+"""Shared fixtures: the real scan files, AWS under moto, containers wired with in-memory adapters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.bootstrap import Container, bootstrap
+from scanbridge.config import Settings
+from scanbridge.ports import PlatformResponse
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+EVENTS = REPO / "events"
+
+SAMPLE_WEBHOOK: dict[str, Any] = {
+    "company_id": "2380941",
+    "scans": {"8823846": "https://techcyteci-preprod.s3.us-west-2.amazonaws.com/redacted"},
+    "case_id": "aHVtYW5DYXNlOjI0MjEzNjY=",
+    "task_id": "dGFzazoxODU4MzU=",
+    "model_name": "",
+}
+
+
+def fixture_path(name: str) -> Path:
+    """A file of ../shared/fixtures (skips the test when the checkout has no shared/ beside it)."""
+    path = FIXTURES / name
+    if not path.exists():
+        pytest.skip(f"fixture {name} not found at {path}")
+    return path
+
+
+class RecordingLauncher:
+    """A JobLauncher that records what was submitted and runs nothing."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+
+    def submit(self, task_id: str) -> str:
+        self.submitted.append(task_id)
+        return f"job-{len(self.submitted)}"
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        self.cancelled.append(job_id)
+
+
+class ScriptedPlatform:
+    """A PlatformClient that answers with scripted status codes and records every POST."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.calls: list[tuple[str, dict[str, Any], str]] = []
+
+    def post_results(self, task_id: str, body: dict[str, Any], bearer: str) -> PlatformResponse:
+        self.calls.append((task_id, json.loads(json.dumps(body)), bearer))
+        status = self.statuses.pop(0) if self.statuses else 200
+        return PlatformResponse(status_code=status, body=json.dumps({"status": status}))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for an in-process container, data under tmp_path."""
+    return Settings(data_dir=tmp_path / "data", platform_url="http://127.0.0.1:9", delivery_backoff_s=0.0)
+
+
+@pytest.fixture
+def launcher() -> RecordingLauncher:
+    return RecordingLauncher()
+
+
+@pytest.fixture
+def platform() -> ScriptedPlatform:
+    return ScriptedPlatform()
+
+
+@pytest.fixture
+def container(settings: Settings, launcher: RecordingLauncher, platform: ScriptedPlatform) -> Container:
+    """Every service over in-memory adapters and the fakes above."""
+    return bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(),
+                     launcher=launcher, platform=platform, sleep=lambda _s: None)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's mock_aws with fake credentials; Batch jobs do not need Docker."""
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_SECURITY_TOKEN": "testing",
+                       "AWS_SESSION_TOKEN": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SCANBRIDGE_AWS_ENDPOINT_URL", raising=False)
+    with mock_aws(config={"batch": {"use_docker": False}}):
+        yield
