@@ -1,5 +1,5 @@
 """API Lambda: the FastAPI app behind Mangum (webhook intake + REST); logic lives in scanbridge."""
 
-from scanbridge.entrypoints.lambda_api import handler  # noqa: F401
+from scanbridge.entrypoints.lambda_api import handler
 
 __all__ = ["handler"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import jwt
@@ -13,6 +14,7 @@ from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.common import update_task
 from scanbridge.services.delivery import posted_key
+from scanbridge.services.processing import scan_result_key
 from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher, ScriptedPlatform
 
 
@@ -78,9 +80,12 @@ def test_failed_submission_leaves_task_received_for_the_redelivery(container: Co
 
 
 def test_delivery_posts_with_the_token_and_completes(container: Container, platform: ScriptedPlatform) -> None:
-    # GIVEN a task whose scans all succeeded (but whose result file is missing for one)
+    # GIVEN a task whose only scan succeeded and stored its result
     container.intake.accept(_payload(jwt_token="tok.en.x"))
     tid = SAMPLE_WEBHOOK["task_id"]
+    stored = {"scanId": "8823846", "results": {"report": {"summary": {"Tissue area": "1.000 mm²"}}},
+              "geojson": {"type": "FeatureCollection", "features": []}}
+    container.artifacts.put(scan_result_key(tid, "8823846"), json.dumps(stored).encode())
     _finish_scans(container, tid)
     # WHEN the job finishes (twice: the event is redelivered)
     first = container.delivery.on_job_finished(tid, True)
@@ -89,8 +94,9 @@ def test_delivery_posts_with_the_token_and_completes(container: Container, platf
     assert len(platform.calls) == 1
     task_id, body, bearer = platform.calls[0]
     assert task_id == tid and bearer == "tok.en.x"
-    assert [s["scanId"] for s in body["scanResults"]] == ["8823846"]
-    assert first.status == TaskStatus.FAILED  # the only scan had no stored result: explained, not lost
+    assert body["scanResults"] == [stored]
+    assert body["caseResults"]["scans_analysed"] == 1 and body["caseResults"]["scans_failed"] == 0
+    assert first.status == TaskStatus.COMPLETED
     assert second.status == first.status
     assert container.queries.results(tid) == body
     assert first.delivery.status_code == 200 and first.delivery.attempts == 1

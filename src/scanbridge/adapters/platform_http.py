@@ -10,10 +10,12 @@ import httpx
 from scanbridge.domain.errors import DeliveryError
 from scanbridge.ports import PlatformResponse
 
+PCHAR = "!$&'()*+,;=:@"  # RFC 3986 path characters kept as they are (base64 ids keep their "=")
+
 
 def results_url(base_url: str, task_id: str) -> str:
     """The platform's results endpoint for a task."""
-    return f"{base_url.rstrip('/')}/api/v3/external/results/{quote(task_id, safe='')}"
+    return f"{base_url.rstrip('/')}/api/v3/external/results/{quote(task_id, safe=PCHAR)}"
 
 
 class HttpPlatformClient:

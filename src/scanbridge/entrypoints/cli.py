@@ -83,6 +83,18 @@ def _make_slide(args: argparse.Namespace) -> int:
     return synth.main(args.rest)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from scanbridge.inference import bench
+
+    return bench.main(args.rest)
+
+
+def _dev_platform(args: argparse.Namespace) -> int:
+    from scanbridge.devtools import platform_cli
+
+    return platform_cli.main(args.rest)
+
+
 def _build_models(args: argparse.Namespace) -> int:
     from scanbridge.inference.zoo import BUILTINS
 
@@ -123,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = dev.add_parser("make-slide", help="write a synthetic Aperio-style slide", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_make_slide)
+    p = dev.add_parser("bench", help="measure decode, model, pipeline and naive loop on one slide", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_bench)
+    p = dev.add_parser("platform", help="a local platform: serves scans, sends the webhook, checks results",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_dev_platform)
     p = dev.add_parser("build-models", help="write the built-in ONNX models to a folder")
     p.add_argument("--out", default="models")
     p.set_defaults(func=_build_models)

@@ -93,7 +93,8 @@ def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, pr
         colours = list(spec.outputs.get("contour_colors", ["#ffffff"] * len(levels)))
         per_level = [mask_to_polygons(prob >= lv, map_ds, bounds, min_area=min_area_px, simplify=map_ds)
                      for lv in levels]
-        features.append(heatmap_feature(levels, colours, per_level))
+        if any(per_level):
+            features.append(heatmap_feature(levels, colours, per_level))
     slide_px = float(bounds[0] * bounds[1])
     area_mm2 = total_px * um2_per_px / 1e6 if um2_per_px else None
     fraction = total_px / slide_px if slide_px else 0.0

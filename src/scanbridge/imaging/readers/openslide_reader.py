@@ -18,6 +18,21 @@ def _float(value: str | None) -> float | None:
         return None
 
 
+def unsupported_tiff_reason(path: Path) -> str | None:
+    """Why a TIFF cannot be decoded at all (an unknown compression), or None when it looks decodable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for page in tif.pages:
+                code = int(getattr(page, "compression", 1))
+                if code not in {int(c) for c in tifffile.COMPRESSION}:
+                    return f"the TIFF uses compression {code}, which no reader supports"
+    except (tifffile.TiffFileError, ValueError, OSError):
+        return None
+    return None
+
+
 class OpenSlideReader:
     """A ScanReader over openslide.OpenSlide; native errors become scanbridge errors."""
 
@@ -27,6 +42,9 @@ class OpenSlideReader:
         except openslide.OpenSlideUnsupportedFormatError as exc:
             raise UnsupportedFormatError("OpenSlide does not support this file") from exc
         except openslide.OpenSlideError as exc:
+            reason = unsupported_tiff_reason(path)
+            if reason:
+                raise UnsupportedFormatError(reason) from exc
             raise CorruptScanError(f"OpenSlide could not open the file: {exc}") from exc
         props = dict(self._slide.properties)
         mpp_x, mpp_y = _float(props.get(openslide.PROPERTY_NAME_MPP_X)), _float(props.get(openslide.PROPERTY_NAME_MPP_Y))

@@ -1,0 +1,129 @@
+"""The real `scanbridge serve` as a subprocess, a real loopback platform, the real fixtures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from shapely.geometry import shape
+
+from scanbridge.devtools.local_platform import FakePlatform
+from scanbridge.domain.results import geojson_problems
+from scanbridge.entrypoints.local_stack import free_port
+from tests.conftest import SAMPLE_WEBHOOK, fixture_path
+
+pytestmark = pytest.mark.e2e
+
+SIZES = {"small": (16, 16), "boxes": (300, 250)}
+
+
+@pytest.fixture
+def platform() -> Iterator[FakePlatform]:
+    with FakePlatform(files={"small": fixture_path("small.svs"), "boxes": fixture_path("boxes.tiff")}) as p:
+        yield p
+
+
+@pytest.fixture
+def stack(platform: FakePlatform, tmp_path: Path) -> Iterator[str]:
+    """`scanbridge serve` on a free port, pointed at the fake platform."""
+    port = free_port()
+    env = {**os.environ, "SCANBRIDGE_PLATFORM_URL": platform.base_url,
+           "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc, "SCANBRIDGE_DATA_DIR": str(tmp_path / "data"),
+           "SCANBRIDGE_MAX_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
+    env.pop("SCANBRIDGE_AWS_ENDPOINT_URL", None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "scanbridge.entrypoints.cli", "serve", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    output = (tmp_path / "serve.log").read_text()
+    assert "scanbridge serving on" in output and "scanbridge stopped" in output
+
+
+def _wait_terminal(url: str, task_id: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        task = httpx.get(f"{url}/tasks/{task_id}").json()
+        if task["status"] in ("COMPLETED", "FAILED", "DELIVERY_FAILED", "CANCELLED"):
+            return task
+        time.sleep(0.3)
+    raise AssertionError(f"task {task_id} did not finish: {task}")
+
+
+def test_platform_sample_webhook_becomes_one_valid_results_post(stack: str, platform: FakePlatform) -> None:
+    # GIVEN the platform's sample request, its URLs pointed at the loopback platform, with a task JWT
+    body = {**SAMPLE_WEBHOOK, "jwt_token": "eyJhbGciOi.task-token.sig", "new_platform_field": {"x": 1},
+            "scans": {"small": platform.url_for("small")},
+            "scan_urls": {"small": [platform.url_for("small")], "boxes": [platform.url_for("boxes")]}}
+    # WHEN it is POSTed to the local stack
+    started = time.monotonic()
+    resp = httpx.post(f"{stack}/webhook", json=body, timeout=10)
+    ack_s = time.monotonic() - started
+    # THEN it is acknowledged at once
+    assert resp.status_code == 202 and ack_s < 1.0
+    assert resp.json()["task_id"] == SAMPLE_WEBHOOK["task_id"] and resp.json()["status"] in ("QUEUED", "RECEIVED")
+    # AND the task completes, and the platform got exactly one POST with the Bearer token
+    task = _wait_terminal(stack, SAMPLE_WEBHOOK["task_id"])
+    posts = platform.wait_for_posts(1, timeout_s=10)
+    assert task["status"] == "COMPLETED", task
+    assert len(posts) == 1
+    post = posts[0]
+    assert post.path == f"/api/v3/external/results/{SAMPLE_WEBHOOK['task_id']}"
+    assert post.authorization == "Bearer eyJhbGciOi.task-token.sig"
+    assert post.content_type == "application/json"
+    # AND the body follows PLATFORM.md: caseResults + one ScanResult per scan, summaries, level-0 GeoJSON
+    results = post.body
+    assert isinstance(results["caseResults"], dict)
+    by_id = {s["scanId"]: s for s in results["scanResults"]}
+    assert set(by_id) == {"small", "boxes"}
+    for scan_id, (w, h) in SIZES.items():
+        scan = by_id[scan_id]
+        summary = scan["results"]["report"]["summary"]
+        assert summary and all(isinstance(k, str) and isinstance(v, str) for k, v in summary.items())
+        assert geojson_problems(scan["geojson"], w, h) == []
+        for feature in scan["geojson"]["features"]:
+            assert isinstance(feature["properties"]["annotation_type"], str)
+            minx, miny, maxx, maxy = shape(feature["geometry"]).bounds
+            assert 0 <= minx <= maxx <= w and 0 <= miny <= maxy <= h
+    assert any(f["properties"]["annotation_type"] == "tissue" for f in by_id["boxes"]["geojson"]["features"])
+    # AND GET /tasks/{id}/results is exactly what was posted; the task shows per-scan status and delivery
+    assert httpx.get(f"{stack}/tasks/{SAMPLE_WEBHOOK['task_id']}/results").json() == results
+    assert {s["status"] for s in task["scans"].values()} == {"SUCCEEDED"}
+    assert task["delivery"]["status_code"] == 200 and task["delivery"]["attempts"] == 1
+    assert task["extra"] == {"new_platform_field": {"x": 1}} and task["has_token"] is True
+    # AND the listing finds it by company
+    listed = httpx.get(f"{stack}/tasks", params={"company_id": "2380941", "status": "COMPLETED"}).json()
+    assert [t["task_id"] for t in listed["tasks"]] == [SAMPLE_WEBHOOK["task_id"]]
+
+
+def test_bad_webhooks_get_a_uniform_422_and_store_nothing(stack: str) -> None:
+    # GIVEN bodies that break the contract / WHEN posted / THEN 422 with the uniform error body
+    for raw in (b"not json", b"[]", b'{"task_id": "x"}'):
+        resp = httpx.post(f"{stack}/webhook", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 422
+        assert resp.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert httpx.get(f"{stack}/tasks").json()["tasks"] == []
+    missing = httpx.get(f"{stack}/tasks/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "TASK_NOT_FOUND"

@@ -1,0 +1,134 @@
+"""The AWS adapters under moto, and the same contract run against the in-memory adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from scanbridge.adapters.aws.batch import BatchJobLauncher, job_name
+from scanbridge.adapters.aws.dynamodb import DynamoTaskStore
+from scanbridge.adapters.aws.kms import KmsSecretBox
+from scanbridge.adapters.aws.provision import load_template, provision
+from scanbridge.adapters.aws.s3 import S3ArtifactStore
+from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.config import Settings
+from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.task import ScanState, Task
+
+
+@pytest.fixture
+def moto_clients(aws: None) -> dict[str, Any]:
+    """Clients on moto with the template's resources provisioned."""
+    settings = Settings()
+    clients = {n: boto3.client(n, region_name="us-east-1") for n in ("dynamodb", "s3", "kms")}
+    provision(settings, clients["dynamodb"], clients["s3"], clients["kms"])
+    return clients
+
+
+@pytest.fixture(params=["memory", "dynamodb"])
+def task_store(request: pytest.FixtureRequest) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryTaskStore()
+        return
+    clients = request.getfixturevalue("moto_clients")
+    yield DynamoTaskStore(clients["dynamodb"], Settings().table_name)
+
+
+@pytest.fixture(params=["memory", "s3"])
+def artifact_store(request: pytest.FixtureRequest) -> Any:
+    if request.param == "memory":
+        return MemoryArtifactStore()
+    return S3ArtifactStore(request.getfixturevalue("moto_clients")["s3"], Settings().bucket_name)
+
+
+@pytest.fixture(params=["memory", "kms"])
+def secret_box(request: pytest.FixtureRequest) -> Any:
+    if request.param == "memory":
+        return FernetSecretBox()
+    return KmsSecretBox(request.getfixturevalue("moto_clients")["kms"], Settings().kms_key_id)
+
+
+def _task(task_id: str, company: str = "c1", created: str = "2026-01-01T00:00:00.000Z") -> Task:
+    return Task(task_id=task_id, company_id=company, created_at=created,
+                scans={"s": ScanState(scan_id="s", urls=["https://x/y"])})
+
+
+def test_tables_are_built_from_template_yaml(moto_clients: dict[str, Any]) -> None:
+    # GIVEN the template's table definition / WHEN provisioned under moto / THEN the same keys and indexes exist
+    props = load_template()["Resources"]["TasksTable"]["Properties"]
+    desc = moto_clients["dynamodb"].describe_table(TableName=Settings().table_name)["Table"]
+    assert desc["KeySchema"] == props["KeySchema"]
+    assert sorted(i["IndexName"] for i in desc["GlobalSecondaryIndexes"]) == sorted(
+        g["IndexName"] for g in props["GlobalSecondaryIndexes"])
+
+
+def test_task_store_contract(task_store: Any) -> None:
+    # GIVEN an empty store
+    task = _task("t1")
+    # WHEN a task is created twice / THEN only the first create succeeds
+    assert task_store.create(task) is True
+    assert task_store.create(task.model_copy(update={"company_id": "evil"})) is False
+    stored = task_store.get("t1")
+    assert stored is not None and stored.company_id == "c1" and stored.version == 0
+    # WHEN two writers replace from the same version / THEN only one wins
+    assert task_store.replace(stored.model_copy(update={"status": TaskStatus.QUEUED}), expected_version=0)
+    assert not task_store.replace(stored.model_copy(update={"status": TaskStatus.FAILED}), expected_version=0)
+    again = task_store.get("t1")
+    assert again is not None and again.status == TaskStatus.QUEUED and again.version == 1
+    assert task_store.get("missing") is None
+
+
+def test_task_store_lists_by_status_and_company_with_pages(task_store: Any) -> None:
+    # GIVEN six tasks across two companies, two of them QUEUED
+    for i in range(6):
+        t = _task(f"t{i}", company="A" if i < 4 else "B", created=f"2026-01-01T00:00:0{i}.000Z")
+        task_store.create(t)
+        if i in (1, 5):
+            task_store.replace(t.model_copy(update={"status": TaskStatus.QUEUED}), expected_version=0)
+    # WHEN listed by company (paged by 3), by status, and by both
+    p1 = task_store.list(company_id="A", limit=3)
+    p2 = task_store.list(company_id="A", limit=3, cursor=p1.next_cursor)
+    queued = task_store.list(status=TaskStatus.QUEUED)
+    both = task_store.list(status=TaskStatus.QUEUED, company_id="B")
+    # THEN newest first, no task lost or repeated across pages, filters exact
+    assert [t.task_id for t in p1.tasks + p2.tasks] == ["t3", "t2", "t1", "t0"]
+    assert sorted(t.task_id for t in queued.tasks) == ["t1", "t5"]
+    assert [t.task_id for t in both.tasks] == ["t5"]
+
+
+def test_artifact_store_contract(artifact_store: Any) -> None:
+    # GIVEN bytes under two keys / WHEN read back and listed / THEN identical, and absent keys are None
+    artifact_store.put("tasks/a/x.json", b'{"a": 1}', "application/json")
+    artifact_store.put("tasks/a/y.bin", bytes(range(256)))
+    assert artifact_store.get("tasks/a/y.bin") == bytes(range(256))
+    assert artifact_store.list("tasks/a/") == ["tasks/a/x.json", "tasks/a/y.bin"]
+    assert artifact_store.get("tasks/b/none") is None
+    assert artifact_store.url("tasks/a/x.json")
+
+
+def test_secret_box_contract(secret_box: Any) -> None:
+    # GIVEN a token encrypted for one task
+    ciphertext = secret_box.encrypt("eyJ.secret.jwt", {"task_id": "t1"})
+    # THEN the ciphertext does not contain it, it decrypts with the same context, and not with another
+    assert "eyJ.secret.jwt" not in ciphertext
+    assert secret_box.decrypt(ciphertext, {"task_id": "t1"}) == "eyJ.secret.jwt"
+    with pytest.raises(Exception):  # noqa: B017 - KMS and Fernet raise different types
+        secret_box.decrypt(ciphertext, {"task_id": "t2"})
+
+
+def test_batch_submit_passes_only_the_task_id() -> None:
+    # GIVEN a Batch client whose SubmitJob call is inspected
+    client = boto3.client("batch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(client)
+    expected = {"jobName": job_name("dGFzazox/ODU4MzU="), "jobQueue": "q", "jobDefinition": "d",
+                "parameters": {"task_id": "dGFzazox/ODU4MzU="}}
+    stub.add_response("submit_job", {"jobName": "n", "jobId": "job-123"}, expected)
+    # WHEN a job is submitted / THEN exactly those arguments go out (no token, no environment override)
+    with stub:
+        assert BatchJobLauncher(client, "q", "d").submit("dGFzazox/ODU4MzU=") == "job-123"
+    stub.assert_no_pending_responses()
+    assert job_name("a/b=c") == "scanbridge-a_b_c"
