@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from scanbridge.config import Settings, get_settings
 from scanbridge.domain.catalog import BuiltinCatalog
-from scanbridge.ports import ArtifactStore, JobLauncher, ModelCatalog, PlatformClient, SecretBox, TaskStore
+from scanbridge.ports import (
+    ArtifactStore,
+    DeadLetterQueue,
+    JobLauncher,
+    ModelCatalog,
+    PlatformClient,
+    SecretBox,
+    TaskStore,
+)
+from scanbridge.services.control import ControlService
 from scanbridge.services.delivery import DeliveryService
 from scanbridge.services.intake import IntakeService
 from scanbridge.services.queries import QueryService
@@ -38,6 +47,8 @@ class Container:
     intake: IntakeService
     delivery: DeliveryService
     queries: QueryService
+    control: ControlService
+    dead_letters: DeadLetterQueue
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,7 +58,7 @@ def aws_clients(settings: Settings) -> dict[str, Any]:
 
     session = boto3.session.Session(region_name=settings.aws_region)
     kwargs: dict[str, Any] = {"endpoint_url": settings.aws_endpoint_url} if settings.aws_endpoint_url else {}
-    return {name: session.client(name, **kwargs) for name in ("dynamodb", "s3", "kms", "batch")}
+    return {name: session.client(name, **kwargs) for name in ("dynamodb", "s3", "kms", "batch", "sqs")}
 
 
 def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
@@ -70,9 +81,19 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
     secrets = overrides.get("secrets") or KmsSecretBox(clients["kms"], settings.kms_key_id)
     platform = overrides.get("platform") or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
     catalog = overrides.get("catalog") or BuiltinCatalog()
+    dead_letters = overrides.get("dead_letters")
+    if dead_letters is None:
+        if settings.dead_letter_queue_url and clients:
+            from scanbridge.adapters.aws.sqs import SqsDeadLetterQueue
+
+            dead_letters = SqsDeadLetterQueue(clients["sqs"], settings.dead_letter_queue_url)
+        else:
+            from scanbridge.adapters.local.memory import MemoryDeadLetterQueue
+
+            dead_letters = MemoryDeadLetterQueue(settings.data_dir / "dead-letters")
     delivery = DeliveryService(tasks, artifacts, secrets, platform, api_key=settings.platform_api_key,
                                attempts=settings.delivery_attempts, backoff_s=settings.delivery_backoff_s,
-                               sleep=overrides.get("sleep", time.sleep))
+                               dead_letters=dead_letters, sleep=overrides.get("sleep", time.sleep))
     launcher = overrides.get("launcher")
     if launcher is None:
         if settings.launcher == "batch":
@@ -83,12 +104,14 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
             from scanbridge.adapters.local.launcher import LocalJobLauncher
 
             launcher = LocalJobLauncher(max_workers=settings.max_workers, log_dir=settings.data_dir / "logs",
-                                        on_finished=delivery.on_job_finished)
+                                        on_finished=delivery.on_job_finished, retries=settings.worker_retries)
     intake = IntakeService(tasks, launcher, secrets, default_model=settings.default_model,
                            max_scans=settings.max_scans_per_task)
     queries = QueryService(tasks, artifacts)
+    control = ControlService(tasks, launcher, delivery, queries)
     return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
-                     platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries)
+                     platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries,
+                     control=control, dead_letters=dead_letters)
 
 
 def build_processing(container: Container, **overrides: Any) -> ProcessingService:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = 0
 
     # Delivery.
+    dead_letter_queue_url: str = ""
     delivery_attempts: int = 5
     delivery_backoff_s: float = 1.0
     delivery_timeout_s: float = 30.0
@@ -58,9 +59,20 @@ class Settings(BaseSettings):
     api_keys: str = ""
     admin_token: str = ""
     max_body_bytes: int = 1024 * 1024
+    max_tiles_per_scan: int = 200_000
+    worker_retries: int = 1
 
     public_url: str = ""
     log_level: str = "INFO"
+
+    def api_key_map(self) -> dict[str, str]:
+        """SCANBRIDGE_API_KEYS ("key:company_id,key2:company_id2") as key -> company_id."""
+        keys: dict[str, str] = {}
+        for item in self.api_keys.split(","):
+            key, sep, company = item.strip().rpartition(":")
+            if sep and key and company:
+                keys[key] = company
+        return keys
 
     def scan_host_patterns(self) -> list[str]:
         """The allowlist as a list of lower-case host[:port] patterns."""

@@ -98,3 +98,10 @@ class ModelCatalog(Protocol):
 
     def spec(self, name: str) -> ModelSpec:
         """The spec of `name`; raises ModelNotFoundError."""
+
+
+class DeadLetterQueue(Protocol):
+    """Where undeliverable results are parked for an operator (SQS; locally moto SQS or memory)."""
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Park one message (never the token or the results body: those stay in the stores)."""

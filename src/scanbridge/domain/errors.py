@@ -58,6 +58,12 @@ class AuthError(ScanbridgeError):
     code = "UNAUTHORIZED"
 
 
+class WebhookSignatureError(AuthError):
+    """A webhook whose Standard Webhooks signature is missing, wrong or stale."""
+
+    code = "WEBHOOK_SIGNATURE_INVALID"
+
+
 class ForbiddenError(ScanbridgeError):
     """Valid credentials, but not for this."""
 

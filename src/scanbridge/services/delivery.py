@@ -18,7 +18,7 @@ from scanbridge.domain.errors import DeliveryError, NoPlatformCredentialsError, 
 from scanbridge.domain.results import ResultsPayload, ScanResult, failure_result
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import Task, utcnow
-from scanbridge.ports import ArtifactStore, PlatformClient, SecretBox, TaskStore
+from scanbridge.ports import ArtifactStore, DeadLetterQueue, PlatformClient, SecretBox, TaskStore
 from scanbridge.services.common import update_task
 from scanbridge.services.processing import scan_result_key
 
@@ -53,6 +53,7 @@ class DeliveryService:
 
     def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, secrets: SecretBox, platform: PlatformClient,
                  *, api_key: str = "", attempts: int = 5, backoff_s: float = 1.0,
+                 dead_letters: DeadLetterQueue | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._tasks = tasks
         self._artifacts = artifacts
@@ -62,6 +63,7 @@ class DeliveryService:
         self._attempts = max(1, attempts)
         self._backoff = backoff_s
         self._sleep = sleep
+        self._dead_letters = dead_letters
 
     def on_job_finished(self, task_id: str, succeeded: bool, reason: str | None = None) -> Task:
         """The job ended: fail scans left without a result, claim the delivery, post."""
@@ -147,10 +149,33 @@ class DeliveryService:
                             extra={"task_id": task.task_id})
                 self._sleep(delay)
         log.error("results could not be delivered: %s", last_error, extra={"task_id": task.task_id})
+        if self._dead_letters is not None and task.status != TaskStatus.CANCELLED:
+            self._dead_letters.send({"task_id": task.task_id, "company_id": task.company_id,
+                                     "reason": "DELIVERY_FAILED", "status_code": status_code,
+                                     "last_error": last_error, "attempts": attempt, "at": utcnow()})
         return self._finish(task.task_id, TaskStatus.DELIVERY_FAILED, error=(DeliveryError.code, last_error),
                             delivery={"status_code": status_code, "attempts": attempt, "last_error": last_error,
                                       "response_excerpt": excerpt,
                                       "duration_s": round(time.monotonic() - started, 3)})
+
+    def redeliver(self, task_id: str) -> Task:
+        """Post again a task whose delivery failed (DELIVERY_FAILED -> DELIVERING; one caller wins)."""
+        from scanbridge.domain.errors import ConflictError
+
+        claimed: list[bool] = []
+
+        def claim(task: Task) -> Task | None:
+            claimed.clear()
+            if task.status != TaskStatus.DELIVERY_FAILED:
+                return None
+            claimed.append(True)
+            return task.moved_to(TaskStatus.DELIVERING)
+
+        task = update_task(self._tasks, task_id, claim)
+        if not claimed:
+            raise ConflictError(f"task {task_id!r} is {task.status}; only DELIVERY_FAILED tasks are redelivered",
+                                details={"status": str(task.status)})
+        return self.deliver(task)
 
     @staticmethod
     def _all_failed(task: Task) -> bool:
@@ -160,6 +185,8 @@ class DeliveryService:
                 error: tuple[str, str] | None = None) -> Task:
         def change(t: Task) -> Task:
             updates: dict[str, Any] = {"delivery": t.delivery.model_copy(update=delivery)}
+            if t.status == TaskStatus.CANCELLED:
+                return t.model_copy(update={**updates, "updated_at": utcnow()})
             if error and not t.error_code:
                 updates.update(error_code=error[0], error_message=error[1])
             if status == TaskStatus.FAILED and not t.error_code and not error:

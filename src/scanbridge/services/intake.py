@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import jwt
 
 from scanbridge.domain.errors import ValidationError
-from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import ScanState, Task
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.ports import JobLauncher, SecretBox, TaskStore
@@ -70,8 +70,30 @@ class IntakeService:
         created = self._tasks.create(task)
         if not created:
             log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
+            self._refresh(task)
         stored = self._ensure_job(payload.task_id)
         return Accepted(task=stored, created=created)
+
+    def _refresh(self, fresh: Task) -> None:
+        """A redelivery carries freshly signed URLs (and maybe a fresh token): keep them for unfinished work."""
+
+        def change(task: Task) -> Task | None:
+            if task.status.is_terminal:
+                return None
+            scans = dict(task.scans)
+            changed = False
+            for sid, scan in fresh.scans.items():
+                old = scans.get(sid)
+                if old and old.status == ScanStatus.PENDING and old.urls != scan.urls:
+                    scans[sid] = old.model_copy(update={"urls": scan.urls})
+                    changed = True
+            updates: dict[str, object] = {"scans": scans}
+            if fresh.token_ciphertext and fresh.token_exp and fresh.token_exp > (task.token_exp or 0):
+                updates.update(token_ciphertext=fresh.token_ciphertext, token_exp=fresh.token_exp)
+                changed = True
+            return task.model_copy(update=updates) if changed else None
+
+        update_task(self._tasks, fresh.task_id, change)
 
     def _ensure_job(self, task_id: str) -> Task:
         """Claim RECEIVED -> QUEUED (only one caller wins), then submit the job."""

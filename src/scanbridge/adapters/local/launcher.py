@@ -26,7 +26,7 @@ class LocalJobLauncher:
     """
 
     def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, retries: int = 1) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="local-job")
         self._log_dir = log_dir
         self._on_finished = on_finished
@@ -34,6 +34,7 @@ class LocalJobLauncher:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._retries = max(0, retries)
 
     def set_on_finished(self, callback: OnFinished) -> None:
         """Set what runs when a job ends (the delivery service)."""
@@ -54,17 +55,18 @@ class LocalJobLauncher:
             with self._lock:
                 if job_id in self._cancelled:
                     return
-            with open(log_path, "ab") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
-                    stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ),
-                    start_new_session=True)
-                with self._lock:
-                    self._procs[job_id] = proc
-                code = proc.wait()
-            ok = code == 0
-            if not ok:
+            for attempt in range(self._retries + 1):
+                code = self._spawn(task_id, job_id, log_path)
+                ok = code == 0
+                if ok:
+                    break
                 reason = f"worker exited with code {code}" if code > 0 else f"worker killed by signal {-code}"
+                with self._lock:
+                    cancelled = job_id in self._cancelled
+                # Like Batch's retry on host termination: a killed worker is retried, an erroring one is not.
+                if code > 0 or cancelled or attempt == self._retries:
+                    break
+                log.warning("%s; retrying the task", reason, extra={"task_id": task_id})
         except Exception as exc:  # noqa: BLE001 - report every launcher failure as a failed job
             log.exception("local worker could not run")
             reason = f"worker could not start: {type(exc).__name__}"
@@ -76,6 +78,20 @@ class LocalJobLauncher:
                 self._on_finished(task_id, ok, reason)
             except Exception:  # noqa: BLE001 - a delivery error must not kill the launcher thread
                 log.exception("results step failed", extra={"task_id": task_id})
+
+    def _spawn(self, task_id: str, job_id: str, log_path: Path) -> int:
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
+                stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ), start_new_session=True)
+            with self._lock:
+                self._procs[job_id] = proc
+            return proc.wait()
+
+    def pids(self) -> dict[str, int]:
+        """Running worker processes by job id (for operators and tests)."""
+        with self._lock:
+            return {job: p.pid for job, p in self._procs.items() if p.poll() is None}
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Terminate the worker of `job_id` (SIGTERM to its process group)."""

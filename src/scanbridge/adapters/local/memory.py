@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet
 
@@ -106,3 +108,22 @@ class FernetSecretBox:
         if envelope["c"] != context:
             raise ValueError("encryption context mismatch")
         return str(envelope["p"])
+
+
+class MemoryDeadLetterQueue:
+    """Parked messages in a list (and, when given a folder, one JSON file each so they survive the process)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._folder = folder
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Park one message."""
+        with self._lock:
+            self.messages.append(dict(message))
+            if self._folder is not None:
+                self._folder.mkdir(parents=True, exist_ok=True)
+                name = f"{len(self.messages):06d}-{message.get('task_id', 'message')}.json"
+                (self._folder / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)).write_text(
+                    json.dumps(message, sort_keys=True))

@@ -7,7 +7,7 @@ import logging
 from typing import Annotated, Any
 
 import pydantic
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from scanbridge import __version__
@@ -16,8 +16,12 @@ from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http import errors
+from scanbridge.entrypoints.http.security import Principal, admin, principal, verify_webhook, warn_open
 
 log = logging.getLogger(__name__)
+
+Tenant = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]
 
 
 def _payload(raw: bytes, max_bytes: int) -> WebhookPayload:
@@ -43,8 +47,7 @@ def create_app(container: Container) -> FastAPI:
                   description="Webhook bridge between digital-pathology platforms and ONNX models.")
     app.state.container = container
     errors.install(app)
-    if not settings.webhook_secret:
-        log.warning("SCANBRIDGE_WEBHOOK_SECRET is not set: webhooks are accepted unsigned (local mode)")
+    warn_open(settings)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, Any]:
@@ -55,31 +58,49 @@ def create_app(container: Container) -> FastAPI:
     @app.post("/webhook", status_code=202, tags=["platform"])
     async def webhook(request: Request) -> JSONResponse:
         """Accept a platform task: 202 with {task_id, status}; redeliveries return the same task."""
-        payload = _payload(await request.body(), settings.max_body_bytes)
+        raw = await request.body()
+        if len(raw) > settings.max_body_bytes:
+            raise ValidationError(f"the body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
+        verify_webhook(settings, raw, dict(request.headers))
+        payload = _payload(raw, settings.max_body_bytes)
         accepted = container.intake.accept(payload)
         return JSONResponse({"task_id": accepted.task.task_id, "status": str(accepted.task.status),
                              "created": accepted.created}, status_code=202)
 
     @app.get("/tasks", tags=["tasks"])
-    def list_tasks(status: TaskStatus | None = None, company_id: str | None = None,
+    def list_tasks(caller: Tenant, status: TaskStatus | None = None, company_id: str | None = None,
                    limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None) -> dict[str, Any]:
         """Tasks, newest first, filtered by status and company; `next_cursor` pages on."""
+        if caller.scope is not None:
+            if company_id not in (None, caller.scope):
+                return {"tasks": [], "next_cursor": None}
+            company_id = caller.scope
         page = container.queries.tasks(status=status, company_id=company_id, limit=limit, cursor=cursor)
         return {"tasks": [t.public_view() for t in page.tasks], "next_cursor": page.next_cursor}
 
     @app.get("/tasks/{task_id}", tags=["tasks"])
-    def get_task(task_id: str) -> dict[str, Any]:
+    def get_task(task_id: str, caller: Tenant) -> dict[str, Any]:
         """A task: status, per-scan status and progress, timestamps, error, delivery."""
-        return container.queries.task(task_id).public_view()
+        return container.queries.task(task_id, caller.scope).public_view()
 
     @app.get("/tasks/{task_id}/results", tags=["tasks"])
-    def get_results(task_id: str) -> dict[str, Any]:
+    def get_results(task_id: str, caller: Tenant) -> dict[str, Any]:
         """Exactly the body that was posted to the platform."""
-        return container.queries.results(task_id)
+        return container.queries.results(task_id, caller.scope)
 
     @app.get("/tasks/{task_id}/scans/{scan_id}/metadata", tags=["tasks"])
-    def scan_metadata(task_id: str, scan_id: str) -> dict[str, Any]:
+    def scan_metadata(task_id: str, scan_id: str, caller: Tenant) -> dict[str, Any]:
         """What the reader found in the scan: dimensions, levels, mpp, vendor, format."""
-        return container.queries.scan_metadata(task_id, scan_id)
+        return container.queries.scan_metadata(task_id, scan_id, caller.scope)
+
+    @app.post("/tasks/{task_id}/cancel", tags=["tasks"])
+    def cancel_task(task_id: str, caller: Tenant) -> dict[str, Any]:
+        """Stop the task's work within seconds; the task becomes CANCELLED and the platform is told."""
+        return container.control.cancel(task_id, caller.scope).public_view()
+
+    @app.post("/tasks/{task_id}/redeliver", tags=["admin"])
+    def redeliver_task(task_id: str, _admin: Admin) -> dict[str, Any]:
+        """Admin: post the results of a DELIVERY_FAILED task again."""
+        return container.control.redeliver(task_id).public_view()
 
     return app
