@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging import utils
+from aws_lambda_powertools.metrics import MetricUnit
 
 from scanbridge.bootstrap import Container, bootstrap
 
 logger = Logger(service="scanbridge-results")
+metrics = Metrics(namespace="ScanBridge", service="scanbridge-results")
+logging.getLogger("scanbridge")
+utils.copy_config_to_registered_loggers(source_logger=logger, include={"scanbridge"})
 _container: Container | None = None
 
 
@@ -22,6 +28,7 @@ def parse_event(event: dict[str, Any]) -> tuple[str, bool, str | None]:
     return str(task_id), status == "SUCCEEDED", detail.get("statusReason")
 
 
+@metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Deliver the results of the job's task; returns the task's new status."""
     global _container
@@ -30,4 +37,5 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     task_id, succeeded, reason = parse_event(event)
     logger.append_keys(task_id=task_id)
     task = _container.delivery.on_job_finished(task_id, succeeded, reason)
+    metrics.add_metric(name=f"Task{str(task.status).title().replace('_', '')}", unit=MetricUnit.Count, value=1)
     return {"task_id": task.task_id, "status": str(task.status)}

@@ -35,7 +35,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     from scanbridge.bootstrap import bootstrap
     from scanbridge.entrypoints.http.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from scanbridge.logs import setup_logging
+
+    setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"))
     moto, endpoint = start_moto()
     # Children (worker subprocesses) inherit these, so they reach the same moto server.
     os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from scanbridge.bootstrap import bootstrap, build_processing
+from scanbridge.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scanbridge worker")
     parser.add_argument("--task-id", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     container = bootstrap()
+    setup_logging("scanbridge-worker", container.settings.log_level)
     task = build_processing(container).run(args.task_id)
     logging.getLogger("scanbridge.worker").info("worker finished task %s: %s", task.task_id, task.status)
     return 0
