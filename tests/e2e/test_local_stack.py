@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ def platform() -> Iterator[FakePlatform]:
         yield p
 
 
-@pytest.fixture
-def stack(platform: FakePlatform, tmp_path: Path) -> Iterator[str]:
-    """`scanbridge serve` on a free port, pointed at the fake platform."""
+@contextmanager
+def start_stack(platform: FakePlatform, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`scanbridge serve` on a free port, pointed at the platform; stopped with SIGINT (Ctrl-C) afterwards."""
     port = free_port()
     env = {**os.environ, "SCANBRIDGE_PLATFORM_URL": platform.base_url,
            "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc, "SCANBRIDGE_DATA_DIR": str(tmp_path / "data"),
-           "SCANBRIDGE_MAX_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
+           "SCANBRIDGE_MAX_WORKERS": "2", "SCANBRIDGE_DELIVERY_BACKOFF_S": "0.05", "PYTHONUNBUFFERED": "1",
+           **(extra_env or {})}
     env.pop("SCANBRIDGE_AWS_ENDPOINT_URL", None)
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "scanbridge.entrypoints.cli", "serve", "--port", str(port)],
@@ -51,15 +53,23 @@ def stack(platform: FakePlatform, tmp_path: Path) -> Iterator[str]:
         except httpx.TransportError:
             time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-    yield url
-    proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
     output = (tmp_path / "serve.log").read_text()
     assert "scanbridge serving on" in output and "scanbridge stopped" in output
+
+
+@pytest.fixture
+def stack(platform: FakePlatform, tmp_path: Path) -> Iterator[str]:
+    with start_stack(platform, tmp_path) as url:
+        yield url
 
 
 def _wait_terminal(url: str, task_id: str, timeout_s: float = 90) -> dict[str, Any]:
