@@ -40,6 +40,24 @@ def _payload(raw: bytes, max_bytes: int) -> WebhookPayload:
         raise ValidationError("the webhook does not follow the platform contract", details=details) from exc
 
 
+def _inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline_refs(v, defs) for v in schema]
+    return schema
+
+
+def webhook_schema() -> dict[str, Any]:
+    """The webhook body's JSON schema, self-contained, for the OpenAPI document."""
+    raw = WebhookPayload.model_json_schema()
+    inlined: dict[str, Any] = _inline_refs(raw, raw.get("$defs", {}))
+    return inlined
+
+
 def create_app(container: Container) -> FastAPI:
     """The FastAPI app over one container."""
     settings = container.settings
@@ -55,7 +73,8 @@ def create_app(container: Container) -> FastAPI:
         return {"status": "ok", "version": __version__, "models": container.catalog.names(),
                 "launcher": settings.launcher}
 
-    @app.post("/webhook", status_code=202, tags=["platform"])
+    @app.post("/webhook", status_code=202, tags=["platform"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": webhook_schema()}}}})
     async def webhook(request: Request) -> JSONResponse:
         """Accept a platform task: 202 with {task_id, status}; redeliveries return the same task."""
         raw = await request.body()
