@@ -1,14 +1,39 @@
-"""Scan readers behind one ScanReader contract; `open_scan()` picks one from the files' content."""
+"""Scan readers behind one ScanReader contract; `open_scan()` picks one from the files' content.
+
+Routing (content only, never file names):
+
+- TIFF: OpenSlide (Aperio SVS, generic/pyramidal TIFF); what OpenSlide refuses but tifffile decodes
+  (stripped TIFF, untiled OME-TIFF) goes to the tifffile reader; an unknown TIFF compression is
+  SCAN_UNSUPPORTED_FORMAT.
+- DICOM: the files' headers are parsed with pydicom and grouped into one series. A WSI series whose
+  codecs OpenSlide decodes is handed to OpenSlide (when OpenSlide finds the same levels); everything
+  else (JPEG-LS, RLE, deflated, files split over folders, plain non-WSI images...) is read with pydicom.
+- ZIP: unpacked with guards (`imaging.archive`) into a temporary folder, then treated as above;
+  the folder goes away when the reader is closed.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanbridge.domain.errors import UnsupportedFormatError
+import numpy as np
+from pydicom import uid as dcm_uid
+
+from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
 from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, best_level
 
 __all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan"]
+
+log = logging.getLogger(__name__)
+
+#: DICOM transfer syntaxes OpenSlide 4 decodes (the rest go to the pydicom reader)
+OPENSLIDE_DICOM_SYNTAXES = frozenset({dcm_uid.ExplicitVRLittleEndian, dcm_uid.ImplicitVRLittleEndian,
+                                      dcm_uid.JPEGBaseline8Bit, dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000})
 
 
 def detect_format(path: Path) -> str:
@@ -24,17 +49,140 @@ def detect_format(path: Path) -> str:
     return "unknown"
 
 
+class _OwnedFolders:
+    """A reader that removes the folders it was unpacked into when closed."""
+
+    def __init__(self, inner: ScanReader, folders: list[Path]) -> None:
+        self._inner = inner
+        self._folders = folders
+        self.metadata = inner.metadata
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """See ScanReader.read_region."""
+        return self._inner.read_region(location, level, size)
+
+    def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
+        """See ScanReader.thumbnail."""
+        return self._inner.thumbnail(max_size)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """See ScanReader.associated_image."""
+        return self._inner.associated_image(name)
+
+    def close(self) -> None:
+        """Close the inner reader, then remove the unpacked files."""
+        try:
+            self._inner.close()
+        finally:
+            for folder in self._folders:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def open_scan(paths: Sequence[Path]) -> ScanReader:
     """Open a scan made of one or more files with the reader that fits their content."""
     if not paths:
         raise UnsupportedFormatError("the scan has no files")
-    kinds = [detect_format(p) for p in paths]
-    if kinds[0] == "tiff":
-        from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+    folders: list[Path] = []
+    try:
+        files: list[tuple[Path, str]] = []
+        for path in paths:
+            kind = _detect(path)
+            if kind == "zip":
+                from scanbridge.imaging.archive import safe_extract
 
-        return OpenSlideReader(paths[0])
-    if "dicom" in kinds:
-        from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+                folder = _unpack_folder(path)
+                folders.append(folder)
+                files.extend((p, _detect(p)) for p in safe_extract(path, folder))
+            else:
+                files.append((Path(path), kind))
+        reader = _open_files(files)
+    except ScanbridgeError:
+        _remove(folders)
+        raise
+    except Exception as exc:  # a native library failing on bad input must not escape raw
+        _remove(folders)
+        log.warning("unexpected error opening a scan", exc_info=True)
+        raise CorruptScanError(f"the scan cannot be opened: {type(exc).__name__}: {exc}") from exc
+    return _OwnedFolders(reader, folders) if folders else reader
 
-        return OpenSlideReader(paths[kinds.index("dicom")])
-    raise UnsupportedFormatError(f"unsupported scan format ({kinds[0]})", details={"detected": kinds})
+
+def _detect(path: Path) -> str:
+    try:
+        return detect_format(path)
+    except OSError as exc:
+        raise CorruptScanError(f"the scan file cannot be read: {exc}") from exc
+
+
+def _unpack_folder(archive: Path) -> Path:
+    """A fresh folder beside the archive (the task's work dir), or in the system temp dir."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=".unzipped-", dir=archive.parent))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="scanbridge-unzipped-"))
+
+
+def _remove(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_files(files: list[tuple[Path, str]]) -> ScanReader:
+    kinds = [k for _, k in files]
+    dicoms = [p for p, k in files if k == "dicom"]
+    tiffs = [p for p, k in files if k == "tiff"]
+    if tiffs and (kinds[0] == "tiff" or not dicoms):
+        return _open_tiff(tiffs[0])
+    if dicoms:
+        return _open_dicom(dicoms)
+    raise UnsupportedFormatError(f"unsupported scan format ({kinds[0] if kinds else 'empty archive'})",
+                                 details={"detected": kinds[:20]})
+
+
+def _open_tiff(path: Path) -> ScanReader:
+    from scanbridge.imaging.readers.openslide_reader import OpenSlideReader, unsupported_tiff_reason
+    from scanbridge.imaging.readers.tiff_reader import TiffFileReader, ome_mpp
+
+    reason = unsupported_tiff_reason(path)
+    if reason:
+        raise UnsupportedFormatError(reason)
+    try:
+        reader = OpenSlideReader(path)
+    except UnsupportedFormatError:
+        return TiffFileReader(path)
+    if reader.metadata.mpp is None:  # OME-TIFF keeps its pixel size in XML, which OpenSlide ignores
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                mpp = ome_mpp(tif.ome_metadata) if tif.is_ome else None
+        except (tifffile.TiffFileError, ValueError, OSError):
+            mpp = None
+        if mpp:
+            reader.metadata = dataclasses.replace(reader.metadata, mpp=mpp)
+    return reader
+
+
+def _open_dicom(paths: list[Path]) -> ScanReader:
+    from scanbridge.imaging.readers.dicom_reader import open_dicom_series
+    from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+
+    reader = open_dicom_series(paths)
+    if reader.metadata.format != "dicom-wsi":
+        return reader
+    syntaxes = {p.syntax for level in reader.levels for p in level.parts}
+    if not syntaxes <= OPENSLIDE_DICOM_SYNTAXES:
+        return reader
+    try:
+        slide = OpenSlideReader(reader.levels[0].parts[0].path, format="dicom-wsi")
+    except ScanbridgeError:
+        return reader
+    if slide.metadata.level_dimensions != reader.metadata.level_dimensions:
+        slide.close()
+        return reader
+    props = {**reader.metadata.properties, **slide.metadata.properties, "scanbridge.reader": "openslide"}
+    slide.metadata = dataclasses.replace(
+        slide.metadata, transfer_syntax=reader.metadata.transfer_syntax, properties=props,
+        mpp=slide.metadata.mpp or reader.metadata.mpp,
+        objective_power=slide.metadata.objective_power or reader.metadata.objective_power)
+    reader.close()
+    return slide

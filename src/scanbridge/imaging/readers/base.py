@@ -49,6 +49,9 @@ class ScanReader(Protocol):
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """An RGB thumbnail no larger than max_size, and its downsample from level 0."""
 
+    def associated_image(self, name: str) -> np.ndarray:
+        """The named associated image (one of metadata.associated_images) as RGB uint8; KeyError if absent."""
+
     def close(self) -> None:
         """Release the file."""
 
@@ -70,3 +73,20 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     alpha = rgba[..., 3:4].astype(np.uint16)
     out = rgb + (255 - alpha)  # premultiplied: transparent pixels are (0,0,0,0) -> white
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def thumbnail_size(dimensions: tuple[int, int], max_size: int) -> tuple[int, int]:
+    """The (w, h) of a thumbnail of an image of `dimensions` that fits in max_size (never upscaled)."""
+    w, h = dimensions
+    scale = max(w / max_size, h / max_size, 1.0)
+    return max(1, int(w / scale)), max(1, int(h / scale))
+
+
+def resize_rgb(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 array to (w, h) with an area-averaging filter."""
+    if (arr.shape[1], arr.shape[0]) == size:
+        return arr
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(arr), "RGB").resize(size, Image.Resampling.BOX)
+    return np.asarray(img)

@@ -36,7 +36,7 @@ def unsupported_tiff_reason(path: Path) -> str | None:
 class OpenSlideReader:
     """A ScanReader over openslide.OpenSlide; native errors become scanbridge errors."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, format: str = "openslide") -> None:
         try:
             self._slide = openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError as exc:
@@ -49,7 +49,7 @@ class OpenSlideReader:
         props = dict(self._slide.properties)
         mpp_x, mpp_y = _float(props.get(openslide.PROPERTY_NAME_MPP_X)), _float(props.get(openslide.PROPERTY_NAME_MPP_Y))
         self.metadata = ScanMetadata(
-            format="openslide",
+            format=format,
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR),
             dimensions=tuple(self._slide.dimensions),  # type: ignore[arg-type]
             level_dimensions=tuple(tuple(d) for d in self._slide.level_dimensions),  # type: ignore[misc]
@@ -78,6 +78,14 @@ class OpenSlideReader:
             raise CorruptScanError(f"the scan's image data cannot be decoded: {exc}") from exc
         arr = np.asarray(thumb.convert("RGB"))
         return arr, w / arr.shape[1]
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """The named associated image as RGB uint8 (KeyError if absent)."""
+        try:
+            img = self._slide.associated_images[name]
+        except openslide.OpenSlideError as exc:
+            raise CorruptScanError(f"the {name} image cannot be decoded: {exc}") from exc
+        return rgba_to_rgb(np.asarray(img))
 
     def close(self) -> None:
         """Close the slide."""
