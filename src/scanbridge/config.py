@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     max_tiles_per_scan: int = 200_000
     worker_retries: int = 1
+    heartbeat_interval_s: float = 10.0
+    stale_after_s: float = 120.0
 
     public_url: str = ""
     log_level: str = "INFO"

@@ -67,6 +67,7 @@ class Task(BaseModel):
     token_ciphertext: str | None = Field(None, repr=False)
     token_exp: int | None = None
     job_id: str | None = None
+    heartbeat_at: float | None = None
     attempts: int = 0
     error_code: str | None = None
     error_message: str | None = None

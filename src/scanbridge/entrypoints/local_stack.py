@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 log = logging.getLogger("scanbridge.serve")
@@ -55,9 +56,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers", endpoint,
              settings.data_dir.resolve(), settings.max_workers)
     print(f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)", flush=True)
+    from scanbridge.services.reaper import Reaper
+
+    stop = threading.Event()
+    is_alive = getattr(container.launcher, "is_alive", lambda _job: False)
+    reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s, is_alive=is_alive)
+    threading.Thread(target=reaper.run_every, args=(max(1.0, settings.stale_after_s / 4), stop),
+                     name="reaper", daemon=True).start()
     try:
         uvicorn.run(create_app(container), host=host, port=port, log_level="warning")
     finally:
+        stop.set()
         shutdown = getattr(container.launcher, "shutdown", None)
         if shutdown:
             shutdown()

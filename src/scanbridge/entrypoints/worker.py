@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     container = bootstrap()
     setup_logging("scanbridge-worker", container.settings.log_level)
-    task = build_processing(container).run(args.task_id)
+    from scanbridge.services.reaper import Heartbeat
+
+    with Heartbeat(container.tasks, args.task_id, container.settings.heartbeat_interval_s):
+        task = build_processing(container).run(args.task_id)
     logging.getLogger("scanbridge.worker").info("worker finished task %s: %s", task.task_id, task.status)
     return 0
 

@@ -88,6 +88,12 @@ class LocalJobLauncher:
                 self._procs[job_id] = proc
             return proc.wait()
 
+    def is_alive(self, job_id: str) -> bool:
+        """Whether the worker of `job_id` is running now."""
+        with self._lock:
+            proc = self._procs.get(job_id)
+        return proc is not None and proc.poll() is None
+
     def pids(self) -> dict[str, int]:
         """Running worker processes by job id (for operators and tests)."""
         with self._lock:
