@@ -105,6 +105,13 @@ class FrameStore:
         self._fd: int | None = None
         self._memory: bytes | None = None
         self._lock = threading.Lock()
+        try:
+            self._index = self._open(path, pixel_pos)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: Path, pixel_pos: int) -> list[list[tuple[int, int]]]:
         if self.syntax in IN_MEMORY_SYNTAXES:
             self._memory = self._load_in_memory()
             value_off, value_len = 0, len(self._memory)
@@ -115,15 +122,16 @@ class FrameStore:
             self._fd = os.open(path, os.O_RDONLY)
             value_off, value_len = self._element_value(pixel_pos)
             encapsulated = value_len == 0xFFFFFFFF
+            if not encapsulated and value_off + value_len > os.fstat(self._fd).st_size:
+                raise CorruptScanError("the DICOM file is truncated", details={"file": path.name})
         if encapsulated:
-            self._index = self._index_fragments(value_off)
-        else:
-            if value_len < self.layout.frames * self.layout.frame_bytes:
-                raise CorruptScanError("the DICOM pixel data is shorter than its frames",
-                                       details={"length": value_len, "expected": self.layout.frames
-                                                * self.layout.frame_bytes})
-            fb = self.layout.frame_bytes
-            self._index = [[(value_off + i * fb, fb)] for i in range(self.layout.frames)]
+            return self._index_fragments(value_off)
+        if value_len < self.layout.frames * self.layout.frame_bytes:
+            raise CorruptScanError("the DICOM pixel data is shorter than its frames",
+                                   details={"length": value_len, "expected": self.layout.frames
+                                            * self.layout.frame_bytes})
+        fb = self.layout.frame_bytes
+        return [[(value_off + i * fb, fb)] for i in range(self.layout.frames)]
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
 from scanbridge.imaging.readers.base import ScanMetadata, best_level, resize_rgb, thumbnail_size
-from scanbridge.imaging.readers.dicom_frames import FrameStore, read_header
+from scanbridge.imaging.readers.dicom_frames import IN_MEMORY_SYNTAXES, FrameStore, read_header
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ASSOCIATED_NAMES = {"THUMBNAIL": "thumbnail", "LABEL": "label", "OVERVIEW": "macro"}
@@ -57,7 +57,11 @@ class DicomInstance:
 def read_instance(path: Path) -> DicomInstance:
     """Parse one DICOM file's header into a DicomInstance (no pixel data read)."""
     ds, pos = read_header(path)
-    if "PixelData" not in ds and pos < 0:
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if not syntax or "SOPClassUID" not in ds:
+        raise CorruptScanError("the DICOM file has no transfer syntax or SOP class: not a valid dataset",
+                               details={"file": path.name})
+    if pos < 0 and syntax not in IN_MEMORY_SYNTAXES:
         raise UnsupportedFormatError("the DICOM file holds no image", details={"file": path.name})
     is_wsi = str(ds.get("SOPClassUID", "")) == WSI_SOP_CLASS
     try:
@@ -195,7 +199,7 @@ def open_dicom_series(paths: Sequence[Path]) -> DicomReader:
     for path in paths:
         try:
             instances.append(read_instance(path))
-        except ScanbridgeError as exc:
+        except UnsupportedFormatError as exc:  # e.g. a DICOMDIR or a report beside the images: skipped
             errors.append(exc)
     if not instances:
         raise errors[0] if errors else UnsupportedFormatError("no DICOM images")
@@ -237,11 +241,15 @@ class DicomReader:
             kind = "dicom"
         base = self.levels[0]
         head = base.parts[0]
-        # open level 0's frames now, so that unsupported syntaxes and corrupt files fail at open
-        syntax = head.frames().syntax
-        for level in self.levels[1:]:
-            for part in level.parts:
-                part.frames()
+        # open every level's frames now, so that unsupported syntaxes and corrupt files fail at open
+        try:
+            syntax = head.frames().syntax
+            for level in self.levels[1:]:
+                for part in level.parts:
+                    part.frames()
+        except BaseException:
+            self.close()
+            raise
         ds = head.ds
         spacing = _pixel_spacing_mm(ds)
         mpp = (spacing[1] * 1000.0, spacing[0] * 1000.0) if spacing else None
