@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from scanbridge.domain.errors import ModelNotFoundError
 from scanbridge.domain.models import Label, ModelSpec
+
+if TYPE_CHECKING:
+    from scanbridge.ports import ModelCatalog
 
 TISSUE_SPEC = ModelSpec(
     name="tissue",
@@ -18,12 +23,85 @@ TISSUE_SPEC = ModelSpec(
     output_name="tissue_prob",
     output_downsample=8,
     thresholds={"tissue": 0.5},
+    stains=["HE", "H&E"],
+    default_for=["HE", "H&E"],
     outputs={"contour_levels": [0.25, 0.5, 0.75], "contour_colors": ["#fde0ef", "#e9a3c9", "#c51b7d"],
              "min_region_um2": 2500.0},
     builtin=True,
 )
 
-BUILTIN_SPECS: dict[str, ModelSpec] = {TISSUE_SPEC.name: TISSUE_SPEC}
+NUCLEI_SPEC = ModelSpec(
+    name="nuclei",
+    version="1",
+    kind="segmentation",
+    description="Nuclear segmentation: Ruifrok-Johnston colour deconvolution to haematoxylin, thresholded "
+                "(built-in ONNX graph); touching nuclei split by distance-transform watershed",
+    labels=[Label(name="Nucleus", color="#3f51b5")],
+    input_name="image",
+    input_size=512,
+    input_dtype="uint8",
+    mpp=0.5,
+    output_name="nuclei_prob",
+    output_downsample=1,
+    thresholds={"nucleus": 0.5},
+    stains=["HE", "H&E", "Hematoxylin", "H"],
+    outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
+             "intensity_channel": 0, "tile_overlap": 64, "nucleus_radius_um": 3.0, "min_area_um2": 6.0,
+             "max_area_um2": 400.0, "polygons": True},
+    builtin=True,
+)
+
+IHC_SPEC = ModelSpec(
+    name="ihc-positivity",
+    version="1",
+    kind="detection",
+    description="Ki67/DAB-style nuclear positivity: nuclei from haematoxylin or DAB (colour deconvolution), "
+                "each classified DAB-positive or negative (built-in ONNX graph)",
+    labels=[Label(name="Positive", color="#8b4513"), Label(name="Negative", color="#1e3a8a")],
+    input_name="image",
+    input_size=512,
+    input_dtype="uint8",
+    mpp=0.5,
+    output_name="nuclei_prob",
+    output_downsample=1,
+    thresholds={"nucleus": 0.5, "positive": 0.5},
+    stains=["Ki67", "Ki-67", "MIB-1", "ER", "PR", "p53", "DAB", "IHC"],
+    default_for=["Ki67", "Ki-67", "MIB-1", "MIB1", "ER", "PR", "p53", "DAB", "IHC"],
+    outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
+             "intensity_channel": 2, "positive_channel": 1, "tile_overlap": 64, "nucleus_radius_um": 3.0,
+             "min_area_um2": 6.0, "max_area_um2": 400.0, "polygons": False,
+             "summary_label": "Nuclear positivity (DAB)"},
+    builtin=True,
+)
+
+BUILTIN_SPECS: dict[str, ModelSpec] = {s.name: s for s in (TISSUE_SPEC, NUCLEI_SPEC, IHC_SPEC)}
+
+
+def normalise_stain(stain: str | None) -> str:
+    """'H&E' -> 'HE', 'Ki-67' -> 'KI67': upper case, letters and digits only."""
+    return "".join(c for c in (stain or "").upper() if c.isalnum())
+
+
+def default_model_for(stain: str | None, catalog: ModelCatalog | None = None, *,
+                      fallback: str = "tissue") -> str:
+    """The model to run on a scan of `stain` when the webhook names none.
+
+    A model whose spec lists the stain in `default_for` wins (registered models before built-ins, then
+    by name); otherwise `fallback`. `catalog` defaults to the built-ins.
+    """
+    wanted = normalise_stain(stain)
+    if not wanted:
+        return fallback
+    source = catalog or BuiltinCatalog()
+    candidates: list[tuple[bool, str]] = []
+    for name in source.names():
+        try:
+            spec = source.spec(name)
+        except ModelNotFoundError:
+            continue
+        if wanted in {normalise_stain(s) for s in spec.default_for}:
+            candidates.append((spec.builtin, name))
+    return min(candidates)[1] if candidates else fallback
 
 
 class BuiltinCatalog:

@@ -88,6 +88,18 @@ class ModelNotFoundError(NotFoundError):
     code = "MODEL_NOT_FOUND"
 
 
+class ModelInvalidError(ValidationError):
+    """An uploaded model (spec or ONNX file) that cannot be used as its spec says."""
+
+    code = "MODEL_INVALID"
+
+
+class ModelReadOnlyError(ConflictError):
+    """A change to a built-in model (built-ins are code, not registry entries)."""
+
+    code = "MODEL_READ_ONLY"
+
+
 # --- scans -------------------------------------------------------------------------------------
 
 

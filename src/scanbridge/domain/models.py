@@ -32,9 +32,13 @@ class ModelSpec(BaseModel):
     output_downsample: int = 1
     thresholds: dict[str, float] = Field(default_factory=lambda: {"positive": 0.5})
     stains: list[str] = Field(default_factory=list)
+    default_for: list[str] = Field(default_factory=list)  # stains this model runs on when none is named
     outputs: dict[str, Any] = Field(default_factory=dict)
     builtin: bool = False
 
     def accepts_stain(self, stain: str | None) -> bool:
         """Whether this model is meant for `stain` (an empty list accepts any)."""
-        return not self.stains or (stain or "").upper() in {s.upper() for s in self.stains}
+        def norm(s: str | None) -> str:
+            return "".join(c for c in (s or "").upper() if c.isalnum())
+
+        return not self.stains or norm(stain) in {norm(s) for s in self.stains}

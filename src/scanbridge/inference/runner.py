@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scanbridge.domain.errors import ModelNotFoundError
+from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import analyze_scan
@@ -15,29 +16,57 @@ from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS
 
 
-class ModelLoader:
-    """Loads models by name once per process (built-ins are built from their graphs in memory)."""
+class ModelSource(Protocol):
+    """Where registered (non built-in) models come from: services.models.ModelService fits."""
 
-    def __init__(self, *, intra_op_threads: int = 0, prefer_gpu: bool = True) -> None:
-        self._models: dict[str, OnnxModel] = {}
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of `name`; raises ModelNotFoundError."""
+
+    def onnx_bytes(self, name: str, version: str) -> bytes:
+        """The ONNX file of `name` at `version`; raises ModelNotFoundError."""
+
+
+class ModelLoader:
+    """Loads models by name once per process (built-ins are built from their graphs in memory).
+
+    With a `source`, names that are not built-in are fetched from it (spec + ONNX bytes); a model is
+    cached per (name, version), so a new version registered while the worker lives is picked up.
+    """
+
+    def __init__(self, *, intra_op_threads: int = 0, prefer_gpu: bool = True,
+                 source: ModelSource | None = None) -> None:
+        self._models: dict[tuple[str, str], OnnxModel] = {}
         self._lock = threading.Lock()
         self._threads = intra_op_threads
         self._prefer_gpu = prefer_gpu
+        self._source = source
 
     def check(self, name: str) -> None:
         """Raise ModelNotFoundError unless `name` can be loaded."""
-        if name not in BUILTINS:
+        if name in BUILTINS:
+            return
+        if self._source is None:
             raise ModelNotFoundError(f"model {name!r} not found", details={"available": sorted(BUILTINS)})
+        self._source.spec(name)
 
     def load(self, name: str) -> OnnxModel:
         """The ready-to-run model."""
         self.check(name)
+        if name in BUILTINS:
+            spec, build = BUILTINS[name]
+            return self._cached(spec, build)
+        assert self._source is not None  # check() raised otherwise
+        source = self._source
+        spec = source.spec(name)
+        return self._cached(spec, lambda: source.onnx_bytes(name, spec.version))
+
+    def _cached(self, spec: ModelSpec, data: Any) -> OnnxModel:
+        key = (spec.name, spec.version)
         with self._lock:
-            if name not in self._models:
-                spec, build = BUILTINS[name]
-                self._models[name] = OnnxModel(spec, build(), intra_op_threads=self._threads,
-                                               prefer_gpu=self._prefer_gpu)
-            return self._models[name]
+            if key not in self._models:
+                self._models[key] = OnnxModel(spec, data(), intra_op_threads=self._threads,
+                                              prefer_gpu=self._prefer_gpu)
+            return self._models[key]
 
 
 class Analyzer:

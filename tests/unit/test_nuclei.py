@@ -1,0 +1,138 @@
+"""The nuclei graphs (colour deconvolution in ONNX) and the nucleus post-processing, on small arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from skimage import measure
+
+from scanbridge.domain.catalog import BUILTIN_SPECS, BuiltinCatalog, default_model_for
+from scanbridge.inference.nuclei import NucleusParams, measure_nuclei, params_for, split_nuclei
+from scanbridge.inference.zoo import HED_FROM_RGB, build_ihc_model, build_nuclei_model
+
+COLOURS = {"glass": (240, 240, 240), "stroma": (232, 150, 192), "dark_stroma": (186, 120, 154),
+           "haematoxylin": (80, 60, 140), "dab": (140, 90, 40)}
+
+
+def _run(model: bytes, colours: dict[str, tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    batch = np.stack([np.broadcast_to(np.array(c, np.uint8).reshape(3, 1, 1), (3, 8, 8)) for c in colours.values()])
+    prob, stains = session.run(None, {"image": batch})
+    return prob[:, :, 0, 0], stains[:, :, 0, 0]
+
+
+def _discs(shape: tuple[int, int], discs: list[tuple[float, float, float]]) -> np.ndarray:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    out = np.zeros(shape, dtype=np.float32)
+    for cx, cy, r in discs:  # continuous coordinates: pixel (i, j) centre is (j + 0.5, i + 0.5)
+        out[(xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r * r] = 1.0
+    return out
+
+
+def test_nuclei_graph_deconvolves_with_the_ruifrok_matrix() -> None:
+    # GIVEN the nuclei graph and flat patches of glass, stroma, haematoxylin and DAB
+    model = build_nuclei_model()
+    # WHEN it runs
+    prob, stains = _run(model, COLOURS)
+    # THEN only haematoxylin is nucleus, and stain_od is OD (-log10) times the inverse H-E-DAB matrix
+    p = dict(zip(COLOURS, prob[:, 0], strict=True))
+    assert p["haematoxylin"] > 0.99
+    assert max(p["glass"], p["stroma"], p["dark_stroma"], p["dab"]) < 0.05
+    rgb = np.array(list(COLOURS.values()), np.float64)
+    expected = np.maximum(-np.log10((rgb + 1) / 256) @ HED_FROM_RGB, 0)
+    np.testing.assert_allclose(stains, expected, atol=1e-4)
+    # AND the deconvolution is a 1x1 convolution inside the graph
+    graph = onnx.load_from_string(model).graph
+    assert [n.op_type for n in graph.node].count("Conv") == 1
+
+
+def test_ihc_graph_finds_both_stains_and_flags_dab() -> None:
+    # GIVEN the IHC graph / WHEN it runs on the same patches
+    prob, _ = _run(build_ihc_model(), COLOURS)
+    nucleus = dict(zip(COLOURS, prob[:, 0], strict=True))
+    dab = dict(zip(COLOURS, prob[:, 1], strict=True))
+    # THEN haematoxylin and DAB are both nuclei, only DAB is positive, stroma is neither
+    assert nucleus["haematoxylin"] > 0.99 and nucleus["dab"] > 0.99
+    assert dab["dab"] > 0.99 and dab["haematoxylin"] < 0.05
+    assert max(nucleus["stroma"], nucleus["dark_stroma"], nucleus["glass"]) < 0.05
+
+
+def test_touching_nuclei_are_split_and_measured_like_regionprops() -> None:
+    # GIVEN two overlapping discs (r=6, 10 px apart) and a lone one
+    prob = _discs((64, 80), [(20.0, 30.0, 6.0), (30.0, 30.0, 6.0), (60.0, 12.0, 5.5)])
+    params = NucleusParams(min_distance=4, smooth_sigma=0.9, min_area_px=20, split_area_px=1.3 * math.pi * 36)
+    # WHEN split and measured
+    labels = split_nuclei(prob, params)
+    nuclei = sorted(measure_nuclei(labels, params), key=lambda n: n.cx)
+    # THEN three nuclei, centred within half a pixel of the truth
+    assert len(nuclei) == 3
+    for n, (cx, cy) in zip(nuclei, [(20.0, 30.0), (30.0, 30.0), (60.0, 12.0)], strict=True):
+        assert abs(n.cx - cx) < 0.5 and abs(n.cy - cy) < 0.5
+    # AND moments match scikit-image's regionprops (area, axes, eccentricity, orientation, extent)
+    props = {round(p.centroid[1] + 0.5, 6): p for p in measure.regionprops(labels)}
+    for n in nuclei:
+        p = props[round(n.cx, 6)]
+        assert n.area == p.area and n.extent == pytest.approx(p.extent)
+        assert n.major_axis == pytest.approx(p.axis_major_length) and n.minor_axis == pytest.approx(p.axis_minor_length)
+        assert n.eccentricity == pytest.approx(p.eccentricity, abs=1e-5)
+        if p.eccentricity > 0.1:  # a disc's orientation is undefined
+            assert math.sin(2 * n.orientation) == pytest.approx(math.sin(2 * p.orientation), abs=1e-6)
+    # AND the lone disc is round: perimeter ~ 2 pi r, solidity ~ 1
+    lone = nuclei[2]
+    assert lone.perimeter == pytest.approx(2 * math.pi * 5.5, rel=0.08)
+    assert lone.solidity > 0.95 and lone.eccentricity < 0.3
+
+
+def test_keep_box_and_size_limits_filter_nuclei() -> None:
+    # GIVEN a disc, a speck and a huge blob
+    prob = _discs((100, 100), [(20.0, 20.0, 6.0), (70.0, 20.0, 1.5)])
+    prob[60:100, 40:100] = 1.0
+    params = NucleusParams(min_area_px=20, max_area_px=1000, split_area_px=1e9)
+    labels = split_nuclei(prob, params)
+    # WHEN measured / THEN only the disc survives the size limits
+    assert [round(n.cx) for n in measure_nuclei(labels, params)] == [20]
+    # AND a keep box that excludes its centroid drops it
+    assert measure_nuclei(labels, params, keep=(21.0, 0.0, 100.0, 100.0)) == []
+
+
+def test_stain_and_positive_means_are_per_nucleus() -> None:
+    # GIVEN two discs, one on a positive map and stain planes with known values
+    prob = _discs((40, 80), [(15.0, 20.0, 6.0), (55.0, 20.0, 6.0)])
+    positive = np.zeros_like(prob)
+    positive[:, 40:] = 0.9
+    stains = np.stack([np.full_like(prob, 0.7), np.zeros_like(prob), positive * 1.1])
+    params = NucleusParams(min_area_px=20)
+    # WHEN measured
+    left, right = sorted(measure_nuclei(split_nuclei(prob, params), params, stains=stains, positive=positive),
+                         key=lambda n: n.cx)
+    # THEN means are the plane values over each nucleus
+    assert left.positive_score == pytest.approx(0.0) and right.positive_score == pytest.approx(0.9)
+    assert right.stain_means == pytest.approx([0.7, 0.0, 0.99])
+
+
+def test_params_scale_with_the_model_pixel_size() -> None:
+    # GIVEN the nuclei spec (3 µm radius) / WHEN read at 0.5 µm/px / THEN sizes are in model pixels
+    spec = BUILTIN_SPECS["nuclei"]
+    p = params_for(spec.outputs, spec.thresholds, 0.5)
+    assert p.min_distance == 4 and p.min_area_px == pytest.approx(6.0 / 0.25)
+    assert p.split_area_px == pytest.approx(1.3 * math.pi * 36)
+
+
+@pytest.mark.parametrize(("stain", "model"), [("Ki67", "ihc-positivity"), ("Ki-67", "ihc-positivity"),
+                                              ("mib-1", "ihc-positivity"), ("HE", "tissue"), ("H&E", "tissue"),
+                                              ("PAS", "tissue"), (None, "tissue"), ("", "tissue")])
+def test_default_model_per_stain(stain: str | None, model: str) -> None:
+    # GIVEN the built-in catalog / WHEN a stain has no model named / THEN its default model is chosen
+    assert default_model_for(stain, BuiltinCatalog()) == model
+
+
+def test_builtin_catalog_lists_the_three_models() -> None:
+    # GIVEN / WHEN / THEN the catalog has tissue, nuclei and ihc-positivity, each with a stain list
+    catalog = BuiltinCatalog()
+    assert catalog.names() == ["ihc-positivity", "nuclei", "tissue"]
+    assert catalog.spec("ihc-positivity").accepts_stain("ki-67")
+    assert catalog.spec("nuclei").kind == "segmentation" and catalog.spec("nuclei").mpp == 0.5
