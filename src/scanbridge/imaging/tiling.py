@@ -1,16 +1,30 @@
-"""A tile grid over a pyramid level that keeps only the tiles touching tissue."""
+"""Tile grids in the model's pixel space over one pyramid level, kept only where there is tissue.
+
+A grid lives in *model pixels* (the model's mpp). It reads from the pyramid level whose downsample is
+the largest not above the model's, and `scale` level pixels make one model pixel (1.0 when a level
+matches; otherwise each read window is `scale` times larger and resized down). Tiles step by
+`stride = tile_size - 2 * overlap`: each tile's read window reaches `overlap` model pixels past its
+core on every side, so post-processing can drop the border where a model sees no context.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from scanbridge.imaging.readers.base import ScanReader, best_level
+
+SCALE_SNAP = 0.01  # a level within 1 % of the model's scale is read as is
+STRIP_PX = 1 << 18  # overview pixels per strip when the tissue mask is computed strip by strip
+STRIP_MARGIN = 8  # rows of context above and below each strip
+
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile: its grid cell and its top-left in the level's pixels."""
+    """One tile: its grid cell and the top-left of its read window in the level's pixels."""
 
     col: int
     row: int
@@ -20,7 +34,7 @@ class Tile:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The grid at one level: tile size, grid shape and the tiles kept."""
+    """The grid at one level: tile size and overlap (model px), level px per model px, the tiles kept."""
 
     level: int
     downsample: float
@@ -28,29 +42,126 @@ class TileGrid:
     cols: int
     rows: int
     tiles: list[Tile]
+    scale: float = 1.0
+    overlap: int = 0
 
     @property
     def total(self) -> int:
         """Tiles in the full grid, background included."""
         return self.cols * self.rows
 
+    @property
+    def stride(self) -> int:
+        """Model pixels between neighbouring tiles (the tile's core)."""
+        return self.tile_size - 2 * self.overlap
+
+    @property
+    def read_size(self) -> int:
+        """Side of one read window in level pixels."""
+        return max(1, round(self.tile_size * self.scale))
+
+    @property
+    def model_downsample(self) -> float:
+        """Level-0 pixels per model pixel."""
+        return self.downsample * self.scale
+
+    def level0_origin(self, tile: Tile) -> tuple[int, int]:
+        """Top-left of the tile's read window in level-0 pixels (negative past the top/left edge)."""
+        return round(tile.x * self.downsample), round(tile.y * self.downsample)
+
+
+def pick_level(level_downsamples: Sequence[float], target_downsample: float) -> tuple[int, float]:
+    """The level to read for a model at `target_downsample` (level-0 px per model px), and the resize scale."""
+    level = best_level(tuple(level_downsamples), target_downsample)
+    scale = max(target_downsample, 1e-9) / level_downsamples[level]
+    if abs(scale - 1.0) <= SCALE_SNAP or scale < 1.0:
+        scale = 1.0
+    return level, scale
+
 
 def grid_over_tissue(level: int, level_size: tuple[int, int], downsample: float, tile_size: int,
-                     mask: np.ndarray | None, mask_downsample: float) -> TileGrid:
-    """Tiles of `tile_size` level pixels whose footprint meets the mask (every tile when mask is None)."""
-    w, h = level_size
-    cols, rows = max(1, math.ceil(w / tile_size)), max(1, math.ceil(h / tile_size))
+                     mask: np.ndarray | None, mask_downsample: float, *, scale: float = 1.0, overlap: int = 0,
+                     min_tissue: float = 0.0) -> TileGrid:
+    """Tiles whose core has more than `min_tissue` of its area in the mask (every tile when mask is None)."""
+    stride = tile_size - 2 * overlap
+    if overlap < 0 or stride <= 0:
+        raise ValueError(f"overlap {overlap} does not fit in tile size {tile_size}")
+    w_model, h_model = level_size[0] / scale, level_size[1] / scale
+    cols, rows = max(1, math.ceil(w_model / stride)), max(1, math.ceil(h_model / stride))
     if mask is None:
         keep = np.ones((rows, cols), dtype=bool)
     else:
-        grown = np.pad(mask.astype(np.int32), ((1, 0), (1, 0)))
-        integral = grown.cumsum(0).cumsum(1)
-        scale = tile_size * downsample / mask_downsample  # mask pixels per tile
-        r0 = np.clip(np.floor(np.arange(rows) * scale).astype(int) - 1, 0, mask.shape[0])
-        r1 = np.clip(np.ceil((np.arange(rows) + 1) * scale).astype(int) + 1, 0, mask.shape[0])
-        c0 = np.clip(np.floor(np.arange(cols) * scale).astype(int) - 1, 0, mask.shape[1])
-        c1 = np.clip(np.ceil((np.arange(cols) + 1) * scale).astype(int) + 1, 0, mask.shape[1])
-        sums = (integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0])
-        keep = sums > 0
-    tiles = [Tile(int(c), int(r), int(c) * tile_size, int(r) * tile_size) for r, c in zip(*np.nonzero(keep), strict=True)]
-    return TileGrid(level=level, downsample=downsample, tile_size=tile_size, cols=cols, rows=rows, tiles=tiles)
+        keep = _tissue_cells(mask, stride * scale * downsample / mask_downsample, rows, cols, min_tissue)
+    tiles = [Tile(int(c), int(r), round((int(c) * stride - overlap) * scale),
+                  round((int(r) * stride - overlap) * scale))
+             for r, c in zip(*np.nonzero(keep), strict=True)]
+    return TileGrid(level=level, downsample=downsample, tile_size=tile_size, cols=cols, rows=rows, tiles=tiles,
+                    scale=scale, overlap=overlap)
+
+
+def _tissue_cells(mask: np.ndarray, cell: float, rows: int, cols: int, min_tissue: float) -> np.ndarray:
+    """Per grid cell of `cell` mask pixels: whether its tissue share exceeds `min_tissue`."""
+    integral = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    r0 = np.clip(np.floor(np.arange(rows) * cell).astype(int), 0, mask.shape[0])
+    r1 = np.clip(np.ceil((np.arange(rows) + 1) * cell).astype(int), 0, mask.shape[0])
+    c0 = np.clip(np.floor(np.arange(cols) * cell).astype(int), 0, mask.shape[1])
+    c1 = np.clip(np.ceil((np.arange(cols) + 1) * cell).astype(int), 0, mask.shape[1])
+    sums = integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
+    area = np.maximum(np.outer(r1 - r0, c1 - c0), 1)
+    return np.asarray((sums > 0) & (sums / area > min_tissue))
+
+
+def grid_for_model(level_dimensions: Sequence[tuple[int, int]], level_downsamples: Sequence[float],
+                   target_downsample: float, tile_size: int, mask: np.ndarray | None, mask_downsample: float, *,
+                   overlap: int = 0, min_tissue: float = 0.0) -> TileGrid:
+    """The tissue grid at the model's scale: picks the level, then tiles it (see `grid_over_tissue`)."""
+    level, scale = pick_level(level_downsamples, target_downsample)
+    return grid_over_tissue(level, level_dimensions[level], level_downsamples[level], tile_size, mask,
+                            mask_downsample, scale=scale, overlap=overlap, min_tissue=min_tissue)
+
+
+def overview_level(level_dimensions: Sequence[tuple[int, int]], max_side: int) -> int | None:
+    """The finest pyramid level no larger than `max_side` on either side, or None when every level is larger."""
+    for i, (w, h) in enumerate(level_dimensions):
+        if max(w, h) <= max_side:
+            return i
+    return None
+
+
+def tissue_overview(reader: ScanReader, max_side: int) -> tuple[np.ndarray, float]:
+    """An RGB overview and its downsample, read whole from the finest pyramid level within `max_side`.
+
+    Reading a small level keeps memory bounded by `max_side`, not by the slide (a thumbnail resized from
+    a larger level reads that whole level first). Without such a level it falls back to the thumbnail.
+    """
+    meta = reader.metadata
+    level = overview_level(meta.level_dimensions, max_side)
+    if level is None:
+        return reader.thumbnail(max_side)
+    rgb = reader.read_region((0, 0), level, meta.level_dimensions[level])
+    return rgb, float(meta.level_downsamples[level])
+
+
+def overview_tissue_mask(reader: ScanReader, max_side: int, mask_fn: Callable[[np.ndarray], np.ndarray], *,
+                         strip_px: int = STRIP_PX) -> tuple[np.ndarray, float]:
+    """The tissue mask of the overview level and its downsample, computed strip by strip.
+
+    `mask_fn` (e.g. `tissue_mask`) runs on horizontal strips of about `strip_px` pixels that overlap
+    their neighbours by STRIP_MARGIN rows (only each strip's own rows are kept), so the RGB and float
+    temporaries never exceed one strip: peak memory is the boolean mask plus a constant.
+    """
+    meta = reader.metadata
+    level = overview_level(meta.level_dimensions, max_side)
+    if level is None:
+        thumb, ds = reader.thumbnail(max_side)
+        return mask_fn(thumb), ds
+    w, h = meta.level_dimensions[level]
+    ds = float(meta.level_downsamples[level])
+    rows = max(8, strip_px // max(w, 1))
+    mask = np.zeros((h, w), dtype=bool)
+    for y0 in range(0, h, rows):
+        top, bottom = max(0, y0 - STRIP_MARGIN), min(h, y0 + rows + STRIP_MARGIN)
+        strip = reader.read_region((0, round(top * ds)), level, (w, bottom - top))
+        part = mask_fn(strip)
+        mask[y0:min(h, y0 + rows)] = part[y0 - top:y0 - top + min(rows, h - y0)]
+    return mask, ds

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from scanbridge.domain.results import ScanResult
-from scanbridge.imaging.readers.base import ScanReader, best_level
-from scanbridge.imaging.tiling import grid_over_tissue
+from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.imaging.tiling import grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_grid
 from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
@@ -37,27 +37,27 @@ def _fmt_area(mm2: float | None) -> str:
 
 
 def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
-                 batch_size: int = 8, readers: int = 2, progress: ProgressFn | None = None) -> ScanAnalysis:
+                 batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
+                 overlap: int | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON)."""
     t0 = time.perf_counter()
     spec = model.spec
     meta = reader.metadata
     width, height = meta.dimensions
-    thumb, thumb_ds = reader.thumbnail(THUMBNAIL_MAX)
-    mask = tissue_mask(thumb)
+    mask, thumb_ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)  # strip by strip: flat memory
     t_mask = time.perf_counter()
 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
-    level = best_level(meta.level_downsamples, target_ds)
     size = tile_size or spec.input_size
-    grid = grid_over_tissue(level, meta.level_dimensions[level], meta.level_downsamples[level], size,
-                            mask, thumb_ds)
-    canvas, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
+    margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
+    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask, thumb_ds,
+                          overlap=margin)
+    tile_map, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
     t_run = time.perf_counter()
 
-    map_ds = grid.downsample * spec.output_downsample  # level-0 px per map px
+    map_ds = grid.model_downsample * spec.output_downsample  # level-0 px per map px
     h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
-    prob = canvas[:h_map, :w_map]
+    prob = tile_map.to_array(h_map, w_map)  # float16, only now dense (output resolution)
     result = _classification_result(scan_id, spec_name=spec.name, model=model, prob=prob, map_ds=map_ds,
                                     bounds=(width, height), mpp=meta.mpp)
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}

@@ -1,25 +1,30 @@
 """The tile pipeline: reader threads decode tissue tiles ahead of the model, which gets full batches.
 
-OpenSlide (and the other readers' codecs) release the GIL while decoding, and so does onnxruntime
-while it runs, so a few reader threads and the model overlap in one process. The queue of tiles in
-flight is bounded, so memory does not grow with the slide.
+OpenSlide (and the other readers' codecs) and Pillow's resize release the GIL, and so does
+onnxruntime while it runs, so a few reader threads and the model overlap in one process. Readers take
+the next tile from a shared cursor and put finished tiles on a bounded queue in *completion* order:
+a batch is the first `batch_size` tiles ready, so one slow tile never stalls the model. Peak memory is
+bounded by the queue (plus one batch), not by the slide; the model's output is kept per tissue tile
+as uint8 (p * 255), so background costs nothing and tissue costs one byte per output pixel.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import Tile, TileGrid
 from scanbridge.inference.session import OnnxModel
 
 ProgressFn = Callable[[int, int], None]
+QUEUE_BATCHES = 2  # tiles decoded ahead of the model: this many batches (at least 2 per reader)
 
 
 @dataclass
@@ -29,67 +34,170 @@ class PipelineStats:
     tiles_total: int = 0
     tiles_processed: int = 0
     batches: int = 0
+    batch_size: int = 0
+    readers: int = 0
     read_s: float = 0.0
     infer_s: float = 0.0
+    wait_s: float = 0.0
     wall_s: float = 0.0
 
 
+class TileMap:
+    """The model's first output per tile core, quantized to uint8 and stored only for tiles that ran."""
+
+    def __init__(self, rows: int, cols: int, out_tile: int) -> None:
+        self.rows, self.cols, self.out_tile = rows, cols, out_tile
+        self.tiles: dict[tuple[int, int], np.ndarray] = {}
+
+    def put(self, tile: Tile, plane: np.ndarray) -> None:
+        """Store one tile's core (values in [0, 1])."""
+        q = np.clip(np.rint(np.asarray(plane, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+        self.tiles[(tile.row, tile.col)] = q
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tiles."""
+        return sum(t.nbytes for t in self.tiles.values())
+
+    def to_array(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """The dense map (float16 in [0, 1], background 0), cropped to height x width."""
+        h = self.rows * self.out_tile if height is None else height
+        w = self.cols * self.out_tile if width is None else width
+        dense = np.zeros((h, w), dtype=np.float16)
+        scale = np.float16(1.0 / 255.0)
+        t = self.out_tile
+        for (r, c), q in self.tiles.items():
+            r0, c0 = r * t, c * t
+            if r0 >= h or c0 >= w:
+                continue
+            part = q[:h - r0, :w - c0]
+            dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part.astype(np.float16) * scale
+        return dense
+
+
 def read_tile(reader: ScanReader, grid: TileGrid, tile: Tile) -> np.ndarray:
-    """One tile (RGB, tile_size square, padded white past the edge) at the grid's level."""
-    loc = (int(round(tile.x * grid.downsample)), int(round(tile.y * grid.downsample)))
-    return reader.read_region(loc, grid.level, (grid.tile_size, grid.tile_size))
+    """One tile (RGB, tile_size square at the model's scale, white past the edge) from the grid's level."""
+    size = grid.read_size
+    img = reader.read_region(grid.level0_origin(tile), grid.level, (size, size))
+    if size != grid.tile_size:
+        pil = Image.fromarray(img)
+        factor = size // grid.tile_size
+        if factor * grid.tile_size == size:  # integer scale: box average, the fastest exact path
+            pil = pil.reduce(factor)
+        else:
+            pil = pil.resize((grid.tile_size, grid.tile_size), Image.Resampling.BOX)
+        img = np.asarray(pil)
+    return img
 
 
-def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int = 8,
-             readers: int = 2, progress: ProgressFn | None = None) -> tuple[np.ndarray, PipelineStats]:
-    """Run the model over every tile of `grid`; returns its first output pasted into one map."""
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = None, *, readers: int = 2,
+               queue_size: int = 16, stats: PipelineStats | None = None) -> Generator[tuple[Tile, np.ndarray], None, None]:
+    """Decode `tiles` (default: the grid's) in `readers` threads; yields (tile, image) as each is ready."""
+    todo = list(grid.tiles if tiles is None else tiles)
+    n_readers = max(1, min(readers, len(todo) or 1))
+    ready: queue.Queue[object] = queue.Queue(maxsize=max(queue_size, 2 * n_readers))
+    stop = threading.Event()
+    cursor = iter(todo)
+    lock = threading.Lock()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    tile = next(cursor, None)
+                if tile is None:
+                    break
+                t0 = time.perf_counter()
+                img = read_tile(reader, grid, tile)
+                if stats is not None:
+                    stats.read_s += time.perf_counter() - t0
+                if not put((tile, img)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(_Failure(exc))
+            return
+        put(_DONE)
+
+    threads = [threading.Thread(target=work, name=f"tile-reader-{i}", daemon=True) for i in range(n_readers)]
+    for t in threads:
+        t.start()
+    try:
+        finished = 0
+        while finished < n_readers:
+            item = ready.get()
+            if item is _DONE:
+                finished += 1
+            elif isinstance(item, _Failure):
+                raise item.exc
+            else:
+                yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
+             readers: int = 2, progress: ProgressFn | None = None) -> tuple[TileMap, PipelineStats]:
+    """Run the model over every tile of `grid`; returns its first output's tile cores, compactly."""
     spec = model.spec
-    out_tile = grid.tile_size // spec.output_downsample
-    canvas = np.zeros((grid.rows * out_tile, grid.cols * out_tile), dtype=np.float32)
-    stats = PipelineStats(tiles_total=grid.total)
+    ds_out = spec.output_downsample
+    if grid.overlap % ds_out or grid.tile_size % ds_out:
+        raise ValueError(f"tile size and overlap must be multiples of the output downsample {ds_out}")
+    out_tile, out_margin = grid.stride // ds_out, grid.overlap // ds_out
+    batch = max(1, batch_size or model.batch_size_for(grid.tile_size))
+    result = TileMap(grid.rows, grid.cols, out_tile)
+    stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
+    total = len(grid.tiles)
     started = time.perf_counter()
-    prefetch = max(batch_size * 2, readers * 2)
+    buffer = np.empty((batch, grid.tile_size, grid.tile_size, 3), dtype=np.uint8)
+    batch_tiles: list[Tile] = []
 
-    def timed_read(tile: Tile) -> np.ndarray:
+    def flush() -> None:
+        n = len(batch_tiles)
         t0 = time.perf_counter()
-        img = read_tile(reader, grid, tile)
-        stats.read_s += time.perf_counter() - t0
-        return img
-
-    def flush(tiles: list[Tile], images: list[np.ndarray]) -> None:
-        t0 = time.perf_counter()
-        outputs = model.run(np.stack(images))
+        outputs = model.run(buffer[:n])
         stats.infer_s += time.perf_counter() - t0
         first = outputs[spec.output_name] if spec.output_name in outputs else next(iter(outputs.values()))
-        for tile, out in zip(tiles, first, strict=True):
+        for tile, out in zip(batch_tiles, first, strict=True):
             plane = out[0] if out.ndim == 3 else out
-            r0, c0 = tile.row * out_tile, tile.col * out_tile
-            canvas[r0:r0 + out_tile, c0:c0 + out_tile] = plane[:out_tile, :out_tile]
-        stats.tiles_processed += len(tiles)
+            result.put(tile, plane[out_margin:out_margin + out_tile, out_margin:out_margin + out_tile])
+        stats.tiles_processed += n
         stats.batches += 1
+        batch_tiles.clear()
         if progress:
-            progress(stats.tiles_processed, len(grid.tiles))
+            progress(stats.tiles_processed, total)
 
-    with ThreadPoolExecutor(max_workers=max(1, readers), thread_name_prefix="tile-reader") as pool:
-        todo = iter(grid.tiles)
-        pending: deque[tuple[Tile, Future[np.ndarray]]] = deque()
-        for tile in todo:
-            pending.append((tile, pool.submit(timed_read, tile)))
-            if len(pending) >= prefetch:
-                break
-        batch_tiles: list[Tile] = []
-        batch_images: list[np.ndarray] = []
-        while pending:
-            tile, future = pending.popleft()
-            batch_images.append(future.result())
+    tiles = iter_tiles(reader, grid, readers=readers, queue_size=batch * QUEUE_BATCHES, stats=stats)
+    try:
+        waited = time.perf_counter()
+        for tile, img in tiles:
+            stats.wait_s += time.perf_counter() - waited
+            buffer[len(batch_tiles)] = img
             batch_tiles.append(tile)
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(timed_read, nxt)))
-            if len(batch_tiles) == batch_size:
-                flush(batch_tiles, batch_images)
-                batch_tiles, batch_images = [], []
+            if len(batch_tiles) == batch:
+                flush()
+            waited = time.perf_counter()
         if batch_tiles:
-            flush(batch_tiles, batch_images)
+            flush()
+    finally:
+        tiles.close()  # stops the readers at once when the model fails
     stats.wall_s = time.perf_counter() - started
-    return canvas, stats
+    return result, stats

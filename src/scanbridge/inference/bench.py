@@ -1,0 +1,362 @@
+"""`scanbridge dev bench SLIDE --model NAME [--json]`: where one scan's time goes, measured side by side.
+
+On one slide and one model, in one process:
+
+- ``decode_only_s``: reading every tile the pipeline reads (same grid, reader threads and resize), no model;
+- ``model_only_s``: the model on as many tiles, from batches decoded beforehand (no reading);
+- ``pipeline_s``: ``analyze_scan`` end to end (tissue mask, reading, inference, post-processing, result body);
+- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1.
+
+Peak resident memory is the process's high-water mark (reset before each phase where Linux allows it).
+Besides the built-in models, ``--model bench-conv`` is a small fixed-weight convolutional net (built here
+with the onnx helper, nothing downloaded) whose output is still a tissue probability, heavy enough that
+the device matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from scanbridge.domain.models import Label, ModelSpec
+from scanbridge.imaging.readers import ScanReader, open_scan
+from scanbridge.imaging.tiling import TileGrid, grid_for_model, overview_tissue_mask
+from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan
+from scanbridge.inference.pipeline import iter_tiles, read_tile
+from scanbridge.inference.session import OnnxModel
+from scanbridge.inference.zoo import BUILTINS, OPSET
+
+BENCH_CONV_SPEC = ModelSpec(
+    name="bench-conv",
+    version="1",
+    kind="classification",
+    description="Benchmark net: 4 fixed-weight 3x3 convolutions (~0.35 GFLOP per tile) on top of the tissue test",
+    labels=[Label(name="Tissue", color="#e377c2")],
+    input_name="image",
+    input_size=256,
+    input_dtype="uint8",
+    mpp=0.5,
+    output_name="prob",
+    output_downsample=8,
+    thresholds={"tissue": 0.5},
+    outputs={"min_region_um2": 2500.0, "tile_overlap": 16},
+)
+
+
+def build_bench_conv_model(width: int = 32, seed: int = 0) -> bytes:
+    """The bench-conv graph: sigmoid(pooled tissue score + 1e-3 * conv net), fixed random weights."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, out_c: int, in_c: int, k: int) -> onnx.TensorProto:
+        w = rng.normal(0.0, math.sqrt(2.0 / (in_c * k * k)), (out_c, in_c, k, k)).astype(np.float32)
+        return numpy_helper.from_array(w, name)
+
+    def const(name: str, value: Any, dtype: type = np.float32) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    c1, c2 = width, 2 * width
+    inits = [
+        const("one", 1.0), const("inv256", 1.0 / 256.0), const("neg_one", -1.0), const("inv255", 1.0 / 255.0),
+        const("a", 6.0), const("t_od", 0.4), const("b", 15.0), const("t_sat", 0.1), const("eps", 1e-3),
+        const("axes", [1], np.int64),
+        weight("w1", c1, 3, 3), weight("w2", c2, c1, 3), weight("w3", c2, c2, 3), weight("w4", c2, c2, 3),
+        weight("w5", 1, c2, 1),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        # the tissue test of the built-in `tissue` model, as a logit pooled 8 x 8
+        helper.make_node("Add", ["x", "one"], ["x1"]),
+        helper.make_node("Mul", ["x1", "inv256"], ["xn"]),
+        helper.make_node("Log", ["xn"], ["lnx"]),
+        helper.make_node("Mul", ["lnx", "neg_one"], ["od"]),
+        helper.make_node("ReduceSum", ["od", "axes"], ["od_sum"], keepdims=1),
+        helper.make_node("ReduceMax", ["x", "axes"], ["cmax"], keepdims=1),
+        helper.make_node("ReduceMin", ["x", "axes"], ["cmin"], keepdims=1),
+        helper.make_node("Sub", ["cmax", "cmin"], ["crange"]),
+        helper.make_node("Mul", ["crange", "inv255"], ["sat"]),
+        helper.make_node("Sub", ["od_sum", "t_od"], ["od_c"]),
+        helper.make_node("Mul", ["od_c", "a"], ["od_s"]),
+        helper.make_node("Sub", ["sat", "t_sat"], ["sat_c"]),
+        helper.make_node("Mul", ["sat_c", "b"], ["sat_s"]),
+        helper.make_node("Add", ["od_s", "sat_s"], ["score"]),
+        helper.make_node("AveragePool", ["score"], ["score8"], kernel_shape=[8, 8], strides=[8, 8]),
+        # the convolutional trunk: /2, /4, /8, then a 3x3 and a 1x1 head
+        helper.make_node("Mul", ["x", "inv255"], ["xs"]),
+        helper.make_node("Conv", ["xs", "w1"], ["h1"], strides=[2, 2], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["h2"], strides=[2, 2], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["h3"], strides=[2, 2], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h3"], ["r3"]),
+        helper.make_node("Conv", ["r3", "w4"], ["h4"], strides=[1, 1], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h4"], ["r4"]),
+        helper.make_node("Conv", ["r4", "w5"], ["h5"]),
+        helper.make_node("Tanh", ["h5"], ["t5"]),
+        helper.make_node("Mul", ["t5", "eps"], ["t5s"]),
+        helper.make_node("Add", ["score8", "t5s"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+    ]
+    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 3, "H", "W"])
+    out = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1, "h", "w"])
+    graph = helper.make_graph(nodes, "scanbridge_bench_conv", [inp], [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="scanbridge")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+BENCH_MODELS: dict[str, tuple[ModelSpec, Callable[[], bytes]]] = {
+    **BUILTINS, BENCH_CONV_SPEC.name: (BENCH_CONV_SPEC, build_bench_conv_model),
+}
+
+
+def load_model(name: str, *, prefer_gpu: bool = True, intra_op_threads: int = 0) -> OnnxModel:
+    """A built-in or benchmark model by name."""
+    if name not in BENCH_MODELS:
+        raise SystemExit(f"unknown model {name!r}; choose from {sorted(BENCH_MODELS)}")
+    spec, build = BENCH_MODELS[name]
+    return OnnxModel(spec, build(), prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads)
+
+
+class PeakRss:
+    """The process's resident-memory high-water mark, resettable per phase on Linux."""
+
+    def __init__(self) -> None:
+        self.resettable = self._reset()
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        """Start a new phase (no-op where the mark cannot be reset)."""
+        if self.resettable:
+            self._reset()
+
+    def mb(self) -> float:
+        """Peak RSS in MiB since the last reset (VmHWM), else since start (ru_maxrss)."""
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+
+
+def tissue_grid(reader: ScanReader, model: OnnxModel, *, tile_size: int | None, overlap: int | None,
+                tissue_only: bool = True) -> TileGrid:
+    """The grid `analyze_scan` builds for this scan and model (or the full grid when not tissue_only)."""
+    spec, meta = model.spec, reader.metadata
+    mask, thumb_ds = None, 1.0
+    if tissue_only:
+        mask, thumb_ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)
+    target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
+    margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
+    return grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds,
+                          tile_size or spec.input_size, mask, thumb_ds, overlap=margin)
+
+
+def _warm_page_cache(path: Path) -> None:
+    with open(path, "rb") as fh:
+        while fh.read(16 * 2**20):
+            pass
+
+
+def decode_only(path: Path, grid: TileGrid, *, readers: int, queue_size: int) -> float:
+    """Seconds to read every tile of `grid` the way the pipeline does."""
+    reader = open_scan([path])
+    try:
+        t0 = time.perf_counter()
+        for _tile, _img in iter_tiles(reader, grid, readers=readers, queue_size=queue_size):
+            pass
+        return time.perf_counter() - t0
+    finally:
+        reader.close()
+
+
+def model_only(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool_batches: int = 4) -> float:
+    """Seconds for the model on len(grid.tiles) tiles, from a few batches of real tiles decoded beforehand."""
+    count = len(grid.tiles)
+    if count == 0:
+        return 0.0
+    sample = grid.tiles[:: max(1, count // (batch * pool_batches))][: batch * pool_batches]
+    reader = open_scan([path])
+    try:
+        images = np.stack([read_tile(reader, grid, t) for t in sample])
+    finally:
+        reader.close()
+    batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+    batches = [b for b in batches if len(b) == batch] or batches
+    model.run(batches[0][:1])  # first-run allocations are not what we measure
+    done, i = 0, 0
+    t0 = time.perf_counter()
+    while done < count:
+        b = batches[i % len(batches)][: count - done]
+        model.run(b)
+        done += len(b)
+        i += 1
+    return time.perf_counter() - t0
+
+
+def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
+    """Seconds for the usual loop: every tile of the full grid, read then run alone, pasted into float32."""
+    spec = model.spec
+    out_tile = grid.stride // spec.output_downsample
+    margin = grid.overlap // spec.output_downsample
+    canvas = np.zeros((grid.rows * out_tile, grid.cols * out_tile), dtype=np.float32)
+    reader = open_scan([path])
+    try:
+        t0 = time.perf_counter()
+        for tile in grid.tiles:
+            img = read_tile(reader, grid, tile)
+            out = next(iter(model.run(img[None]).values()))[0]
+            plane = out[0] if out.ndim == 3 else out
+            r0, c0 = tile.row * out_tile, tile.col * out_tile
+            canvas[r0:r0 + out_tile, c0:c0 + out_tile] = plane[margin:margin + out_tile, margin:margin + out_tile]
+        return time.perf_counter() - t0
+    finally:
+        reader.close()
+
+
+def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers: int = 2,
+          tile_size: int | None = None, overlap: int | None = None, naive: bool = True, prefer_gpu: bool = True,
+          intra_op_threads: int = 0, truth: Path | None = None) -> dict[str, Any]:
+    """Every measurement of one slide and one model, as one JSON-ready dict."""
+    rss = PeakRss()
+    model = load_model(model_name, prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads)
+    _warm_page_cache(path)
+    reader = open_scan([path])
+    try:
+        meta = reader.metadata
+        grid = tissue_grid(reader, model, tile_size=tile_size, overlap=overlap)
+    finally:
+        reader.close()
+    batch = batch_size or model.batch_size_for(grid.tile_size)
+    phases: dict[str, float] = {}
+
+    rss.reset()
+    decode_s = decode_only(path, grid, readers=readers, queue_size=batch * 2)
+    phases["decode_only"] = rss.mb()
+
+    rss.reset()
+    model_s = model_only(path, grid, model, batch=batch)
+    phases["model_only"] = rss.mb()
+
+    rss.reset()
+    reader = open_scan([path])
+    try:
+        t0 = time.perf_counter()
+        analysis = analyze_scan(path.stem, reader, model, tile_size=tile_size, batch_size=batch, readers=readers,
+                                overlap=overlap)
+        pipeline_s = time.perf_counter() - t0
+    finally:
+        reader.close()
+    phases["pipeline"] = rss.mb()
+    stats = analysis.stats
+
+    naive_s: float | None = None
+    if naive:
+        rss.reset()
+        full = grid_for_model(meta.level_dimensions, meta.level_downsamples, grid.model_downsample,
+                              grid.tile_size, None, 1.0, overlap=grid.overlap)
+        naive_s = naive_loop(path, model, full)
+        phases["naive"] = rss.mb()
+
+    results = analysis.result.results or {}
+    out: dict[str, Any] = {
+        "slide": str(path),
+        "model": model.spec.name,
+        "width": meta.dimensions[0],
+        "height": meta.dimensions[1],
+        "megapixels": round(meta.dimensions[0] * meta.dimensions[1] / 1e6, 1),
+        "level": grid.level,
+        "scale": round(grid.scale, 4),
+        "tile_size": grid.tile_size,
+        "overlap": grid.overlap,
+        "batch_size": batch,
+        "readers": readers,
+        "intra_op_threads": model.intra_op_threads,
+        "device": model.device,
+        "provider": model.provider,
+        "io_binding": model.io_binding,
+        "tiles_total": stats.tiles_total,
+        "tiles_processed": stats.tiles_processed,
+        "tile_share": round(stats.tiles_processed / max(stats.tiles_total, 1), 4),
+        "decode_only_s": round(decode_s, 3),
+        "model_only_s": round(model_s, 3),
+        "pipeline_s": round(pipeline_s, 3),
+        "naive_s": round(naive_s, 3) if naive_s is not None else None,
+        "pipeline_vs_sum": round(pipeline_s / max(decode_s + model_s, 1e-9), 3),
+        "naive_vs_pipeline": round(naive_s / max(pipeline_s, 1e-9), 2) if naive_s is not None else None,
+        "pipeline_breakdown_s": {k: round(v, 3) for k, v in analysis.timings.items()},
+        "peak_rss_mb": round(max([rss.mb(), *phases.values()]), 1),
+        "phase_peak_rss_mb": {k: round(v, 1) for k, v in phases.items()},
+        "rss_resettable": rss.resettable,
+        "result_regions": next((v for k, v in results.items() if k.endswith("_regions")), None),
+        "result_fraction": next((v for k, v in results.items() if k.endswith("_fraction")), None),
+        "cpu_count": os.cpu_count(),
+    }
+    if truth is not None:
+        out["tissue_fraction"] = json.loads(truth.read_text())["tissue_fraction"]
+    return out
+
+
+def _human(report: dict[str, Any]) -> str:
+    lines = [(f"{report['slide']}: {report['width']}x{report['height']} ({report['megapixels']} MP), "
+             f"model {report['model']} on {report['provider']} (batch {report['batch_size']}, "
+             f"{report['readers']} readers, {report['intra_op_threads']} intra-op threads)"),
+             f"  tiles            {report['tiles_processed']} of {report['tiles_total']} ({report['tile_share']:.1%})"]
+    for key in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s"):
+        if report.get(key) is not None:
+            lines.append(f"  {key:<16} {report[key]:8.2f} s")
+    lines.append(f"  pipeline / (decode + model) = {report['pipeline_vs_sum']:.2f}")
+    if report.get("naive_vs_pipeline") is not None:
+        lines.append(f"  naive / pipeline = {report['naive_vs_pipeline']:.2f}")
+    lines.append(f"  peak RSS {report['peak_rss_mb']:.0f} MiB  {report['phase_peak_rss_mb']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry of `scanbridge dev bench`."""
+    p = argparse.ArgumentParser(prog="scanbridge dev bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("slide", type=Path)
+    p.add_argument("--model", default="tissue", help=f"one of {sorted(BENCH_MODELS)}")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: sized to the device)")
+    p.add_argument("--readers", type=int, default=2, help="reader threads")
+    p.add_argument("--tile-size", type=int, default=None, help="model tile size (default: the model's)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in model px (default: the model's)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--cpu", action="store_true", help="do not use a GPU even when one is present")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    p.add_argument("--truth", type=Path, default=None, help="truth JSON of a synthetic slide (adds tissue_fraction)")
+    args = p.parse_args(argv)
+    if not args.slide.exists():
+        print(f"no such slide: {args.slide}", file=sys.stderr)
+        return 2
+    report = bench(args.slide, args.model, batch_size=args.batch_size, readers=args.readers,
+                   tile_size=args.tile_size, overlap=args.overlap, naive=not args.no_naive,
+                   prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth)
+    print(json.dumps(report) if args.json else _human(report))
+    return 0
