@@ -66,13 +66,16 @@ class IntakeService:
             extra=payload.extra_fields(),
             token_ciphertext=self._secrets.encrypt(token, {"task_id": payload.task_id}) if token else None,
             token_exp=token_expiry(token) if token else None,
+            status=TaskStatus.QUEUED,
+            attempts=1,
         )
-        created = self._tasks.create(task)
-        if not created:
-            log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
-            self._refresh(task)
-        stored = self._ensure_job(payload.task_id)
-        return Accepted(task=stored, created=created)
+        # The caller whose conditional create wins submits the job: one task, one job, however many
+        # redeliveries race. (Stored as QUEUED at once: one write fewer on the acknowledgement path.)
+        if self._tasks.create(task):
+            return Accepted(task=self._submit(task), created=True)
+        log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
+        self._refresh(task)
+        return Accepted(task=self._ensure_job(payload.task_id), created=False)
 
     def _refresh(self, fresh: Task) -> None:
         """A redelivery carries freshly signed URLs (and maybe a fresh token): keep them for unfinished work."""
@@ -96,7 +99,7 @@ class IntakeService:
         update_task(self._tasks, fresh.task_id, change)
 
     def _ensure_job(self, task_id: str) -> Task:
-        """Claim RECEIVED -> QUEUED (only one caller wins), then submit the job."""
+        """A task left RECEIVED by a failed submission: claim RECEIVED -> QUEUED (one caller wins), submit."""
         claimed: list[bool] = []
 
         def claim(task: Task) -> Task | None:
@@ -109,10 +112,18 @@ class IntakeService:
         task = update_task(self._tasks, task_id, claim)
         if not claimed:
             return task
+        return self._submit(task)
+
+    def _submit(self, task: Task) -> Task:
+        """Submit the job of a QUEUED task and record its id; back to RECEIVED if submission fails."""
+        task_id = task.task_id
         try:
             job_id = self._launcher.submit(task_id)
         except Exception:
             log.exception("job submission failed; the task goes back to RECEIVED for the next delivery")
             update_task(self._tasks, task_id, lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED}))
             raise
+        with_job = task.model_copy(update={"job_id": job_id})
+        if self._tasks.replace(with_job, expected_version=task.version):  # the usual case: one write
+            return with_job.model_copy(update={"version": task.version + 1})
         return update_task(self._tasks, task_id, lambda t: t.model_copy(update={"job_id": job_id}))

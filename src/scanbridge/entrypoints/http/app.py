@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import pydantic
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from scanbridge import __version__
 from scanbridge.bootstrap import Container
@@ -82,7 +83,8 @@ def create_app(container: Container) -> FastAPI:
             raise ValidationError(f"the body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
         verify_webhook(settings, raw, dict(request.headers))
         payload = _payload(raw, settings.max_body_bytes)
-        accepted = container.intake.accept(payload)
+        # boto3 calls block: run them in the thread pool so one slow write never stalls other requests
+        accepted = await run_in_threadpool(container.intake.accept, payload)
         return JSONResponse({"task_id": accepted.task.task_id, "status": str(accepted.task.status),
                              "created": accepted.created}, status_code=202)
 
