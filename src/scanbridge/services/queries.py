@@ -50,4 +50,5 @@ class QueryService:
         if raw is None:
             raise ResultsNotReadyError(f"scan {scan_id!r} has not been opened yet")
         meta: dict[str, Any] = json.loads(raw)
+        meta["stain"] = task.scans[scan_id].stain
         return meta
