@@ -13,6 +13,7 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_grid
 from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
 from scanbridge.inference.session import OnnxModel
@@ -46,6 +47,9 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     width, height = meta.dimensions
     mask, thumb_ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)  # strip by strip: flat memory
     t_mask = time.perf_counter()
+    if spec.kind in OBJECT_KINDS:
+        return _analyze_objects(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, tile_size=tile_size,
+                                batch_size=batch_size, readers=readers, progress=progress, overlap=overlap)
 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     size = tile_size or spec.input_size
@@ -63,6 +67,21 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
                         map_downsample=map_ds, timings=timings)
+
+
+def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
+                     t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int,
+                     progress: ProgressFn | None, overlap: int | None) -> ScanAnalysis:
+    """Segmentation / detection kinds: overlapping tiles, objects kept once (inference/objects.py)."""
+    meta = reader.metadata
+    run = run_objects(reader, model, mask, mask_ds, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                      readers=readers, progress=progress)
+    t_run = time.perf_counter()
+    tissue_mm2 = float(mask.sum()) * mask_ds * mask_ds * meta.mpp[0] * meta.mpp[1] / 1e6 if meta.mpp else None
+    result = objects_result(scan_id, model, run, bounds=meta.dimensions, mpp=meta.mpp, tissue_mm2=tissue_mm2)
+    timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run,
+               "object_post_cpu_s": run.post_s}
+    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=run.stats, timings=timings)
 
 
 def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, prob: np.ndarray, map_ds: float,

@@ -1,0 +1,300 @@
+"""The object pipeline (segmentation / detection kinds): overlapping tiles -> nuclei -> level-0 objects.
+
+Tiles overlap by the spec's `tile_overlap` model pixels (default 64) on every side, and a tile keeps
+only the objects whose centroid falls in its *core* (the part no neighbour owns). Cores partition the
+slide, so an object on a tile seam is found whole (the window reaches past the seam) and kept once.
+Reading reuses the tile pipeline's grid (`grid_for_model`) and reader threads (`iter_tiles`); the
+model's per-tile outputs are post-processed here in a small thread pool (scipy / scikit-image release
+the GIL for most of the work).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.geometry import MultiPoint, Polygon
+
+from scanbridge.domain.results import ScanResult
+from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.imaging.tiling import Tile, TileGrid, grid_for_model
+from scanbridge.inference.nuclei import Nucleus, NucleusParams, measure_nuclei, params_for, split_nuclei
+from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
+from scanbridge.inference.postprocess import hex_to_rgb, polygon_feature
+from scanbridge.inference.session import OnnxModel
+
+OBJECT_KINDS = frozenset({"segmentation", "detection"})
+DEFAULT_OVERLAP = 64
+MAX_POLYGONS = 200_000  # beyond this a scan's GeoJSON carries points only (counts stay exact)
+
+
+@dataclass
+class SlideObject:
+    """One object in level-0 pixels (and µm where the scan has a pixel size)."""
+
+    x: float
+    y: float
+    contour: np.ndarray  # (k, 2) level-0 x, y
+    measurements: dict[str, float]
+    positive: bool | None
+
+
+@dataclass
+class ObjectRun:
+    """Every object of a scan plus what it took to find them."""
+
+    objects: list[SlideObject]
+    stats: PipelineStats
+    grid: TileGrid
+    post_s: float = 0.0
+
+
+def _channels(out: np.ndarray) -> np.ndarray:
+    return out[None] if out.ndim == 2 else out
+
+
+def _tile_objects(spec_outputs: dict[str, Any], params: NucleusParams, grid: TileGrid, tile: Tile,
+                  prob: np.ndarray, stains: np.ndarray | None, l0_origin: tuple[int, int],
+                  mpp: tuple[float, float] | None, stain_names: list[str]) -> list[SlideObject]:
+    """One window's nuclei whose centroid is in the tile's core, mapped to level-0."""
+    planes = _channels(prob)
+    pos_channel = spec_outputs.get("positive_channel")
+    positive_map = planes[int(pos_channel)] if pos_channel is not None and planes.shape[0] > int(pos_channel) \
+        else None
+    labels = split_nuclei(planes[0], params)
+    step = grid.read_size / grid.tile_size * grid.downsample  # level-0 px per model px in this window
+    ox, oy = l0_origin
+    # The core, in global model pixels, is [col*stride, (col+1)*stride); test the level-0 centroid against
+    # it so that the decision depends on the object's position only, never on which window saw it.
+    md = grid.model_downsample
+    core = (tile.col * grid.stride, tile.row * grid.stride, (tile.col + 1) * grid.stride,
+            (tile.row + 1) * grid.stride)
+    margin = max(0, grid.overlap - 2)  # a cheap pre-filter in window pixels; the exact test is below
+    keep = (margin, margin, grid.tile_size - margin, grid.tile_size - margin) if grid.overlap else None
+    found: list[SlideObject] = []
+    for n in measure_nuclei(labels, params, stains=stains, positive=positive_map, keep=keep):
+        x, y = ox + n.cx * step, oy + n.cy * step
+        gx, gy = x / md, y / md
+        if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
+            continue
+        contour = np.column_stack([ox + n.contour[:, 0] * step, oy + n.contour[:, 1] * step])
+        measurements = {"Centroid X px": x, "Centroid Y px": y, **_measurements(n, step, mpp, stain_names)}
+        found.append(SlideObject(x=x, y=y, contour=contour, measurements=measurements,
+                                 positive=None if n.positive_score is None
+                                 else n.positive_score >= params.positive_threshold))
+    return found
+
+
+def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
+                  stain_names: list[str]) -> dict[str, float]:
+    area_px = n.area * step * step
+    m: dict[str, float] = {
+        "Area px^2": area_px,
+        "Perimeter px": n.perimeter * step,
+        "Major axis px": n.major_axis * step,
+        "Minor axis px": n.minor_axis * step,
+        "Eccentricity": n.eccentricity,
+        "Solidity": n.solidity,
+        "Extent": n.extent,
+        "Orientation deg": math.degrees(n.orientation),
+    }
+    if mpp:
+        um = math.sqrt(mpp[0] * mpp[1])
+        m["Area µm^2"] = area_px * mpp[0] * mpp[1]
+        m["Perimeter µm"] = n.perimeter * step * um
+        m["Major axis µm"] = n.major_axis * step * um
+        m["Minor axis µm"] = n.minor_axis * step * um
+    for name, value in zip(stain_names, n.stain_means, strict=False):
+        m[f"{name} OD mean"] = value
+    if n.positive_score is not None:
+        m["Positive probability mean"] = n.positive_score
+    return m
+
+
+def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
+                tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
+                readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None) -> ObjectRun:
+    """Run an object model over the tissue of a scan with overlapping tiles; each object found once."""
+    spec = model.spec
+    meta = reader.metadata
+    if spec.output_downsample != 1:
+        raise ValueError("object models must output at full resolution (output_downsample 1)")
+    target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
+    size = tile_size or spec.input_size
+    margin = int(spec.outputs.get("tile_overlap", DEFAULT_OVERLAP)) if overlap is None else overlap
+    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask,
+                          mask_downsample, overlap=margin)
+    model_mpp = (meta.mpp[0] * grid.model_downsample) if meta.mpp else (spec.mpp or 0.5)
+    params = params_for(spec.outputs, spec.thresholds, model_mpp)
+    stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]
+    stain_output = spec.outputs.get("stain_output")
+    batch = max(1, batch_size or model.batch_size_for(size))
+    stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
+    total = len(grid.tiles)
+    started = time.perf_counter()
+    post_s = [0.0]
+    objects: list[SlideObject] = []
+
+    def post(tile: Tile, prob: np.ndarray, stains: np.ndarray | None) -> list[SlideObject]:
+        t0 = time.perf_counter()
+        found = _tile_objects(spec.outputs, params, grid, tile, prob, stains, grid.level0_origin(tile),
+                              meta.mpp, stain_names)
+        post_s[0] += time.perf_counter() - t0
+        return found
+
+    pending: list[Future[list[SlideObject]]] = []
+    buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
+    batch_tiles: list[Tile] = []
+    with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post") as pool:
+
+        def flush() -> None:
+            n = len(batch_tiles)
+            t0 = time.perf_counter()
+            outputs = model.run(buffer[:n])
+            stats.infer_s += time.perf_counter() - t0
+            first = outputs[spec.output_name] if spec.output_name in outputs else next(iter(outputs.values()))
+            stain_batch = outputs.get(str(stain_output)) if stain_output else None
+            for i, tile in enumerate(batch_tiles):
+                stains = None if stain_batch is None else np.array(stain_batch[i])
+                pending.append(pool.submit(post, tile, np.array(first[i]), stains))
+            stats.tiles_processed += n
+            stats.batches += 1
+            batch_tiles.clear()
+            _drain(pending, objects, keep=4 * max(1, post_workers))
+            if progress:
+                progress(stats.tiles_processed, total)
+
+        tiles: Iterator[tuple[Tile, np.ndarray]] = iter_tiles(reader, grid, readers=readers,
+                                                              queue_size=batch * 2, stats=stats)
+        try:
+            for tile, img in tiles:
+                buffer[len(batch_tiles)] = img
+                batch_tiles.append(tile)
+                if len(batch_tiles) == batch:
+                    flush()
+            if batch_tiles:
+                flush()
+        finally:
+            tiles.close()  # type: ignore[attr-defined]
+        _drain(pending, objects, keep=0)
+    stats.wall_s = time.perf_counter() - started
+    objects.sort(key=lambda o: (o.y, o.x))
+    return ObjectRun(objects=objects, stats=stats, grid=grid, post_s=post_s[0])
+
+
+def _drain(pending: list[Future[list[SlideObject]]], into: list[SlideObject], *, keep: int) -> None:
+    """Collect finished post-processing; block until at most `keep` are still running."""
+    while len(pending) > keep or (pending and pending[0].done()):
+        into.extend(pending.pop(0).result())
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def _polygon(contour: np.ndarray) -> Polygon | None:
+    if len(contour) < 3:
+        return None
+    poly = Polygon(contour)
+    if not poly.is_valid:
+        fixed = shapely.make_valid(poly)
+        parts = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, Polygon) and not g.is_empty]
+        if not parts:
+            return None
+        poly = max(parts, key=lambda g: g.area)
+    return poly if poly.area > 0 else None
+
+
+def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tuple[int, int],
+                   mpp: tuple[float, float] | None, tissue_mm2: float | None) -> ScanResult:
+    """The ScanResult of an object model: per-nucleus polygons and/or per-class points, counts, density."""
+    spec = model.spec
+    objs = run.objects
+    positive_mode = spec.outputs.get("positive_channel") is not None
+    want_polygons = bool(spec.outputs.get("polygons", True)) and len(objs) <= MAX_POLYGONS
+    labels = {lab.name.lower(): lab for lab in spec.labels}
+    nucleus_label = spec.labels[0] if spec.labels and not positive_mode else None
+    features: list[dict[str, Any]] = []
+    width, height = bounds
+
+    def clamp(poly: Polygon) -> Polygon:
+        return poly if poly.bounds[0] >= 0 and poly.bounds[1] >= 0 and poly.bounds[2] <= width \
+            and poly.bounds[3] <= height else poly.intersection(shapely.box(0, 0, width, height))
+
+    if want_polygons:
+        for o in objs:
+            poly = _polygon(o.contour)
+            if poly is None:
+                continue
+            poly = clamp(poly)
+            if not isinstance(poly, Polygon) or poly.is_empty:
+                continue
+            if positive_mode:
+                cls = labels.get("positive" if o.positive else "negative")
+                name = cls.name if cls else ("Positive" if o.positive else "Negative")
+                colour = cls.color if cls else "#ff0000"
+            else:
+                name = nucleus_label.name if nucleus_label else "Nucleus"
+                colour = nucleus_label.color if nucleus_label else "#3f51b5"
+            features.append(polygon_feature(poly, annotation_type="nucleus", class_name=name, colour=colour,
+                                            measurements=o.measurements, object_type="detection"))
+    positives = [o for o in objs if o.positive]
+    negatives = [o for o in objs if o.positive is False]
+    if positive_mode:
+        for key, group in (("positive", positives), ("negative", negatives)):
+            if not group:
+                continue
+            cls = labels.get(key)
+            name = cls.name if cls else key.title()
+            colour = cls.color if cls else "#ff0000"
+            pts = MultiPoint([(min(max(o.x, 0.0), width), min(max(o.y, 0.0), height)) for o in group])
+            x1, y1, x2, y2 = pts.bounds
+            features.append({
+                "type": "Feature", "id": _uuid(), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
+                "geometry": {"type": "MultiPoint", "coordinates": [[round(p.x, 2), round(p.y, 2)] for p in pts.geoms]},
+                "properties": {"annotation_type": key, "objectType": "annotation",
+                               "classification": {"name": name, "color": hex_to_rgb(colour)},
+                               "measurements": {"Num nuclei": float(len(group))}},
+            })
+    count = len(objs)
+    areas = [o.measurements["Area µm^2"] for o in objs if "Area µm^2" in o.measurements]
+    mean_area = float(np.mean(areas)) if areas else None
+    density = count / tissue_mm2 if tissue_mm2 else None
+    summary: dict[str, str] = {"Nuclei": f"{count:,}"}
+    results: dict[str, Any] = {
+        "model": {"name": spec.name, "version": spec.version, "provider": model.provider},
+        "nuclei_count": count,
+        "tissue_area_mm2": tissue_mm2,
+        "nuclei_density_per_mm2": round(density, 2) if density is not None else None,
+        "mean_nucleus_area_um2": round(mean_area, 3) if mean_area is not None else None,
+    }
+    if positive_mode:
+        pct = 100.0 * len(positives) / count if count else None
+        label = str(spec.outputs.get("summary_label", "Positivity"))
+        summary[label] = f"{pct:.1f} %" if pct is not None else "n/a (no nuclei)"
+        summary["Positive nuclei"] = f"{len(positives):,}"
+        summary["Negative nuclei"] = f"{len(negatives):,}"
+        results.update(positive_count=len(positives), negative_count=len(negatives),
+                       positivity_percent=round(pct, 3) if pct is not None else None)
+    summary["Nuclei density"] = (f"{_fmt(density, 0)} /mm² of tissue" if density is not None
+                                 else "n/a (scan has no pixel size)")
+    summary["Tissue area"] = f"{tissue_mm2:.3f} mm²" if tissue_mm2 is not None else "n/a (scan has no pixel size)"
+    if mean_area is not None:
+        summary["Mean nucleus area"] = f"{mean_area:.1f} µm²"
+    if not want_polygons and bool(spec.outputs.get("polygons", True)):
+        summary["Note"] = f"{count:,} nuclei: outlines left out of the GeoJSON (limit {MAX_POLYGONS:,})"
+    summary["Model"] = f"{spec.name} v{spec.version}"
+    results["report"] = {"summary": summary, "rois": None}
+    return ScanResult(scanId=scan_id, results=results, geojson={"type": "FeatureCollection", "features": features})
+
+
+def _uuid() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
