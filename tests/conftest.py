@@ -40,10 +40,12 @@ class RecordingLauncher:
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
+        self.scans: list[int] = []
         self.cancelled: list[str] = []
 
-    def submit(self, task_id: str) -> str:
+    def submit(self, task_id: str, scans: int = 1) -> str:
         self.submitted.append(task_id)
+        self.scans.append(scans)
         return f"job-{len(self.submitted)}"
 
     def cancel(self, job_id: str, reason: str) -> None:

@@ -127,5 +127,34 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
         attempts=s.fetch_attempts))
     loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads)
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size)
+    if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
+        writer = overrides["artifact_writer"]
+    else:
+        from scanbridge.services.artifacts import ScanArtifactWriter
+
+        writer = ScanArtifactWriter(container.artifacts)
+    qc = overrides.get("qc", _default_qc(s))  # qc=None switches quality control off
+
+    def qc_blocks(model: str) -> bool:
+        try:
+            return bool(container.catalog.spec(model or s.default_model).outputs.get("qc_blocks_inference", True))
+        except Exception:  # noqa: BLE001 - a model the catalog does not know: QC blocks (the safe default)
+            return True
+
     return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
-                             work_dir=s.data_dir / "work", check_model=loader.check)
+                             work_dir=s.data_dir / "work", check_model=loader.check, artifact_writer=writer,
+                             qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
+                             has_api_key=bool(s.platform_api_key), public_url=s.public_url,
+                             scan_parallelism=s.scan_parallelism)
+
+
+def _default_qc(s: Settings) -> Any:
+    """The real quality control (imaging.qc) with the settings' thresholds, or None when switched off."""
+    if not s.qc_enabled:
+        return None
+    from functools import partial
+
+    from scanbridge.imaging.qc import QcThresholds, qc_scan
+
+    return partial(qc_scan, thresholds=QcThresholds(min_tissue_fraction=s.qc_min_tissue_fraction,
+                                                    blur_mpp=s.qc_blur_mpp, min_laplacian_var=s.qc_min_laplacian_var))

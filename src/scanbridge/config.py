@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     job_queue: str = ""
     job_definition: str = ""
     max_workers: int = 2
+    scan_parallelism: int = 2
 
     # Models and inference.
     default_model: str = "tissue"
@@ -66,6 +67,14 @@ class Settings(BaseSettings):
 
     public_url: str = ""
     log_level: str = "INFO"
+
+    # Quality control before inference (imaging/qc.py).
+    qc_enabled: bool = True
+    qc_fail_reasons: dict[str, str] = Field(default_factory=dict,
+                                            description='JSON: scanbridge code -> the company\'s QC reason name')
+    qc_min_tissue_fraction: float = 0.001
+    qc_blur_mpp: float = 0.5
+    qc_min_laplacian_var: float = 70.0
 
     def api_key_map(self) -> dict[str, str]:
         """SCANBRIDGE_API_KEYS ("key:company_id,key2:company_id2") as key -> company_id."""

@@ -68,8 +68,11 @@ class SecretBox(Protocol):
 class JobLauncher(Protocol):
     """Starts the worker for a task (AWS Batch; locally a subprocess)."""
 
-    def submit(self, task_id: str) -> str:
-        """Start processing `task_id`; returns the job id. Never passes the task token."""
+    def submit(self, task_id: str, scans: int = 1) -> str:
+        """Start processing `task_id` (`scans` of them, in parallel where the launcher can); returns the job id.
+
+        Never passes the task token.
+        """
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Stop a job if it still runs."""

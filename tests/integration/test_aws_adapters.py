@@ -132,3 +132,15 @@ def test_batch_submit_passes_only_the_task_id() -> None:
         assert BatchJobLauncher(client, "q", "d").submit("dGFzazox/ODU4MzU=") == "job-123"
     stub.assert_no_pending_responses()
     assert job_name("a/b=c") == "scanbridge-a_b_c"
+
+
+def test_several_scans_become_an_array_job() -> None:
+    # GIVEN a task with three scans / WHEN submitted / THEN one array job of size 3, still only the task_id
+    client = boto3.client("batch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(client)
+    stub.add_response("submit_job", {"jobName": "n", "jobId": "arr-1"},
+                      {"jobName": "scanbridge-t", "jobQueue": "q", "jobDefinition": "d",
+                       "parameters": {"task_id": "t"}, "arrayProperties": {"size": 3}})
+    with stub:
+        assert BatchJobLauncher(client, "q", "d").submit("t", scans=3) == "arr-1"
+    stub.assert_no_pending_responses()

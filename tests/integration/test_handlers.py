@@ -130,3 +130,11 @@ def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], m
         else:
             assert out["status"] == "FAILED" and task.error_code == "WORKER_FAILED"
             assert summary["Error code"] == "WORKER_FAILED"
+
+
+def test_results_handler_ignores_array_children(deployed: dict[str, Any]) -> None:
+    # GIVEN the state change of one child of an array job / WHEN handled / THEN nothing is delivered
+    results = _load_function("results")
+    event = _event("results_succeeded.json")
+    event["detail"]["arrayProperties"] = {"index": 1}
+    assert "ignored" in results.handler(event, None)

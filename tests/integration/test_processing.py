@@ -67,3 +67,23 @@ def test_unknown_model_fails_before_any_download(container: Container) -> None:
         # WHEN the worker runs / THEN MODEL_NOT_FOUND and no download
         task = build_processing(container).run("t-model")
     assert fake.downloads == [] and task.error_code == "MODEL_NOT_FOUND"
+
+
+def test_scans_run_in_parallel_and_an_array_child_runs_only_its_scan(container: Container,
+                                                                      launcher: object) -> None:
+    # GIVEN a task with two scans (the launcher was told there are two)
+    with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
+        container.settings.allowed_scan_hosts = fake.netloc
+        container.intake.accept(WebhookPayload.model_validate(
+            {"task_id": "t-par", "jwt_token": "a.b.c",
+             "scan_urls": {"a": [fake.url_for("boxes")], "b": [fake.url_for("boxes")]}}))
+        assert launcher.scans == [2]  # type: ignore[attr-defined]
+        # WHEN an array child runs only scan "b"
+        processing = build_processing(container)
+        only_b = processing.run("t-par", only_scans=["b"])
+        # THEN only "b" was fetched and finished
+        assert fake.downloads == ["boxes"]
+        assert only_b.scans["b"].status == ScanStatus.SUCCEEDED and only_b.scans["a"].status == ScanStatus.PENDING
+        # WHEN the whole task runs (2 scans on parallel threads) / THEN "a" runs and "b" is not redone
+        both = processing.run("t-par")
+    assert both.scans["a"].status == ScanStatus.SUCCEEDED and len(fake.downloads) == 2

@@ -63,11 +63,11 @@ def test_failed_submission_leaves_task_received_for_the_redelivery(container: Co
     calls = {"n": 0}
     real = launcher.submit
 
-    def flaky(task_id: str) -> str:
+    def flaky(task_id: str, scans: int = 1) -> str:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("Batch is down")
-        return real(task_id)
+        return real(task_id, scans=scans)
 
     launcher.submit = flaky  # type: ignore[method-assign]
     # WHEN the webhook arrives, fails, and is redelivered

@@ -34,6 +34,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _container
     if _container is None:
         _container = bootstrap()
+    if "index" in ((event.get("detail") or {}).get("arrayProperties") or {}):
+        return {"ignored": "array child; the parent job's event delivers the task"}
     task_id, succeeded, reason = parse_event(event)
     logger.append_keys(task_id=task_id)
     task = _container.delivery.on_job_finished(task_id, succeeded, reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 
@@ -14,13 +15,23 @@ def main(argv: list[str] | None = None) -> int:
     """Process one task's scans; exit 0 when every scan has a stored result (success or coded failure)."""
     parser = argparse.ArgumentParser(prog="scanbridge worker")
     parser.add_argument("--task-id", required=True)
+    parser.add_argument("--scan-index", type=int, default=None,
+                        help="process only this scan (sorted by id); Batch array children get AWS_BATCH_JOB_ARRAY_INDEX")
     args = parser.parse_args(argv)
     container = bootstrap()
     setup_logging("scanbridge-worker", container.settings.log_level)
     from scanbridge.services.reaper import Heartbeat
 
     with Heartbeat(container.tasks, args.task_id, container.settings.heartbeat_interval_s):
-        task = build_processing(container).run(args.task_id)
+        index = args.scan_index
+        if index is None and os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "").isdigit():
+            index = int(os.environ["AWS_BATCH_JOB_ARRAY_INDEX"])
+        only = None
+        if index is not None:
+            stored = container.tasks.get(args.task_id)
+            ids = sorted(stored.scans) if stored else []
+            only = [ids[index]] if 0 <= index < len(ids) else []
+        task = build_processing(container).run(args.task_id, only_scans=only)
     logging.getLogger("scanbridge.worker").info("worker finished task %s: %s", task.task_id, task.status)
     return 0
 

@@ -118,7 +118,7 @@ class IntakeService:
         """Submit the job of a QUEUED task and record its id; back to RECEIVED if submission fails."""
         task_id = task.task_id
         try:
-            job_id = self._launcher.submit(task_id)
+            job_id = self._launcher.submit(task_id, scans=len(task.scans))
         except Exception:
             log.exception("job submission failed; the task goes back to RECEIVED for the next delivery")
             update_task(self._tasks, task_id, lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED}))

@@ -11,12 +11,25 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
-from scanbridge.domain.errors import ScanbridgeError, ScanError, TaskTokenExpiredError
-from scanbridge.domain.results import ScanResult, failure_result
+from scanbridge.domain.errors import (
+    NoPlatformCredentialsError,
+    ScanbridgeError,
+    ScanError,
+    TaskTokenExpiredError,
+)
+from scanbridge.domain.results import (
+    QcFinding,
+    ScanResult,
+    failure_result,
+    qc_failure_result,
+    with_qc_findings,
+)
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import Progress, Task, utcnow
 from scanbridge.ports import ArtifactStore, TaskStore
@@ -56,6 +69,31 @@ class ScanAnalyzer(Protocol):
         """The scan's result and its reader metadata."""
 
 
+class QcOutcome(Protocol):
+    """What a quality-control run found (imaging.qc.QcReport fits)."""
+
+    @property
+    def failures(self) -> list[QcFinding]:
+        """The failed checks."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Every check, JSON-ready (stored as results.qc)."""
+
+
+class ScanQc(Protocol):
+    """Opens a downloaded scan and runs the quality checks (imaging.qc.qc_scan); raises ScanErrors."""
+
+    def __call__(self, paths: list[Path]) -> QcOutcome:
+        """The checks' outcome."""
+
+
+class ArtifactWriter(Protocol):
+    """Stores a succeeded scan's artifacts (services.artifacts.ScanArtifactWriter); never raises."""
+
+    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
+        """Extra entries for the scan's metadata.json (e.g. the DICOM source's key attributes)."""
+
+
 class ProcessingService:
     """Runs a task's scans in the worker.
 
@@ -64,8 +102,19 @@ class ProcessingService:
 
     def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, fetcher: Fetcher, analyzer: ScanAnalyzer,
                  *, work_dir: Path, check_model: Callable[[str], None],
-                 clock: Callable[[], float] = time.time, progress_interval_s: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.time, progress_interval_s: float = 1.0,
+                 artifact_writer: ArtifactWriter | None = None,
+                 qc: ScanQc | None = None, qc_blocks: Callable[[str], bool] = lambda _model: True,
+                 qc_fail_reasons: dict[str, str] | None = None, has_api_key: bool = True,
+                 public_url: str = "", scan_parallelism: int = 1) -> None:
         self._tasks = tasks
+        self._parallel = scan_parallelism
+        self._qc = qc
+        self._qc_blocks = qc_blocks
+        self._qc_map = dict(qc_fail_reasons or {})
+        self._has_api_key = has_api_key
+        self._public_url = public_url.rstrip("/")
+        self._artifact_writer = artifact_writer
         self._artifacts = artifacts
         self._fetcher = fetcher
         self._analyzer = analyzer
@@ -74,8 +123,8 @@ class ProcessingService:
         self._clock = clock
         self._interval = progress_interval_s
 
-    def run(self, task_id: str) -> Task:
-        """Process every scan of the task that has no result yet; returns the task."""
+    def run(self, task_id: str, only_scans: Collection[str] | None = None) -> Task:
+        """Process every scan of the task (or `only_scans`: one Batch array child) that has no result yet."""
         task = update_task(self._tasks, task_id, lambda t: None)
         if task.status.is_terminal or task.status == TaskStatus.DELIVERING:
             log.info("task already finished processing; nothing to do", extra={"task_id": task_id})
@@ -84,24 +133,33 @@ class ProcessingService:
             if task.token_exp is not None and task.token_exp <= self._clock():
                 raise TaskTokenExpiredError("the task token expired before processing started")
             self._check_model(task.model or "")
+            if task.token_ciphertext is None and not self._has_api_key:
+                raise NoPlatformCredentialsError(
+                    "the webhook had no jwt_token and SCANBRIDGE_PLATFORM_API_KEY is not set: results cannot be posted")
         except ScanbridgeError as exc:
             return self._fail_all(task, exc)
-        for scan_id in list(task.scans):
-            current = self._tasks.get(task_id)
-            if current is None or current.status == TaskStatus.CANCELLED:
-                log.info("task cancelled; stopping", extra={"task_id": task_id})
-                return current or task
-            if current.scans[scan_id].status in (ScanStatus.SUCCEEDED, ScanStatus.FAILED):
-                continue  # a retried worker keeps what the last attempt finished
-            try:
-                self._process_scan(current, scan_id)
-            except TaskCancelledError:
-                return self._tasks.get(task_id) or task
+        todo = [sid for sid in task.scans if only_scans is None or sid in only_scans]
+        with ThreadPoolExecutor(max_workers=max(1, min(self._parallel, len(todo) or 1)),
+                                thread_name_prefix="scan") as pool:
+            list(pool.map(lambda sid: self._run_scan(task_id, sid), todo))
         return self._tasks.get(task_id) or task
+
+    def _run_scan(self, task_id: str, scan_id: str) -> None:
+        """One scan, unless the task was cancelled or the scan already finished (a retried worker)."""
+        current = self._tasks.get(task_id)
+        if current is None or current.status == TaskStatus.CANCELLED:
+            log.info("task cancelled; stopping", extra={"task_id": task_id})
+            return
+        if current.scans[scan_id].status in (ScanStatus.SUCCEEDED, ScanStatus.FAILED):
+            return  # a retried worker keeps what the last attempt finished
+        try:
+            self._process_scan(current, scan_id)
+        except TaskCancelledError:
+            log.info("task cancelled during a scan", extra={"task_id": task_id, "scan_id": scan_id})
 
     def _fail_all(self, task: Task, exc: ScanbridgeError) -> Task:
         for scan_id in task.scans:
-            self._store_result(task.task_id, failure_result(scan_id, exc.code, exc.message))
+            self._store_result(task.task_id, failure_result(scan_id, exc.code, exc.message, self._qc_map.get(exc.code)))
 
         def change(t: Task) -> Task:
             scans = {sid: s.model_copy(update={"status": ScanStatus.FAILED, "error_code": exc.code,
@@ -127,6 +185,9 @@ class ProcessingService:
         return update_task(self._tasks, task_id, change)
 
     def _store_result(self, task_id: str, result: ScanResult) -> None:
+        if self._public_url:
+            link = f"{self._public_url}/tasks/{quote(task_id, safe='')}"
+            result = result.model_copy(update={"results": {**(result.results or {}), "external_url": link}})
         body = json.dumps(result.model_dump(mode="json", exclude_none=True)).encode()
         self._artifacts.put(scan_result_key(task_id, result.scanId), body, "application/json")
 
@@ -139,6 +200,10 @@ class ProcessingService:
                        started_at=utcnow(), progress=Progress(step="downloading", percent=0.0))
         try:
             paths = self._fetcher.fetch_all(list(scan.urls), workdir)
+            findings, qc_json = self._run_qc(task_id, scan_id, paths)
+            if findings and self._qc_blocks(task.model or ""):
+                self._qc_failed(task_id, scan_id, findings, qc_json)
+                return
             self._set_scan(task_id, scan_id, TaskStatus.RUNNING, status=ScanStatus.RUNNING,
                            progress=Progress(step="analysing", percent=5.0))
             last = [0.0]
@@ -155,6 +220,9 @@ class ProcessingService:
                     tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
 
             result, metadata = self._analyzer(scan_id, paths, task.model or "", progress)
+            if qc_json is not None:
+                result = with_qc_findings(result, findings, self._qc_map, qc_json)
+            metadata = {**metadata, **self._write_artifacts(task_id, scan_id, paths, result)}
             self._artifacts.put(scan_metadata_key(task_id, scan_id), json.dumps(metadata).encode(),
                                 "application/json")
             self._store_result(task_id, result)
@@ -175,9 +243,37 @@ class ProcessingService:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    def _write_artifacts(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
+        if self._artifact_writer is None:
+            return {}
+        try:
+            return self._artifact_writer(task_id, scan_id, paths, result) or {}
+        except Exception:  # artifacts are extras: the scan's result stands without them
+            log.exception("artifacts failed", extra={"task_id": task_id, "scan_id": scan_id})
+            return {}
+
+    def _run_qc(self, task_id: str, scan_id: str,
+                paths: list[Path]) -> tuple[list[QcFinding], dict[str, Any] | None]:
+        """The quality checks' failures and report (none when QC is off); a ScanError fails the scan."""
+        if self._qc is None:
+            return [], None
+        self._set_scan(task_id, scan_id, progress=Progress(step="quality control", percent=3.0))
+        outcome = self._qc(paths)
+        findings = list(outcome.failures)
+        if findings:
+            log.warning("quality control failed: %s", ", ".join(f.code for f in findings),
+                        extra={"task_id": task_id, "scan_id": scan_id})
+        return findings, outcome.to_json()
+
+    def _qc_failed(self, task_id: str, scan_id: str, findings: list[QcFinding], qc_json: dict[str, Any] | None) -> None:
+        first = findings[0]
+        self._store_result(task_id, qc_failure_result(scan_id, findings, self._qc_map, qc_json))
+        self._set_scan(task_id, scan_id, status=ScanStatus.FAILED, error_code=first.code, error_message=first.message,
+                       finished_at=utcnow(), progress=Progress(step="failed", percent=100.0))
+
     def _scan_failed(self, task_id: str, scan_id: str, code: str, message: str) -> None:
         log.warning("scan failed: %s", code, extra={"task_id": task_id, "scan_id": scan_id})
-        self._store_result(task_id, failure_result(scan_id, code, message))
+        self._store_result(task_id, failure_result(scan_id, code, message, self._qc_map.get(code)))
         self._set_scan(task_id, scan_id, status=ScanStatus.FAILED, error_code=code, error_message=message,
                        finished_at=utcnow(), progress=Progress(step="failed", percent=100.0))
 

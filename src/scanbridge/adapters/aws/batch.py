@@ -19,10 +19,13 @@ class BatchJobLauncher:
         self._queue = job_queue
         self._definition = job_definition
 
-    def submit(self, task_id: str) -> str:
-        """Submit the worker job; returns the Batch job id."""
-        out = self._batch.submit_job(jobName=job_name(task_id), jobQueue=self._queue,
-                                     jobDefinition=self._definition, parameters={"task_id": task_id})
+    def submit(self, task_id: str, scans: int = 1) -> str:
+        """Submit the worker job (an array job, one child per scan, when there are several); returns its id."""
+        args: dict[str, Any] = {"jobName": job_name(task_id), "jobQueue": self._queue,
+                                "jobDefinition": self._definition, "parameters": {"task_id": task_id}}
+        if scans > 1:
+            args["arrayProperties"] = {"size": min(scans, 10_000)}
+        out = self._batch.submit_job(**args)
         return str(out["jobId"])
 
     def cancel(self, job_id: str, reason: str) -> None:

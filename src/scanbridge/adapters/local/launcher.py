@@ -40,8 +40,8 @@ class LocalJobLauncher:
         """Set what runs when a job ends (the delivery service)."""
         self._on_finished = callback
 
-    def submit(self, task_id: str) -> str:
-        """Queue the worker for `task_id`; returns a local job id."""
+    def submit(self, task_id: str, scans: int = 1) -> str:
+        """Queue the worker for `task_id` (it runs the scans on parallel threads); returns a local job id."""
         job_id = f"local-{uuid.uuid4()}"
         self._pool.submit(self._run, task_id, job_id)
         return job_id
