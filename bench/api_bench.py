@@ -1,0 +1,198 @@
+"""API benchmark: webhook acknowledgement latency at 20 concurrent clients, and the API Lambda's import time.
+
+    python bench/api_bench.py [--clients 20] [--requests 1000] [--url http://127.0.0.1:PORT] [--json]
+
+Without --url it serves the real FastAPI app (the one `scanbridge serve` and the API Lambda run) with
+uvicorn on 127.0.0.1 in a child process, over the in-memory task store / artifact store / secret box and a launcher that
+only records the submission, so the number is the bridge's own acknowledgement path (parse, validate,
+idempotent put, submit, answer) and not moto's. With --url it measures a running `scanbridge serve`.
+Every request carries a new task id (no redeliveries). The request count is bounded.
+
+The import time is `import scanbridge.entrypoints.lambda_api` in fresh interpreters (best and median
+of --imports runs); the script also reports which heavy modules that import pulled in (must be none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HEAVY = ("onnxruntime", "openslide", "pydicom", "skimage")
+IMPORT_PROBE = (
+    "import sys, time, json\n"
+    "t = time.perf_counter()\n"
+    "import scanbridge.entrypoints.lambda_api\n"
+    "ms = (time.perf_counter() - t) * 1000\n"
+    f"print(json.dumps({{'ms': ms, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n"
+)
+
+
+class RecordingLauncher:
+    """A JobLauncher that records submissions and runs nothing."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self._lock = threading.Lock()
+
+    def submit(self, task_id: str) -> str:
+        with self._lock:
+            self.submitted.append(task_id)
+            return f"job-{len(self.submitted)}"
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        pass
+
+
+def webhook(i: int) -> dict[str, Any]:
+    """A platform webhook with a task id of its own."""
+    return {"company_id": "2380941", "case_id": "Y2FzZToxMjM=", "task_id": f"bench-task-{i:06d}",
+            "scans": {f"{8823846 + i}": "https://example.invalid/scan.svs"}, "model_name": ""}
+
+
+def serve_in_memory(port: int) -> None:
+    """Serve the app over in-memory adapters with uvicorn on 127.0.0.1:port until killed."""
+    import logging
+
+    import uvicorn
+
+    from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+    from scanbridge.bootstrap import bootstrap
+    from scanbridge.config import Settings
+    from scanbridge.entrypoints.http.app import create_app
+
+    logging.disable(logging.WARNING)
+    data = Path(tempfile.mkdtemp(prefix="scanbridge-apibench-"))
+    settings = Settings(data_dir=data, platform_url="http://127.0.0.1:9")
+    container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(),
+                          secrets=FernetSecretBox(), launcher=RecordingLauncher())
+    uvicorn.run(create_app(container), host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def start_server_process() -> tuple[str, subprocess.Popen[bytes]]:
+    """The in-memory app in its own process (so the clients do not share its GIL); returns (url, process)."""
+    from scanbridge.entrypoints.local_stack import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-only", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the benchmark server did not start within 30 s")
+        time.sleep(0.1)
+
+
+def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmup: int = 40) -> dict[str, Any]:
+    """Acknowledgement latency of `requests` webhooks from `clients` threads (one connection each).
+
+    rate 0: closed loop, every client sends its next webhook as soon as the last is acknowledged
+    (saturation). rate > 0: open loop, webhook i is due at i / rate seconds, whichever client is free.
+    """
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    counter = iter(range(warmup, warmup + requests))
+    with httpx.Client(base_url=url, timeout=30.0) as warm:
+        for i in range(warmup):
+            warm.post("/webhook", json=webhook(i))
+
+    def client(_n: int) -> None:
+        with httpx.Client(base_url=url, timeout=30.0) as http:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                if rate > 0:
+                    due = started + (i - warmup) / rate
+                    pause = due - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                body = json.dumps(webhook(i)).encode()
+                t0 = time.perf_counter()
+                r = http.post("/webhook", content=body, headers={"content-type": "application/json"})
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - started
+    ms = sorted(x * 1000 for x in latencies)
+    return {"clients": clients, "requests": len(ms), "rate_rps": rate or "closed loop", "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "ack_p50_ms": round(statistics.median(ms), 2), "ack_p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2),
+            "ack_max_ms": round(ms[-1], 2), "throughput_rps": round(len(ms) / wall, 1)}
+
+
+def measure_import(runs: int) -> dict[str, Any]:
+    """Import time of the API Lambda handler module in fresh interpreters."""
+    times, heavy = [], set()
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True,
+                             timeout=120)
+        probe = json.loads(out.stdout.strip().splitlines()[-1])
+        times.append(probe["ms"])
+        heavy.update(probe["heavy"])
+    return {"import_ms_best": round(min(times), 1), "import_ms_median": round(statistics.median(times), 1),
+            "import_runs": runs, "import_heavy_modules": sorted(heavy)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements; print a JSON object (or a short table)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", default=None, help="a running `scanbridge serve` on 127.0.0.1 (default: in-process)")
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--requests", type=int, default=1000, help="webhooks to send (bounded, at most 20000)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="webhooks per second in all (open loop); 0 = closed loop, as fast as acknowledged")
+    p.add_argument("--imports", type=int, default=7, help="fresh interpreters for the import time")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--serve-only", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_only is not None:
+        serve_in_memory(args.serve_only)
+        return 0
+    if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
+        p.error("only a local server on 127.0.0.1 may be measured")
+    report: dict[str, Any] = measure_import(args.imports)
+    server = None
+    url = args.url
+    if url is None:
+        url, server = start_server_process()
+    try:
+        report.update(measure_acks(url, args.clients, min(args.requests, 20000), args.rate))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+    report["target"] = "local app process, in-memory adapters" if server is not None else url
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""`scanbridge dev bench` on a small generated slide, pipeline invariance, I/O binding, API import weight.
+
+No timing is asserted here: speed is measured by the scripts in bench/, never by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from scanbridge.imaging import synth
+from scanbridge.imaging.readers import open_scan
+from scanbridge.inference import bench
+from scanbridge.inference.analyze import analyze_scan
+from scanbridge.inference.session import OnnxModel
+
+BENCH_KEYS = {"decode_only_s", "model_only_s", "pipeline_s", "naive_s", "tiles_total", "tiles_processed",
+              "peak_rss_mb", "device", "provider"}
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 3072x3072 Aperio slide at 0.5 µm/px with 25 % tissue, and its truth JSON."""
+    folder = tmp_path_factory.mktemp("bench")
+    path, truth = folder / "s.svs", folder / "s.json"
+    t = synth.make_slide(path, 3072, 3072, tissue_fraction=0.25, seed=5, mpp=0.5)
+    truth.write_text(json.dumps(t.to_json()))
+    return path, truth
+
+
+def _geometries(analysis: Any) -> list[Any]:
+    return [(f["properties"]["annotation_type"], f["geometry"]) for f in analysis.result.geojson["features"]]
+
+
+def test_bench_json_reports_every_measure_and_reads_only_tissue(slide: tuple[Path, Path],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a 25 %-tissue slide
+    path, truth = slide
+    # WHEN `scanbridge dev bench SLIDE --model bench-conv --json` runs
+    code = bench.main([str(path), "--model", "bench-conv", "--json", "--truth", str(truth), "--cpu"])
+    # THEN stdout is exactly one JSON object with every key
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out)
+    assert BENCH_KEYS <= set(report)
+    assert all(report[k] >= 0 for k in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s"))
+    assert report["provider"] == "CPUExecutionProvider" and report["device"] == "cpu"
+    # AND only tissue tiles ran, about as many as the tissue's share of the grid (edge tiles add a few)
+    total, done = report["tiles_total"], report["tiles_processed"]
+    assert 0 < done < total
+    share = done / total
+    assert report["tissue_fraction"] <= share <= report["tissue_fraction"] + 0.12, (share, report["tissue_fraction"])
+    # AND the result is the tissue it was built with
+    assert abs(report["result_fraction"] - report["tissue_fraction"]) < 0.03
+
+
+def test_pipeline_results_do_not_depend_on_readers_or_batch_size(slide: tuple[Path, Path]) -> None:
+    # GIVEN the bench model on one slide
+    path, _truth = slide
+    model = bench.load_model("bench-conv", prefer_gpu=False)
+    runs = []
+    # WHEN it is analysed with 1 reader / batch 1, 2 readers / batch 8 and 3 readers / batch 5
+    for readers, batch in ((1, 1), (2, 8), (3, 5)):
+        reader = open_scan([path])
+        try:
+            runs.append(analyze_scan("s", reader, model, readers=readers, batch_size=batch))
+        finally:
+            reader.close()
+    # THEN every run read the same tiles and produced the same polygons and summary
+    first = runs[0]
+    assert first.stats.tiles_processed > 0
+    for other in runs[1:]:
+        assert other.stats.tiles_processed == first.stats.tiles_processed
+        assert _geometries(other) == _geometries(first)
+        assert other.result.results["report"] == first.result.results["report"]  # type: ignore[index]
+
+
+def test_io_binding_path_gives_the_same_outputs(slide: tuple[Path, Path]) -> None:
+    # GIVEN the bench model with and without I/O binding (the binding path on the CPU device)
+    spec, build = bench.BENCH_MODELS["bench-conv"]
+    data = build()
+    plain = OnnxModel(spec, data, prefer_gpu=False, io_binding=False)
+    bound = OnnxModel(spec, data, prefer_gpu=False, io_binding=True)
+    batch = np.random.default_rng(0).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    # WHEN both run one batch / THEN the outputs agree
+    np.testing.assert_allclose(bound.run(batch)["prob"], plain.run(batch)["prob"], rtol=1e-5, atol=1e-6)
+    assert bound.io_binding and not plain.io_binding
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime with the CUDA execution provider")
+def test_cuda_session_binds_io_on_the_gpu_and_matches_cpu() -> None:  # pragma: no cover - GPU only
+    # GIVEN the bench model on CUDA (default) and on CPU
+    spec, build = bench.BENCH_MODELS["bench-conv"]
+    data = build()
+    gpu = OnnxModel(spec, data)
+    cpu = OnnxModel(spec, data, prefer_gpu=False)
+    batch = np.random.default_rng(1).integers(0, 256, (gpu.batch_size_for(256), 256, 256, 3), dtype=np.uint8)
+    # THEN the GPU session uses I/O binding and a device-sized batch, and agrees with the CPU
+    assert gpu.provider == "CUDAExecutionProvider" and gpu.device == "cuda" and gpu.io_binding
+    assert gpu.batch_size_for(256) > 8
+    np.testing.assert_allclose(gpu.run(batch)["prob"], cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)
+
+
+def test_api_lambda_module_imports_no_inference_or_imaging_stack() -> None:
+    # GIVEN a fresh interpreter
+    code = ("import sys, json, scanbridge.entrypoints.lambda_api\n"
+            "print(json.dumps(sorted(m for m in ('onnxruntime', 'openslide', 'pydicom', 'skimage') "
+            "if m in sys.modules)))")
+    # WHEN it imports the API Lambda handler module
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    # THEN none of onnxruntime, openslide, pydicom or skimage was loaded
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

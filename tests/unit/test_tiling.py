@@ -1,0 +1,120 @@
+"""The tile grid: model-scale levels, tissue-only tiles, overlap, strip-wise tissue mask, compact results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanbridge.imaging.readers.base import ScanMetadata
+from scanbridge.imaging.tiling import Tile, grid_for_model, grid_over_tissue, overview_tissue_mask, pick_level
+from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference.pipeline import TileMap
+
+
+class ArrayReader:
+    """A ScanReader over an in-memory RGB image with a 4x pyramid (nearest-neighbour levels)."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.levels = [rgb, rgb[::4, ::4]]
+        dims = tuple((lv.shape[1], lv.shape[0]) for lv in self.levels)
+        self.metadata = ScanMetadata(format="array", vendor=None, dimensions=dims[0], level_dimensions=dims,
+                                     level_downsamples=(1.0, 4.0), mpp=(0.5, 0.5), objective_power=None)
+        self.reads: list[tuple[int, int]] = []
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        ds = int(self.metadata.level_downsamples[level])
+        x, y = location[0] // ds, location[1] // ds
+        src = self.levels[level]
+        out = np.full((size[1], size[0], 3), 255, np.uint8)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + size[0], src.shape[1]), min(y + size[1], src.shape[0])
+        if x1 > x0 and y1 > y0:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = src[y0:y1, x0:x1]
+        self.reads.append(size)
+        return out
+
+    def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
+        return self.levels[-1], 4.0
+
+    def close(self) -> None:
+        pass
+
+
+def test_pick_level_prefers_a_matching_level_and_resizes_otherwise() -> None:
+    # GIVEN a pyramid at downsamples 1, 4, 16
+    ds = (1.0, 4.0, 16.0)
+    # WHEN the model wants 2x, 4x, 16.1x and 0.5x / THEN level 0 resized 2x, level 1 as is, level 2 as is, level 0
+    assert pick_level(ds, 2.0) == (0, 2.0)
+    assert pick_level(ds, 4.0) == (1, 1.0)
+    assert pick_level(ds, 16.1) == (2, 1.0)
+    assert pick_level(ds, 0.5) == (0, 1.0)
+    assert pick_level(ds, 8.0) == (1, 2.0)
+
+
+def test_grid_keeps_only_cells_with_tissue() -> None:
+    # GIVEN a 100x100 mask (1 mask px = 1 level px) with tissue in one 30x30 square
+    mask = np.zeros((100, 100), bool)
+    mask[10:40, 60:90] = True
+    # WHEN tiled with 25-px tiles
+    grid = grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0)
+    # THEN the 4x4 grid keeps exactly the cells the square meets
+    assert (grid.cols, grid.rows, grid.total) == (4, 4, 16)
+    assert sorted((t.row, t.col) for t in grid.tiles) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    # AND without a mask every tile is kept
+    assert len(grid_over_tissue(0, (100, 100), 1.0, 25, None, 1.0).tiles) == 16
+    # AND a minimum tissue share drops the cells a square covers less than half of
+    mask[:] = False
+    mask[0:40, 50:90] = True  # covers cell (0,2) fully, (0,3) and (1,2) 60 %, (1,3) 36 %
+    strict = grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0, min_tissue=0.5)
+    assert sorted((t.row, t.col) for t in strict.tiles) == [(0, 2), (0, 3), (1, 2)]
+
+
+def test_grid_overlap_and_scale_place_read_windows() -> None:
+    # GIVEN a 1000x600 level read at 2 level px per model px, 64-px tiles with 8 px overlap
+    grid = grid_over_tissue(0, (1000, 600), 1.0, 64, None, 1.0, scale=2.0, overlap=8)
+    # THEN tiles step by the 48-px core, the window starts 8 model px before it, and reads 128 level px
+    assert grid.stride == 48 and grid.read_size == 128
+    assert (grid.cols, grid.rows) == (11, 7)  # ceil(500 / 48), ceil(300 / 48)
+    first, second = grid.tiles[0], grid.tiles[1]
+    assert (first.x, first.y) == (-16, -16) and (second.x, second.y) == (80, -16)
+    assert grid.model_downsample == 2.0
+    # AND an overlap that leaves no core is refused
+    with pytest.raises(ValueError):
+        grid_over_tissue(0, (100, 100), 1.0, 16, None, 1.0, overlap=8)
+
+
+def test_grid_for_model_picks_the_level() -> None:
+    # GIVEN a 4x pyramid and a model at 8x
+    grid = grid_for_model([(4000, 4000), (1000, 1000)], [1.0, 4.0], 8.0, 100, None, 1.0)
+    # THEN it reads level 1 resized by 2
+    assert (grid.level, grid.scale, grid.cols) == (1, 2.0, 5)
+
+
+def test_strip_wise_tissue_mask_equals_the_whole_image_mask() -> None:
+    # GIVEN an image with stained discs on glass
+    rng = np.random.default_rng(0)
+    rgb = np.full((400, 300, 3), 242, np.uint8)
+    yy, xx = np.mgrid[0:400, 0:300]
+    for cy, cx, r in [(50, 60, 30), (200, 150, 70), (370, 250, 20), (100, 290, 3)]:
+        rgb[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (200, 120, 170)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-3, 4, rgb.shape), 0, 255).astype(np.uint8)
+    reader = ArrayReader(rgb)
+    # WHEN the mask is computed over level 0 in strips of ~20 rows
+    mask, ds = overview_tissue_mask(reader, 512, tissue_mask, strip_px=300 * 20)
+    # THEN it equals the mask of the whole image, and no read was larger than a strip plus its margins
+    assert ds == 1.0
+    np.testing.assert_array_equal(mask, tissue_mask(rgb))
+    assert max(h for _w, h in reader.reads) <= 20 + 16
+
+
+def test_tile_map_stores_tiles_as_uint8_and_assembles_on_demand() -> None:
+    # GIVEN a 3x3 map of 4-px tiles with two tiles stored
+    tm = TileMap(3, 3, 4)
+    tm.put(Tile(0, 0, 0, 0), np.full((4, 4), 0.5, np.float32))
+    tm.put(Tile(2, 1, 0, 0), np.full((4, 4), 1.0, np.float32))
+    # THEN it holds one byte per stored output pixel
+    assert tm.nbytes == 32 and all(t.dtype == np.uint8 for t in tm.tiles.values())
+    # AND the dense map is float16, 0 where nothing ran, cropped on request
+    dense = tm.to_array(10, 11)
+    assert dense.shape == (10, 11) and dense.dtype == np.float16
+    assert abs(float(dense[0, 0]) - 0.5) < 0.003 and float(dense[5, 9]) == 1.0 and float(dense[9, 0]) == 0.0
