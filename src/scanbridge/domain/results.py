@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +31,23 @@ class ResultsPayload(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+class QcFinding(BaseModel):
+    """One failed quality check (or scan failure) as scanbridge names it: a code and a readable message."""
+
+    code: str
+    message: str
+
+
+def qc_reasons(codes: list[str], mapping: dict[str, str]) -> list[str] | None:
+    """The company's qcFailReasons for scanbridge codes (unmapped codes left out; None when none map)."""
+    reasons: list[str] = []
+    for code in codes:
+        reason = mapping.get(code)
+        if reason and reason not in reasons:
+            reasons.append(reason)
+    return reasons or None
+
+
 def failure_result(scan_id: str, code: str, message: str, qc_reason: str | None = None) -> ScanResult:
     """A scan result that explains, in the platform's UI, why the scan was not analysed."""
     summary = {"Status": "Not analysed", "Reason": message, "Error code": code}
@@ -38,6 +57,79 @@ def failure_result(scan_id: str, code: str, message: str, qc_reason: str | None 
         geojson={"type": "FeatureCollection", "features": []},
         qcFailReasons=[qc_reason] if qc_reason else None,
     )
+
+
+def qc_failure_result(scan_id: str, findings: list[QcFinding], mapping: dict[str, str],
+                      qc: dict[str, Any] | None = None) -> ScanResult:
+    """A scan result for a scan that failed quality control and was not analysed."""
+    first = findings[0]
+    summary = {"Status": "Not analysed", "Reason": "; ".join(f.message for f in findings),
+               "Error code": first.code, "Quality control": "failed: " + ", ".join(f.code for f in findings)}
+    results: dict[str, Any] = {"report": {"summary": summary, "rois": None},
+                               "error": {"code": first.code, "message": first.message}}
+    if qc is not None:
+        results["qc"] = qc
+    return ScanResult(scanId=scan_id, results=results, geojson={"type": "FeatureCollection", "features": []},
+                      qcFailReasons=qc_reasons([f.code for f in findings], mapping))
+
+
+def with_qc_findings(result: ScanResult, findings: list[QcFinding], mapping: dict[str, str],
+                     qc: dict[str, Any] | None = None) -> ScanResult:
+    """An analysed scan's result flagged with the quality checks it failed (the model still ran)."""
+    results = dict(result.results or {})
+    report = dict(results.get("report") or {})
+    summary = dict(report.get("summary") or {})
+    if findings:
+        summary["Quality control"] = "failed: " + "; ".join(f"{f.code}: {f.message}" for f in findings)
+    report["summary"] = summary
+    results["report"] = report
+    if qc is not None:
+        results["qc"] = qc
+    reasons = qc_reasons([f.code for f in findings], mapping)
+    merged = list(dict.fromkeys([*(result.qcFailReasons or []), *(reasons or [])])) or None
+    return result.model_copy(update={"results": results, "qcFailReasons": merged})
+
+
+QUPATH_OBJECT_TYPES = frozenset({"annotation", "detection", "cell", "tile", "tmaCore"})
+
+
+def qupath_problems(fc: dict[str, Any]) -> list[str]:
+    """Every way `fc`'s QuPath keys break what QuPath's GeoJSON import reads (empty when none).
+
+    QuPath (PathObjectTypeAdapters) reads a top-level `id` as a UUID, `properties.objectType` (falling
+    back to `properties.type`, so a class name there becomes an unknown object type),
+    `properties.classification` as {name, color: [r, g, b]} and `properties.measurements` as a flat
+    map of numbers; NaN/Infinity are not JSON.
+    """
+    problems: list[str] = []
+    for i, feature in enumerate(fc.get("features", [])):
+        where = f"feature {i}"
+        props = feature.get("properties") or {}
+        if "id" in feature:
+            try:
+                uuid.UUID(str(feature["id"]))
+            except ValueError:
+                problems.append(f"{where}: id is not a UUID")
+        if "type" in props:
+            problems.append(f"{where}: properties.type is read by QuPath as the object type")
+        if "objectType" in props and props["objectType"] not in QUPATH_OBJECT_TYPES:
+            problems.append(f"{where}: objectType {props['objectType']!r} is not a QuPath object type")
+        cls = props.get("classification")
+        if cls is not None:
+            colour = cls.get("color") if isinstance(cls, dict) else None
+            if not isinstance(cls, dict) or not isinstance(cls.get("name"), str):
+                problems.append(f"{where}: classification needs a name")
+            elif colour is not None and not (isinstance(colour, list) and len(colour) == 3 and all(
+                    isinstance(c, int) and 0 <= c <= 255 for c in colour)):
+                problems.append(f"{where}: classification.color must be [r, g, b] integers 0-255")
+        measurements = props.get("measurements")
+        if measurements is not None:
+            if not isinstance(measurements, dict):
+                problems.append(f"{where}: measurements must be a flat map name -> number")
+            elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                         for v in measurements.values()):
+                problems.append(f"{where}: measurements must be finite numbers")
+    return problems
 
 
 def _positions(geometry: dict[str, Any]) -> list[list[float]]:

@@ -89,6 +89,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args.rest)
 
 
+def _mhs(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.mhs import main
+
+    return main([])
+
+
 def _dev_platform(args: argparse.Namespace) -> int:
     from scanbridge.devtools import platform_cli
 
@@ -130,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tissue")
     p.add_argument("--out", default="scanbridge-out")
     p.set_defaults(func=_run_scan)
+
+    p = sub.add_parser("mhs", help="run as the platform's Model Hosting Service container (settings from the "
+                       "environment: HOST, TASK_ID, SCAN_ID, SCAN_URL, JWT_TOKEN, ...)")
+    p.set_defaults(func=_mhs)
 
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     p = dev.add_parser("make-slide", help="write a synthetic Aperio-style slide", add_help=False)

@@ -97,8 +97,11 @@ class DeliveryService:
         scans: list[ScanResult] = []
         for sid, scan in task.scans.items():
             raw = self._artifacts.get(scan_result_key(task.task_id, sid))
-            if raw is not None and scan.status == ScanStatus.SUCCEEDED:
-                scans.append(ScanResult.model_validate(json.loads(raw)))
+            stored = ScanResult.model_validate(json.loads(raw)) if raw is not None else None
+            stored_code = ((stored.results or {}).get("error") or {}).get("code") if stored else None
+            if stored is not None and (scan.status == ScanStatus.SUCCEEDED or
+                                       scan.status == ScanStatus.FAILED and stored_code == scan.error_code):
+                scans.append(stored)  # a failure stored by the worker keeps its qcFailReasons and QC report
             else:
                 scans.append(failure_result(sid, scan.error_code or WorkerFailedError.code,
                                             scan.error_message or "the scan was not analysed"))

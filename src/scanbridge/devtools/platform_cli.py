@@ -1,0 +1,235 @@
+"""`scanbridge dev platform`: a local platform for newcomers.
+
+Serves scan files behind presigned-style URLs (X-Amz-* parameters, an expiry), prints the webhook
+body the platform's "debug" case algorithm writes into task notes (PLATFORM.md section 5) or sends it,
+receives the results POST, checks it against the platform contract and prints a readable report.
+Bounded: it exits once results arrived, or after --timeout seconds.
+
+Exit status: 0 results arrived and follow the contract; 1 results arrived with problems (or the
+bridge refused the webhook); 2 no results before the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scanbridge.adapters.platform_http import PCHAR
+from scanbridge.devtools.local_platform import FakePlatform, ReceivedPost
+from scanbridge.domain.results import geojson_problems, qupath_problems
+
+
+def scan_ids_for(files: list[Path]) -> dict[str, Path]:
+    """A scan id per file: its stem (letters, digits, -_.), made unique with a suffix."""
+    ids: dict[str, Path] = {}
+    for path in files:
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem) or "scan"
+        sid, n = base, 2
+        while sid in ids:
+            sid, n = f"{base}-{n}", n + 1
+        ids[sid] = path
+    return ids
+
+
+def scan_dimensions(path: Path) -> tuple[int, int] | None:
+    """Level-0 (width, height) of a scan file, or None when no reader opens it."""
+    try:
+        from scanbridge.imaging.readers import open_scan
+
+        reader = open_scan([path])
+        try:
+            return reader.metadata.dimensions
+        finally:
+            reader.close()
+    except Exception:  # noqa: BLE001 - a file the bridge cannot open is a fine test case too
+        return None
+
+
+def local_jwt(expires_s: int = 3600) -> str:
+    """A task-style JWT with an `exp` (signed with a throwaway key: the bridge never verifies it)."""
+    import jwt
+
+    return jwt.encode({"exp": int(time.time()) + expires_s, "iss": "scanbridge-dev-platform"},
+                      secrets.token_hex(32), algorithm="HS256")
+
+
+def webhook_body(platform: FakePlatform, scan_ids: list[str], *, task_id: str, model: str, company_id: str,
+                 case_id: str, expires_s: int, jwt_token: str | None = None) -> dict[str, Any]:
+    """The platform's debug-request body for the served scans (its field order)."""
+    urls = {sid: platform.url_for(sid, expires_s=expires_s) for sid in scan_ids}
+    body: dict[str, Any] = {
+        "company_id": company_id,
+        "scans": dict(urls),
+        "scan_urls": {sid: [url] for sid, url in urls.items()},
+        "stains": {sid: {"value": "HE", "stain_code": "HE", "label": "H&E"} for sid in scan_ids},
+        "case_id": case_id,
+        "task_id": task_id,
+        "model_name": model,
+    }
+    if jwt_token:
+        body["jwt_token"] = jwt_token
+    return body
+
+
+def check_results(post: ReceivedPost, *, task_id: str, dims: dict[str, tuple[int, int] | None],
+                  bearer: str | None = None) -> list[str]:
+    """Every way a results POST breaks PLATFORM.md section 2 (empty when it follows it)."""
+    from urllib.parse import quote
+
+    problems: list[str] = []
+    expected_path = f"/api/v3/external/results/{quote(task_id, safe=PCHAR)}"
+    if post.path != expected_path:
+        problems.append(f"posted to {post.path}, expected {expected_path}")
+    auth = post.authorization or ""
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        problems.append("no Authorization: Bearer header")
+    elif bearer is not None and auth[7:] != bearer:
+        problems.append("the Bearer is not the one expected (task JWT or platform API key)")
+    if (post.content_type or "").split(";")[0].strip() != "application/json":
+        problems.append(f"Content-Type is {post.content_type!r}, not application/json")
+    body = post.body
+    if not isinstance(body, dict):
+        return [*problems, "the body is not a JSON object"]
+    if not isinstance(body.get("caseResults"), dict):
+        problems.append("caseResults missing or not an object")
+    scans = body.get("scanResults")
+    if not isinstance(scans, list):
+        return [*problems, "scanResults missing or not an array"]
+    seen: list[str] = []
+    for i, scan in enumerate(scans):
+        where = f"scanResults[{i}]"
+        if not isinstance(scan, dict) or not isinstance(scan.get("scanId"), str):
+            problems.append(f"{where}: scanId missing or not a string")
+            continue
+        sid = scan["scanId"]
+        where = f"scan {sid}"
+        seen.append(sid)
+        if sid not in dims:
+            problems.append(f"{where}: not a scan of this task")
+        results = scan.get("results")
+        if results is not None:
+            summary = ((results or {}).get("report") or {}).get("summary") if isinstance(results, dict) else None
+            if summary is not None and not (isinstance(summary, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in summary.items())):
+                problems.append(f"{where}: results.report.summary is not a flat map of text")
+        reasons = scan.get("qcFailReasons")
+        if reasons is not None and not (isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)):
+            problems.append(f"{where}: qcFailReasons is not an array of strings")
+        fc = scan.get("geojson")
+        if fc is not None:
+            size = dims.get(sid)
+            w, h = size if size else (None, None)
+            problems += [f"{where}: {p}" for p in geojson_problems(fc, w, h) + qupath_problems(fc)]
+    for sid in dims:
+        if seen.count(sid) != 1:
+            problems.append(f"scan {sid}: {seen.count(sid)} results (expected exactly one)")
+    return problems
+
+
+def format_report(post: ReceivedPost, problems: list[str]) -> str:
+    """A readable account of one results POST and its problems."""
+    auth = post.authorization or ""
+    shown = f"{auth.split(' ')[0]} <{len(auth.partition(' ')[2])} chars>" if auth else "none"  # never the secret
+    lines = [f"results POST {post.path}", f"  Authorization: {shown}"]
+    body = post.body if isinstance(post.body, dict) else {}
+    case = ((body.get("caseResults") or {}).get("report") or {}).get("summary") or {}
+    for k, v in case.items():
+        lines.append(f"  case  {k}: {v}")
+    for scan in body.get("scanResults") or []:
+        if not isinstance(scan, dict):
+            continue
+        lines.append(f"  scan {scan.get('scanId')}")
+        summary = ((scan.get("results") or {}).get("report") or {}).get("summary") or {}
+        for k, v in summary.items():
+            lines.append(f"    {k}: {v}")
+        if scan.get("qcFailReasons"):
+            lines.append(f"    qcFailReasons: {', '.join(scan['qcFailReasons'])}")
+        url = (scan.get("results") or {}).get("external_url")
+        if url:
+            lines.append(f"    external_url: {url}")
+        features = (scan.get("geojson") or {}).get("features") or []
+        kinds: dict[str, int] = {}
+        for f in features:
+            kind = f"{(f.get('geometry') or {}).get('type')}/{(f.get('properties') or {}).get('annotation_type')}"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        lines.append(f"    geojson: {len(features)} features" +
+                     (" (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")" if kinds else ""))
+    lines.append("contract: OK" if not problems else f"contract: {len(problems)} problem(s)")
+    lines += [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `scanbridge dev platform`."""
+    p = argparse.ArgumentParser(prog="scanbridge dev platform", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scan files to serve (one scan each)")
+    p.add_argument("--port", type=int, default=8901, help="loopback port to serve on (0: any free port)")
+    p.add_argument("--send", metavar="URL", help="POST the webhook there, e.g. http://127.0.0.1:8000/webhook")
+    p.add_argument("--task-id", default=None, help="task id (default: a fresh one)")
+    p.add_argument("--model", default="", help="model_name in the webhook (\"\": the bridge's default)")
+    p.add_argument("--company-id", default="2380941")
+    p.add_argument("--case-id", default="aHVtYW5DYXNlOjI0MjEzNjY=")
+    p.add_argument("--jwt", action="store_true",
+                   help="add a jwt_token (the real platform does; its debug request does not)")
+    p.add_argument("--api-key", default=None,
+                   help="the SCANBRIDGE_PLATFORM_API_KEY the bridge uses: check the Bearer is exactly this")
+    p.add_argument("--expires", type=int, default=3600, help="presigned URL lifetime in seconds")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up waiting for results after this long")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `scanbridge dev platform`."""
+    args = build_parser().parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        print(f"no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    ids = scan_ids_for(list(args.files))
+    dims = {sid: scan_dimensions(path) for sid, path in ids.items()}
+    task_id = args.task_id or f"local-{secrets.token_hex(4)}"
+    token = local_jwt() if args.jwt else None
+    with FakePlatform(files=ids, port=args.port) as platform:
+        body = webhook_body(platform, list(ids), task_id=task_id, model=args.model, company_id=args.company_id,
+                            case_id=args.case_id, expires_s=args.expires, jwt_token=token)
+        out = sys.stdout
+        print(f"local platform on {platform.base_url} serving {len(ids)} scan(s): "
+              + ", ".join(f"{sid} ({d[0]}x{d[1]})" if d else f"{sid} (unreadable)" for sid, d in dims.items()),
+              file=out)
+        print("start the bridge with:\n  SCANBRIDGE_PLATFORM_URL=" + platform.base_url
+              + f" SCANBRIDGE_ALLOWED_SCAN_HOSTS={platform.netloc}"
+              + ("" if token else " SCANBRIDGE_PLATFORM_API_KEY=<any key>") + " scanbridge serve", file=out)
+        print("webhook body:", file=out)
+        print(json.dumps(body, indent=2), file=out)
+        out.flush()
+        if args.send:
+            import httpx
+
+            try:
+                resp = httpx.post(args.send, json=body, timeout=30)
+            except httpx.HTTPError as exc:
+                print(f"could not send the webhook to {args.send}: {type(exc).__name__}", file=sys.stderr)
+                return 1
+            print(f"sent to {args.send}: {resp.status_code} {resp.text[:300]}", file=out)
+            if resp.status_code >= 300:
+                return 1
+        else:
+            print("send it with:\n  curl -X POST http://127.0.0.1:8000/webhook -H 'Content-Type: application/json' "
+                  f"--data '{json.dumps(body)}'", file=out)
+        print(f"waiting up to {args.timeout:g} s for the results ...", file=out)
+        out.flush()
+        posts = platform.wait_for_posts(1, timeout_s=args.timeout)
+        if not posts:
+            print(f"no results within {args.timeout:g} s", file=out)
+            return 2
+        post = posts[0]
+        problems = check_results(post, task_id=task_id, dims=dims, bearer=token or args.api_key)
+        print(format_report(post, problems), file=out)
+        return 1 if problems else 0

@@ -1,0 +1,291 @@
+"""`scanbridge mhs`: run as the platform's Model Hosting Service container, one scan per run.
+
+The platform starts the container with everything in the environment (PLATFORM.md section 4):
+`HOST`, `TASK_ID`, `SCAN_ID`, `SCAN_URL`, `SCAN_URL_ZIP`, `JWT_TOKEN` (or, for local tests,
+`API_KEY_ID` + `API_KEY_SECRET`) and `DEBUG_FILE_UPLOAD_URL`. The scan goes through the same pipeline
+as the webhook path (intake -> processing with QC -> delivery), over in-memory stores, and the
+container posts the results itself to `https://api.{HOST}` (or `SCANBRIDGE_PLATFORM_URL`).
+
+An API key pair becomes a Bearer the way the platform's own client does it (Techcyte devkit,
+`techcyte_client.py`): `POST {api}/api/v3/token` with `Authorization: Basic base64(id:secret)` and
+`grant_type=client_credentials`; the answer's `access_token` is the Bearer.
+
+Exit status: 0 when the platform took the results (a scan that failed with a code counts: it was
+answered); 1 when the results could not be delivered; 2 when the environment is incomplete.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from scanbridge.domain.errors import ScanbridgeError
+from scanbridge.logs import ScrubSecrets, setup_logging
+
+log = logging.getLogger("scanbridge.mhs")
+
+REQUIRED = ("HOST", "TASK_ID", "SCAN_ID")
+THUMBNAIL_PX = 1024
+
+
+@dataclass(frozen=True)
+class MhsEnv:
+    """What the platform passes to the container."""
+
+    host: str
+    task_id: str
+    scan_id: str
+    scan_url: str = ""
+    scan_url_zip: str = ""
+    jwt_token: str = field(default="", repr=False)
+    api_key_id: str = ""
+    api_key_secret: str = field(default="", repr=False)
+    debug_upload_url: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> MhsEnv:
+        """Read the environment; raises ValueError naming what is missing."""
+        get = {k: (environ.get(k) or "").strip() for k in (
+            *REQUIRED, "SCAN_URL", "SCAN_URL_ZIP", "JWT_TOKEN", "API_KEY_ID", "API_KEY_SECRET",
+            "DEBUG_FILE_UPLOAD_URL")}
+        missing = [k for k in REQUIRED if not get[k]]
+        if not get["SCAN_URL"] and not get["SCAN_URL_ZIP"]:
+            missing.append("SCAN_URL (or SCAN_URL_ZIP)")
+        if missing:
+            raise ValueError("missing environment variables: " + ", ".join(missing))
+        return cls(host=get["HOST"], task_id=get["TASK_ID"], scan_id=get["SCAN_ID"], scan_url=get["SCAN_URL"],
+                   scan_url_zip=get["SCAN_URL_ZIP"], jwt_token=get["JWT_TOKEN"], api_key_id=get["API_KEY_ID"],
+                   api_key_secret=get["API_KEY_SECRET"], debug_upload_url=get["DEBUG_FILE_UPLOAD_URL"])
+
+    def scan_file_url(self) -> str:
+        """SCAN_URL_ZIP for DICOM (every layer in one ZIP), else SCAN_URL."""
+        path = urlsplit(self.scan_url).path.lower()
+        if self.scan_url_zip and (not self.scan_url or path.endswith((".dcm", ".dicom"))):
+            return self.scan_url_zip
+        return self.scan_url or self.scan_url_zip
+
+
+def api_base_url(env: MhsEnv, platform_url: str) -> str:
+    """Where results go: SCANBRIDGE_PLATFORM_URL when set, else https://api.{HOST}."""
+    return platform_url.rstrip("/") if platform_url else f"https://api.{env.host.strip('/')}"
+
+
+def exchange_api_key(base_url: str, key_id: str, secret: str, *, timeout_s: float = 30.0) -> str:
+    """The Bearer for an API key pair (OAuth2 client credentials at {base}/api/v3/token)."""
+    basic = base64.b64encode(f"{key_id}:{secret}".encode()).decode()
+    resp = httpx.post(f"{base_url}/api/v3/token", data={"grant_type": "client_credentials"}, timeout=timeout_s,
+                      headers={"Authorization": f"Basic {basic}", "Accept": "application/json"})
+    if resp.status_code != 200:
+        raise ScanbridgeError(f"the platform refused the API key pair ({resp.status_code})")
+    token = resp.json().get("access_token")
+    if not isinstance(token, str) or not token:
+        raise ScanbridgeError("the platform's token answer has no access_token")
+    return token
+
+
+class _NoLauncher:
+    """A JobLauncher that starts nothing: this process is the worker."""
+
+    def submit(self, task_id: str) -> str:
+        return f"mhs-{task_id}"
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        return None
+
+
+class _LogCapture(logging.Handler):
+    """Keeps the run's log lines (secrets scrubbed) for the debug ZIP."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.addFilter(ScrubSecrets())
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@dataclass
+class _Snapshot:
+    thumbnail: Any = None
+    downsample: float = 1.0
+
+
+class _ThumbnailFetcher:
+    """Wraps the safe fetcher: after a download, keeps a thumbnail for the debug overlay (best effort)."""
+
+    def __init__(self, inner: Any, snapshot: _Snapshot) -> None:
+        self._inner = inner
+        self._snapshot = snapshot
+
+    def fetch_all(self, urls: list[str], dest_dir: Path) -> list[Path]:
+        paths: list[Path] = self._inner.fetch_all(urls, dest_dir)
+        try:
+            from scanbridge.imaging.readers import open_scan
+            from scanbridge.imaging.tiling import tissue_overview
+
+            reader = open_scan(paths)
+            try:
+                self._snapshot.thumbnail, self._snapshot.downsample = tissue_overview(reader, THUMBNAIL_PX)
+            finally:
+                reader.close()
+        except Exception:  # noqa: BLE001 - the overlay is a debugging extra; QC reports unreadable scans
+            log.info("no thumbnail for the debug overlay (the scan did not open)")
+        return paths
+
+
+def _rings(geometry: dict[str, Any]) -> tuple[list[list[list[float]]], list[list[float]]]:
+    kind, coords = geometry.get("type"), geometry.get("coordinates") or []
+    if kind == "Polygon":
+        return list(coords), []
+    if kind == "MultiPolygon":
+        return [ring for poly in coords for ring in poly], []
+    if kind == "MultiPoint":
+        return [], list(coords)
+    if kind == "Point":
+        return [], [coords]
+    if kind == "GeometryCollection":
+        rings: list[list[list[float]]] = []
+        points: list[list[float]] = []
+        for g in geometry.get("geometries", []):
+            r, p = _rings(g)
+            rings += r
+            points += p
+        return rings, points
+    return [], []
+
+
+def overlay_png(thumbnail: Any, downsample: float, geojson: dict[str, Any] | None) -> bytes:
+    """The thumbnail with every feature's outlines (and points) drawn in its class colour, as PNG."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(thumbnail).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for feature in (geojson or {}).get("features", []):
+        props = feature.get("properties") or {}
+        colour = tuple((props.get("classification") or {}).get("color") or (0, 200, 0))
+        rings, points = _rings(feature.get("geometry") or {})
+        for ring in rings:
+            xy = [(x / downsample, y / downsample) for x, y in ring]
+            if len(xy) >= 2:
+                draw.line(xy, fill=colour, width=2)
+        for x, y in points:
+            cx, cy = x / downsample, y / downsample
+            draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), outline=colour)
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def debug_zip(files: dict[str, bytes]) -> bytes:
+    """A ZIP of `files` (name -> bytes)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def run(environ: Mapping[str, str]) -> int:
+    """Process the one scan the environment names and post its results; the exit status."""
+    from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+    from scanbridge.adapters.platform_http import HttpPlatformClient
+    from scanbridge.bootstrap import bootstrap, build_processing
+    from scanbridge.config import Settings
+    from scanbridge.domain.webhook import WebhookPayload
+    from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
+    from scanbridge.services.delivery import posted_key
+
+    capture = _LogCapture()
+    logging.getLogger().addHandler(capture)
+    try:
+        settings = Settings()
+        setup_logging("scanbridge-mhs", settings.log_level)
+        try:
+            env = MhsEnv.from_env(environ)
+        except ValueError as exc:
+            log.error("%s", exc)
+            print(f"scanbridge mhs: {exc}", file=sys.stderr)
+            return 2
+        base = api_base_url(env, settings.platform_url)
+        api_key = settings.platform_api_key
+        if not env.jwt_token and env.api_key_id and env.api_key_secret:
+            try:
+                api_key = exchange_api_key(base, env.api_key_id, env.api_key_secret,
+                                           timeout_s=settings.delivery_timeout_s)
+                log.info("API key pair exchanged for a token")
+            except (ScanbridgeError, httpx.HTTPError, ValueError) as exc:
+                log.error("API key exchange failed: %s", getattr(exc, "message", type(exc).__name__))
+        settings = settings.model_copy(update={"platform_url": base, "platform_api_key": api_key})
+        container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(),
+                              secrets=FernetSecretBox(), launcher=_NoLauncher(),
+                              platform=HttpPlatformClient(base, settings.delivery_timeout_s))
+        url = env.scan_file_url()
+        payload = WebhookPayload.model_validate({
+            "task_id": env.task_id, "scans": {env.scan_id: url}, "scan_urls": {env.scan_id: [url]},
+            "jwt_token": env.jwt_token or None})
+        container.intake.accept(payload)
+        snapshot = _Snapshot()
+        fetcher = _ThumbnailFetcher(SafeFetcher(FetchPolicy(
+            allowed_hosts=settings.scan_host_patterns(), max_bytes=settings.max_scan_bytes,
+            connect_timeout_s=settings.fetch_connect_timeout_s, read_timeout_s=settings.fetch_read_timeout_s,
+            attempts=settings.fetch_attempts)), snapshot)
+        log.info("processing scan %s of task %s", env.scan_id, env.task_id)
+        build_processing(container, fetcher=fetcher).run(env.task_id)
+        task = container.delivery.on_job_finished(env.task_id, True)
+        delivered = task.delivery.delivered_at is not None
+        log.info("task %s: %s (delivered: %s, platform answered %s)", env.task_id, task.status, delivered,
+                 task.delivery.status_code)
+        if env.debug_upload_url:
+            raw = container.artifacts.get(posted_key(env.task_id))
+            body = json.loads(raw) if raw else container.delivery.build_body(task).to_body()
+            _upload_debug(env, body, snapshot, capture, task.public_view(), settings.delivery_timeout_s)
+        print(json.dumps({"task_id": env.task_id, "scan_id": env.scan_id, "status": str(task.status),
+                          "delivered": delivered, "status_code": task.delivery.status_code,
+                          "error_code": task.error_code}))
+        return 0 if delivered else 1
+    finally:
+        logging.getLogger().removeHandler(capture)
+
+
+def _upload_debug(env: MhsEnv, body: dict[str, Any], snapshot: _Snapshot, capture: _LogCapture,
+                  task: dict[str, Any], timeout_s: float) -> None:
+    files: dict[str, bytes] = {"results.json": json.dumps(body, indent=2).encode(),
+                               "task.json": json.dumps(task, indent=2).encode()}
+    scan: dict[str, Any] = next((s for s in body.get("scanResults", []) if s.get("scanId") == env.scan_id), {})
+    if snapshot.thumbnail is not None:
+        try:
+            files["overlay.png"] = overlay_png(snapshot.thumbnail, snapshot.downsample, scan.get("geojson"))
+        except Exception:
+            log.warning("overlay not drawn", exc_info=True)
+    try:
+        log.info("uploading the debug ZIP")
+        files["log.txt"] = ("\n".join(capture.lines) + "\n").encode()
+        resp = httpx.put(env.debug_upload_url, content=debug_zip(files), timeout=timeout_s,
+                         headers={"Content-Type": "application/zip"})
+        if resp.status_code >= 300:
+            log.warning("debug ZIP upload answered %s", resp.status_code)
+    except httpx.HTTPError as exc:
+        log.warning("debug ZIP upload failed: %s", type(exc).__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `scanbridge mhs` (everything comes from the environment)."""
+    return run(os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
