@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from scanbridge.config import Settings, get_settings
-from scanbridge.domain.catalog import BuiltinCatalog
 from scanbridge.ports import (
     ArtifactStore,
     DeadLetterQueue,
@@ -80,7 +79,19 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
     artifacts = overrides.get("artifacts") or S3ArtifactStore(clients["s3"], settings.bucket_name)
     secrets = overrides.get("secrets") or KmsSecretBox(clients["kms"], settings.kms_key_id)
     platform = overrides.get("platform") or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
-    catalog = overrides.get("catalog") or BuiltinCatalog()
+    catalog = overrides.get("catalog")
+    if catalog is None:
+        from scanbridge.services.models import ModelService
+
+        if "dynamodb" in clients:
+            from scanbridge.adapters.aws.models_registry import DynamoModelRegistry
+
+            catalog = ModelService(DynamoModelRegistry(clients["dynamodb"], settings.models_table_name,
+                                                       clients["s3"], settings.bucket_name))
+        else:
+            from scanbridge.adapters.local.models_registry import MemoryModelRegistry
+
+            catalog = ModelService(MemoryModelRegistry())
     dead_letters = overrides.get("dead_letters")
     if dead_letters is None:
         if settings.dead_letter_queue_url and clients:
@@ -105,8 +116,11 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
 
             launcher = LocalJobLauncher(max_workers=settings.max_workers, log_dir=settings.data_dir / "logs",
                                         on_finished=delivery.on_job_finished, retries=settings.worker_retries)
+    default_for = getattr(catalog, "default_for", None)
     intake = IntakeService(tasks, launcher, secrets, default_model=settings.default_model,
-                           max_scans=settings.max_scans_per_task)
+                           max_scans=settings.max_scans_per_task,
+                           model_for_stain=(lambda stain: default_for(stain, fallback=settings.default_model))
+                           if default_for else None)
     queries = QueryService(tasks, artifacts)
     control = ControlService(tasks, launcher, delivery, queries)
     return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
@@ -125,7 +139,8 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
         allowed_hosts=s.scan_host_patterns(), max_bytes=s.max_scan_bytes,
         connect_timeout_s=s.fetch_connect_timeout_s, read_timeout_s=s.fetch_read_timeout_s,
         attempts=s.fetch_attempts))
-    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads)
+    source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
+    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source)
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size)
     if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
         writer = overrides["artifact_writer"]

@@ -39,10 +39,28 @@ def case_results(task: Task, scans: list[ScanResult]) -> dict[str, Any]:
     summary = {"Scans analysed": str(len(ok)), "Scans failed": str(failed), "Model": task.model or ""}
     areas = [float(s.results["tissue_area_mm2"]) for s in ok
              if s.results and s.results.get("tissue_area_mm2") is not None]
+    out: dict[str, Any] = {"model": task.model, "scans_analysed": len(ok), "scans_failed": failed}
     if areas:
         summary["Total tissue area"] = f"{sum(areas):.3f} mm²"
-    return {"model": task.model, "scans_analysed": len(ok), "scans_failed": failed,
-            "report": {"summary": summary}}
+        out["tissue_area_mm2"] = round(sum(areas), 6)
+
+    def total(key: str) -> int | None:
+        values = [int(s.results[key]) for s in ok if s.results and s.results.get(key) is not None]
+        return sum(values) if values else None
+
+    nuclei, positive, negative = total("nuclei_count"), total("positive_count"), total("negative_count")
+    if nuclei is not None:
+        out["nuclei_count"] = nuclei
+        summary["Nuclei"] = f"{nuclei:,}"
+        if areas and sum(areas) > 0:
+            out["nuclei_density_per_mm2"] = round(nuclei / sum(areas), 2)
+    if positive is not None and negative is not None:
+        pct = 100.0 * positive / (positive + negative) if positive + negative else None
+        out.update(positive_count=positive, negative_count=negative,
+                   positivity_percent=round(pct, 3) if pct is not None else None)
+        summary["Nuclear positivity (DAB)"] = f"{pct:.1f} %" if pct is not None else "n/a (no nuclei)"
+    out["report"] = {"summary": summary}
+    return out
 
 
 class DeliveryService:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jwt
@@ -42,12 +43,14 @@ class IntakeService:
     """
 
     def __init__(self, tasks: TaskStore, launcher: JobLauncher, secrets: SecretBox, *,
-                 default_model: str, max_scans: int = 50) -> None:
+                 default_model: str, max_scans: int = 50,
+                 model_for_stain: Callable[[str | None], str] | None = None) -> None:
         self._tasks = tasks
         self._launcher = launcher
         self._secrets = secrets
         self._default_model = default_model
         self._max_scans = max_scans
+        self._model_for_stain = model_for_stain
 
     def accept(self, payload: WebhookPayload) -> Accepted:
         """Store the task if new, then make sure it has a job; duplicates return the stored task."""
@@ -59,7 +62,7 @@ class IntakeService:
             task_id=payload.task_id,
             company_id=payload.company_id,
             case_id=payload.case_id,
-            model=payload.requested_model() or self._default_model,
+            model=payload.requested_model() or self._default_for(payload),
             scans={sid: ScanState(scan_id=sid, urls=urls,
                                   stain=payload.stains[sid].model_dump() if sid in payload.stains else None)
                    for sid, urls in files.items()},
@@ -76,6 +79,13 @@ class IntakeService:
         log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
         self._refresh(task)
         return Accepted(task=self._ensure_job(payload.task_id), created=False)
+
+    def _default_for(self, payload: WebhookPayload) -> str:
+        """The default model for the task's stain (the first scan's that has one), else the default."""
+        if self._model_for_stain is None:
+            return self._default_model
+        stain = next((payload.stains[sid].value for sid in payload.scan_files() if sid in payload.stains), None)
+        return self._model_for_stain(stain)
 
     def _refresh(self, fresh: Task) -> None:
         """A redelivery carries freshly signed URLs (and maybe a fresh token): keep them for unfinished work."""

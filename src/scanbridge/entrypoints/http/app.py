@@ -17,6 +17,8 @@ from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http import errors
+from scanbridge.entrypoints.http.models import router as models_router
+from scanbridge.entrypoints.http.dashboard import dashboard_router, downloads_router
 from scanbridge.entrypoints.http.security import Principal, admin, principal, verify_webhook, warn_open
 
 log = logging.getLogger(__name__)
@@ -124,4 +126,7 @@ def create_app(container: Container) -> FastAPI:
         """Admin: post the results of a DELIVERY_FAILED task again."""
         return container.control.redeliver(task_id).public_view()
 
+    app.include_router(downloads_router(container))  # artifacts + exports (issue #7)
+    app.include_router(dashboard_router())  # `/`: the dashboard
+    app.include_router(models_router)  # the model registry (issue #5)
     return app

@@ -1,0 +1,83 @@
+"""Model registry routes: list and describe for tenants, PUT/PATCH/DELETE for the admin."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+
+from scanbridge.domain.errors import ValidationError
+from scanbridge.entrypoints.http.security import Principal, admin, principal
+
+Tenant = Annotated[Principal, Depends(principal)]
+Admin = Annotated[Principal, Depends(admin)]
+MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+router = APIRouter(tags=["models"])
+
+
+def _models(request: Request) -> Any:
+    catalog = request.app.state.container.catalog
+    if not hasattr(catalog, "put"):
+        raise ValidationError("this deployment has a read-only model catalog")
+    return catalog
+
+
+@router.get("/models")
+def list_models(request: Request, _caller: Tenant, label: str | None = None,
+                kind: Annotated[str | None, Query(pattern="^(classification|segmentation|detection)$")] = None
+                ) -> dict[str, Any]:
+    """Every model (built-in and registered), filtered by output label and kind."""
+    catalog = request.app.state.container.catalog
+    specs = catalog.list() if hasattr(catalog, "list") else [catalog.spec(n) for n in catalog.names()]
+    if kind:
+        specs = [s for s in specs if s.kind == kind]
+    if label:
+        specs = [s for s in specs if any(lb.name.lower() == label.lower() for lb in s.labels)]
+    return {"models": [s.model_dump(mode="json") for s in specs]}
+
+
+@router.get("/models/{name}")
+def describe_model(name: str, request: Request, _caller: Tenant) -> dict[str, Any]:
+    """A model's spec and where its weights come from."""
+    catalog = request.app.state.container.catalog
+    if hasattr(catalog, "describe"):
+        described: dict[str, Any] = catalog.describe(name)
+        return described
+    spec: dict[str, Any] = catalog.spec(name).model_dump(mode="json")
+    return spec
+
+
+@router.put("/admin/models/{name}", status_code=201)
+async def put_model(name: str, request: Request, _admin: Admin, config: Annotated[str, Form()],
+                    file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    """Register a model: multipart `config` (ModelSpec JSON) + `file` (ONNX), checked with onnxruntime first."""
+    try:
+        spec = json.loads(config)
+    except ValueError as exc:
+        raise ValidationError(f"config is not JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise ValidationError("config must be a JSON object")
+    data = await file.read(MAX_MODEL_BYTES + 1)
+    if len(data) > MAX_MODEL_BYTES:
+        raise ValidationError(f"the ONNX file is larger than {MAX_MODEL_BYTES} bytes")
+    models = _models(request)
+    from starlette.concurrency import run_in_threadpool
+
+    stored = await run_in_threadpool(models.put, {**spec, "name": name}, data)
+    described: dict[str, Any] = models.describe(stored.name)
+    return described
+
+
+@router.patch("/admin/models/{name}")
+def patch_model(name: str, changes: dict[str, Any], request: Request, _admin: Admin) -> dict[str, Any]:
+    """Change a registered model's config (not its name, version or file)."""
+    updated: dict[str, Any] = _models(request).patch(name, changes).model_dump(mode="json")
+    return updated
+
+
+@router.delete("/admin/models/{name}", status_code=204)
+def delete_model(name: str, request: Request, _admin: Admin) -> None:
+    """Remove a registered model and its files."""
+    _models(request).delete(name)
