@@ -45,7 +45,7 @@ class RecordingLauncher:
         self.submitted: list[str] = []
         self._lock = threading.Lock()
 
-    def submit(self, task_id: str) -> str:
+    def submit(self, task_id: str, **_kwargs: Any) -> str:
         with self._lock:
             self.submitted.append(task_id)
             return f"job-{len(self.submitted)}"
