@@ -1,0 +1,210 @@
+"""Per-scan artifacts: what the worker stores beside each result, and what the API lists and serves.
+
+Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingService), under
+`tasks/{task_id}/scans/{scan_id}/artifacts/{file}` in the ArtifactStore:
+
+- `overlay.png`     the thumbnail with outlines / points / heat map drawn (inference/overlay.py)
+- `labels.npy`      int32 label mask, level 0 downsampled by a power of two to at most 2048 px a side;
+                    value n is the n-th object row of objects.csv (0 = background)
+- `objects.csv`     one row per object feature with its measurements (services/exports.features_csv)
+- `crops.zip`       RGBA PNG crops of cells / nuclei (first `max_crops`), when the features are cells
+- `annotations.dcm` / `segmentation.dcm`  the DICOM ANN and SEG exports (services/exports.py)
+
+The API serves them itself (`GET /tasks/{id}/artifacts/{scan_id}/{file}`): presigned S3 links are
+not reachable from a browser in local mode (moto listens on loopback inside the stack).
+The writer imports the readers, numpy and highdicom lazily: the API side imports this module too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from scanbridge.domain.errors import NotFoundError
+from scanbridge.domain.results import ScanResult
+from scanbridge.ports import ArtifactStore
+from scanbridge.services.queries import QueryService
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {
+    "png": "image/png", "npy": "application/octet-stream", "csv": "text/csv; charset=utf-8",
+    "zip": "application/zip", "dcm": "application/dicom", "json": "application/json",
+}
+KINDS = {"overlay.png": "overlay", "labels.npy": "label-mask", "objects.csv": "objects-csv",
+         "crops.zip": "cell-crops", "annotations.dcm": "dicom-ann", "segmentation.dcm": "dicom-seg"}
+MASK_MAX_SIDE = 2048
+OVERLAY_MAX_SIDE = 1024
+
+
+def artifact_key(task_id: str, scan_id: str, name: str) -> str:
+    """Where one scan artifact lives in the artifact store."""
+    return f"tasks/{task_id}/scans/{scan_id}/artifacts/{name}"
+
+
+def content_type(name: str) -> str:
+    """The media type of an artifact file, from its suffix."""
+    return CONTENT_TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One stored artifact: `name` is `{scan_id}/{file}`, `url` the API route that serves it."""
+
+    name: str
+    scan_id: str
+    file: str
+    kind: str
+    content_type: str
+    url: str
+
+    def to_json(self) -> dict[str, str]:
+        """The listing entry."""
+        return {"name": self.name, "scan_id": self.scan_id, "file": self.file, "kind": self.kind,
+                "content_type": self.content_type, "url": self.url}
+
+
+class ArtifactService:
+    """Lists and reads a task's artifacts, scoped to a tenant like every other read.
+
+    >>> [a.name for a in artifacts.list("task-1")]
+    ['8823846/labels.npy', '8823846/objects.csv', '8823846/overlay.png', ...]
+    """
+
+    def __init__(self, queries: QueryService, artifacts: ArtifactStore) -> None:
+        self._queries = queries
+        self._artifacts = artifacts
+
+    def list(self, task_id: str, company_id: str | None = None, base_url: str = "") -> list[Artifact]:
+        """Every artifact of the task's scans, sorted by scan then file."""
+        task = self._queries.task(task_id, company_id)
+        prefix = f"tasks/{task_id}/scans/"
+        found: list[Artifact] = []
+        for key in self._artifacts.list(prefix):
+            rest = key[len(prefix):]
+            scan_id, sep, file = rest.rpartition("/artifacts/")
+            if not sep or not file or "/" in file or scan_id not in task.scans:
+                continue
+            name = f"{scan_id}/{file}"
+            url = f"{base_url.rstrip('/')}/tasks/{quote(task_id, safe='')}/artifacts/" \
+                  f"{quote(scan_id, safe='')}/{quote(file, safe='')}"
+            found.append(Artifact(name=name, scan_id=scan_id, file=file, kind=KINDS.get(file, "file"),
+                                  content_type=content_type(file), url=url))
+        return sorted(found, key=lambda a: (a.scan_id, a.file))
+
+    def get(self, task_id: str, scan_id: str, file: str, company_id: str | None = None) -> tuple[bytes, str]:
+        """The artifact's bytes and media type; NOT_FOUND when absent."""
+        task = self._queries.task(task_id, company_id)
+        if scan_id not in task.scans or "/" in file or file in ("", ".", ".."):
+            raise NotFoundError(f"task {task_id!r} has no artifact {scan_id}/{file}")
+        body = self._artifacts.get(artifact_key(task_id, scan_id, file))
+        if body is None:
+            raise NotFoundError(f"task {task_id!r} has no artifact {scan_id}/{file}")
+        return body, content_type(file)
+
+
+def dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
+    """DICOM JSON of the scan's level-0 image header when the scan is DICOM (None otherwise)."""
+    import pydicom
+
+    from scanbridge.services.exports import dicom_header_json
+
+    best: tuple[int, int, Any] | None = None
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) != b"DICM":
+                    continue
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (OSError, pydicom.errors.InvalidDicomError):
+            continue
+        image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+        volume = 1 if "VOLUME" in image_type or not image_type else 0
+        size = int(ds.get("TotalPixelMatrixColumns") or ds.get("Columns") or 0) * \
+            int(ds.get("TotalPixelMatrixRows") or ds.get("Rows") or 0)
+        if best is None or (volume, size) > best[:2]:
+            best = (volume, size, ds)
+    return dicom_header_json(best[2]) if best else None
+
+
+class ScanArtifactWriter:
+    """Writes a succeeded scan's artifacts; returns extra metadata (`dicom_source`) for metadata.json.
+
+    Never raises: an artifact that cannot be made is logged and left out (the scan's result stands).
+
+    >>> writer("task-1", "scan-7", [Path("scan.svs")], result)
+    {}
+    """
+
+    def __init__(self, artifacts: ArtifactStore, *, max_crops: int = 200, dicom: bool = True) -> None:
+        self._artifacts = artifacts
+        self._max_crops = max_crops
+        self._dicom = dicom
+
+    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
+        """Open the scan again, draw and store every artifact."""
+        from scanbridge.imaging.readers import open_scan
+
+        extra: dict[str, Any] = {}
+        geojson = result.geojson or {"type": "FeatureCollection", "features": []}
+
+        def put(name: str, make: Any) -> None:
+            try:
+                data = make()
+            except Exception:  # one artifact failing must fail neither the scan nor the other artifacts
+                log.warning("artifact %s not written", name, exc_info=True,
+                            extra={"task_id": task_id, "scan_id": scan_id})
+                return
+            if data is not None:
+                self._artifacts.put(artifact_key(task_id, scan_id, name), data, content_type(name))
+
+        try:
+            source = dicom_source_header(paths)
+        except Exception:
+            log.warning("DICOM source header not read", exc_info=True, extra={"task_id": task_id})
+            source = None
+        if source:
+            extra["dicom_source"] = source
+        try:
+            reader = open_scan(paths)
+        except Exception:
+            log.warning("artifacts skipped: the scan did not open again", exc_info=True,
+                        extra={"task_id": task_id, "scan_id": scan_id})
+            return extra
+        try:
+            from scanbridge.inference import overlay
+            from scanbridge.services import exports
+
+            meta = reader.metadata
+            width, height = meta.dimensions
+            objects = exports.object_features(geojson)
+
+            def overlay_png() -> bytes:
+                thumb, ds = reader.thumbnail(OVERLAY_MAX_SIDE)
+                return overlay.render_overlay(thumb, ds, geojson)
+
+            def labels() -> bytes:
+                d = exports.seg_downsample(width, height, MASK_MAX_SIDE)
+                size = (-(-width // d), -(-height // d))
+                mask = exports.rasterize(objects, list(range(1, len(objects) + 1)), size, d)
+                return overlay.npy_bytes(mask.astype("int32"))
+
+            put("overlay.png", overlay_png)
+            put("labels.npy", labels)
+            put("objects.csv", lambda: exports.features_csv(geojson))
+            cells = [f for f in objects if overlay.is_cell_feature(f)]
+            if cells:
+                put("crops.zip", lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0])
+            if self._dicom:
+                body = json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True)))
+                metadata = {**meta.to_json(), **extra}
+                for fmt, name in exports.DICOM_ARTIFACTS.items():
+                    put(name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id))
+        finally:
+            reader.close()
+        return extra

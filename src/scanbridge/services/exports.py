@@ -1,0 +1,554 @@
+"""Exports of one scan's results: GeoJSON, a per-object CSV, DICOM annotations (ANN) and DICOM SEG.
+
+GeoJSON and CSV are made from the stored `result.json` with the standard library only (the API
+Lambda's layer has no numpy). The DICOM files need highdicom, pydicom and numpy: the worker writes
+them next to the other artifacts when a scan succeeds (`services/artifacts.py`), and the API serves
+those; where the libraries are importable (the local stack), a missing one is built on demand.
+
+A DICOM source scan's key attributes (UIDs, patient, study, specimen, frame of reference, pixel
+geometry) are kept in the scan's `metadata.json` under `dicom_source`, so the exports reference it.
+A scan from SVS/TIFF gets a minimal synthetic VL Whole Slide Microscopy source (new UIDs, the scan's
+size and pixel spacing) that is not itself stored anywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scanbridge import __version__
+from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, ValidationError
+from scanbridge.domain.status import ScanStatus
+from scanbridge.ports import ArtifactStore
+from scanbridge.services.processing import scan_metadata_key, scan_result_key
+from scanbridge.services.queries import QueryService
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pydicom.dataset import Dataset
+
+FORMATS: dict[str, tuple[str, str]] = {  # format -> (media type, file suffix)
+    "geojson": ("application/geo+json", "geojson"),
+    "csv": ("text/csv; charset=utf-8", "csv"),
+    "dicom-ann": ("application/dicom", "ann.dcm"),
+    "dicom-seg": ("application/dicom", "seg.dcm"),
+}
+#: the artifact file a DICOM export is stored under (services/artifacts.py writes them)
+DICOM_ARTIFACTS = {"dicom-ann": "annotations.dcm", "dicom-seg": "segmentation.dcm"}
+SEG_MAX_SIDE = 4096  # the SEG's total pixel matrix is level 0 downsampled by a power of two to fit
+NOT_OBJECTS = frozenset({"heatmap"})  # features that are drawings, not measured objects
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+_PRIVATE_SCHEME = "99SCANBRIDGE"
+
+
+@dataclass(frozen=True)
+class Export:
+    """One exported file: bytes, media type and a download name."""
+
+    body: bytes
+    media_type: str
+    filename: str
+
+
+# ---------------------------------------------------------------- GeoJSON helpers (stdlib only)
+
+
+def _exteriors(geometry: dict[str, Any]) -> list[list[list[float]]]:
+    """The outer rings of a Polygon / MultiPolygon (holes are not carried by DICOM ANN)."""
+    kind = geometry.get("type")
+    coords = geometry.get("coordinates") or []
+    if kind == "Polygon":
+        return [coords[0]] if coords else []
+    if kind == "MultiPolygon":
+        return [poly[0] for poly in coords if poly]
+    return []
+
+
+def _points(geometry: dict[str, Any]) -> list[list[float]]:
+    kind = geometry.get("type")
+    coords = geometry.get("coordinates") or []
+    if kind == "Point":
+        return [coords]
+    if kind == "MultiPoint":
+        return list(coords)
+    return []
+
+
+def _ring_area_centroid(ring: list[list[float]]) -> tuple[float, float, float]:
+    """Shoelace area (absolute) and centroid of one closed or open ring."""
+    pts = ring[:-1] if len(ring) > 1 and ring[0] == ring[-1] else ring
+    a = cx = cy = 0.0
+    for i, (x0, y0) in enumerate(pts):
+        x1, y1 = pts[(i + 1) % len(pts)]
+        cross = x0 * y1 - x1 * y0
+        a += cross
+        cx += (x0 + x1) * cross
+        cy += (y0 + y1) * cross
+    if abs(a) < 1e-12:
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        return 0.0, sum(xs) / max(len(xs), 1), sum(ys) / max(len(ys), 1)
+    return abs(a) / 2.0, cx / (3.0 * a), cy / (3.0 * a)
+
+
+def feature_centroid(geometry: dict[str, Any]) -> tuple[float, float] | None:
+    """Area-weighted centroid of a polygon feature's outer rings, or the mean of its points."""
+    rings = _exteriors(geometry)
+    if rings:
+        parts = [_ring_area_centroid(r) for r in rings]
+        total = sum(p[0] for p in parts)
+        if total > 0:
+            return sum(p[0] * p[1] for p in parts) / total, sum(p[0] * p[2] for p in parts) / total
+        return parts[0][1], parts[0][2]
+    pts = _points(geometry)
+    if pts:
+        return sum(p[0] for p in pts) / len(pts), sum(p[1] for p in pts) / len(pts)
+    return None
+
+
+def object_features(geojson: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The features that are objects (everything but heat maps), in GeoJSON order."""
+    features = (geojson or {}).get("features") or []
+    return [f for f in features if (f.get("properties") or {}).get("annotation_type") not in NOT_OBJECTS
+            and (f.get("geometry") or {}).get("type") in ("Polygon", "MultiPolygon", "Point", "MultiPoint")]
+
+
+def class_name(feature: dict[str, Any]) -> str:
+    """A feature's class: classification name, else its annotation_type."""
+    props = feature.get("properties") or {}
+    cls = props.get("classification") or {}
+    return str(cls.get("name") or props.get("annotation_type") or "object")
+
+
+def features_csv(geojson: dict[str, Any] | None) -> bytes:
+    """One CSV row per object feature: id, label (its value in labels.npy), class, centroid, bbox, measurements."""
+    features = object_features(geojson)
+    names: list[str] = []
+    for f in features:
+        for key in ((f.get("properties") or {}).get("measurements") or {}):
+            if key not in names:
+                names.append(key)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["object_id", "label", "annotation_type", "class", "object_type", "geometry_type",
+                     "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", *names])
+    for label, f in enumerate(features, start=1):
+        props = f.get("properties") or {}
+        geometry = f.get("geometry") or {}
+        centre = feature_centroid(geometry)
+        bbox = f.get("bbox") or _bbox(geometry)
+        measurements = props.get("measurements") or {}
+        writer.writerow([f.get("id", ""), label, props.get("annotation_type", ""), class_name(f),
+                         props.get("objectType", ""), geometry.get("type", ""),
+                         *(_num(v) for v in (centre or ("", ""))), *(_num(v) for v in bbox),
+                         *(_num(measurements.get(n, "")) for n in names)])
+    return out.getvalue().encode("utf-8")
+
+
+def _num(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _bbox(geometry: dict[str, Any]) -> list[float]:
+    pts = [p for r in _exteriors(geometry) for p in r] or _points(geometry)
+    if not pts:
+        return ["", "", "", ""]  # type: ignore[list-item]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+# ---------------------------------------------------------------- rasterising (numpy + Pillow, lazily)
+
+
+def seg_downsample(width: int, height: int, max_side: int = SEG_MAX_SIDE) -> int:
+    """The smallest power of two that brings the larger side to at most `max_side`."""
+    d = 1
+    while max(width, height) / d > max_side:
+        d *= 2
+    return d
+
+
+def rasterize(features: list[dict[str, Any]], values: list[int], size: tuple[int, int],
+              downsample: float) -> np.ndarray:
+    """A uint32 (h, w) image: each polygon feature filled with its value (holes left 0), later on top.
+
+    Pixel (i, j) covers level-0 [j*d, (j+1)*d) x [i*d, (i+1)*d); it is set when its centre is inside
+    (scikit-image's scan-line fill; the worker and the local API have it, the API Lambda never calls this).
+    """
+    import numpy as np
+    from skimage.draw import polygon as fill_polygon
+
+    w, h = size
+    out = np.zeros((h, w), dtype=np.uint32)
+    for feature, value in zip(features, values, strict=True):
+        geometry = feature.get("geometry") or {}
+        polys = [geometry.get("coordinates") or []] if geometry.get("type") == "Polygon" else \
+            list(geometry.get("coordinates") or []) if geometry.get("type") == "MultiPolygon" else []
+        for poly in polys:
+            if not poly:
+                continue
+            inside = _ring_pixels(fill_polygon, poly[0], (h, w), downsample)
+            if not inside[0].size:
+                continue
+            if len(poly) > 1:  # holes: clear them inside this polygon only
+                keep = np.ones(inside[0].size, dtype=bool)
+                for hole in poly[1:]:
+                    hr, hc = _ring_pixels(fill_polygon, hole, (h, w), downsample)
+                    if hr.size:
+                        holes = np.zeros((h, w), dtype=bool)
+                        holes[hr, hc] = True
+                        keep &= ~holes[inside]
+                inside = (inside[0][keep], inside[1][keep])
+            out[inside] = value
+    return out
+
+
+def _ring_pixels(fill_polygon: Any, ring: list[list[float]], shape: tuple[int, int],
+                 downsample: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels whose centres lie inside `ring` (level-0 coordinates)."""
+    import numpy as np
+
+    xy = np.asarray(ring, dtype=np.float64) / downsample - 0.5  # pixel centres sit on integers
+    rows, cols = fill_polygon(xy[:, 1], xy[:, 0], shape)
+    return rows, cols
+
+
+# ---------------------------------------------------------------- DICOM (highdicom, lazily)
+
+
+def dicom_header_json(ds: Dataset) -> dict[str, Any]:
+    """A source DICOM header as DICOM JSON, without pixel data, per-frame groups or binary values."""
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    drop = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "PerFrameFunctionalGroupsSequence",
+            "ICCProfile", "ExtendedOffsetTable", "ExtendedOffsetTableLengths"}
+
+    def clean(src: Any) -> Any:
+        dst = PydicomDataset()
+        for elem in src:
+            if elem.keyword in drop or elem.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") or elem.tag.is_private:
+                continue
+            if elem.VR == "SQ":
+                dst.add_new(elem.tag, "SQ", [clean(item) for item in elem.value])
+            else:
+                dst.add_new(elem.tag, elem.VR, elem.value)
+        return dst
+
+    data: dict[str, Any] = clean(ds).to_json_dict()
+    return data
+
+
+def _uid() -> str:
+    from highdicom import UID
+
+    return str(UID())
+
+
+def source_dataset(metadata: dict[str, Any], scan_id: str) -> Dataset:
+    """The scan's source image header: the stored DICOM one, or a minimal synthetic VL WSI for SVS/TIFF."""
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    stored = metadata.get("dicom_source")
+    if stored:
+        ds = PydicomDataset.from_json(stored)
+        if "FrameOfReferenceUID" in ds and "TotalPixelMatrixRows" in ds:
+            return ds
+    width, height = int(metadata["width"]), int(metadata["height"])
+    mpp_x = float(metadata.get("mpp_x") or 1.0)
+    mpp_y = float(metadata.get("mpp_y") or mpp_x)
+    tile = 256
+    ds = PydicomDataset()
+    ds.SOPClassUID = WSI_SOP_CLASS
+    ds.SOPInstanceUID = _uid()
+    ds.StudyInstanceUID = _uid()
+    ds.SeriesInstanceUID = _uid()
+    ds.FrameOfReferenceUID = _uid()
+    ds.Modality = "SM"
+    ds.PatientID = ""
+    ds.PatientName = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.AccessionNumber = ""
+    ds.StudyID = ""
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.ContainerIdentifier = scan_id[:64] or "scan"
+    ds.IssuerOfTheContainerIdentifierSequence = []
+    specimen = PydicomDataset()
+    specimen.SpecimenIdentifier = scan_id[:64] or "scan"
+    specimen.SpecimenUID = _uid()
+    specimen.IssuerOfTheSpecimenIdentifierSequence = []
+    specimen.SpecimenPreparationSequence = []
+    ds.SpecimenDescriptionSequence = [specimen]
+    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.Rows = min(tile, height)
+    ds.Columns = min(tile, width)
+    ds.TotalPixelMatrixRows = height
+    ds.TotalPixelMatrixColumns = width
+    ds.NumberOfFrames = math.ceil(height / ds.Rows) * math.ceil(width / ds.Columns)
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.ImageOrientationSlide = [0.0, -1.0, 0.0, -1.0, 0.0, 0.0]
+    origin = PydicomDataset()
+    origin.XOffsetInSlideCoordinateSystem = 0.0
+    origin.YOffsetInSlideCoordinateSystem = 0.0
+    ds.TotalPixelMatrixOriginSequence = [origin]
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.ImagedVolumeWidth = width * mpp_x / 1000.0
+    ds.ImagedVolumeHeight = height * mpp_y / 1000.0
+    ds.ImagedVolumeDepth = 0.001
+    measures = PydicomDataset()
+    measures.PixelSpacing = [mpp_y / 1000.0, mpp_x / 1000.0]  # mm, (row spacing, column spacing)
+    measures.SliceThickness = 0.001
+    shared = PydicomDataset()
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    return ds
+
+
+def _coded(name: str) -> Any:
+    from pydicom.sr.coding import Code
+
+    text = name.lower().replace("µ", "u").replace("^2", "2")
+    slug = "".join(c if c.isascii() and c.isalnum() else "-" for c in text).strip("-")[:16] or "value"
+    return Code(slug, _PRIVATE_SCHEME, name[:64])
+
+
+def _unit(name: str) -> Any:
+    from pydicom.sr.coding import Code
+
+    n = name.lower()
+    for suffix, code, meaning in (("µm^2", "um2", "square micrometer"), ("mm^2", "mm2", "square millimeter"),
+                                  ("px^2", "{pixels}", "pixels"), ("µm", "um", "micrometer"),
+                                  ("px", "{pixels}", "pixels"), ("deg", "deg", "degree")):
+        if n.endswith(suffix.lower()):
+            return Code(code, "UCUM", meaning)
+    return Code("1", "UCUM", "no units")
+
+
+def _property_codes(name: str) -> tuple[Any, Any]:
+    """(category, type) codes for a class: SCT's cell nucleus / tissue where they fit, else private."""
+    from pydicom.sr.coding import Code
+
+    n = name.lower()
+    if "nucle" in n or n in ("positive", "negative"):
+        return Code("91723000", "SCT", "Anatomical Structure"), Code("84640000", "SCT", "Nucleus")
+    if "cell" in n:
+        return Code("91723000", "SCT", "Anatomical Structure"), Code("4421005", "SCT", "Cell")
+    if "tissue" in n:
+        return Code("91723000", "SCT", "Anatomical Structure"), Code("85756007", "SCT", "Tissue")
+    return Code("91723000", "SCT", "Anatomical Structure"), _coded(name)
+
+
+def _algorithm(model: dict[str, Any]) -> Any:
+    import highdicom as hd
+
+    return hd.AlgorithmIdentificationSequence(
+        name=str(model.get("name") or "scanbridge"), version=str(model.get("version") or __version__),
+        family=hd.sr.CodedConcept("123109", "DCM", "Diagnostic Imaging Report"))
+
+
+@dataclass
+class _Group:
+    label: str
+    graphic_type: str  # POLYGON or POINT
+    coords: list[list[list[float]]]
+    measurements: list[dict[str, float]]
+
+
+def annotation_groups(geojson: dict[str, Any] | None) -> list[_Group]:
+    """The GeoJSON as ANN groups: one per (class, POLYGON|POINT), heat map contours one group per level."""
+    groups: dict[tuple[str, str], _Group] = {}
+
+    def group(label: str, kind: str) -> _Group:
+        return groups.setdefault((label, kind), _Group(label, kind, [], []))
+
+    for f in (geojson or {}).get("features") or []:
+        props = f.get("properties") or {}
+        geometry = f.get("geometry") or {}
+        measurements = {k: float(v) for k, v in (props.get("measurements") or {}).items()
+                        if isinstance(v, (int, float))}
+        if geometry.get("type") == "GeometryCollection":  # the platform's heat map
+            levels = props.get("contour_levels") or []
+            for i, g in enumerate(geometry.get("geometries") or []):
+                lv = (props.get("geometry_levels") or [])[i] if i < len(props.get("geometry_levels") or []) else 0
+                name = f"heatmap >= {levels[lv]}" if lv < len(levels) else f"heatmap level {lv}"
+                for ring in _exteriors(g):
+                    gr = group(name, "POLYGON")
+                    gr.coords.append(_open_ring(ring))
+                    gr.measurements.append({})
+            continue
+        for ring in _exteriors(geometry):
+            gr = group(class_name(f), "POLYGON")
+            gr.coords.append(_open_ring(ring))
+            gr.measurements.append(measurements)
+        for pt in _points(geometry):
+            gr = group(class_name(f), "POINT")
+            gr.coords.append([pt])
+            gr.measurements.append(measurements)
+    return [g for g in groups.values() if g.coords]
+
+
+def _open_ring(ring: list[list[float]]) -> list[list[float]]:
+    """DICOM POLYGONs are implicitly closed: drop GeoJSON's repeated last point."""
+    return ring[:-1] if len(ring) > 1 and ring[0] == ring[-1] else list(ring)
+
+
+def build_annotations(geojson: dict[str, Any] | None, source: Dataset, *, model: dict[str, Any],
+                      scan_id: str) -> bytes:
+    """A DICOM Microscopy Bulk Simple Annotations instance (2D, level-0 pixel coordinates) of the GeoJSON."""
+    import highdicom as hd
+    import numpy as np
+
+    groups = []
+    for number, g in enumerate(annotation_groups(geojson), start=1):
+        category, prop_type = _property_codes(g.label)
+        names: list[str] = []
+        for m in g.measurements:
+            names.extend(k for k in m if k not in names)
+        measurements = [hd.ann.Measurements(name=_coded(n), unit=_unit(n),
+                                            values=np.array([m.get(n, np.nan) for m in g.measurements],
+                                                            dtype=np.float64)) for n in names]
+        groups.append(hd.ann.AnnotationGroup(
+            number=number, uid=hd.UID(), label=g.label[:64], annotated_property_category=category,
+            annotated_property_type=prop_type, graphic_type=g.graphic_type,
+            graphic_data=[np.asarray(c, dtype=np.float64) for c in g.coords],
+            algorithm_type="AUTOMATIC", algorithm_identification=_algorithm(model),
+            measurements=measurements or None, description=f"{len(g.coords)} {g.label} from scanbridge"))
+    ann = hd.ann.MicroscopyBulkSimpleAnnotations(
+        source_images=[source], annotation_coordinate_type="2D", annotation_groups=groups,
+        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="scanbridge", manufacturer_model_name=str(model.get("name") or "scanbridge")[:64],
+        software_versions=__version__, device_serial_number="0",
+        content_description=f"scanbridge results of scan {scan_id}"[:64], content_label="SCANBRIDGE_ANN")
+    return _to_bytes(ann)
+
+
+def build_segmentation(geojson: dict[str, Any] | None, source: Dataset, *, model: dict[str, Any],
+                       scan_id: str) -> bytes:
+    """A tiled (TILED_FULL) BINARY DICOM SEG, one segment per polygon class, at a power-of-two downsample."""
+    import highdicom as hd
+    import numpy as np
+
+    width, height = int(source.TotalPixelMatrixColumns), int(source.TotalPixelMatrixRows)
+    d = seg_downsample(width, height)
+    size = (math.ceil(width / d), math.ceil(height / d))
+    polygons = [f for f in object_features(geojson) if (f.get("geometry") or {}).get("type")
+                in ("Polygon", "MultiPolygon")]
+    classes: list[str] = []
+    for f in polygons:
+        if class_name(f) not in classes:
+            classes.append(class_name(f))
+    if not classes:
+        classes = ["no findings"]
+    planes = np.zeros((1, size[1], size[0], len(classes)), dtype=np.uint8)
+    for i, name in enumerate(classes):
+        members = [f for f in polygons if class_name(f) == name]
+        planes[0, :, :, i] = rasterize(members, [1] * len(members), size, d) > 0
+    descriptions = []
+    for i, name in enumerate(classes, start=1):
+        category, prop_type = _property_codes(name)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=i, segment_label=name[:64], segmented_property_category=category,
+            segmented_property_type=prop_type, algorithm_type="AUTOMATIC",
+            algorithm_identification=_algorithm(model)))
+    shared = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    row_mm, col_mm = (float(v) for v in shared.PixelSpacing)
+    origin = source.TotalPixelMatrixOriginSequence[0]
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=planes, segmentation_type="BINARY",
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="scanbridge",
+        manufacturer_model_name=str(model.get("name") or "scanbridge")[:64], software_versions=__version__,
+        device_serial_number="0", content_description=f"scanbridge segmentation of scan {scan_id}"[:64],
+        content_label="SCANBRIDGE_SEG",
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=(row_mm * d, col_mm * d),
+                                                slice_thickness=float(shared.get("SliceThickness") or 0.001)),
+        plane_orientation=hd.PlaneOrientationSequence(coordinate_system="SLIDE",
+                                                      image_orientation=list(source.ImageOrientationSlide)),
+        plane_positions=[hd.PlanePositionSequence(
+            coordinate_system="SLIDE", image_position=(float(origin.XOffsetInSlideCoordinateSystem),
+                                                       float(origin.YOffsetInSlideCoordinateSystem),
+                                                       float(origin.get("ZOffsetInSlideCoordinateSystem") or 0.0)),
+            pixel_matrix_position=(1, 1))],
+        tile_pixel_array=True, tile_size=(min(256, size[1]), min(256, size[0])),
+        dimension_organization_type="TILED_FULL", omit_empty_frames=False)
+    return _to_bytes(seg)
+
+
+def _to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def build_dicom(fmt: str, result: dict[str, Any], metadata: dict[str, Any], scan_id: str) -> bytes:
+    """The `dicom-ann` or `dicom-seg` export of one scan's stored result + metadata."""
+    source = source_dataset(metadata, scan_id)
+    model = ((result.get("results") or {}).get("model") or {})
+    build = build_annotations if fmt == "dicom-ann" else build_segmentation
+    return build(result.get("geojson"), source, model=model, scan_id=scan_id)
+
+
+# ---------------------------------------------------------------- the service (API side)
+
+
+class ExportService:
+    """One scan's results as a file in a chosen format.
+
+    >>> exports.export("task-1", "scan-7", "geojson").media_type
+    'application/geo+json'
+    """
+
+    def __init__(self, queries: QueryService, artifacts: ArtifactStore) -> None:
+        self._queries = queries
+        self._artifacts = artifacts
+
+    def export(self, task_id: str, scan_id: str, fmt: str, company_id: str | None = None) -> Export:
+        """The export of a successfully analysed scan; NOT_FOUND / RESULTS_NOT_READY otherwise."""
+        if fmt not in FORMATS:
+            raise ValidationError(f"unknown export format {fmt!r}", details={"formats": sorted(FORMATS)})
+        task = self._queries.task(task_id, company_id)
+        scan = task.scans.get(scan_id)
+        if scan is None:
+            raise NotFoundError(f"task {task_id!r} has no scan {scan_id!r}")
+        if scan.status != ScanStatus.SUCCEEDED:
+            raise ResultsNotReadyError(f"scan {scan_id!r} has no results to export (status {scan.status})")
+        raw = self._artifacts.get(scan_result_key(task_id, scan_id))
+        if raw is None:
+            raise ResultsNotReadyError(f"scan {scan_id!r} has no stored result")
+        result: dict[str, Any] = json.loads(raw)
+        media, suffix = FORMATS[fmt]
+        filename = f"{_safe(task_id)}_{_safe(scan_id)}.{suffix}"
+        geojson = result.get("geojson") or {"type": "FeatureCollection", "features": []}
+        if fmt == "geojson":
+            return Export(json.dumps(geojson).encode(), media, filename)
+        if fmt == "csv":
+            return Export(features_csv(geojson), media, filename)
+        from scanbridge.services.artifacts import artifact_key
+
+        stored = self._artifacts.get(artifact_key(task_id, scan_id, DICOM_ARTIFACTS[fmt]))
+        if stored is not None:
+            return Export(stored, media, filename)
+        meta_raw = self._artifacts.get(scan_metadata_key(task_id, scan_id))
+        if meta_raw is None:
+            raise ResultsNotReadyError(f"scan {scan_id!r} has no stored metadata")
+        try:
+            body = build_dicom(fmt, result, json.loads(meta_raw), scan_id)
+        except ImportError as exc:  # the API Lambda's layer has no highdicom: only stored exports there
+            raise NotFoundError(f"the {fmt} export of scan {scan_id!r} was not stored by the worker") from exc
+        self._artifacts.put(artifact_key(task_id, scan_id, DICOM_ARTIFACTS[fmt]), body, "application/dicom")
+        return Export(body, media, filename)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:80] or "_"
