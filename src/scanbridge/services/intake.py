@@ -6,8 +6,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jwt
-
 from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import ScanState, Task
@@ -20,6 +18,8 @@ log = logging.getLogger(__name__)
 
 def token_expiry(token: str) -> int | None:
     """The `exp` claim of a JWT, read without verifying (we cannot: the platform signs it)."""
+    import jwt  # imported here: it pulls in cryptography, which the API's cold start need not pay for
+
     try:
         claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
     except jwt.PyJWTError:
