@@ -98,7 +98,7 @@ def exchange_api_key(base_url: str, key_id: str, secret: str, *, timeout_s: floa
 class _NoLauncher:
     """A JobLauncher that starts nothing: this process is the worker."""
 
-    def submit(self, task_id: str) -> str:
+    def submit(self, task_id: str, scans: int = 1, **_kwargs: Any) -> str:
         return f"mhs-{task_id}"
 
     def cancel(self, job_id: str, reason: str) -> None:
