@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from scanbridge.devtools.local_platform import FakePlatform
 from tests.conftest import REPO, fixture_path
-from tests.e2e.test_local_stack import start_stack
+from tests.e2e.test_local_stack import _wait_terminal, start_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -49,17 +48,6 @@ def platform() -> Iterator[FakePlatform]:
         yield p
 
 
-def _wait_completed(url: str, task_id: str, timeout_s: float = 90) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    task: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        task = httpx.get(f"{url}/tasks/{task_id}").json()
-        if task["status"] in ("COMPLETED", "FAILED", "DELIVERY_FAILED", "CANCELLED"):
-            return task
-        time.sleep(0.3)
-    raise AssertionError(f"task {task_id} did not finish: {task}")
-
-
 def test_dashboard_shows_live_tasks_summaries_and_overlays(chromium: Path, platform: FakePlatform,
                                                            tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -82,7 +70,7 @@ def test_dashboard_shows_live_tasks_summaries_and_overlays(chromium: Path, platf
                 "task_id": task_id, "company_id": "2380941", "jwt_token": "local.test.token",
                 "scans": {"boxes": platform.url_for("boxes"), "small": platform.url_for("small")}})
             assert resp.status_code == 202
-            assert _wait_completed(url, task_id)["status"] == "COMPLETED"
+            assert _wait_terminal(url, task_id)["status"] == "COMPLETED"
             # THEN, without a reload, the task's row shows COMPLETED and a full progress bar
             row = page.locator(f'tr.task-row[data-task-id="{task_id}"]')
             expect(row.locator("td.status")).to_have_text("COMPLETED", timeout=15_000)

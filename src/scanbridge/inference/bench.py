@@ -37,7 +37,7 @@ from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
-from scanbridge.inference.zoo import BUILTINS, OPSET
+from scanbridge.inference.zoo import BUILTINS, OPSET, tissue_score_graph
 
 BENCH_CONV_SPEC = ModelSpec(
     name="bench-conv",
@@ -68,30 +68,13 @@ def build_bench_conv_model(width: int = 32, seed: int = 0) -> bytes:
         return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
     c1, c2 = width, 2 * width
-    inits = [
-        const("one", 1.0), const("inv256", 1.0 / 256.0), const("neg_one", -1.0), const("inv255", 1.0 / 255.0),
-        const("a", 6.0), const("t_od", 0.4), const("b", 15.0), const("t_sat", 0.1), const("eps", 1e-3),
-        const("axes", [1], np.int64),
+    shared_inits, nodes = tissue_score_graph()  # the tissue test of the built-in `tissue` model, as a logit
+    inits = shared_inits + [
+        const("eps", 1e-3),
         weight("w1", c1, 3, 3), weight("w2", c2, c1, 3), weight("w3", c2, c2, 3), weight("w4", c2, c2, 3),
         weight("w5", 1, c2, 1),
     ]
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        # the tissue test of the built-in `tissue` model, as a logit pooled 8 x 8
-        helper.make_node("Add", ["x", "one"], ["x1"]),
-        helper.make_node("Mul", ["x1", "inv256"], ["xn"]),
-        helper.make_node("Log", ["xn"], ["lnx"]),
-        helper.make_node("Mul", ["lnx", "neg_one"], ["od"]),
-        helper.make_node("ReduceSum", ["od", "axes"], ["od_sum"], keepdims=1),
-        helper.make_node("ReduceMax", ["x", "axes"], ["cmax"], keepdims=1),
-        helper.make_node("ReduceMin", ["x", "axes"], ["cmin"], keepdims=1),
-        helper.make_node("Sub", ["cmax", "cmin"], ["crange"]),
-        helper.make_node("Mul", ["crange", "inv255"], ["sat"]),
-        helper.make_node("Sub", ["od_sum", "t_od"], ["od_c"]),
-        helper.make_node("Mul", ["od_c", "a"], ["od_s"]),
-        helper.make_node("Sub", ["sat", "t_sat"], ["sat_c"]),
-        helper.make_node("Mul", ["sat_c", "b"], ["sat_s"]),
-        helper.make_node("Add", ["od_s", "sat_s"], ["score"]),
+    nodes += [
         helper.make_node("AveragePool", ["score"], ["score8"], kernel_shape=[8, 8], strides=[8, 8]),
         # the convolutional trunk: /2, /4, /8, then a 3x3 and a 1x1 head
         helper.make_node("Mul", ["x", "inv255"], ["xs"]),

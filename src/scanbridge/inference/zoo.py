@@ -29,10 +29,11 @@ def _const(name: str, value: float | list[int] | np.ndarray, dtype: type = np.fl
     return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
 
 
-def build_tissue_model(block: int = 8) -> bytes:
-    """The tissue graph: p = sigmoid(a*(sum OD - t_od) + b*(saturation - t_sat)), pooled block x block."""
-    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 3, "H", "W"])
-    out = helper.make_tensor_value_info("tissue_prob", TensorProto.FLOAT, ["N", 1, "h", "w"])
+def tissue_score_graph() -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """Initialisers and nodes computing `score` = a*(sum OD - t_od) + b*(saturation - t_sat) from uint8 `image`.
+
+    The tissue test shared by the built-in `tissue` model and the benchmark model.
+    """
     inits = [
         _const("one", 1.0), _const("inv256", 1.0 / 256.0), _const("neg_one", -1.0), _const("inv255", 1.0 / 255.0),
         _const("a", 6.0), _const("t_od", 0.4), _const("b", 15.0), _const("t_sat", 0.1),
@@ -56,6 +57,16 @@ def build_tissue_model(block: int = 8) -> bytes:
         helper.make_node("Sub", ["sat", "t_sat"], ["sat_c"]),
         helper.make_node("Mul", ["sat_c", "b"], ["sat_s"]),
         helper.make_node("Add", ["od_s", "sat_s"], ["score"]),
+    ]
+    return inits, nodes
+
+
+def build_tissue_model(block: int = 8) -> bytes:
+    """The tissue graph: p = sigmoid(a*(sum OD - t_od) + b*(saturation - t_sat)), pooled block x block."""
+    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 3, "H", "W"])
+    out = helper.make_tensor_value_info("tissue_prob", TensorProto.FLOAT, ["N", 1, "h", "w"])
+    inits, nodes = tissue_score_graph()
+    nodes += [
         helper.make_node("Sigmoid", ["score"], ["p"]),
         helper.make_node("AveragePool", ["p"], ["tissue_prob"], kernel_shape=[block, block], strides=[block, block]),
     ]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+from scanbridge.adapters.aws.s3 import S3ArtifactStore
 from scanbridge.domain.models import ModelSpec
 
 
@@ -22,6 +21,7 @@ class DynamoModelRegistry:
         self._table = table_name
         self._s3 = s3
         self._bucket = bucket
+        self._files = S3ArtifactStore(s3, bucket)
 
     def list_specs(self) -> list[ModelSpec]:
         """Every registered spec, by name."""
@@ -60,25 +60,16 @@ class DynamoModelRegistry:
     def put_onnx(self, name: str, version: str, data: bytes) -> str:
         """Store the ONNX file; returns its key."""
         key = onnx_key(name, version)
-        self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType="application/octet-stream")
+        self._files.put(key, data)
         return key
 
     def get_onnx(self, name: str, version: str) -> bytes | None:
         """The ONNX file, or None."""
-        try:
-            out = self._s3.get_object(Bucket=self._bucket, Key=onnx_key(name, version))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                return None
-            raise
-        body: bytes = out["Body"].read()
-        return body
+        return self._files.get(onnx_key(name, version))
 
     def delete_onnx(self, name: str) -> int:
         """Remove every version of the model's files; returns how many."""
-        keys: list[str] = []
-        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=f"models/{name}/"):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        keys = self._files.list(f"models/{name}/")
         for i in range(0, len(keys), 1000):
             self._s3.delete_objects(Bucket=self._bucket,
                                     Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
