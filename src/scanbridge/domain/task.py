@@ -83,4 +83,7 @@ class Task(BaseModel):
         """What the REST API shows: everything but the token."""
         data = self.model_dump(mode="json", exclude={"token_ciphertext", "version"})
         data["has_token"] = self.token_ciphertext is not None
+        from scanbridge.domain.progress import task_progress  # progress.py imports this module
+
+        data["progress"] = task_progress(self).model_dump()
         return data

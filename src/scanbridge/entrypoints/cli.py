@@ -113,6 +113,25 @@ def _build_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.mcp_server import run_stdio
+
+    return run_stdio(url=args.url, api_key=args.api_key, webhook_secret=args.webhook_secret,
+                     files_port=args.files_port)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.client import submit_main
+
+    return submit_main(args)
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from scanbridge.entrypoints.client import tasks_main
+
+    return tasks_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="scanbridge", description=__doc__)
@@ -141,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "environment: HOST, TASK_ID, SCAN_ID, SCAN_URL, JWT_TOKEN, ...)")
     p.set_defaults(func=_mhs)
 
+    _client_commands(sub)
+
     dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
     p = dev.add_parser("make-slide", help="write a synthetic Aperio-style slide", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -156,6 +177,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="models")
     p.set_defaults(func=_build_models)
     return parser
+
+
+def _client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`mcp`, `submit`, `tasks`: commands that talk to a running bridge (entrypoints/client.py)."""
+    import os
+
+    from scanbridge.entrypoints.client import DEFAULT_FILES_PORT, DEFAULT_URL
+
+    def client_options(p: argparse.ArgumentParser, url_default: str | None = DEFAULT_URL) -> None:
+        p.add_argument("--url", default=os.environ.get("SCANBRIDGE_URL", url_default),
+                       help=f"the running bridge (default $SCANBRIDGE_URL or {url_default})")
+        p.add_argument("--api-key", default=os.environ.get("SCANBRIDGE_API_KEY"),
+                       help="a tenant API key or the admin token (default $SCANBRIDGE_API_KEY)")
+
+    p = sub.add_parser("mcp", help="an MCP server on stdio (tools: submit_scan, get_task, list_tasks, ...) for a "
+                       "bridge at --url, or an in-process local stack without --url")
+    client_options(p, url_default=None)
+    p.add_argument("--webhook-secret", default=os.environ.get("SCANBRIDGE_WEBHOOK_SECRET") or None)
+    p.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT,
+                   help="loopback port serving local scan paths (the bridge must allow 127.0.0.1:PORT)")
+    p.set_defaults(func=_mcp)
+
+    p = sub.add_parser("submit", help="submit local files or URLs to a running bridge; --wait follows it live")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL")
+    client_options(p)
+    p.add_argument("--model", default="", help="model name (default: the bridge's default for the stain)")
+    p.add_argument("--wait", action="store_true", help="follow the task's events until it ends; print the summary")
+    p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
+    p.add_argument("--task-id", default="", help="task id (default: cli-<uuid>)")
+    p.add_argument("--company-id", default="local")
+    p.add_argument("--webhook-secret", default=os.environ.get("SCANBRIDGE_WEBHOOK_SECRET") or None,
+                   help="sign the webhook (Standard Webhooks) when the bridge checks signatures")
+    p.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT,
+                   help="loopback port serving local files (the bridge must allow 127.0.0.1:PORT)")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("tasks", help="list a running bridge's tasks with status and progress")
+    client_options(p)
+    p.add_argument("--status", default=None, help="only tasks in this status (e.g. RUNNING, COMPLETED)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print the raw JSON page")
+    p.set_defaults(func=_tasks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,208 @@
+"""Live routes: task events (SSE and WebSocket), the worker's log lines, and what this bridge can do.
+
+The events come from polling the TaskStore (every 0.3 s, for at most `timeout` seconds) and diffing
+snapshots (`domain.progress.changes`), so they work the same over memory, moto or DynamoDB. Browsers'
+EventSource and WebSocket cannot set headers: these routes also take the API key as `?api_key=`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
+
+from scanbridge import __version__
+from scanbridge.bootstrap import Container
+from scanbridge.domain.errors import ScanbridgeError, TaskNotFoundError
+from scanbridge.domain.progress import changes
+from scanbridge.domain.task import Task
+from scanbridge.entrypoints.http.errors import error_body, status_for
+from scanbridge.entrypoints.http.security import Principal, principal
+from scanbridge.services.capabilities import capabilities
+from scanbridge.services.worker_logs import read_task_logs
+
+POLL_S = 0.3
+DEFAULT_TIMEOUT_S = 900.0
+MAX_TIMEOUT_S = 3600.0
+KEEPALIVE_S = 15.0
+
+router = APIRouter(tags=["live"])
+
+
+@dataclass
+class _Caller:
+    """What `security.principal` reads of a request: the app and the headers (key from ?api_key= added)."""
+
+    app: Any
+    headers: Headers
+
+
+def live_principal(conn: HTTPConnection) -> Principal:
+    """The caller of a live route: headers as everywhere, or `?api_key=` (EventSource and WebSocket)."""
+    headers = conn.headers
+    key = conn.query_params.get("api_key")
+    if key and "authorization" not in headers and "x-api-key" not in headers:
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        headers = Headers(raw=[*raw, (b"authorization", f"Bearer {key}".encode("latin-1"))])
+    return principal(cast(Request, _Caller(conn.app, headers)))
+
+
+LiveTenant = Annotated[Principal, Depends(live_principal)]
+
+
+def _container(conn: HTTPConnection) -> Container:
+    return cast(Container, conn.app.state.container)
+
+
+def _poll_s(conn: HTTPConnection) -> float:
+    return float(getattr(conn.app.state, "live_poll_s", POLL_S))
+
+
+async def task_events(container: Container, task_id: str, scope: str | None, *, poll_s: float,
+                      timeout_s: float) -> AsyncIterator[dict[str, Any] | None]:
+    """Every change of the task, in order, ending after its terminal status (or a `timeout` event).
+
+    Yields None on a poll that found no change (a tick: time to send a keep-alive or notice a gone client).
+    """
+    previous: Task | None = None
+    seq = 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            current = await run_in_threadpool(container.queries.task, task_id, scope)
+        except TaskNotFoundError:
+            yield {"seq": seq + 1, "type": "gone", "task_id": task_id}
+            return
+        events = changes(previous, current)
+        for event in events:
+            seq += 1
+            yield {"seq": seq, **event}
+        if not events:
+            yield None
+        previous = current
+        if current.status.is_terminal:
+            return
+        if time.monotonic() >= deadline:
+            yield {"seq": seq + 1, "type": "timeout", "task_id": task_id, "status": str(current.status),
+                   "after_s": timeout_s}
+            return
+        await asyncio.sleep(poll_s)
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"id: {event['seq']}\nevent: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
+@router.get("/tasks/{task_id}/events", response_class=StreamingResponse, responses={
+    200: {"content": {"text/event-stream": {}}, "description": "status, scan, then the terminal status"}})
+async def task_events_sse(task_id: str, request: Request, caller: LiveTenant,
+                          timeout: Annotated[float, Query(gt=0, le=MAX_TIMEOUT_S)] = DEFAULT_TIMEOUT_S
+                          ) -> StreamingResponse:
+    """Server-Sent Events: one event per change (status, scan step/percent), ending with the terminal status."""
+    container = _container(request)
+    await run_in_threadpool(container.queries.task, task_id, caller.scope)  # 404 before the stream starts
+    poll_s = _poll_s(request)
+
+    async def stream() -> AsyncIterator[str]:
+        yield f"retry: {int(max(poll_s, 1.0) * 1000)}\n\n"
+        last = time.monotonic()
+        async for event in task_events(container, task_id, caller.scope, poll_s=poll_s, timeout_s=timeout):
+            if event is not None:
+                yield _sse(event)
+                last = time.monotonic()
+            elif await request.is_disconnected():
+                return
+            elif time.monotonic() - last >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last = time.monotonic()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.websocket("/ws/tasks/{task_id}")
+async def task_events_ws(websocket: WebSocket, task_id: str,
+                         timeout: Annotated[float, Query(gt=0, le=MAX_TIMEOUT_S)] = DEFAULT_TIMEOUT_S) -> None:
+    """The same events as JSON messages; the socket closes after the terminal status (code 1000)."""
+    await websocket.accept()
+    container = _container(websocket)
+    try:
+        caller = live_principal(websocket)
+        await run_in_threadpool(container.queries.task, task_id, caller.scope)
+    except ScanbridgeError as exc:  # browsers never see a refused handshake's status: say it in a message
+        await websocket.send_json({"type": "error", **error_body(exc.code, exc.message, exc.details)})
+        await websocket.close(code=4000 + status_for(exc))
+        return
+    try:
+        async for event in task_events(container, task_id, caller.scope, poll_s=_poll_s(websocket),
+                                       timeout_s=timeout):
+            if event is not None:
+                await websocket.send_json(event)
+    except (WebSocketDisconnect, RuntimeError):
+        return  # the client went away
+    await websocket.close(code=1000)
+
+
+@router.get("/tasks/{task_id}/logs")
+def task_logs(task_id: str, request: Request, caller: LiveTenant,
+              limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+              level: Annotated[str | None, Query(pattern="^(?i:debug|info|warning|error|critical)$")] = None
+              ) -> dict[str, Any]:
+    """The worker's own log lines for the task (local worker log files; on AWS: CloudWatch, not read here)."""
+    container = _container(request)
+    task = container.queries.task(task_id, caller.scope)
+    settings = container.settings
+    return read_task_logs(task, settings.data_dir / "logs", launcher=settings.launcher, limit=limit, level=level)
+
+
+@router.get("/config/available", tags=["meta"])
+def config_available(request: Request, _caller: LiveTenant) -> dict[str, Any]:
+    """Models with their specs, formats, DICOM transfer syntaxes, limits, routes and version."""
+    container = _container(request)
+    return capabilities(container.settings, container.catalog, __version__)
+
+
+class McpEndpoint:
+    """ASGI endpoint of `/mcp`: authenticates like the REST routes, then hands the exchange to the MCP server.
+
+    `entrypoints.mcp_server` (and the `mcp` package) is imported on the first request, not with the app.
+    """
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        self._server: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            caller = principal(Request(scope))
+        except ScanbridgeError as exc:
+            await JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status_for(exc))(
+                scope, receive, send)
+            return
+        try:
+            from scanbridge.entrypoints import mcp_server
+        except ImportError:  # pragma: no cover - a deployment without the mcp package
+            await JSONResponse(error_body("NOT_IMPLEMENTED", "MCP is not installed here"), status_code=501)(
+                scope, receive, send)
+            return
+        if self._server is None:
+            self._server = mcp_server.http_server(self._container)
+        scope.setdefault("state", {})["scanbridge_principal"] = caller
+        await mcp_server.handle_http(self._server, self._container, scope, receive, send)
+
+
+def mount_mcp(app: FastAPI, container: Container) -> None:
+    """Serve the MCP tools at `/mcp` (streamable HTTP, stateless, JSON responses) of `app`."""
+    app.router.routes.append(Route("/mcp", endpoint=McpEndpoint(container), methods=["GET", "POST", "DELETE"]))
