@@ -20,9 +20,10 @@ from mcp.client.streamable_http import streamable_http_client
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
 from scanbridge.entrypoints.http.app import create_app
+from scanbridge.entrypoints.local_stack import free_port
 from scanbridge.services.common import update_task
 from scanbridge.services.delivery import posted_key
-from tests.conftest import RecordingLauncher
+from tests.conftest import RecordingLauncher, fixture_path
 from tests.integration.test_live import served
 
 TOOLS = {"submit_scan", "get_task", "list_tasks", "cancel_task", "scan_metadata", "list_models",
@@ -133,7 +134,7 @@ def test_scanbridge_mcp_on_stdio_talks_to_a_running_bridge(container: Container,
     update_task(container.tasks, "t-stdio", lambda t: t.moved_to(TaskStatus.RUNNING))
     with served(create_app(container)) as url:
         params = StdioServerParameters(command=sys.executable, args=["-m", "scanbridge.entrypoints.cli", "mcp",
-                                                                     "--url", url],
+                                                                     "--url", url, "--files-port", str(free_port())],
                                        env={**os.environ, "SCANBRIDGE_DATA_DIR": str(tmp_path)})
 
         async def scenario() -> None:
@@ -152,5 +153,36 @@ def test_scanbridge_mcp_on_stdio_talks_to_a_running_bridge(container: Container,
                 # AND a missing local file is refused before anything is sent
                 assert "no such file" in _error(await mcp.call_tool("submit_scan",
                                                                     {"scans": [str(tmp_path / "none.svs")]}))
+                # AND a real local file is refused when the bridge does not allow the file server's port
+                (tmp_path / "a.svs").write_bytes(b"II*\x00")
+                refused = _error(await mcp.call_tool("submit_scan", {"scans": [str(tmp_path / "a.svs")]}))
+                assert refused.startswith("SCAN_URL_FORBIDDEN") and "SCANBRIDGE_ALLOWED_SCAN_HOSTS=" in refused
 
         anyio.run(scenario)
+
+
+def test_scanbridge_mcp_on_stdio_without_url_runs_an_in_process_stack(tmp_path: Path) -> None:
+    # GIVEN `scanbridge mcp` with no --url (moto + launcher in its own process), and a local scan file
+    scan = fixture_path("small.svs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANBRIDGE_")}
+    env |= {"SCANBRIDGE_DATA_DIR": str(tmp_path / "data"), "SCANBRIDGE_PLATFORM_API_KEY": "k"}
+    params = StdioServerParameters(command=sys.executable, cwd=str(tmp_path), env=env, args=[
+        "-m", "scanbridge.entrypoints.cli", "mcp", "--files-port", str(free_port())])
+
+    async def scenario() -> None:
+        with anyio.fail_after(90):
+            async with stdio_client(params) as (read, write), ClientSession(read, write) as mcp:
+                await mcp.initialize()
+                # WHEN a local path is submitted / THEN it is served on loopback and the task is accepted
+                sub = _data(await mcp.call_tool("submit_scan", {"scans": [str(scan)], "task_id": "local-1"}))
+                assert sub["task_id"] == "local-1" and sub["created"] is True
+                # AND the worker fetches it (the stack allows exactly its own file server's port)
+                for _ in range(300):
+                    task = _data(await mcp.call_tool("get_task", {"task_id": "local-1"}))
+                    if task["scans"]["small"]["status"] not in ("PENDING", "DOWNLOADING"):
+                        break
+                    await anyio.sleep(0.2)
+                assert task["scans"]["small"]["error_code"] in (None,), task["scans"]["small"]
+                assert {m["name"] for m in _data(await mcp.call_tool("list_models", {}))["models"]}
+
+    anyio.run(scenario)

@@ -162,10 +162,16 @@ def build_mcp(backend_for: Callable[[Context[Any, Any, Any]], Backend], *,
         if missing:
             raise ToolError(f"VALIDATION_ERROR: no such file: {', '.join(missing)}")
         server = files() if local and files is not None else None
+        backend = backend_for(ctx)
+        if server is not None and isinstance(backend, BridgeClient):  # a remote bridge must allow our port
+            allowed = (await call(backend.capabilities))["limits"]["allowed_scan_hosts"]
+            if server.netloc not in allowed:
+                raise ToolError(f"SCAN_URL_FORBIDDEN: the bridge does not allow scans from {server.netloc}; "
+                                f"start it with SCANBRIDGE_ALLOWED_SCAN_HOSTS={','.join([*allowed, server.netloc])}")
         urls = [server.add(Path(s)) if server is not None and not is_url(s) else s for s in scans]
         body = build_webhook(dict(zip(scan_ids(scans), urls, strict=True)), model=model, task_id=task_id,
                              company_id=company_id)
-        return await call(lambda: backend_for(ctx).submit(body))
+        return await call(lambda: backend.submit(body))
 
     @mcp.tool()
     async def get_task(task_id: str, ctx: Context[Any, Any, Any]) -> dict[str, Any]:
