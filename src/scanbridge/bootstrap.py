@@ -141,7 +141,8 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
         attempts=s.fetch_attempts))
     source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
     loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source)
-    analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size)
+    analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,
+                                                       max_tiles=s.max_tiles_per_scan)
     if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
         writer = overrides["artifact_writer"]
     else:

@@ -114,3 +114,17 @@ def test_unopenable_tiff_and_non_images_are_unsupported(tmp_path: Path) -> None:
     assert detect_format(junk) == "unknown"
     with pytest.raises(UnsupportedFormatError):
         open_scan([junk])
+
+
+def test_a_scan_over_the_tile_limit_fails_with_its_code(tmp_path: Path, tissue_model) -> None:  # type: ignore[no-untyped-def]
+    # GIVEN a slide whose tissue needs more than 3 tiles / WHEN analysed with a limit of 3
+    synth.make_slide(tmp_path / "s.svs", 4096, 3072, tissue_fraction=0.3, seed=5, mpp=0.5)
+    reader = open_scan([tmp_path / "s.svs"])
+    seen: list[tuple[int, int]] = []
+    # THEN SCAN_TOO_MANY_TILES, before the pipeline went past its first batch
+    from scanbridge.domain.errors import TooManyTilesError
+
+    with pytest.raises(TooManyTilesError) as err:
+        analyze_scan("s", reader, tissue_model, tile_size=128, batch_size=2, max_tiles=3,
+                     progress=lambda d, t: seen.append((d, t)))
+    assert err.value.code == "SCAN_TOO_MANY_TILES" and err.value.details["tiles"] > 3 and seen == []

@@ -133,6 +133,12 @@ class ScanTooLargeError(ScanError):
     code = "SCAN_TOO_LARGE"
 
 
+class TooManyTilesError(ScanError):
+    """The scan's tissue needs more tiles than SCANBRIDGE_MAX_TILES_PER_SCAN."""
+
+    code = "SCAN_TOO_MANY_TILES"
+
+
 class UnsupportedFormatError(ScanError):
     """The file is not a format any reader handles."""
 

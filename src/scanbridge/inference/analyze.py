@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from scanbridge.domain.errors import TooManyTilesError
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import grid_for_model, overview_tissue_mask
@@ -39,9 +40,14 @@ def _fmt_area(mm2: float | None) -> str:
 
 def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
-                 overlap: int | None = None) -> ScanAnalysis:
-    """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON)."""
+                 overlap: int | None = None, max_tiles: int | None = None) -> ScanAnalysis:
+    """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
+
+    With `max_tiles`, a scan whose tissue needs more tiles fails (SCAN_TOO_MANY_TILES) after its first batch.
+    """
     t0 = time.perf_counter()
+    if max_tiles is not None:
+        progress = _tile_limit(max_tiles, progress)
     spec = model.spec
     meta = reader.metadata
     width, height = meta.dimensions
@@ -67,6 +73,19 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
                         map_downsample=map_ds, timings=timings)
+
+
+def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
+    """A progress callback that stops the scan as soon as the pipeline reports more tiles than allowed."""
+
+    def guarded(done: int, total: int) -> None:
+        if total > max_tiles:
+            raise TooManyTilesError(f"the scan's tissue needs {total} tiles; the limit is {max_tiles}",
+                                    details={"tiles": total, "limit": max_tiles})
+        if progress is not None:
+            progress(done, total)
+
+    return guarded
 
 
 def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
