@@ -15,6 +15,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+WORKER_NICENESS = 10
 OnFinished = Callable[[str, bool, "str | None"], object]
 
 
@@ -84,6 +85,10 @@ class LocalJobLauncher:
             proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
                 stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ), start_new_session=True)
+            try:  # workers yield the CPU to the API, so acknowledgements stay fast while they run
+                os.setpriority(os.PRIO_PROCESS, proc.pid, WORKER_NICENESS)
+            except OSError:
+                pass
             with self._lock:
                 self._procs[job_id] = proc
             return proc.wait()
