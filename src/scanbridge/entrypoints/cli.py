@@ -72,9 +72,28 @@ def _run_scan(args: argparse.Namespace) -> int:
         result = analysis.result
         (out / f"{stem}.geojson").write_text(json.dumps(result.geojson))
         (out / f"{stem}.result.json").write_text(json.dumps(result.model_dump(mode="json", exclude_none=True)))
+        artifacts = _write_artifacts(path, stem, result, out / f"{stem}-artifacts") if not args.no_artifacts else []
         summary = (result.results or {}).get("report", {}).get("summary", {})
-        print(json.dumps({"file": name, "summary": summary, "geojson": str(out / f"{stem}.geojson")}))
+        print(json.dumps({"file": name, "summary": summary, "geojson": str(out / f"{stem}.geojson"),
+                          "artifacts": [str(a) for a in artifacts]}))
     return status
+
+
+def _write_artifacts(path: Path, stem: str, result: object, folder: Path) -> list[Path]:
+    """The same artifacts the worker stores (overlay, label mask, CSV, crops, DICOM), as files."""
+    from scanbridge.adapters.local.memory import MemoryArtifactStore
+    from scanbridge.services.artifacts import ScanArtifactWriter, artifact_key
+
+    store = MemoryArtifactStore()
+    ScanArtifactWriter(store)("run-scan", stem, [path], result)  # type: ignore[arg-type]
+    prefix = artifact_key("run-scan", stem, "")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key in store.list(prefix):
+        target = folder / key[len(prefix):]
+        target.write_bytes(store.get(key) or b"")
+        written.append(target)
+    return written
 
 
 def _make_slide(args: argparse.Namespace) -> int:
@@ -154,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="tissue")
     p.add_argument("--out", default="scanbridge-out")
+    p.add_argument("--no-artifacts", action="store_true", help="write only the GeoJSON and the result")
     p.set_defaults(func=_run_scan)
 
     p = sub.add_parser("mhs", help="run as the platform's Model Hosting Service container (settings from the "
