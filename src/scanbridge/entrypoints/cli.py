@@ -151,6 +151,25 @@ def _tasks(args: argparse.Namespace) -> int:
     return tasks_main(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.services.evaluation import evaluate, load_source
+
+    try:
+        result = evaluate(load_source(args.pred), load_source(args.gt)).to_json()
+    except (ScanbridgeError, OSError) as exc:
+        print(f"evaluate: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        iou = result["mean_matched_iou"]
+        print(f"AP50 {result['ap50']:.3f}  Jaccard {result['jaccard']:.3f}  TP {result['tp']}  FP {result['fp']}  "
+              f"FN {result['fn']}  pred {result['n_pred']}  gt {result['n_gt']}  "
+              f"mean matched IoU {'n/a' if iou is None else f'{iou:.3f}'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="scanbridge", description=__doc__)
@@ -175,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="scanbridge-out")
     p.add_argument("--no-artifacts", action="store_true", help="write only the GeoJSON and the result")
     p.set_defaults(func=_run_scan)
+
+    p = sub.add_parser("evaluate", help="AP50 and Jaccard of a prediction against ground truth (GeoJSON or "
+                       ".npy label masks)")
+    p.add_argument("pred")
+    p.add_argument("gt")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("mhs", help="run as the platform's Model Hosting Service container (settings from the "
                        "environment: HOST, TASK_ID, SCAN_ID, SCAN_URL, JWT_TOKEN, ...)")

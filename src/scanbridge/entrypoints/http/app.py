@@ -18,6 +18,7 @@ from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http import errors
 from scanbridge.entrypoints.http.models import router as models_router
+from scanbridge.entrypoints.http.infer import router as infer_router
 from scanbridge.entrypoints.http.live import mount_mcp, router as live_router
 from scanbridge.entrypoints.http.dashboard import dashboard_router, downloads_router
 from scanbridge.entrypoints.http.security import Principal, admin, principal, verify_webhook, warn_open
@@ -130,6 +131,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(downloads_router(container))  # artifacts + exports (issue #7)
     app.include_router(dashboard_router())  # `/`: the dashboard
     app.include_router(models_router)  # the model registry (issue #5)
+    app.include_router(infer_router)  # POST /v1/infer/{model}, POST /v1/evaluate (issue #5)
     app.include_router(live_router)  # live events (SSE, WebSocket), logs, /config/available (issue #7)
     mount_mcp(app, container)  # MCP tools at /mcp (streamable HTTP; `mcp` imported on first use)
     return app
