@@ -41,7 +41,7 @@ def start_stack(platform: FakePlatform, tmp_path: Path, extra_env: dict[str, str
            "SCANBRIDGE_MAX_WORKERS": "2", "SCANBRIDGE_DELIVERY_BACKOFF_S": "0.05", "PYTHONUNBUFFERED": "1",
            **(extra_env or {})}
     env.pop("SCANBRIDGE_AWS_ENDPOINT_URL", None)
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - held open for the server's life, closed below
     proc = subprocess.Popen([sys.executable, "-m", "scanbridge.entrypoints.cli", "serve", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -84,7 +84,7 @@ def _worker_pid(task_id: str, timeout_s: float = 20) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         out = subprocess.run(["pgrep", "-f", f"scanbridge.entrypoints.worker --task-id {task_id}"],
-                             capture_output=True, text=True).stdout.split()
+                             check=False, capture_output=True, text=True).stdout.split()
         if out:
             return int(out[0])
         time.sleep(0.05)

@@ -123,7 +123,7 @@ def test_redirects_are_rechecked_hop_by_hop(tmp_path: Path) -> None:
         def log_message(self, *_a: object) -> None:
             return
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             hits.append(self.path)
             self.send_response(302)
             self.send_header("Location", targets[self.path])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from scanbridge.domain.errors import InvalidTransitionError
 from scanbridge.domain.results import ResultsPayload, failure_result, geojson_problems
 from scanbridge.domain.status import TaskStatus, can_transition, check_transition
-from scanbridge.domain.errors import InvalidTransitionError
 from scanbridge.domain.webhook import WebhookPayload
 from tests.conftest import SAMPLE_WEBHOOK
 

@@ -14,17 +14,17 @@ class ScanResult(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    scanId: str  # noqa: N815 - the platform's key
+    scanId: str
     results: dict[str, Any] | None = None
     geojson: dict[str, Any] | None = None
-    qcFailReasons: list[str] | None = None  # noqa: N815 - the platform's key
+    qcFailReasons: list[str] | None = None
 
 
 class ResultsPayload(BaseModel):
     """The whole POST body: caseResults across scans plus one ScanResult per scan."""
 
-    caseResults: dict[str, Any] = Field(default_factory=dict)  # noqa: N815 - the platform's key
-    scanResults: list[ScanResult] = Field(default_factory=list)  # noqa: N815 - the platform's key
+    caseResults: dict[str, Any] = Field(default_factory=dict)
+    scanResults: list[ScanResult] = Field(default_factory=list)
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body exactly as it is posted."""

@@ -7,8 +7,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("scanbridge.serve")
@@ -61,10 +61,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run the local stack until Ctrl-C."""
     import uvicorn
 
-    from scanbridge.config import Settings, get_settings
     from scanbridge.bootstrap import bootstrap
+    from scanbridge.config import Settings, get_settings
     from scanbridge.entrypoints.http.app import create_app
-
     from scanbridge.logs import setup_logging
 
     setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"))

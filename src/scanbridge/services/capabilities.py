@@ -62,6 +62,10 @@ ENDPOINTS: dict[str, dict[str, str]] = {
     "cancel": {"method": "POST", "link": "/tasks/{task_id}/cancel", "human_name": "Cancel a task"},
     "artifacts": {"method": "GET", "link": "/tasks/{task_id}/artifacts", "human_name": "Per-scan artifacts"},
     "models": {"method": "GET", "link": "/models", "human_name": "Models"},
+    "export": {"method": "GET", "link": "/tasks/{task_id}/scans/{scan_id}/export?format=geojson|csv|dicom-ann|dicom-seg",
+               "human_name": "Export a scan's results"},
+    "infer": {"method": "POST", "link": "/v1/infer/{model}", "human_name": "Synchronous inference on one image"},
+    "evaluate": {"method": "POST", "link": "/v1/evaluate", "human_name": "AP50 and Jaccard against ground truth"},
     "mcp": {"method": "POST", "link": "/mcp", "human_name": "Model Context Protocol (streamable HTTP)"},
 }
 

@@ -54,7 +54,7 @@ class ControlService:
         if task.job_id:
             try:
                 self._launcher.cancel(task.job_id, reason)
-            except Exception:  # noqa: BLE001 - the task is cancelled either way; the worker checks the status
+            except Exception:
                 log.exception("could not stop the job", extra={"task_id": task_id})
         log.info("task cancelled", extra={"task_id": task_id})
         return self._delivery.deliver(task)

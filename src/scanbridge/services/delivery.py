@@ -165,7 +165,7 @@ class DeliveryService:
                 if not exc.retryable:
                     break
             if attempt < self._attempts:
-                delay = self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())  # noqa: S311 - jitter
+                delay = self._backoff * (2 ** (attempt - 1)) * (0.5 + random.random())
                 log.warning("delivery attempt %d failed (%s); retrying in %.2fs", attempt, last_error, delay,
                             extra={"task_id": task.task_id})
                 self._sleep(delay)

@@ -237,7 +237,7 @@ class ProcessingService:
             self._scan_failed(task_id, scan_id, exc.code, exc.message)
         except ScanbridgeError as exc:
             self._scan_failed(task_id, scan_id, exc.code, exc.message)
-        except Exception as exc:  # noqa: BLE001 - a bad file must fail its scan, never the worker
+        except Exception as exc:
             log.exception("unexpected error on a scan", extra={"task_id": task_id, "scan_id": scan_id})
             self._scan_failed(task_id, scan_id, "SCAN_PROCESSING_ERROR", f"unexpected {type(exc).__name__}")
         finally:

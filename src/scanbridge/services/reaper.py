@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Self
 
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
@@ -46,7 +47,7 @@ class Heartbeat:
                 log.warning("heartbeat failed", extra={"task_id": self._task_id})
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -98,5 +99,5 @@ class Reaper:
         while not stop.wait(interval_s):
             try:
                 self.reap()
-            except Exception:  # noqa: BLE001 - keep reaping
+            except Exception:
                 log.exception("reaper pass failed")

@@ -36,7 +36,7 @@ def load_template(path: Path | None = None) -> dict[str, Any]:
     """template.yaml as a dict (intrinsic functions kept as plain values)."""
     path = path or find_template()
     with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        data: dict[str, Any] = yaml.load(fh, Loader=_CfnLoader)
     return data
 
 

@@ -68,7 +68,7 @@ class LocalJobLauncher:
                 if code > 0 or cancelled or attempt == self._retries:
                     break
                 log.warning("%s; retrying the task", reason, extra={"task_id": task_id})
-        except Exception as exc:  # noqa: BLE001 - report every launcher failure as a failed job
+        except Exception as exc:
             log.exception("local worker could not run")
             reason = f"worker could not start: {type(exc).__name__}"
         finally:
@@ -77,7 +77,7 @@ class LocalJobLauncher:
         if self._on_finished is not None:
             try:
                 self._on_finished(task_id, ok, reason)
-            except Exception:  # noqa: BLE001 - a delivery error must not kill the launcher thread
+            except Exception:
                 log.exception("results step failed", extra={"task_id": task_id})
 
     def _spawn(self, task_id: str, job_id: str, log_path: Path) -> int:

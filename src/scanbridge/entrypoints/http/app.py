@@ -17,10 +17,11 @@ from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http import errors
-from scanbridge.entrypoints.http.models import router as models_router
-from scanbridge.entrypoints.http.infer import router as infer_router
-from scanbridge.entrypoints.http.live import mount_mcp, router as live_router
 from scanbridge.entrypoints.http.dashboard import dashboard_router, downloads_router
+from scanbridge.entrypoints.http.infer import router as infer_router
+from scanbridge.entrypoints.http.live import mount_mcp
+from scanbridge.entrypoints.http.live import router as live_router
+from scanbridge.entrypoints.http.models import router as models_router
 from scanbridge.entrypoints.http.security import Principal, admin, principal, verify_webhook, warn_open
 
 log = logging.getLogger(__name__)
