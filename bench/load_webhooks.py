@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from scanbridge.devtools.local_platform import FakePlatform
-from scanbridge.entrypoints.local_stack import free_port
+from scanbridge.devtools.stack import serve_subprocess
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "small.svs"
 
@@ -39,21 +36,10 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="scanbridge-load-"))
     with FakePlatform(files={"small": FIXTURE}) as platform:
-        port = free_port()
-        env = {**os.environ, "SCANBRIDGE_PLATFORM_URL": platform.base_url,
-               "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc, "SCANBRIDGE_DATA_DIR": str(tmp / "data"),
-               "SCANBRIDGE_MAX_WORKERS": str(args.workers), "SCANBRIDGE_LOG_LEVEL": "WARNING"}
-        log = open(tmp / "serve.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "scanbridge.entrypoints.cli", "serve", "--port", str(port)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
+        env = {"SCANBRIDGE_PLATFORM_URL": platform.base_url, "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc,
+               "SCANBRIDGE_DATA_DIR": str(tmp / "data"), "SCANBRIDGE_MAX_WORKERS": str(args.workers),
+               "SCANBRIDGE_LOG_LEVEL": "WARNING"}
+        with serve_subprocess(tmp, env, stop_timeout_s=30) as url:
             interval = args.seconds / args.tasks
             start = time.monotonic()
 
@@ -83,13 +69,6 @@ def main() -> int:
                         done[tid] = status
                 time.sleep(1.0)
             finished_s = time.monotonic() - start
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
         posted = {p.task_id for p in platform.posts}
         print(json.dumps({
             "tasks": args.tasks, "sent_in_s": round(sent_s, 2),

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,8 +13,8 @@ import pytest
 from shapely.geometry import shape
 
 from scanbridge.devtools.local_platform import FakePlatform
+from scanbridge.devtools.stack import serve_subprocess
 from scanbridge.domain.results import geojson_problems
-from scanbridge.entrypoints.local_stack import free_port
 from tests.conftest import SAMPLE_WEBHOOK, fixture_path
 
 pytestmark = pytest.mark.e2e
@@ -35,33 +31,11 @@ def platform() -> Iterator[FakePlatform]:
 @contextmanager
 def start_stack(platform: FakePlatform, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """`scanbridge serve` on a free port, pointed at the platform; stopped with SIGINT (Ctrl-C) afterwards."""
-    port = free_port()
-    env = {**os.environ, "SCANBRIDGE_PLATFORM_URL": platform.base_url,
-           "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc, "SCANBRIDGE_DATA_DIR": str(tmp_path / "data"),
-           "SCANBRIDGE_MAX_WORKERS": "2", "SCANBRIDGE_DELIVERY_BACKOFF_S": "0.05", "PYTHONUNBUFFERED": "1",
-           **(extra_env or {})}
-    env.pop("SCANBRIDGE_AWS_ENDPOINT_URL", None)
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - held open for the server's life, closed below
-    proc = subprocess.Popen([sys.executable, "-m", "scanbridge.entrypoints.cli", "serve", "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-    try:
+    env = {"SCANBRIDGE_PLATFORM_URL": platform.base_url, "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc,
+           "SCANBRIDGE_DATA_DIR": str(tmp_path / "data"), "SCANBRIDGE_MAX_WORKERS": "2",
+           "SCANBRIDGE_DELIVERY_BACKOFF_S": "0.05", **(extra_env or {})}
+    with serve_subprocess(tmp_path, env) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     output = (tmp_path / "serve.log").read_text()
     assert "scanbridge serving on" in output and "scanbridge stopped" in output
 
