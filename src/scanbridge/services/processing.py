@@ -20,7 +20,6 @@ from urllib.parse import quote
 from scanbridge.domain.errors import (
     NoPlatformCredentialsError,
     ScanbridgeError,
-    ScanError,
     TaskTokenExpiredError,
 )
 from scanbridge.domain.results import (
@@ -233,9 +232,7 @@ class ProcessingService:
             log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id})
         except TaskCancelledError:
             raise
-        except ScanError as exc:
-            self._scan_failed(task_id, scan_id, exc.code, exc.message)
-        except ScanbridgeError as exc:
+        except ScanbridgeError as exc:  # a coded failure (SCAN_*, INFERENCE_FAILED, ...) fails this scan only
             self._scan_failed(task_id, scan_id, exc.code, exc.message)
         except Exception as exc:
             log.exception("unexpected error on a scan", extra={"task_id": task_id, "scan_id": scan_id})
