@@ -30,6 +30,21 @@ Tenant = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The body, refused (422) as soon as it is known to exceed `limit`: never read whole into memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ValidationError(f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ValidationError(f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _payload(raw: bytes) -> WebhookPayload:
     try:
         data = json.loads(raw)
@@ -81,9 +96,7 @@ def create_app(container: Container) -> FastAPI:
         "required": True, "content": {"application/json": {"schema": webhook_schema()}}}})
     async def webhook(request: Request) -> JSONResponse:
         """Accept a platform task: 202 with {task_id, status}; redeliveries return the same task."""
-        raw = await request.body()
-        if len(raw) > settings.max_body_bytes:
-            raise ValidationError(f"the body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
+        raw = await _read_capped(request, settings.max_body_bytes)
         verify_webhook(settings, raw, dict(request.headers))
         payload = _payload(raw)
         # boto3 calls block: run them in the thread pool so one slow write never stalls other requests
