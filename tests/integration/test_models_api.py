@@ -30,7 +30,7 @@ def _spec(**changes: object) -> dict[str, object]:
 
 def test_admin_registers_a_model_and_tenants_see_and_use_it(client: TestClient, container: Container) -> None:
     # GIVEN a valid ONNX file and its config
-    files = {"file": ("m.onnx", build_tissue_model(), "application/octet-stream")}
+    files = {"file": ("m.onnx", build_tissue_model(block=8), "application/octet-stream")}
     config = {"config": json.dumps(_spec())}
     # WHEN uploaded without a token, with a wrong one, then as the admin
     assert client.put("/admin/models/stroma", data=config, files=files).status_code == 401
@@ -57,7 +57,7 @@ def test_admin_registers_a_model_and_tenants_see_and_use_it(client: TestClient, 
 
 def test_uploads_that_do_not_match_their_config_are_refused(client: TestClient) -> None:
     # GIVEN a config naming an input the graph does not have, and bytes that are not ONNX
-    onnx = {"file": ("m.onnx", build_tissue_model(), "application/octet-stream")}
+    onnx = {"file": ("m.onnx", build_tissue_model(block=8), "application/octet-stream")}
     junk = {"file": ("m.onnx", b"not a model", "application/octet-stream")}
     for data, files in ((json.dumps(_spec(input_name="pixels")), onnx), (json.dumps(_spec()), junk)):
         # WHEN uploaded / THEN 422 MODEL_INVALID with the problems listed, and nothing stored

@@ -25,7 +25,7 @@ from scanbridge.inference.runner import ModelLoader
 from scanbridge.inference.zoo import build_tissue_model
 from scanbridge.services.models import ModelService
 
-TISSUE_ONNX = build_tissue_model()
+TISSUE_ONNX = build_tissue_model(block=8)  # matches the custom spec below (output_downsample 8)
 
 
 def custom_spec(**changes: Any) -> dict[str, Any]:
