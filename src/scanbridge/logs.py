@@ -38,5 +38,5 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     handler._scanbridge = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "httpcore"):
+    for noisy in ("botocore", "urllib3", "werkzeug", "httpx", "httpcore", "highdicom", "pydicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

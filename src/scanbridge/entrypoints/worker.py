@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from scanbridge.bootstrap import bootstrap, build_processing
 from scanbridge.logs import setup_logging
@@ -18,8 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scan-index", type=int, default=None,
                         help="process only this scan (sorted by id); Batch array children get AWS_BATCH_JOB_ARRAY_INDEX")
     args = parser.parse_args(argv)
+    started = time.monotonic()
     container = bootstrap()
     setup_logging("scanbridge-worker", container.settings.log_level)
+    log = logging.getLogger("scanbridge.worker")
+    log.info("worker started", extra={"task_id": args.task_id})
     from scanbridge.services.reaper import Heartbeat
 
     with Heartbeat(container.tasks, args.task_id, container.settings.heartbeat_interval_s):
@@ -32,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             ids = sorted(stored.scans) if stored else []
             only = [ids[index]] if 0 <= index < len(ids) else []
         task = build_processing(container).run(args.task_id, only_scans=only)
-    logging.getLogger("scanbridge.worker").info("worker finished task %s: %s", task.task_id, task.status)
+    log.info("worker finished task %s: %s", task.task_id, task.status,
+             extra={"task_id": task.task_id, "worker_s": round(time.monotonic() - started, 3)})
     return 0
 
 

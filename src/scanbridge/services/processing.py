@@ -199,7 +199,9 @@ class ProcessingService:
                        started_at=utcnow(), progress=Progress(step="downloading", percent=0.0))
         try:
             paths = self._fetcher.fetch_all(list(scan.urls), workdir)
+            t_fetched = self._clock()
             findings, qc_json = self._run_qc(task_id, scan_id, paths)
+            t_qc = self._clock()
             if findings and self._qc_blocks(task.model or ""):
                 self._qc_failed(task_id, scan_id, findings, qc_json)
                 return
@@ -219,9 +221,12 @@ class ProcessingService:
                     tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
 
             result, metadata = self._analyzer(scan_id, paths, task.model or "", progress)
+            t_analysed = self._clock()
             if qc_json is not None:
                 result = with_qc_findings(result, findings, self._qc_map, qc_json)
             metadata = {**metadata, **self._write_artifacts(task_id, scan_id, paths, result)}
+            timings = {"download_s": t_fetched - started, "qc_s": t_qc - t_fetched, "analyse_s": t_analysed - t_qc,
+                       "artifacts_s": self._clock() - t_analysed}
             self._artifacts.put(scan_metadata_key(task_id, scan_id), json.dumps(metadata).encode(),
                                 "application/json")
             self._store_result(task_id, result)
@@ -229,7 +234,8 @@ class ProcessingService:
             tiles = final.scans[scan_id].progress if final else Progress()
             self._set_scan(task_id, scan_id, status=ScanStatus.SUCCEEDED, finished_at=utcnow(),
                            progress=tiles.model_copy(update={"step": "done", "percent": 100.0, "eta_s": 0.0}))
-            log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id})
+            log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id,
+                                             **{k: round(v, 3) for k, v in timings.items()}})
         except TaskCancelledError:
             raise
         except ScanbridgeError as exc:  # a coded failure (SCAN_*, INFERENCE_FAILED, ...) fails this scan only
