@@ -53,3 +53,18 @@ def test_run_scan_reports_an_unreadable_file_and_goes_on(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert code == 1 and "SCAN_UNSUPPORTED_FORMAT" in err
     assert (tmp_path / "o" / "ok.geojson").exists() and not (tmp_path / "o" / "ok-artifacts").exists()
+
+
+def test_dev_subcommands_take_their_options_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN options placed right after a dev subcommand (as the README writes them)
+    out = tmp_path / "s.svs"
+    # WHEN `scanbridge dev make-slide` gets its options before the positional / THEN they are honoured
+    code = main(["dev", "make-slide", "--width", "512", "--height", "384", "--tissue-fraction", "0.2", str(out)])
+    assert code == 0 and out.exists()
+    from scanbridge.imaging.readers import open_scan
+
+    assert open_scan([out]).metadata.dimensions == (512, 384)
+    # AND `dev platform --help` answers with its own usage, not the top-level parser's error
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dev", "platform", "--help"])
+    assert exit_info.value.code == 0 and "--send" in capsys.readouterr().out

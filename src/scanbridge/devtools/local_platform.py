@@ -229,7 +229,8 @@ class FakePlatform:
             return list(self.posts)
 
     def __enter__(self) -> Self:
-        self.start()
+        if self._server is None:  # already started by the caller (to handle a busy port) is fine
+            self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -196,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     dims = {sid: scan_dimensions(path) for sid, path in ids.items()}
     task_id = args.task_id or f"local-{secrets.token_hex(4)}"
     token = local_jwt() if args.jwt else None
-    with FakePlatform(files=ids, port=args.port) as platform:
+    platform = FakePlatform(files=ids, port=args.port)
+    try:
+        platform.start()
+    except OSError as exc:
+        print(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror} (is another process using it? try --port)",
+              file=sys.stderr)
+        return 2
+    with platform:
         body = webhook_body(platform, list(ids), task_id=task_id, model=args.model, company_id=args.company_id,
                             case_id=args.case_id, expires_s=args.expires, jwt_token=token)
         out = sys.stdout

@@ -267,8 +267,16 @@ def _client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(func=_tasks)
 
 
+PASS_THROUGH = {"make-slide": _make_slide, "bench": _bench, "platform": _dev_platform}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `scanbridge` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `dev make-slide|bench|platform` own their options: hand them everything after the subcommand
+    # (argparse.REMAINDER drops options that come first, e.g. `dev platform --port 8901 FILE`).
+    if len(argv) >= 2 and argv[0] == "dev" and argv[1] in PASS_THROUGH:
+        return int(PASS_THROUGH[argv[1]](argparse.Namespace(rest=argv[2:])) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
