@@ -109,12 +109,16 @@ def test_cuda_session_binds_io_on_the_gpu_and_matches_cpu() -> None:  # pragma: 
     np.testing.assert_allclose(gpu.run(batch)["prob"], cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)
 
 
-def test_api_lambda_module_imports_no_inference_or_imaging_stack() -> None:
+@pytest.mark.parametrize("module, banned", [
+    ("scanbridge.entrypoints.lambda_api", ("onnxruntime", "openslide", "pydicom", "skimage")),
+    ("scanbridge.entrypoints.lambda_webhook", ("onnxruntime", "openslide", "pydicom", "skimage", "fastapi",
+                                               "starlette", "numpy")),
+])
+def test_lambda_modules_import_no_heavy_stack(module: str, banned: tuple[str, ...]) -> None:
     # GIVEN a fresh interpreter
-    code = ("import sys, json, scanbridge.entrypoints.lambda_api\n"
-            "print(json.dumps(sorted(m for m in ('onnxruntime', 'openslide', 'pydicom', 'skimage') "
-            "if m in sys.modules)))")
-    # WHEN it imports the API Lambda handler module
+    code = (f"import sys, json, {module}\n"
+            f"print(json.dumps(sorted(m for m in {banned!r} if m in sys.modules)))")
+    # WHEN it imports the Lambda handler module
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    # THEN none of onnxruntime, openslide, pydicom or skimage was loaded
+    # THEN none of the inference/imaging stack (nor, for the webhook function, any web framework) was loaded
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 from types import ModuleType
@@ -61,9 +62,10 @@ def deployed(aws: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def _reset_handlers() -> None:
     """Forget the containers the handler modules cache per Lambda container (one per test here)."""
-    from scanbridge.entrypoints import lambda_api, lambda_results
+    from scanbridge.entrypoints import lambda_api, lambda_results, lambda_webhook
 
     lambda_api._handler = None
+    lambda_webhook._container = None
     lambda_results._container = None
 
 
@@ -137,3 +139,34 @@ def test_results_handler_ignores_array_children(deployed: dict[str, Any]) -> Non
     event = _event("results_succeeded.json")
     event["detail"]["arrayProperties"] = {"index": 1}
     assert "ignored" in results.handler(event, None)
+
+
+def test_webhook_function_acknowledges_once_and_refuses_with_the_uniform_body(
+        deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN the lean webhook function and the platform's sample webhook as an API Gateway event
+    webhook = _load_function("webhook")
+    event = _event("api_webhook.json")
+    # WHEN it arrives twice / THEN 202 both times with the same task, one Batch job with only the task_id
+    first, second = webhook.handler(event, None), webhook.handler(event, None)
+    assert first["statusCode"] == 202 and json.loads(first["body"]) == {
+        "task_id": "dGFzazoxODU4MzU=", "status": "QUEUED", "created": True}
+    assert second["statusCode"] == 202 and json.loads(second["body"])["created"] is False
+    jobs = deployed["batch"].list_jobs(jobQueue=deployed["queue"], filters=[{"name": "JOB_NAME", "values": ["*"]}])
+    assert len(jobs["jobSummaryList"]) == 1
+    # AND the FastAPI API reads the same task
+    task = json.loads(_load_function("api").handler(_event("api_get_task.json"), None)["body"])
+    assert task["status"] == "QUEUED" and task["model"] == "tissue"
+    # WHEN the body is not the contract / THEN 422 with the uniform error body
+    bad = dict(event, body=json.dumps({"task_id": "x"}))
+    resp = webhook.handler(bad, None)
+    assert resp["statusCode"] == 422 and json.loads(resp["body"])["error"]["code"] == "VALIDATION_ERROR"
+    # WHEN a webhook secret is configured and the request is unsigned / THEN 401 and nothing stored
+    monkeypatch.setenv("SCANBRIDGE_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
+    get_settings.cache_clear()
+    _reset_handlers()
+    other = dict(event, body=event["body"].replace("dGFzazoxODU4MzU=", "unsigned-task"))
+    resp = webhook.handler(other, None)
+    assert resp["statusCode"] == 401 and json.loads(resp["body"])["error"]["code"] == "WEBHOOK_SIGNATURE_INVALID"
+    from scanbridge.bootstrap import bootstrap
+
+    assert bootstrap().tasks.get("unsigned-task") is None

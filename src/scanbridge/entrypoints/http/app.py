@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
-import pydantic
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +21,7 @@ from scanbridge.entrypoints.http.live import mount_mcp
 from scanbridge.entrypoints.http.live import router as live_router
 from scanbridge.entrypoints.http.models import router as models_router
 from scanbridge.entrypoints.http.security import Principal, admin, principal, verify_webhook, warn_open
+from scanbridge.entrypoints.webhook_common import check_body_size, parse_webhook
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,8 @@ Admin = Annotated[Principal, Depends(admin)]
 async def _read_capped(request: Request, limit: int) -> bytes:
     """The body, refused (422) as soon as it is known to exceed `limit`: never read whole into memory."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ValidationError(f"the body is {declared} bytes; the limit is {limit}")
+    if declared.isdigit():
+        check_body_size(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -43,20 +42,6 @@ async def _read_capped(request: Request, limit: int) -> bytes:
             raise ValidationError(f"the body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _payload(raw: bytes) -> WebhookPayload:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"the body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValidationError("the body must be a JSON object")
-    try:
-        return WebhookPayload.model_validate(data)
-    except pydantic.ValidationError as exc:
-        details = {"errors": [{"loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]}
-        raise ValidationError("the webhook does not follow the platform contract", details=details) from exc
 
 
 def _inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
@@ -98,7 +83,7 @@ def create_app(container: Container) -> FastAPI:
         """Accept a platform task: 202 with {task_id, status}; redeliveries return the same task."""
         raw = await _read_capped(request, settings.max_body_bytes)
         verify_webhook(settings, raw, dict(request.headers))
-        payload = _payload(raw)
+        payload = parse_webhook(raw)
         # boto3 calls block: run them in the thread pool so one slow write never stalls other requests
         accepted = await run_in_threadpool(container.intake.accept, payload)
         return JSONResponse({"task_id": accepted.task.task_id, "status": str(accepted.task.status),

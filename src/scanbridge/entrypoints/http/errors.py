@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scanbridge.domain import errors as e
+from scanbridge.entrypoints.webhook_common import STATUS, error_body, status_for
 
-STATUS: list[tuple[type[e.ScanbridgeError], int]] = [
-    (e.ValidationError, 422),
-    (e.NotFoundError, 404),
-    (e.ConflictError, 409),
-    (e.AuthError, 401),
-    (e.ForbiddenError, 403),
-]
-
-
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    """`{"error": {"code", "message", "details"}}`, everywhere."""
-    return {"error": {"code": code, "message": message, "details": details or {}}}
-
-
-def status_for(exc: e.ScanbridgeError) -> int:
-    """The HTTP status of a scanbridge error."""
-    for kind, status in STATUS:
-        if isinstance(exc, kind):
-            return status
-    return 500
-
+__all__ = ["STATUS", "error_body", "install", "status_for"]
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the uniform body."""

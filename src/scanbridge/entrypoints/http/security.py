@@ -11,10 +11,12 @@ import logging
 from dataclasses import dataclass
 
 from fastapi import Request
-from standardwebhooks.webhooks import Webhook
 
 from scanbridge.config import Settings
-from scanbridge.domain.errors import AuthError, ForbiddenError, WebhookSignatureError
+from scanbridge.domain.errors import AuthError, ForbiddenError
+from scanbridge.entrypoints.webhook_common import verify_webhook
+
+__all__ = ["Principal", "admin", "principal", "verify_webhook", "warn_open"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +32,6 @@ class Principal:
     def scope(self) -> str | None:
         """The company a query is limited to (None: all)."""
         return None if self.admin else self.company_id
-
-
-def verify_webhook(settings: Settings, body: bytes, headers: dict[str, str]) -> None:
-    """Check the Standard Webhooks signature when SCANBRIDGE_WEBHOOK_SECRET is set (5-minute tolerance)."""
-    if not settings.webhook_secret:
-        return
-    try:
-        Webhook(settings.webhook_secret).verify(body, headers, json_parse=False)
-    except Exception as exc:  # the library raises its own error, ValueError or binascii errors on junk
-        raise WebhookSignatureError("the webhook signature is missing, invalid or too old") from exc
 
 
 def _credential(request: Request) -> str | None:
