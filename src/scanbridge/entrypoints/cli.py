@@ -1,4 +1,5 @@
-"""The `scanbridge` command: serve, worker, run-scan, inspect, dev (make-slide, build-models)."""
+"""The `scanbridge` command: serve, worker, run-scan, inspect, evaluate, mhs, mcp, submit, tasks, and
+dev (make-slide, bench, platform, build-models)."""
 
 from __future__ import annotations
 
