@@ -158,7 +158,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             t0 = time.perf_counter()
             outputs = model.run(buffer[:n])
             stats.infer_s += time.perf_counter() - t0
-            first = outputs[spec.output_name] if spec.output_name in outputs else next(iter(outputs.values()))
+            first = model.primary_output(outputs)
             stain_batch = outputs.get(str(stain_output)) if stain_output else None
             for i, tile in enumerate(batch_tiles):
                 stains = None if stain_batch is None else np.array(stain_batch[i])

@@ -175,7 +175,7 @@ def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size
         t0 = time.perf_counter()
         outputs = model.run(buffer[:n])
         stats.infer_s += time.perf_counter() - t0
-        first = outputs[spec.output_name] if spec.output_name in outputs else next(iter(outputs.values()))
+        first = model.primary_output(outputs)
         for tile, out in zip(batch_tiles, first, strict=True):
             plane = out[0] if out.ndim == 3 else out
             result.put(tile, plane[out_margin:out_margin + out_tile, out_margin:out_margin + out_tile])

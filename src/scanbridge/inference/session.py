@@ -86,6 +86,10 @@ class OnnxModel:
                 x = (x - mean) / std
         return x
 
+    def primary_output(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The output the spec names (`output_name`), else the graph's first output."""
+        return outputs[self.spec.output_name] if self.spec.output_name in outputs else next(iter(outputs.values()))
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model for one batch, by name."""
         x = self.prepare(batch)
