@@ -142,7 +142,8 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
     source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
     loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source)
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,
-                                                       max_tiles=s.max_tiles_per_scan)
+                                                       max_tiles=s.max_tiles_per_scan,
+                                                       min_tissue=s.tile_min_tissue)
     if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
         writer = overrides["artifact_writer"]
     else:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     tile_size: int = 512
     batch_size: int = 8
     intra_op_threads: int = 0
+    tile_min_tissue: float | None = Field(None, ge=0.0, le=1.0,
+                                          description="share of a tile's core that must be tissue for it to run "
+                                                      "(unset: the model's own, else 0.5)")
 
     # Delivery.
     dead_letter_queue_url: str = ""

@@ -173,8 +173,9 @@ def test_ihc_on_a_025_um_slide_reads_level0_resized_to_the_model(tmp_path: Path,
     # GIVEN a 0.25 µm/px slide (the model runs at 0.5: level 0 is read and halved)
     truth = synth.make_slide(tmp_path / "hi.svs", 2048, 2048, mpp=0.25, tissue_fraction=0.5, seed=7,
                              positive_fraction=0.4)
-    # WHEN analysed
-    analysis = analyze_scan("hi", open_scan([tmp_path / "hi.svs"]), loader.load("ihc-positivity"))
+    # WHEN analysed, every tile touching tissue included (this 0.5 mm slide is 3x3 tiles: the model's
+    # default, 10 % tissue per tile, would skip two edge nuclei; placement is what is tested here)
+    analysis = analyze_scan("hi", open_scan([tmp_path / "hi.svs"]), loader.load("ihc-positivity"), min_tissue=0.0)
     res, fc = analysis.result.results, analysis.result.geojson
     assert res is not None and fc is not None
     # THEN counts hold and centres are within a level-0 pixel; areas are in true µm²

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from scanbridge.imaging.readers.base import ScanMetadata
-from scanbridge.imaging.tiling import Tile, grid_for_model, grid_over_tissue, overview_tissue_mask, pick_level
+from scanbridge.imaging.tiling import (
+    DEFAULT_MIN_TISSUE,
+    Tile,
+    grid_for_model,
+    grid_over_tissue,
+    overview_tissue_mask,
+    pick_level,
+)
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.pipeline import TileMap
 
@@ -55,18 +62,42 @@ def test_grid_keeps_only_cells_with_tissue() -> None:
     # GIVEN a 100x100 mask (1 mask px = 1 level px) with tissue in one 30x30 square
     mask = np.zeros((100, 100), bool)
     mask[10:40, 60:90] = True
-    # WHEN tiled with 25-px tiles
-    grid = grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0)
+    # WHEN tiled with 25-px tiles, keeping every tile that touches tissue
+    grid = grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0, min_tissue=0.0)
     # THEN the 4x4 grid keeps exactly the cells the square meets
     assert (grid.cols, grid.rows, grid.total) == (4, 4, 16)
     assert sorted((t.row, t.col) for t in grid.tiles) == [(0, 2), (0, 3), (1, 2), (1, 3)]
     # AND without a mask every tile is kept
     assert len(grid_over_tissue(0, (100, 100), 1.0, 25, None, 1.0).tiles) == 16
-    # AND a minimum tissue share drops the cells a square covers less than half of
+    # AND a minimum of half the core drops the cells a square covers less than half of
     mask[:] = False
     mask[0:40, 50:90] = True  # covers cell (0,2) fully, (0,3) and (1,2) 60 %, (1,3) 36 %
     strict = grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0, min_tissue=0.5)
     assert sorted((t.row, t.col) for t in strict.tiles) == [(0, 2), (0, 3), (1, 2)]
+    # AND by default (a quarter) the 36 % cell is kept too, and a cell of exactly a quarter is kept
+    assert len(grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0).tiles) == 4
+    mask[:] = False
+    mask[0:25, 0:25] = np.arange(25)[None, :] < 6.25  # 7 of 25 columns (28 %); 6 would be 24 %
+    assert [(t.row, t.col) for t in grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0).tiles] == [(0, 0)]
+    mask[0:25, 6] = False
+    assert grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0).tiles == []
+
+
+def test_default_grid_tracks_the_tissue_share_not_its_perimeter() -> None:
+    # GIVEN a 2000x2000 mask with three ellipses of tissue (about 22 % of the area), and 64-px tiles
+    yy, xx = np.mgrid[0:2000, 0:2000]
+    mask = np.zeros((2000, 2000), bool)
+    for cx, cy, rx, ry in ((500, 520, 330, 250), (1400, 600, 260, 380), (1000, 1450, 420, 300)):
+        mask |= ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0
+    share = mask.mean()
+    # WHEN tiled keeping half-tissue tiles, the default quarter, and every tile that touches tissue
+    half, default, touching = (grid_over_tissue(0, (2000, 2000), 1.0, 64, mask, 1.0, min_tissue=m)
+                               for m in (0.5, DEFAULT_MIN_TISSUE, 0.0))
+    excess = [len(g.tiles) / g.total / share - 1 for g in (half, default, touching)]
+    # THEN half-tissue tiles cover the tissue's area within 8 %, the default within 10 % (issue #9)
+    assert abs(excess[0]) < 0.08 and abs(excess[1]) < 0.10, excess
+    # AND keeping every touching tile would have read well over 10 % more
+    assert excess[2] > 0.10, excess
 
 
 def test_grid_overlap_and_scale_place_read_windows() -> None:

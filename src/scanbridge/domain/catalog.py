@@ -17,7 +17,7 @@ TISSUE_SPEC = ModelSpec(
     description="Tissue vs background from optical density and saturation (built-in ONNX graph)",
     labels=[Label(name="Tissue", color="#e377c2")],
     input_name="image",
-    input_size=512,
+    input_size=256,  # 0.5 mm at 2 µm/px: edge tiles read little glass
     input_dtype="uint8",
     mpp=2.0,
     output_name="tissue_prob",
@@ -26,7 +26,7 @@ TISSUE_SPEC = ModelSpec(
     stains=["HE", "H&E"],
     default_for=["HE", "H&E"],
     outputs={"contour_levels": [0.25, 0.5, 0.75], "contour_colors": ["#fde0ef", "#e9a3c9", "#c51b7d"],
-             "min_region_um2": 2500.0},
+             "min_region_um2": 2500.0, "min_tissue": 0.0},  # a tissue detector runs on every edge tile
     builtin=True,
 )
 
@@ -47,7 +47,7 @@ NUCLEI_SPEC = ModelSpec(
     stains=["HE", "H&E", "Hematoxylin", "H"],
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
              "intensity_channel": 0, "tile_overlap": 64, "nucleus_radius_um": 3.0, "min_area_um2": 6.0,
-             "max_area_um2": 400.0, "polygons": True},
+             "max_area_um2": 400.0, "polygons": True, "min_tissue": 0.1},
     builtin=True,
 )
 
@@ -70,7 +70,7 @@ IHC_SPEC = ModelSpec(
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
              "intensity_channel": 2, "positive_channel": 1, "tile_overlap": 64, "nucleus_radius_um": 3.0,
              "min_area_um2": 6.0, "max_area_um2": 400.0, "polygons": False,
-             "summary_label": "Nuclear positivity (DAB)"},
+             "summary_label": "Nuclear positivity (DAB)", "min_tissue": 0.1},
     builtin=True,
 )
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)).astype(np.float32)
+
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Summed optical density per pixel (0 for white, ~3 for black)."""
-    x = rgb.astype(np.float32)
-    return np.asarray(-np.log((x + 1.0) / 256.0).sum(axis=-1))
+    """Summed optical density per pixel (0 for white, ~3 for black); a 256-entry table per channel."""
+    x = np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(_OD_LUT[x[..., 0]] + _OD_LUT[x[..., 1]] + _OD_LUT[x[..., 2]])
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """(max - min) / 255 per pixel: 0 for greys, high for stained tissue."""
-    x = rgb.astype(np.int16)
-    return np.asarray((x.max(axis=-1) - x.min(axis=-1)).astype(np.float32) / 255.0)
+    x = np.asarray(rgb, dtype=np.uint8)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # uint8, no overflow
+    return np.asarray(spread.astype(np.float32) * np.float32(1.0 / 255.0))
 
 
 def tissue_mask(rgb: np.ndarray, *, min_od: float = 0.4, min_saturation: float = 0.1,

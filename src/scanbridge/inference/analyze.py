@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from scanbridge.domain.errors import TooManyTilesError
+from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
-from scanbridge.imaging.tiling import grid_for_model, overview_tissue_mask
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_grid
@@ -40,8 +41,11 @@ def _fmt_area(mm2: float | None) -> str:
 
 def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
-                 overlap: int | None = None, max_tiles: int | None = None) -> ScanAnalysis:
+                 overlap: int | None = None, max_tiles: int | None = None,
+                 min_tissue: float | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
+
+    A tile runs when at least `min_tissue` of its core is tissue (default: `tile_min_tissue(spec)`).
 
     With `max_tiles`, a scan whose tissue needs more tiles fails (SCAN_TOO_MANY_TILES) after its first batch.
     """
@@ -55,13 +59,14 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     t_mask = time.perf_counter()
     if spec.kind in OBJECT_KINDS:
         return _analyze_objects(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, tile_size=tile_size,
-                                batch_size=batch_size, readers=readers, progress=progress, overlap=overlap)
+                                batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
+                                min_tissue=tile_min_tissue(spec, min_tissue))
 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     size = tile_size or spec.input_size
     margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
     grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask, thumb_ds,
-                          overlap=margin)
+                          overlap=margin, min_tissue=tile_min_tissue(spec, min_tissue))
     tile_map, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
     t_run = time.perf_counter()
 
@@ -73,6 +78,14 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
                         map_downsample=map_ds, timings=timings)
+
+
+def tile_min_tissue(spec: ModelSpec, override: float | None = None) -> float:
+    """The share of a tile's core that must be tissue: `override`, else the spec's `outputs.min_tissue`,
+    else DEFAULT_MIN_TISSUE (see imaging/tiling.py for the trade-off between glass read and edges lost)."""
+    if override is not None:
+        return float(override)
+    return float(spec.outputs.get("min_tissue", DEFAULT_MIN_TISSUE))
 
 
 def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
@@ -90,11 +103,11 @@ def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
 
 def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
                      t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int,
-                     progress: ProgressFn | None, overlap: int | None) -> ScanAnalysis:
+                     progress: ProgressFn | None, overlap: int | None, min_tissue: float) -> ScanAnalysis:
     """Segmentation / detection kinds: overlapping tiles, objects kept once (inference/objects.py)."""
     meta = reader.metadata
     run = run_objects(reader, model, mask, mask_ds, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                      readers=readers, progress=progress)
+                      readers=readers, progress=progress, min_tissue=min_tissue)
     t_run = time.perf_counter()
     tissue_mm2 = float(mask.sum()) * mask_ds * mask_ds * meta.mpp[0] * meta.mpp[1] / 1e6 if meta.mpp else None
     result = objects_result(scan_id, model, run, bounds=meta.dimensions, mpp=meta.mpp, tissue_mm2=tissue_mm2)

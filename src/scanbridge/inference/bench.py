@@ -32,9 +32,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scanbridge.domain.models import Label, ModelSpec
 from scanbridge.imaging.readers import ScanReader, open_scan
-from scanbridge.imaging.tiling import TileGrid, grid_for_model, overview_tissue_mask
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, TileGrid, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
-from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan
+from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan, tile_min_tissue
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS, OPSET, tissue_score_graph
@@ -148,7 +148,7 @@ class PeakRss:
 
 
 def tissue_grid(reader: ScanReader, model: OnnxModel, *, tile_size: int | None, overlap: int | None,
-                tissue_only: bool = True) -> TileGrid:
+                tissue_only: bool = True, min_tissue: float | None = None) -> TileGrid:
     """The grid `analyze_scan` builds for this scan and model (or the full grid when not tissue_only)."""
     spec, meta = model.spec, reader.metadata
     mask, thumb_ds = None, 1.0
@@ -157,7 +157,8 @@ def tissue_grid(reader: ScanReader, model: OnnxModel, *, tile_size: int | None, 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
     return grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds,
-                          tile_size or spec.input_size, mask, thumb_ds, overlap=margin)
+                          tile_size or spec.input_size, mask, thumb_ds, overlap=margin,
+                          min_tissue=tile_min_tissue(spec, min_tissue))
 
 
 def _warm_page_cache(path: Path) -> None:
@@ -224,7 +225,8 @@ def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
 
 def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers: int = 2,
           tile_size: int | None = None, overlap: int | None = None, naive: bool = True, prefer_gpu: bool = True,
-          intra_op_threads: int = 0, truth: Path | None = None) -> dict[str, Any]:
+          intra_op_threads: int = 0, truth: Path | None = None,
+          min_tissue: float | None = None) -> dict[str, Any]:
     """Every measurement of one slide and one model, as one JSON-ready dict."""
     rss = PeakRss()
     model = load_model(model_name, prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads)
@@ -232,7 +234,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     reader = open_scan([path])
     try:
         meta = reader.metadata
-        grid = tissue_grid(reader, model, tile_size=tile_size, overlap=overlap)
+        grid = tissue_grid(reader, model, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
     finally:
         reader.close()
     batch = batch_size or model.batch_size_for(grid.tile_size)
@@ -251,7 +253,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     try:
         t0 = time.perf_counter()
         analysis = analyze_scan(path.stem, reader, model, tile_size=tile_size, batch_size=batch, readers=readers,
-                                overlap=overlap)
+                                overlap=overlap, min_tissue=min_tissue)
         pipeline_s = time.perf_counter() - t0
     finally:
         reader.close()
@@ -283,6 +285,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "device": model.device,
         "provider": model.provider,
         "io_binding": model.io_binding,
+        "min_tissue": tile_min_tissue(model.spec, min_tissue),
         "tiles_total": stats.tiles_total,
         "tiles_processed": stats.tiles_processed,
         "tile_share": round(stats.tiles_processed / max(stats.tiles_total, 1), 4),
@@ -334,12 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even when one is present")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     p.add_argument("--truth", type=Path, default=None, help="truth JSON of a synthetic slide (adds tissue_fraction)")
+    p.add_argument("--min-tissue", type=float, default=None,
+                   help=f"share of a tile's core that must be tissue (default: the model's, else {DEFAULT_MIN_TISSUE}; "
+                        "0: any tissue)")
     args = p.parse_args(argv)
     if not args.slide.exists():
         print(f"no such slide: {args.slide}", file=sys.stderr)
         return 2
     report = bench(args.slide, args.model, batch_size=args.batch_size, readers=args.readers,
                    tile_size=args.tile_size, overlap=args.overlap, naive=not args.no_naive,
-                   prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth)
+                   prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth,
+                   min_tissue=args.min_tissue)
     print(json.dumps(report) if args.json else _human(report))
     return 0

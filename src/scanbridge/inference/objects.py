@@ -23,7 +23,7 @@ from shapely.geometry import MultiPoint, Polygon
 
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
-from scanbridge.imaging.tiling import Tile, TileGrid, grid_for_model
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
 from scanbridge.inference.nuclei import Nucleus, NucleusParams, measure_nuclei, params_for, split_nuclei
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import hex_to_rgb, polygon_feature
@@ -119,7 +119,8 @@ def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
 
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
-                readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None) -> ObjectRun:
+                readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None,
+                min_tissue: float = DEFAULT_MIN_TISSUE) -> ObjectRun:
     """Run an object model over the tissue of a scan with overlapping tiles; each object found once."""
     spec = model.spec
     meta = reader.metadata
@@ -129,7 +130,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     size = tile_size or spec.input_size
     margin = int(spec.outputs.get("tile_overlap", DEFAULT_OVERLAP)) if overlap is None else overlap
     grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask,
-                          mask_downsample, overlap=margin)
+                          mask_downsample, overlap=margin, min_tissue=min_tissue)
     model_mpp = (meta.mpp[0] * grid.model_downsample) if meta.mpp else (spec.mpp or 0.5)
     params = params_for(spec.outputs, spec.thresholds, model_mpp)
     stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]

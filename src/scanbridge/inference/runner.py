@@ -73,8 +73,9 @@ class Analyzer:
     """A ScanAnalyzer: scan files + model name -> ScanResult and reader metadata."""
 
     def __init__(self, loader: ModelLoader, *, tile_size: int | None = None, batch_size: int = 8,
-                 readers: int = 2, max_tiles: int | None = None) -> None:
+                 readers: int = 2, max_tiles: int | None = None, min_tissue: float | None = None) -> None:
         self.loader = loader
+        self._min_tissue = min_tissue
         self._max_tiles = max_tiles
         self._tile_size = tile_size
         self._batch = batch_size
@@ -87,7 +88,8 @@ class Analyzer:
         reader = open_scan(paths)
         try:
             analysis = analyze_scan(scan_id, reader, model, tile_size=self._tile_size, batch_size=self._batch,
-                                    readers=self._readers, progress=progress, max_tiles=self._max_tiles)
+                                    readers=self._readers, progress=progress, max_tiles=self._max_tiles,
+                                    min_tissue=self._min_tissue)
         finally:
             reader.close()
         return analysis.result, analysis.metadata
