@@ -23,7 +23,7 @@ from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.session import OnnxModel
 
 BENCH_KEYS = {"decode_only_s", "model_only_s", "pipeline_s", "naive_s", "tiles_total", "tiles_processed",
-              "peak_rss_mb", "device", "provider"}
+              "peak_rss_mb", "device", "provider", "bare_onnxruntime_s", "pipeline_vs_bare", "min_tissue"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_bench_json_reports_every_measure_and_reads_only_tissue(slide: tuple[Pat
     assert code == 0
     report = json.loads(out)
     assert BENCH_KEYS <= set(report)
-    assert all(report[k] >= 0 for k in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s"))
+    assert all(report[k] > 0 for k in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s", "bare_onnxruntime_s"))
+    assert report["pipeline_vs_bare"] == pytest.approx(report["bare_onnxruntime_s"] / report["pipeline_s"], rel=0.01)
     assert report["provider"] == "CPUExecutionProvider" and report["device"] == "cpu"
     # AND only tissue tiles ran, as many as the tissue's share of the grid (issue #9: within 10 %)
     total, done = report["tiles_total"], report["tiles_processed"]

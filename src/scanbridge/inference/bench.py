@@ -5,7 +5,10 @@ On one slide and one model, in one process:
 - ``decode_only_s``: reading every tile the pipeline reads (same grid, reader threads and resize), no model;
 - ``model_only_s``: the model on as many tiles, from batches decoded beforehand (no reading);
 - ``pipeline_s``: ``analyze_scan`` end to end (tissue mask, reading, inference, post-processing, result body);
-- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1.
+- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1;
+- ``bare_onnxruntime_s``: a plain InferenceSession (default options, same provider) on as many tiles from
+  tensors prepared beforehand; ``pipeline_vs_bare`` = bare_onnxruntime_s / pipeline_s is the share of the
+  hardware's bare model throughput the whole pipeline delivers (issue #9's GPU target: >= 0.80).
 
 Peak resident memory is the process's high-water mark (reset before each phase where Linux allows it).
 Besides the built-in models, ``--model bench-conv`` is a small fixed-weight convolutional net (built here
@@ -203,6 +206,35 @@ def model_only(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool
     return time.perf_counter() - t0
 
 
+def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool_batches: int = 4) -> float:
+    """Seconds for a plain `onnxruntime.InferenceSession` (default options, same provider, no I/O binding)
+    on len(grid.tiles) tiles from tensors prepared beforehand: the throughput the hardware gives the model."""
+    import onnxruntime as ort
+
+    count = len(grid.tiles)
+    if count == 0:
+        return 0.0
+    session = ort.InferenceSession(BENCH_MODELS[model.spec.name][1](), providers=[model.provider])
+    sample = grid.tiles[:: max(1, count // (batch * pool_batches))][: batch * pool_batches]
+    reader = open_scan([path])
+    try:
+        images = np.stack([read_tile(reader, grid, t) for t in sample])
+    finally:
+        reader.close()
+    tensors = [model.prepare(images[i:i + batch]) for i in range(0, len(images), batch)]
+    tensors = [t for t in tensors if len(t) == batch] or tensors
+    name = model.spec.input_name
+    session.run(None, {name: tensors[0][:1]})
+    done, i = 0, 0
+    t0 = time.perf_counter()
+    while done < count:
+        x = tensors[i % len(tensors)][: count - done]
+        session.run(None, {name: x})
+        done += len(x)
+        i += 1
+    return time.perf_counter() - t0
+
+
 def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
     """Seconds for the usual loop: every tile of the full grid, read then run alone, pasted into float32."""
     spec = model.spec
@@ -248,6 +280,8 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     model_s = model_only(path, grid, model, batch=batch)
     phases["model_only"] = rss.mb()
 
+    bare_s = bare_onnxruntime(path, grid, model, batch=batch)
+
     rss.reset()
     reader = open_scan([path])
     try:
@@ -292,8 +326,10 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "decode_only_s": round(decode_s, 3),
         "model_only_s": round(model_s, 3),
         "pipeline_s": round(pipeline_s, 3),
+        "bare_onnxruntime_s": round(bare_s, 3),
         "naive_s": round(naive_s, 3) if naive_s is not None else None,
         "pipeline_vs_sum": round(pipeline_s / max(decode_s + model_s, 1e-9), 3),
+        "pipeline_vs_bare": round(bare_s / max(pipeline_s, 1e-9), 3),
         "naive_vs_pipeline": round(naive_s / max(pipeline_s, 1e-9), 2) if naive_s is not None else None,
         "pipeline_breakdown_s": {k: round(v, 3) for k, v in analysis.timings.items()},
         "peak_rss_mb": round(max([rss.mb(), *phases.values()]), 1),
@@ -313,10 +349,11 @@ def _human(report: dict[str, Any]) -> str:
              f"model {report['model']} on {report['provider']} (batch {report['batch_size']}, "
              f"{report['readers']} readers, {report['intra_op_threads']} intra-op threads)"),
              f"  tiles            {report['tiles_processed']} of {report['tiles_total']} ({report['tile_share']:.1%})"]
-    for key in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s"):
+    for key in ("decode_only_s", "model_only_s", "bare_onnxruntime_s", "pipeline_s", "naive_s"):
         if report.get(key) is not None:
-            lines.append(f"  {key:<16} {report[key]:8.2f} s")
+            lines.append(f"  {key:<18} {report[key]:8.2f} s")
     lines.append(f"  pipeline / (decode + model) = {report['pipeline_vs_sum']:.2f}")
+    lines.append(f"  pipeline throughput / bare onnxruntime = {report['pipeline_vs_bare']:.2f}")
     if report.get("naive_vs_pipeline") is not None:
         lines.append(f"  naive / pipeline = {report['naive_vs_pipeline']:.2f}")
     lines.append(f"  peak RSS {report['peak_rss_mb']:.0f} MiB  {report['phase_peak_rss_mb']}")
