@@ -90,7 +90,7 @@ def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any]
             for x, y in pts:
                 draw.ellipse((x * k - r, y * k - r, x * k + r, y * k + r), outline=(*colour, 255), width=line)
     buf = io.BytesIO()
-    out.convert("RGB").save(buf, "PNG", optimize=True)
+    out.convert("RGB").save(buf, "PNG", compress_level=3)  # optimize=True: 7x the time for 7 % fewer bytes
     return buf.getvalue()
 
 

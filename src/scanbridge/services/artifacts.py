@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ KINDS = {"overlay.png": "overlay", "labels.npy": "label-mask", "objects.csv": "o
          "crops.zip": "cell-crops", "annotations.dcm": "dicom-ann", "segmentation.dcm": "dicom-seg"}
 MASK_MAX_SIDE = 2048
 OVERLAY_MAX_SIDE = 1024
+ARTIFACT_THREADS = 3
 
 
 def artifact_key(task_id: str, scan_id: str, name: str) -> str:
@@ -194,17 +196,20 @@ class ScanArtifactWriter:
                 mask = exports.rasterize(objects, list(range(1, len(objects) + 1)), size, d)
                 return overlay.npy_bytes(mask.astype("int32"))
 
-            put("overlay.png", overlay_png)
-            put("labels.npy", labels)
-            put("objects.csv", lambda: exports.features_csv(geojson))
+            jobs: list[tuple[str, Any]] = [("overlay.png", overlay_png), ("labels.npy", labels),
+                                           ("objects.csv", lambda: exports.features_csv(geojson))]
             cells = [f for f in objects if overlay.is_cell_feature(f)]
             if cells:
-                put("crops.zip", lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0])
+                jobs.append(("crops.zip",
+                             lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
             if self._dicom:
                 body = json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True)))
                 metadata = {**meta.to_json(), **extra}
                 for fmt, name in exports.DICOM_ARTIFACTS.items():
-                    put(name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id))
+                    jobs.append((name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id)))
+            # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
+            with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:
+                list(pool.map(lambda job: put(*job), jobs))
         finally:
             reader.close()
         return extra
