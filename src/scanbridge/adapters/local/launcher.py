@@ -15,7 +15,32 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-WORKER_NICENESS = 10
+WORKER_NICENESS = 19  # where SCHED_IDLE is not available
+
+
+def yield_cpu(pid: int) -> str:
+    """Put a worker process below everything else: Linux SCHED_IDLE, else the lowest nice; returns which.
+
+    A SCHED_IDLE process runs only on CPU time nothing else wants, so the API's acknowledgements (and
+    moto, locally) never wait for a worker; on an idle machine the worker still gets all of it. Set
+    from the parent right after the exec rather than in a `preexec_fn`: that would make subprocess
+    fork the whole (threaded) API process instead of vfork-ing, and Python documents it as unsafe
+    with threads. The worker has no threads yet when this lands, and the ones it starts inherit it.
+    """
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is not None and hasattr(os, "SCHED_IDLE"):
+        try:
+            setter(pid, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError:
+            pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, WORKER_NICENESS)
+        return "nice"
+    except OSError:
+        return "normal"
+
+
 OnFinished = Callable[[str, bool, "str | None"], object]
 
 
@@ -23,11 +48,13 @@ class LocalJobLauncher:
     """Runs `python -m scanbridge.entrypoints.worker --task-id ID`; calls `on_finished` when it exits.
 
     The child gets this process's environment (endpoint of the moto server, table names), never the
-    task token: the worker reads what it needs from the task store, as on Batch.
+    task token: the worker reads what it needs from the task store, as on Batch. `worker_cmd` replaces
+    the worker's command line (tests); `--task-id ID` is appended to it.
     """
 
     def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
-                 env: dict[str, str] | None = None, retries: int = 1) -> None:
+                 env: dict[str, str] | None = None, retries: int = 1,
+                 worker_cmd: list[str] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="local-job")
         self._log_dir = log_dir
         self._on_finished = on_finished
@@ -36,6 +63,8 @@ class LocalJobLauncher:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._retries = max(0, retries)
+        self._closing = False
+        self._worker_cmd = worker_cmd or [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker"]
 
     def set_on_finished(self, callback: OnFinished) -> None:
         """Set what runs when a job ends (the delivery service)."""
@@ -54,7 +83,7 @@ class LocalJobLauncher:
         ok = False
         try:
             with self._lock:
-                if job_id in self._cancelled:
+                if job_id in self._cancelled or self._closing:
                     return
             for attempt in range(self._retries + 1):
                 code = self._spawn(task_id, job_id, log_path)
@@ -63,9 +92,10 @@ class LocalJobLauncher:
                     break
                 reason = f"worker exited with code {code}" if code > 0 else f"worker killed by signal {-code}"
                 with self._lock:
-                    cancelled = job_id in self._cancelled
-                # Like Batch's retry on host termination: a killed worker is retried, an erroring one is not.
-                if code > 0 or cancelled or attempt == self._retries:
+                    stop = job_id in self._cancelled or self._closing
+                # Like Batch's retry on host termination: a killed worker is retried, an erroring one is not
+                # (nor one this launcher stopped: cancelled, or shutting down).
+                if code > 0 or stop or attempt == self._retries:
                     break
                 log.warning("%s; retrying the task", reason, extra={"task_id": task_id})
         except Exception as exc:
@@ -74,6 +104,11 @@ class LocalJobLauncher:
         finally:
             with self._lock:
                 self._procs.pop(job_id, None)
+        with self._lock:
+            closing = self._closing
+        if closing:  # stopped by shutdown(): no result to report, the stack (and locally its store) is going away
+            log.info("worker stopped by the launcher's shutdown", extra={"task_id": task_id})
+            return
         if self._on_finished is not None:
             try:
                 self._on_finished(task_id, ok, reason)
@@ -83,14 +118,14 @@ class LocalJobLauncher:
     def _spawn(self, task_id: str, job_id: str, log_path: Path) -> int:
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker", "--task-id", task_id],
+                [*self._worker_cmd, "--task-id", task_id],
                 stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ), start_new_session=True)
-            try:  # workers yield the CPU to the API, so acknowledgements stay fast while they run
-                os.setpriority(os.PRIO_PROCESS, proc.pid, WORKER_NICENESS)
-            except OSError:
-                pass
+            yield_cpu(proc.pid)  # workers only get CPU time the API does not want
             with self._lock:
                 self._procs[job_id] = proc
+                closing = self._closing
+            if closing:  # shutdown() ran while this one was starting
+                os.killpg(proc.pid, signal.SIGTERM)
             return proc.wait()
 
     def is_alive(self, job_id: str) -> bool:
@@ -113,8 +148,9 @@ class LocalJobLauncher:
             os.killpg(proc.pid, signal.SIGTERM)
 
     def shutdown(self) -> None:
-        """Stop every worker and the pool."""
+        """Stop every worker and the pool (a worker stopped this way is not retried)."""
         with self._lock:
+            self._closing = True
             procs = list(self._procs.values())
         for proc in procs:
             if proc.poll() is None:
