@@ -44,16 +44,17 @@ def import_probe(module: str) -> str:
 
 
 class RecordingLauncher:
-    """A JobLauncher that records submissions and runs nothing."""
+    """A JobLauncher that records submissions and runs nothing; like the local launcher, it takes the job id
+    the intake stored with the task."""
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self._lock = threading.Lock()
 
-    def submit(self, task_id: str, **_kwargs: Any) -> str:
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         with self._lock:
             self.submitted.append(task_id)
-            return f"job-{len(self.submitted)}"
+            return job_id or f"job-{len(self.submitted)}"
 
     def cancel(self, job_id: str, reason: str) -> None:
         pass

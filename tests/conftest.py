@@ -36,14 +36,14 @@ def fixture_path(name: str) -> Path:
 
 
 class RecordingLauncher:
-    """A JobLauncher that records what was submitted and runs nothing."""
+    """A JobLauncher that records what was submitted and runs nothing; it names its jobs itself (like Batch)."""
 
     def __init__(self) -> None:
         self.submitted: list[str] = []
         self.scans: list[int] = []
         self.cancelled: list[str] = []
 
-    def submit(self, task_id: str, scans: int = 1) -> str:
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         self.submitted.append(task_id)
         self.scans.append(scans)
         return f"job-{len(self.submitted)}"

@@ -68,10 +68,12 @@ class SecretBox(Protocol):
 class JobLauncher(Protocol):
     """Starts the worker for a task (AWS Batch; locally a subprocess)."""
 
-    def submit(self, task_id: str, scans: int = 1) -> str:
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         """Start processing `task_id` (`scans` of them, in parallel where the launcher can); returns the job id.
 
-        Never passes the task token.
+        `job_id` is the id the caller already stored with the task: a launcher that lets its caller name
+        the job (the local one) uses it, so the caller has nothing more to write; one whose backend names
+        jobs (Batch) returns its own. Never passes the task token.
         """
 
     def cancel(self, job_id: str, reason: str) -> None:

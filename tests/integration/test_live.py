@@ -95,7 +95,7 @@ class DrivingLauncher:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
-    def submit(self, task_id: str, scans: int = 1) -> str:
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         self.thread = threading.Thread(target=self._drive, args=(task_id,), daemon=True)
         self.thread.start()
         return "job-driven"

@@ -8,9 +8,12 @@ import time
 import jwt
 import pytest
 
-from scanbridge.bootstrap import Container
+from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.bootstrap import Container, bootstrap
+from scanbridge.config import Settings
 from scanbridge.domain.errors import ResultsNotReadyError, TaskNotFoundError, ValidationError
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.common import update_task
 from scanbridge.services.delivery import posted_key
@@ -63,11 +66,11 @@ def test_failed_submission_leaves_task_received_for_the_redelivery(container: Co
     calls = {"n": 0}
     real = launcher.submit
 
-    def flaky(task_id: str, scans: int = 1) -> str:
+    def flaky(task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("Batch is down")
-        return real(task_id, scans=scans)
+        return real(task_id, scans=scans, job_id=job_id)
 
     launcher.submit = flaky  # type: ignore[method-assign]
     # WHEN the webhook arrives, fails, and is redelivered
@@ -77,6 +80,50 @@ def test_failed_submission_leaves_task_received_for_the_redelivery(container: Co
     again = container.intake.accept(_payload())
     # THEN the redelivery submits the job
     assert again.task.status == TaskStatus.QUEUED and launcher.submitted == [SAMPLE_WEBHOOK["task_id"]]
+    stored = container.tasks.get(SAMPLE_WEBHOOK["task_id"])
+    assert stored is not None and stored.job_id == "job-1"
+
+
+class CountingStore(MemoryTaskStore):
+    """The in-memory store, counting the writes it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def create(self, task: Task) -> bool:
+        self.writes += 1
+        return super().create(task)
+
+    def replace(self, task: Task, expected_version: int) -> bool:
+        self.writes += 1
+        return super().replace(task, expected_version)
+
+
+class NamingLauncher(RecordingLauncher):
+    """A launcher that runs the job under the id its caller proposes (as the local launcher does)."""
+
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
+        super().submit(task_id, scans)
+        return job_id or "unnamed"
+
+
+def test_acknowledgement_writes_once_when_the_launcher_takes_the_job_id(settings: Settings) -> None:
+    # GIVEN a store that counts writes and a launcher that takes the job id it is given
+    store, launcher = CountingStore(), NamingLauncher()
+    container = bootstrap(settings, tasks=store, artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(),
+                          launcher=launcher, platform=ScriptedPlatform())
+    # WHEN a webhook is accepted
+    first = container.intake.accept(_payload())
+    # THEN that made one write, the conditional create, and the job runs under the id stored with the task
+    assert store.writes == 1
+    stored = container.tasks.get(SAMPLE_WEBHOOK["task_id"])
+    assert stored is not None and stored.job_id and stored.job_id.startswith("job-")
+    assert first.created and first.task.job_id == stored.job_id
+    assert stored.status == TaskStatus.QUEUED and stored.version == 0
+    # AND a redelivery submits nothing more
+    again = container.intake.accept(_payload())
+    assert not again.created and launcher.submitted == [SAMPLE_WEBHOOK["task_id"]]
 
 
 def test_delivery_posts_with_the_token_and_completes(container: Container, platform: ScriptedPlatform) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,11 @@ def token_expiry(token: str) -> int | None:
         return None
     exp = claims.get("exp")
     return int(exp) if isinstance(exp, (int, float)) else None
+
+
+def new_job_id() -> str:
+    """An id for a task's next job, stored with the task before the job is submitted."""
+    return f"job-{uuid.uuid4()}"
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,11 @@ class IntakeService:
             token_exp=token_expiry(token) if token else None,
             status=TaskStatus.QUEUED,
             attempts=1,
+            job_id=new_job_id(),
         )
         # The caller whose conditional create wins submits the job: one task, one job, however many
-        # redeliveries race. (Stored as QUEUED at once: one write fewer on the acknowledgement path.)
+        # redeliveries race. Stored as QUEUED and with its job's id at once, so that with a launcher that
+        # takes the id (the local one) the conditional create is the acknowledgement's only write.
         if self._tasks.create(task):
             return Accepted(task=self._submit(task), created=True)
         log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
@@ -117,7 +125,7 @@ class IntakeService:
             if task.status != TaskStatus.RECEIVED:
                 return None
             claimed.append(True)
-            return task.moved_to(TaskStatus.QUEUED, attempts=task.attempts + 1)
+            return task.moved_to(TaskStatus.QUEUED, attempts=task.attempts + 1, job_id=new_job_id())
 
         task = update_task(self._tasks, task_id, claim)
         if not claimed:
@@ -125,14 +133,20 @@ class IntakeService:
         return self._submit(task)
 
     def _submit(self, task: Task) -> Task:
-        """Submit the job of a QUEUED task and record its id; back to RECEIVED if submission fails."""
+        """Submit the job of a stored QUEUED task (under the job id stored with it); back to RECEIVED if that fails.
+
+        A launcher that names its own jobs (Batch) returns another id: that one is recorded (one more write).
+        """
         task_id = task.task_id
         try:
-            job_id = self._launcher.submit(task_id, scans=len(task.scans))
+            job_id = self._launcher.submit(task_id, scans=len(task.scans), job_id=task.job_id)
         except Exception:
             log.exception("job submission failed; the task goes back to RECEIVED for the next delivery")
-            update_task(self._tasks, task_id, lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED}))
+            update_task(self._tasks, task_id,
+                        lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED, "job_id": None}))
             raise
+        if job_id == task.job_id:
+            return task
         with_job = task.model_copy(update={"job_id": job_id})
         if self._tasks.replace(with_job, expected_version=task.version):  # the usual case: one write
             return with_job.model_copy(update={"version": task.version + 1})

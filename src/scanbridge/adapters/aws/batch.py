@@ -19,8 +19,11 @@ class BatchJobLauncher:
         self._queue = job_queue
         self._definition = job_definition
 
-    def submit(self, task_id: str, scans: int = 1) -> str:
-        """Submit the worker job (an array job, one child per scan, when there are several); returns its id."""
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
+        """Submit the worker job (an array job, one child per scan, when there are several); returns its id.
+
+        Batch names its jobs: a `job_id` proposed by the caller is not used.
+        """
         args: dict[str, Any] = {"jobName": job_name(task_id), "jobQueue": self._queue,
                                 "jobDefinition": self._definition, "parameters": {"task_id": task_id}}
         if scans > 1:

@@ -41,6 +41,11 @@ def yield_cpu(pid: int) -> str:
         return "normal"
 
 
+def new_job_id() -> str:
+    """A fresh local job id (also its log file's name)."""
+    return f"local-{uuid.uuid4()}"
+
+
 OnFinished = Callable[[str, bool, "str | None"], object]
 
 
@@ -70,9 +75,9 @@ class LocalJobLauncher:
         """Set what runs when a job ends (the delivery service)."""
         self._on_finished = callback
 
-    def submit(self, task_id: str, scans: int = 1) -> str:
-        """Queue the worker for `task_id` (it runs the scans on parallel threads); returns a local job id."""
-        job_id = f"local-{uuid.uuid4()}"
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
+        """Queue the worker for `task_id` (it runs the scans on parallel threads); returns the job id (`job_id`)."""
+        job_id = job_id or new_job_id()
         self._pool.submit(self._run, task_id, job_id)
         return job_id
 
