@@ -51,12 +51,19 @@ class Container:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+#: HTTP connections each AWS client keeps: the API's thread pool (anyio's 40 threads) plus the launcher's and
+#: the reaper's, so that concurrent requests reuse connections rather than open (and drop) new ones
+AWS_MAX_CONNECTIONS = 64
+
+
 def aws_clients(settings: Settings) -> dict[str, Any]:
     """boto3 clients for DynamoDB, S3, KMS and Batch (pointed at moto when an endpoint is set)."""
     import boto3
+    from botocore.config import Config
 
     session = boto3.session.Session(region_name=settings.aws_region)
     kwargs: dict[str, Any] = {"endpoint_url": settings.aws_endpoint_url} if settings.aws_endpoint_url else {}
+    kwargs["config"] = Config(max_pool_connections=AWS_MAX_CONNECTIONS)
     return {name: session.client(name, **kwargs) for name in ("dynamodb", "s3", "kms", "batch", "sqs")}
 
 
