@@ -1,12 +1,13 @@
 """API benchmark: webhook acknowledgement latency at 20 concurrent clients, and the API Lambda's import time.
 
-    python bench/api_bench.py [--clients 20] [--requests 1000] [--url http://127.0.0.1:PORT] [--json]
+    python bench/api_bench.py [--clients 20] [--requests 1000] [--url http://127.0.0.1:PORT] [--jwt] [--json]
 
 Without --url it serves the real FastAPI app (the one `scanbridge serve` and the API Lambda run) with
 uvicorn on 127.0.0.1 in a child process, over the in-memory task store / artifact store / secret box and a launcher that
 only records the submission, so the number is the bridge's own acknowledgement path (parse, validate,
 idempotent put, submit, answer) and not moto's. With --url it measures a running `scanbridge serve`.
-Every request carries a new task id (no redeliveries). The request count is bounded.
+Every request carries a new task id (no redeliveries); with --jwt also a task JWT, which the bridge
+stores encrypted (the platform's sample webhook has none). The request count is bounded.
 
 The import time is `import scanbridge.entrypoints.lambda_webhook` (the POST /webhook function; the
 FastAPI `lambda_api` is reported beside it as `import_api_ms_*`) in fresh interpreters (best and median
@@ -60,10 +61,20 @@ class RecordingLauncher:
         pass
 
 
-def webhook(i: int) -> dict[str, Any]:
-    """A platform webhook with a task id of its own."""
-    return {"company_id": "2380941", "case_id": "Y2FzZToxMjM=", "task_id": f"bench-task-{i:06d}",
-            "scans": {f"{8823846 + i}": "https://example.invalid/scan.svs"}, "model_name": ""}
+def task_jwt() -> str:
+    """A task JWT as the platform sends it (HS256 here; the bridge only reads its `exp`)."""
+    import jwt
+
+    return jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, "bench-key-" * 4, algorithm="HS256")
+
+
+def webhook(i: int, token: str | None = None) -> dict[str, Any]:
+    """A platform webhook with a task id of its own (and the task JWT, when given)."""
+    body: dict[str, Any] = {"company_id": "2380941", "case_id": "Y2FzZToxMjM=", "task_id": f"bench-task-{i:06d}",
+                            "scans": {f"{8823846 + i}": "https://example.invalid/scan.svs"}, "model_name": ""}
+    if token:
+        body["jwt_token"] = token
+    return body
 
 
 def serve_in_memory(port: int) -> None:
@@ -106,11 +117,13 @@ def start_server_process() -> tuple[str, subprocess.Popen[bytes]]:
         time.sleep(0.1)
 
 
-def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmup: int = 40) -> dict[str, Any]:
+def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmup: int = 40,
+                 token: str | None = None) -> dict[str, Any]:
     """Acknowledgement latency of `requests` webhooks from `clients` threads (one connection each).
 
     rate 0: closed loop, every client sends its next webhook as soon as the last is acknowledged
     (saturation). rate > 0: open loop, webhook i is due at i / rate seconds, whichever client is free.
+    `token`: the task JWT every webhook carries (the bridge encrypts it before storing the task).
     """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -118,7 +131,7 @@ def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmu
     counter = iter(range(warmup, warmup + requests))
     with httpx.Client(base_url=url, timeout=30.0) as warm:
         for i in range(warmup):
-            warm.post("/webhook", json=webhook(i))
+            warm.post("/webhook", json=webhook(i, token))
 
     def client(_n: int) -> None:
         with httpx.Client(base_url=url, timeout=30.0) as http:
@@ -132,7 +145,7 @@ def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmu
                     pause = due - time.perf_counter()
                     if pause > 0:
                         time.sleep(pause)
-                body = json.dumps(webhook(i)).encode()
+                body = json.dumps(webhook(i, token)).encode()
                 t0 = time.perf_counter()
                 r = http.post("/webhook", content=body, headers={"content-type": "application/json"})
                 dt = time.perf_counter() - t0
@@ -178,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0,
                    help="webhooks per second in all (open loop); 0 = closed loop, as fast as acknowledged")
     p.add_argument("--imports", type=int, default=7, help="fresh interpreters for the import time")
+    p.add_argument("--jwt", action="store_true", help="every webhook carries a task JWT (stored encrypted)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--serve-only", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -192,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         url, server = start_server_process()
     try:
-        report.update(measure_acks(url, args.clients, min(args.requests, 20000), args.rate))
+        report.update(measure_acks(url, args.clients, min(args.requests, 20000), args.rate,
+                                   token=task_jwt() if args.jwt else None))
+        report["jwt"] = args.jwt
     finally:
         if server is not None:
             server.terminate()

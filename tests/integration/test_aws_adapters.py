@@ -120,6 +120,73 @@ def test_secret_box_contract(secret_box: Any) -> None:
         secret_box.decrypt(ciphertext, {"task_id": "t2"})
 
 
+class CountingKms:
+    """A KMS client that counts the calls it forwards to moto's."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            self.calls.append(name)
+            return getattr(self._client, name)(**kwargs)
+        return call
+
+
+def test_kms_box_seals_locally_under_one_data_key_that_any_process_can_open(moto_clients: dict[str, Any]) -> None:
+    # GIVEN the KMS box of the API process and the one of another process (the results Lambda)
+    kms = moto_clients["kms"]
+    api, results = CountingKms(kms), CountingKms(kms)
+    sealer = KmsSecretBox(api, Settings().kms_key_id)
+    opener = KmsSecretBox(results, Settings().kms_key_id)
+    # WHEN the API seals 50 task tokens
+    sealed = {f"t{i}": sealer.encrypt(f"eyJ.token-{i}.sig", {"task_id": f"t{i}"}) for i in range(50)}
+    # THEN it asked KMS for one data key and nothing else; each ciphertext carries that key, wrapped
+    assert api.calls == ["generate_data_key"]
+    assert all(c.startswith("kms1.") and "token" not in c for c in sealed.values())
+    assert len({c.split(".")[1] for c in sealed.values()}) == 1
+    # AND the other process opens every one with one KMS Decrypt (of the data key), each only with its own task
+    assert all(opener.decrypt(c, {"task_id": tid}) == f"eyJ.token-{tid[1:]}.sig" for tid, c in sealed.items())
+    assert results.calls == ["decrypt"]
+    with pytest.raises(ValueError):
+        opener.decrypt(sealed["t1"], {"task_id": "t2"})
+    wrapped, body = sealed["t1"].removeprefix("kms1.").split(".")
+    tampered = f"kms1.{wrapped}.{body[:-4]}{'AAAA' if body[-4:] != 'AAAA' else 'BBBB'}"
+    with pytest.raises(ValueError):
+        opener.decrypt(tampered, {"task_id": "t1"})
+
+
+def test_kms_box_renews_its_data_key_by_age_and_by_use(moto_clients: dict[str, Any]) -> None:
+    # GIVEN a box whose data keys last 60 s or 3 uses, on a clock the test moves
+    now = [0.0]
+    kms = CountingKms(moto_clients["kms"])
+    box = KmsSecretBox(kms, Settings().kms_key_id, key_max_age_s=60, key_max_uses=3, clock=lambda: now[0])
+    # WHEN it seals 4 tokens, then one more after 61 s
+    first = [box.encrypt("eyJ.a.b", {"task_id": str(i)}) for i in range(4)]
+    now[0] = 61.0
+    later = box.encrypt("eyJ.a.b", {"task_id": "late"})
+    # THEN a second data key came after 3 uses and a third with age; all of them still open
+    assert kms.calls == ["generate_data_key"] * 3
+    assert len({c.split(".")[1] for c in [*first, later]}) == 3
+    assert [box.decrypt(c, {"task_id": str(i)}) for i, c in enumerate(first)] == ["eyJ.a.b"] * 4
+
+
+def test_kms_box_still_opens_tokens_kms_encrypted_whole(moto_clients: dict[str, Any]) -> None:
+    # GIVEN a token stored in the earlier form: encrypted by KMS itself under the task context
+    import base64
+
+    kms = moto_clients["kms"]
+    blob = kms.encrypt(KeyId=Settings().kms_key_id, Plaintext=b"eyJ.old.jwt",
+                       EncryptionContext={"task_id": "t1"})["CiphertextBlob"]
+    old = base64.b64encode(blob).decode()
+    box = KmsSecretBox(kms, Settings().kms_key_id)
+    # WHEN the box decrypts it / THEN the token, and only under its own task's context
+    assert box.decrypt(old, {"task_id": "t1"}) == "eyJ.old.jwt"
+    with pytest.raises(Exception):  # noqa: B017 - KMS's own error for a wrong context
+        box.decrypt(old, {"task_id": "t2"})
+
+
 def test_batch_submit_passes_only_the_task_id() -> None:
     # GIVEN a Batch client whose SubmitJob call is inspected
     client = boto3.client("batch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
