@@ -1,6 +1,7 @@
 """API benchmark: webhook acknowledgement latency at 20 concurrent clients, and the API Lambda's import time.
 
-    python bench/api_bench.py [--clients 20] [--requests 1000] [--url http://127.0.0.1:PORT] [--jwt] [--json]
+    python bench/api_bench.py [--clients 20] [--requests 1000] [--url http://127.0.0.1:PORT] [--jwt]
+                              [--client stdlib|httpx] [--json]
 
 Without --url it serves the real FastAPI app (the one `scanbridge serve` and the API Lambda run) with
 uvicorn on 127.0.0.1 in a child process, over the in-memory task store / artifact store / secret box and a launcher that
@@ -17,6 +18,7 @@ of --imports runs); the script also reports which heavy modules that import pull
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import subprocess
@@ -27,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -87,13 +90,16 @@ def serve_in_memory(port: int) -> None:
     from scanbridge.bootstrap import bootstrap
     from scanbridge.config import Settings
     from scanbridge.entrypoints.http.app import create_app
+    from scanbridge.entrypoints.local_stack import freeze_heap
 
     logging.disable(logging.WARNING)
     data = Path(tempfile.mkdtemp(prefix="scanbridge-apibench-"))
     settings = Settings(data_dir=data, platform_url="http://127.0.0.1:9")
     container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(),
                           secrets=FernetSecretBox(), launcher=RecordingLauncher())
-    uvicorn.run(create_app(container), host="127.0.0.1", port=port, log_level="error", access_log=False)
+    app = create_app(container)
+    freeze_heap()  # as `scanbridge serve` does
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
 def start_server_process() -> tuple[str, subprocess.Popen[bytes]]:
@@ -117,45 +123,99 @@ def start_server_process() -> tuple[str, subprocess.Popen[bytes]]:
         time.sleep(0.1)
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+class StdlibPoster:
+    """One client's keep-alive connection, on http.client: ~0.15 ms of the bench's own CPU per webhook."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30.0)
+
+    def post(self, body: bytes) -> int:
+        self._conn.request("POST", "/webhook", body=body, headers=JSON_HEADERS)
+        resp = self._conn.getresponse()
+        resp.read()
+        return resp.status
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class HttpxPoster:
+    """One client's httpx.Client (the bench's earlier client): ~0.7 ms of the bench's CPU per webhook."""
+
+    def __init__(self, url: str) -> None:
+        self._http = httpx.Client(base_url=url, timeout=30.0)
+
+    def post(self, body: bytes) -> int:
+        return self._http.post("/webhook", content=body, headers=JSON_HEADERS).status_code
+
+    def close(self) -> None:
+        self._http.close()
+
+
+POSTERS = {"stdlib": StdlibPoster, "httpx": HttpxPoster}
+
+
 def measure_acks(url: str, clients: int, requests: int, rate: float = 0.0, warmup: int = 40,
-                 token: str | None = None) -> dict[str, Any]:
+                 token: str | None = None, client_lib: str = "stdlib") -> dict[str, Any]:
     """Acknowledgement latency of `requests` webhooks from `clients` threads (one connection each).
 
     rate 0: closed loop, every client sends its next webhook as soon as the last is acknowledged
     (saturation). rate > 0: open loop, webhook i is due at i / rate seconds, whichever client is free.
     `token`: the task JWT every webhook carries (the bridge encrypts it before storing the task).
+
+    The clients are threads of this one process, so their own CPU time (serialising, parsing, waiting
+    for this process's GIL) counts in every latency: with httpx (`client_lib="httpx"`) 20 clients cost
+    ~13 ms a round on their own, which set the in-memory p50 whatever the bridge did; http.client costs
+    a quarter of that. Every client's connection is opened, by untimed webhooks, before the clock starts:
+    building 20 httpx clients at once (an SSL context each) held this process's GIL for a few hundred ms
+    and the first webhook of each client measured that instead of the bridge.
     """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
+    sessions = [POSTERS[client_lib](url) for _ in range(clients)]
+    warmup = max(warmup, clients)
     counter = iter(range(warmup, warmup + requests))
-    with httpx.Client(base_url=url, timeout=30.0) as warm:
+    start = threading.Barrier(clients + 1)
+    started = 0.0
+
+    def client(n: int) -> None:
+        http = sessions[n]
+        start.wait()
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            if rate > 0:
+                due = started + (i - warmup) / rate
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+            body = json.dumps(webhook(i, token)).encode()
+            t0 = time.perf_counter()
+            status = http.post(body)
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    try:
         for i in range(warmup):
-            warm.post("/webhook", json=webhook(i, token))
-
-    def client(_n: int) -> None:
-        with httpx.Client(base_url=url, timeout=30.0) as http:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                if rate > 0:
-                    due = started + (i - warmup) / rate
-                    pause = due - time.perf_counter()
-                    if pause > 0:
-                        time.sleep(pause)
-                body = json.dumps(webhook(i, token)).encode()
-                t0 = time.perf_counter()
-                r = http.post("/webhook", content=body, headers={"content-type": "application/json"})
-                dt = time.perf_counter() - t0
-                with lock:
-                    latencies.append(dt)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
+            sessions[i % clients].post(json.dumps(webhook(i, token)).encode())
+        with ThreadPoolExecutor(clients) as pool:
+            running = [pool.submit(client, n) for n in range(clients)]
+            started = time.perf_counter()
+            start.wait()
+            for future in running:
+                future.result()
+    finally:
+        for session in sessions:
+            session.close()
     wall = time.perf_counter() - started
     ms = sorted(x * 1000 for x in latencies)
     return {"clients": clients, "requests": len(ms), "rate_rps": rate or "closed loop", "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -192,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="webhooks per second in all (open loop); 0 = closed loop, as fast as acknowledged")
     p.add_argument("--imports", type=int, default=7, help="fresh interpreters for the import time")
     p.add_argument("--jwt", action="store_true", help="every webhook carries a task JWT (stored encrypted)")
+    p.add_argument("--client", choices=sorted(POSTERS), default="stdlib",
+                   help="the clients' HTTP library (httpx: the bench's earlier client, ~4x its CPU per webhook)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--serve-only", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -207,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         url, server = start_server_process()
     try:
         report.update(measure_acks(url, args.clients, min(args.requests, 20000), args.rate,
-                                   token=task_jwt() if args.jwt else None))
-        report["jwt"] = args.jwt
+                                   token=task_jwt() if args.jwt else None, client_lib=args.client))
+        report.update(jwt=args.jwt, client=args.client)
     finally:
         if server is not None:
             server.terminate()
