@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -19,19 +20,32 @@ def results_url(base_url: str, task_id: str) -> str:
 
 
 class HttpPlatformClient:
-    """Posts results with httpx; connection errors and timeouts become retryable DeliveryErrors."""
+    """Posts results with httpx; connection errors and timeouts become retryable DeliveryErrors.
+
+    Each thread keeps one httpx.Client: building one (its SSL context) takes ~20 ms of CPU under the
+    GIL, and locally the results step runs in the API process, where a client per POST stalled every
+    webhook acknowledgement in flight for that long.
+    """
 
     def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
         self._base_url = base_url
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        self._local = threading.local()
+
+    def _client(self) -> httpx.Client:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = httpx.Client(timeout=self._timeout, follow_redirects=False)
+            self._local.client = client
+        return client
 
     def post_results(self, task_id: str, body: dict[str, Any], bearer: str) -> PlatformResponse:
         """POST the body; returns the platform's status and (truncated) answer."""
         if not self._base_url:
             raise DeliveryError("SCANBRIDGE_PLATFORM_URL is not set", retryable=False)
         try:
-            resp = httpx.post(results_url(self._base_url, task_id), json=body, timeout=self._timeout,
-                              headers={"Authorization": f"Bearer {bearer}"}, follow_redirects=False)
+            resp = self._client().post(results_url(self._base_url, task_id), json=body,
+                                       headers={"Authorization": f"Bearer {bearer}"})
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"platform timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:
