@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from scipy import ndimage
 from skimage import measure
 
 from scanbridge.domain.catalog import BUILTIN_SPECS, BuiltinCatalog, default_model_for
@@ -112,6 +113,47 @@ def test_stain_and_positive_means_are_per_nucleus() -> None:
     # THEN means are the plane values over each nucleus
     assert left.positive_score == pytest.approx(0.0) and right.positive_score == pytest.approx(0.9)
     assert right.stain_means == pytest.approx([0.7, 0.0, 0.99])
+
+
+def _random_blobs(rng: np.random.Generator) -> np.ndarray:
+    h, w = rng.integers(1, 16, 2)
+    return (rng.random((h, w)) < rng.uniform(0.3, 0.95)).astype(np.float32)
+
+
+def test_holes_are_filled_and_components_labelled_like_scipy() -> None:
+    # GIVEN random speckled maps (holes, diagonal touches, blobs on the border)
+    rng = np.random.default_rng(5)
+    params = NucleusParams(min_area_px=0, split_area_px=1e9)
+    for _ in range(300):
+        prob = _random_blobs(rng)
+        # WHEN labelled
+        labels = split_nuclei(prob, params)
+        # THEN the foreground is scipy's binary_fill_holes and the labels its 4-connected components
+        filled = ndimage.binary_fill_holes(prob >= 0.5)
+        np.testing.assert_array_equal(labels > 0, filled)
+        assert labels.max() == ndimage.label(filled)[1]
+
+
+def test_outlines_are_scikit_images_contours_through_pixel_edge_middles() -> None:
+    # GIVEN random shapes, one pixel and a domino among them, one nucleus at a time
+    rng = np.random.default_rng(6)
+    params = NucleusParams(min_area_px=0, max_area_px=1e9, split_area_px=1e9)
+    maps = [np.ones((1, 1), np.float32), np.ones((1, 2), np.float32)] + [_random_blobs(rng) for _ in range(300)]
+    for prob in maps:
+        labels = split_nuclei(prob, params)
+        for lab in range(1, int(labels.max()) + 1):
+            one = (labels == lab).astype(np.int32)
+            # WHEN measured
+            (n,) = measure_nuclei(one, params)
+            # THEN the outline is find_contours(.., 0.5) of the nucleus: same vertices, order and orientation
+            ring = max(measure.find_contours(np.pad(one.astype(np.float32), 1), 0.5), key=len)[:-1]
+            expected = np.column_stack([ring[:, 1] - 0.5, ring[:, 0] - 0.5])
+            start = int(np.flatnonzero((n.contour == expected[0]).all(axis=1))[0])
+            np.testing.assert_array_equal(np.roll(n.contour, -start, axis=0), expected)
+            # AND its area is the pixel area less at most a quarter pixel per unit of outline
+            x, y = n.contour[:, 0], n.contour[:, 1]
+            poly_area = abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+            assert n.area - n.perimeter / 4 <= poly_area < n.area
 
 
 def test_params_scale_with_the_model_pixel_size() -> None:

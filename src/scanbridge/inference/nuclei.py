@@ -4,6 +4,11 @@ Works on one model window at a time (model pixels). Touching nuclei are split by
 on the distance transform (markers: the distance map's local maxima, at least `min_distance` apart).
 Coordinates here are *continuous* window coordinates: pixel (row i, col j) covers [j, j+1) x [i, i+1),
 so its centre is (j + 0.5, i + 0.5). inference/objects.py maps them to level-0 pixels.
+
+Labelling, hole filling, moments and outlines use OpenCV (C++, releases the GIL, so the object
+pipeline's post-processing threads run in parallel); per-nucleus work stays inside its bounding box.
+The outline is the one scikit-image's `find_contours(image, 0.5)` draws (a vertex at the middle of
+every pixel edge between the nucleus and the background), built from OpenCV's border following.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
-from skimage import measure
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
@@ -51,38 +56,69 @@ class Nucleus:
     positive_score: float | None = None  # mean positive-class probability over the nucleus
 
 
+Box = tuple[slice, slice]
+
+
 def split_nuclei(prob: np.ndarray, params: NucleusParams) -> np.ndarray:
     """Label image (int32, 0 = background) of the nuclei in `prob`, touching ones split by watershed.
 
     Only components larger than `split_area_px` (bigger than one nucleus) go through the distance
     transform and watershed, each in its own crop: most nuclei stand alone and cost one labelling.
     """
-    mask = ndimage.binary_fill_holes(prob >= params.threshold)
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(prob.shape, dtype=np.int32)
-    labels = labels.astype(np.int32)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    big = np.nonzero(areas[1:] > params.split_area_px)[0] + 1
-    if big.size == 0:
-        return labels
-    boxes = ndimage.find_objects(labels)
-    next_id = count + 1
-    for lab in big:
-        box = boxes[lab - 1]
-        if box is None:
-            continue
+    return _segment(prob, params)[0]
+
+
+def find_nuclei(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
+                positive: np.ndarray | None = None,
+                keep: tuple[float, float, float, float] | None = None) -> list[Nucleus]:
+    """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass (bounding boxes found once)."""
+    labels, boxes = _segment(prob, params)
+    return _measure(labels, boxes, params, stains=stains, positive=positive, keep=keep)
+
+
+def _segment(prob: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, list[Box | None]]:
+    """Labels (4-connected components of the thresholded map, holes filled, big ones split) and their boxes."""
+    mask = _fill_holes((prob >= params.threshold).view(np.uint8))
+    count, labels = cv2.connectedComponents(mask, connectivity=4, ltype=cv2.CV_32S)
+    if count <= 1:
+        return np.zeros(prob.shape, dtype=np.int32), []
+    boxes: list[Box | None] = list(ndimage.find_objects(labels))
+    limit = params.split_area_px
+    for lab, box in enumerate(list(boxes), start=1):
+        if box is None or (box[0].stop - box[0].start) * (box[1].stop - box[1].start) <= limit:
+            continue  # a box no bigger than the limit holds a component no bigger than the limit
         r0, r1 = max(box[0].start - 1, 0), min(box[0].stop + 1, labels.shape[0])
         c0, c1 = max(box[1].start - 1, 0), min(box[1].stop + 1, labels.shape[1])
         crop = labels[r0:r1, c0:c1]
         part = crop == lab
-        pieces = _watershed_split(part, params)
-        if pieces.max() <= 1:
+        if np.count_nonzero(part) <= limit:
             continue
-        for k in range(2, int(pieces.max()) + 1):  # piece 1 keeps the original label
-            crop[pieces == k] = next_id
-            next_id += 1
-    return labels
+        pieces = _watershed_split(part, params)
+        n_pieces = int(pieces.max())
+        if n_pieces <= 1:
+            continue
+        piece_boxes = ndimage.find_objects(pieces)
+        for k in range(1, n_pieces + 1):  # piece 1 keeps the original label
+            pb = piece_boxes[k - 1]
+            new_box = None if pb is None else (slice(pb[0].start + r0, pb[0].stop + r0),
+                                               slice(pb[1].start + c0, pb[1].stop + c0))
+            if k == 1:
+                boxes[lab - 1] = new_box
+                continue
+            crop[pieces == k] = len(boxes) + 1
+            boxes.append(new_box)
+    return labels, boxes
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """`mask` (uint8 0/1) with every background region that does not reach the border set to 1.
+
+    Same as `scipy.ndimage.binary_fill_holes` (background 4-connected): flood the background from a
+    one-pixel frame, then everything the flood did not reach is foreground.
+    """
+    framed = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(framed, None, (0, 0), 2, flags=4)
+    return (framed[1:-1, 1:-1] != 2).view(np.uint8)
 
 
 def _watershed_split(mask: np.ndarray, params: NucleusParams) -> np.ndarray:
@@ -105,30 +141,53 @@ def _watershed_split(mask: np.ndarray, params: NucleusParams) -> np.ndarray:
     return remap[pieces]
 
 
-def _contour(region_image: np.ndarray, row0: int, col0: int) -> np.ndarray:
-    padded = np.pad(region_image.astype(np.float32), 1)
-    contours = measure.find_contours(padded, 0.5)
-    ring = max(contours, key=len)
-    return np.column_stack([ring[:, 1] - 1 + 0.5 + col0, ring[:, 0] - 1 + 0.5 + row0])
+# Chain codes of OpenCV's border following, as (dx, dy): E, SE, S, SW, W, NW, N, NE (rows grow downwards).
+_STEPS = np.array([(1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1)], dtype=np.int32)
+_CODE = np.zeros(9, dtype=np.intp)  # chain code of a step, at index dx + 3 * dy + 4
+_CODE[_STEPS[:, 0] + 3 * _STEPS[:, 1] + 4] = np.arange(8)
 
 
-def _ring_length(xy: np.ndarray) -> float:
-    closed = np.vstack([xy, xy[:1]])
-    return float(np.hypot(*np.diff(closed, axis=0).T).sum())
+def _edge_table() -> tuple[np.ndarray, np.ndarray]:
+    """For each pair (step in, step out) of chain codes: offsets to the outline's edge middles, and which are used.
+
+    At a pixel, the border follower scans the neighbours from the previous pixel towards the next one
+    (decreasing chain code); the 4-neighbours it passes are background, so the middles of the edges
+    shared with them (2 * centre + step, in doubled coordinates) are outline vertices, in this order.
+    """
+    offsets = np.zeros((64, 4, 2), dtype=np.int32)
+    used = np.zeros((64, 4), dtype=bool)
+    for step_in in range(8):
+        back = (step_in + 4) % 8  # where the previous pixel is
+        for step_out in range(8):
+            scanned = [(back - s) % 8 for s in range(1, 8)]
+            sides = [k for k in scanned[:scanned.index(step_out) if step_out != back else 7] if k % 2 == 0]
+            offsets[step_in * 8 + step_out, :len(sides)] = _STEPS[sides]
+            used[step_in * 8 + step_out, :len(sides)] = True
+    return offsets, used
 
 
-def _hull_area(xy: np.ndarray) -> float:
-    from scipy.spatial import ConvexHull
-
-    try:
-        return float(ConvexHull(xy).volume)
-    except Exception:  # noqa: BLE001 - degenerate (collinear) outlines have no hull
-        return 0.0
+_EDGE_OFFSETS, _EDGE_USED = _edge_table()
+_LONE_PIXEL = _STEPS[[2, 4, 6, 0]]  # S, W, N, E: the same orientation as the reversed rings
 
 
-def _polygon_area(xy: np.ndarray) -> float:
-    x, y = xy[:, 0], xy[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+def _outline2(image: np.ndarray) -> np.ndarray:
+    """Outline of one 4-connected object in a uint8 crop, in *doubled* pixel-centre coordinates (int32).
+
+    Each vertex (2 * centre + step) is the middle of an edge between an object pixel and a background one.
+    """
+    contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    p = max(contours, key=len).reshape(-1, 2)
+    if len(p) == 1:
+        return 2 * p + _LONE_PIXEL
+    step = np.empty_like(p)
+    np.subtract(p[1:], p[:-1], out=step[:-1])
+    np.subtract(p[0], p[-1], out=step[-1])
+    code = _CODE[step[:, 0] + 3 * step[:, 1] + 4]
+    pair = np.empty_like(code)
+    pair[1:] = code[:-1] * 8 + code[1:]
+    pair[0] = code[-1] * 8 + code[0]
+    ring = (2 * p[:, None, :] + _EDGE_OFFSETS[pair])[_EDGE_USED[pair]]
+    return ring[::-1]  # scikit-image's orientation
 
 
 def measure_nuclei(labels: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
@@ -138,56 +197,53 @@ def measure_nuclei(labels: np.ndarray, params: NucleusParams, *, stains: np.ndar
 
     `stains` is (C, H, W) stain densities, `positive` (H, W) a positive-class probability; `keep`
     = (x0, y0, x1, y1) keeps only nuclei whose centroid lies in [x0, x1) x [y0, y1). Moments are
-    computed for every label at once (bincount), as scikit-image's regionprops defines them: area,
-    centroid, axis lengths (4 sqrt of the inertia eigenvalues), eccentricity, orientation, extent;
-    perimeter and solidity come from the outline polygon.
+    those of scikit-image's regionprops: area, centroid, axis lengths (4 sqrt of the inertia
+    eigenvalues), eccentricity, orientation, extent; perimeter and solidity come from the outline.
     """
-    n = int(labels.max())
-    if n == 0:
-        return []
-    flat = labels.ravel()
-    rows, cols = np.indices(labels.shape, dtype=np.float64)
-    r, c = rows.ravel(), cols.ravel()
+    return _measure(labels, list(ndimage.find_objects(labels)), params, stains=stains, positive=positive, keep=keep)
 
-    def sums(weights: np.ndarray | None = None) -> np.ndarray:
-        return np.bincount(flat, weights=weights, minlength=n + 1)[1:]
 
-    area = sums()
-    ok = area > 0
-    safe = np.where(ok, area, 1.0)
-    mr, mc = sums(r) / safe, sums(c) / safe
-    var_r = sums(r * r) / safe - mr * mr
-    var_c = sums(c * c) / safe - mc * mc
-    cov = sums(r * c) / safe - mr * mc
-    # skimage's inertia tensor [[var_c, -cov], [-cov, var_r]]; orientation 0.5*atan2(-2b, c - a) with b = -cov
-    half_tr, det_term = (var_c + var_r) / 2.0, np.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
-    l1, l2 = np.maximum(half_tr + det_term, 0.0), np.maximum(half_tr - det_term, 0.0)
-    orientation = np.where(var_c - var_r == 0, np.where(-cov < 0, -np.pi / 4, np.pi / 4),
-                           0.5 * np.arctan2(2.0 * cov, var_r - var_c))
-    ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
-    stain_means = [sums(ch.ravel().astype(np.float64)) / safe for ch in (stains if stains is not None else [])]
-    pos_mean = sums(positive.ravel().astype(np.float64)) / safe if positive is not None else None
-    boxes = ndimage.find_objects(labels, max_label=n)
+def _measure(labels: np.ndarray, boxes: list[Box | None], params: NucleusParams, *, stains: np.ndarray | None,
+             positive: np.ndarray | None, keep: tuple[float, float, float, float] | None) -> list[Nucleus]:
+    """Measure each label inside its own box; labels too small, too big or outside `keep` are skipped early."""
+    planes = [np.asarray(ch, dtype=np.float32) for ch in (stains if stains is not None else [])]
+    pos = np.asarray(positive, dtype=np.float32) if positive is not None else None
+    x0, y0, x1, y1 = keep if keep is not None else (-math.inf, -math.inf, math.inf, math.inf)
     out: list[Nucleus] = []
-    for i in np.nonzero(ok & (area >= params.min_area_px) & (area <= params.max_area_px))[0]:
-        cx, cy = float(mc[i]) + 0.5, float(mr[i]) + 0.5
-        if keep is not None and not (keep[0] <= cx < keep[2] and keep[1] <= cy < keep[3]):
-            continue
-        box = boxes[i]
+    for lab, box in enumerate(boxes, start=1):
         if box is None:
             continue
-        image = labels[box] == i + 1
-        contour = _contour(image, box[0].start, box[1].start)
-        poly_area = _polygon_area(contour)
-        hull = _hull_area(contour)
+        row0, col0 = box[0].start, box[1].start
+        h, w = box[0].stop - row0, box[1].stop - col0
+        # the centroid lies in [col0 + 0.5, col0 + w - 0.5] x [row0 + 0.5, row0 + h - 0.5]
+        if h * w < params.min_area_px or col0 + w - 0.5 < x0 or col0 + 0.5 >= x1 \
+                or row0 + h - 0.5 < y0 or row0 + 0.5 >= y1:
+            continue
+        image = (labels[box] == lab).view(np.uint8)
+        m = cv2.moments(image, binaryImage=True)
+        area = m["m00"]
+        if not params.min_area_px <= area <= params.max_area_px:
+            continue
+        cx, cy = col0 + m["m10"] / area + 0.5, row0 + m["m01"] / area + 0.5
+        if not (x0 <= cx < x1 and y0 <= cy < y1):
+            continue
+        var_c, var_r, cov = m["mu20"] / area, m["mu02"] / area, m["mu11"] / area
+        # skimage's inertia tensor [[var_c, -cov], [-cov, var_r]]; orientation 0.5*atan2(-2b, c - a), b = -cov
+        half_tr, root = (var_c + var_r) / 2.0, math.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
+        l1, l2 = max(half_tr + root, 0.0), max(half_tr - root, 0.0)
+        orientation = ((-math.pi / 4 if cov > 0 else math.pi / 4) if var_c - var_r == 0
+                       else 0.5 * math.atan2(2.0 * cov, var_r - var_c))
+        ecc = math.sqrt(min(max(1.0 - l2 / l1, 0.0), 1.0)) if l1 > 0 else 0.0
+        ring2 = _outline2(image)
+        poly2 = cv2.contourArea(ring2)
+        hull2 = cv2.contourArea(cv2.convexHull(ring2))
+        contour = ring2 * 0.5 + np.array([col0 + 0.5, row0 + 0.5])
         out.append(Nucleus(
-            cx=cx, cy=cy, contour=contour, area=float(area[i]), perimeter=_ring_length(contour),
-            eccentricity=float(ecc[i]), solidity=poly_area / hull if hull > 0 else 1.0,
-            extent=float(area[i]) / float(image.size),
-            major_axis=4.0 * float(np.sqrt(l1[i])), minor_axis=4.0 * float(np.sqrt(l2[i])),
-            orientation=float(orientation[i]),
-            stain_means=[float(m[i]) for m in stain_means],
-            positive_score=float(pos_mean[i]) if pos_mean is not None else None,
+            cx=cx, cy=cy, contour=contour, area=area, perimeter=cv2.arcLength(ring2, True) / 2.0,
+            eccentricity=ecc, solidity=poly2 / hull2 if hull2 > 0 else 1.0, extent=area / (h * w),
+            major_axis=4.0 * math.sqrt(l1), minor_axis=4.0 * math.sqrt(l2), orientation=orientation,
+            stain_means=[cv2.mean(p[box], mask=image)[0] for p in planes],
+            positive_score=cv2.mean(pos[box], mask=image)[0] if pos is not None else None,
         ))
     return out
 

@@ -4,8 +4,8 @@ Tiles overlap by the spec's `tile_overlap` model pixels (default 64) on every si
 only the objects whose centroid falls in its *core* (the part no neighbour owns). Cores partition the
 slide, so an object on a tile seam is found whole (the window reaches past the seam) and kept once.
 Reading reuses the tile pipeline's grid (`grid_for_model`) and reader threads (`iter_tiles`); the
-model's per-tile outputs are post-processed here in a small thread pool (scipy / scikit-image release
-the GIL for most of the work).
+model's per-tile outputs are post-processed here in a small thread pool (OpenCV releases the GIL for
+most of the work).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from shapely.geometry import MultiPoint, Polygon
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
-from scanbridge.inference.nuclei import Nucleus, NucleusParams, measure_nuclei, params_for, split_nuclei
+from scanbridge.inference.nuclei import Nucleus, NucleusParams, find_nuclei, params_for
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import hex_to_rgb, polygon_feature
 from scanbridge.inference.session import OnnxModel
@@ -67,7 +67,6 @@ def _tile_objects(spec_outputs: dict[str, Any], params: NucleusParams, grid: Til
     pos_channel = spec_outputs.get("positive_channel")
     positive_map = planes[int(pos_channel)] if pos_channel is not None and planes.shape[0] > int(pos_channel) \
         else None
-    labels = split_nuclei(planes[0], params)
     step = grid.read_size / grid.tile_size * grid.downsample  # level-0 px per model px in this window
     ox, oy = l0_origin
     # The core, in global model pixels, is [col*stride, (col+1)*stride); test the level-0 centroid against
@@ -78,7 +77,7 @@ def _tile_objects(spec_outputs: dict[str, Any], params: NucleusParams, grid: Til
     margin = max(0, grid.overlap - 2)  # a cheap pre-filter in window pixels; the exact test is below
     keep = (margin, margin, grid.tile_size - margin, grid.tile_size - margin) if grid.overlap else None
     found: list[SlideObject] = []
-    for n in measure_nuclei(labels, params, stains=stains, positive=positive_map, keep=keep):
+    for n in find_nuclei(planes[0], params, stains=stains, positive=positive_map, keep=keep):
         x, y = ox + n.cx * step, oy + n.cy * step
         gx, gy = x / md, y / md
         if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
