@@ -10,10 +10,12 @@ most of the work).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,7 @@ from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
 from scanbridge.inference.nuclei import Nucleus, NucleusParams, find_nuclei, params_for
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
-from scanbridge.inference.postprocess import hex_to_rgb, polygon_feature
+from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
 from scanbridge.inference.session import OnnxModel
 
 OBJECT_KINDS = frozenset({"segmentation", "detection"})
@@ -198,6 +200,65 @@ def _fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[dict[str, Any], list[float]] | None]:
+    """Each object's outline as (GeoJSON Polygon rounded to 0.01 px, bbox); None where it has no area.
+
+    Outlines from nuclei.py are simple rings, so most need no repair: validity, area and bounds are
+    checked for all of them at once (shapely's array functions) and their GeoJSON is written straight
+    from the coordinates. The rest (invalid, or reaching past the slide) are repaired and clipped one
+    by one.
+    """
+    out: list[tuple[dict[str, Any], list[float]] | None] = [None] * len(objs)
+    sizes = np.fromiter((len(o.contour) for o in objs), dtype=np.intp, count=len(objs))
+    rings = np.flatnonzero(sizes >= 3)
+    if rings.size == 0:
+        return out
+    coords = np.concatenate([objs[i].contour for i in rings]).astype(np.float64, copy=False)
+    lengths = sizes[rings]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    polys = shapely.polygons(shapely.linearrings(coords, indices=np.repeat(np.arange(rings.size), lengths)))
+    lo, hi = np.minimum.reduceat(coords, starts), np.maximum.reduceat(coords, starts)
+    simple = shapely.is_valid(polys) & (shapely.area(polys) > 0) & (lo >= 0).all(axis=1) \
+        & (hi[:, 0] <= width) & (hi[:, 1] <= height)
+    rounded = np.round(coords, 2)
+    boxes = np.round(np.hstack([lo, hi]), 2).tolist()
+    first = _top_left(rounded, starts, lengths).tolist()
+    slide = shapely.box(0, 0, width, height)
+    for j, i in enumerate(rings.tolist()):
+        if simple[j]:
+            # what shapely's set_precision wrote before: reversed (clockwise with y up), from the top-left vertex
+            ring = rounded[starts[j]:starts[j] + lengths[j]][::-1].tolist()
+            k = lengths[j] - 1 - first[j]
+            ring = ring[k:] + ring[:k + 1]
+            out[i] = ({"type": "Polygon", "coordinates": [ring]}, boxes[j])
+            continue
+        poly = _polygon(objs[i].contour)
+        if poly is not None and not slide.contains(poly):
+            poly = poly.intersection(slide)
+        if isinstance(poly, Polygon) and not poly.is_empty:
+            out[i] = polygon_geometry(poly)
+    return out
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Cyclic garbage collection off for the block (back to how it was after)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _top_left(coords: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Index, within each ring of `coords` (rings back to back), of its vertex with the least (y, x)."""
+    ring_of = np.repeat(np.arange(len(starts)), lengths)
+    order = np.lexsort((coords[:, 0], coords[:, 1], ring_of))
+    return order[np.concatenate([[0], np.cumsum(lengths)[:-1]])] - starts
+
+
 def _polygon(contour: np.ndarray) -> Polygon | None:
     if len(contour) < 3:
         return None
@@ -223,27 +284,20 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     features: list[dict[str, Any]] = []
     width, height = bounds
 
-    def clamp(poly: Polygon) -> Polygon:
-        return poly if poly.bounds[0] >= 0 and poly.bounds[1] >= 0 and poly.bounds[2] <= width \
-            and poly.bounds[3] <= height else poly.intersection(shapely.box(0, 0, width, height))
-
-    if want_polygons:
-        for o in objs:
-            poly = _polygon(o.contour)
-            if poly is None:
-                continue
-            poly = clamp(poly)
-            if not isinstance(poly, Polygon) or poly.is_empty:
-                continue
-            if positive_mode:
-                cls = labels.get("positive" if o.positive else "negative")
-                name = cls.name if cls else ("Positive" if o.positive else "Negative")
-                colour = cls.color if cls else "#ff0000"
-            else:
-                name = nucleus_label.name if nucleus_label else "Nucleus"
-                colour = nucleus_label.color if nucleus_label else "#3f51b5"
-            features.append(polygon_feature(poly, annotation_type="nucleus", class_name=name, colour=colour,
-                                            measurements=o.measurements, object_type="detection"))
+    with _gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
+        if want_polygons:
+            for o, outline in zip(objs, _outlines(objs, width, height), strict=True):
+                if outline is None:
+                    continue
+                if positive_mode:
+                    cls = labels.get("positive" if o.positive else "negative")
+                    name = cls.name if cls else ("Positive" if o.positive else "Negative")
+                    colour = cls.color if cls else "#ff0000"
+                else:
+                    name = nucleus_label.name if nucleus_label else "Nucleus"
+                    colour = nucleus_label.color if nucleus_label else "#3f51b5"
+                features.append(geometry_feature(*outline, annotation_type="nucleus", class_name=name, colour=colour,
+                                                 measurements=o.measurements, object_type="detection"))
     positives = [o for o in objs if o.positive]
     negatives = [o for o in objs if o.positive is False]
     if positive_mode:

@@ -73,7 +73,20 @@ def polygon_feature(poly: Polygon, *, annotation_type: str, class_name: str, col
                     measurements: dict[str, float], object_type: str = "annotation",
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A platform Feature that QuPath imports too (id, objectType, classification, measurements)."""
+    return geometry_feature(*polygon_geometry(poly), annotation_type=annotation_type, class_name=class_name, colour=colour,
+                            measurements=measurements, object_type=object_type, extra=extra)
+
+
+def polygon_geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
+    """A Polygon's GeoJSON geometry and bbox, coordinates rounded to 0.01."""
     x1, y1, x2, y2 = poly.bounds
+    return _rounded(poly), [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
+
+
+def geometry_feature(geometry: dict[str, Any], bbox: list[float], *, annotation_type: str, class_name: str,
+                     colour: str, measurements: dict[str, float], object_type: str = "annotation",
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`polygon_feature` for a GeoJSON geometry (coordinates already rounded to 0.01) and its bbox."""
     props: dict[str, Any] = {
         "annotation_type": annotation_type,
         "objectType": object_type,
@@ -81,8 +94,7 @@ def polygon_feature(poly: Polygon, *, annotation_type: str, class_name: str, col
         "measurements": {k: round(float(v), 4) for k, v in measurements.items()},
     }
     props.update(extra or {})
-    return {"type": "Feature", "id": str(uuid.uuid4()), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
-            "geometry": _rounded(poly), "properties": props}
+    return {"type": "Feature", "id": str(uuid.uuid4()), "bbox": bbox, "geometry": geometry, "properties": props}
 
 
 def heatmap_feature(levels: list[float], colours: list[str], polygons_per_level: list[list[Polygon]]) -> dict[str, Any]:

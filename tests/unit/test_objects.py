@@ -1,0 +1,68 @@
+"""Object results: nucleus outlines to GeoJSON features (inference/objects.py)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+from shapely.geometry import Polygon, shape
+
+from scanbridge.domain.catalog import BUILTIN_SPECS
+from scanbridge.domain.results import geojson_problems
+from scanbridge.inference.nuclei import NucleusParams, measure_nuclei, split_nuclei
+from scanbridge.inference.objects import ObjectRun, SlideObject, objects_result
+from scanbridge.inference.pipeline import PipelineStats
+from scanbridge.inference.postprocess import polygon_feature
+
+
+def _disc_outline(cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:64, 0:64]
+    prob = ((xx + 0.5 - 32) ** 2 + (yy + 0.5 - 32) ** 2 <= r * r).astype(np.float32)
+    params = NucleusParams(min_area_px=1)
+    (n,) = measure_nuclei(split_nuclei(prob, params), params)
+    return n.contour * 2.0 + np.array([cx - 64.0, cy - 64.0])  # level-0, two level-0 px per model px
+
+
+def _result(contours: list[np.ndarray], bounds: tuple[int, int] = (1000, 800)) -> list[dict[str, Any]]:
+    objs = [SlideObject(x=float(c[:, 0].mean()), y=float(c[:, 1].mean()), contour=c,
+                        measurements={"Area px^2": 1.0}, positive=None) for c in contours]
+    model = SimpleNamespace(spec=BUILTIN_SPECS["nuclei"], provider="CPUExecutionProvider")
+    run = ObjectRun(objects=objs, stats=PipelineStats(), grid=cast(Any, None))
+    result = objects_result("scan", cast(Any, model), run, bounds=bounds, mpp=(0.25, 0.25), tissue_mm2=1.0)
+    assert geojson_problems(result.geojson, *bounds) == []
+    return cast(list[dict[str, Any]], result.geojson["features"])
+
+
+def test_outlines_become_the_same_polygons_shapely_would_write() -> None:
+    # GIVEN a nucleus outline from nuclei.py, in level-0 pixels
+    contour = _disc_outline(500.25, 400.5, 6.0)
+    # WHEN the result is built
+    (feature,) = _result([contour])
+    # THEN its ring is the one polygon_feature (shapely, set_precision) writes: same vertices, same
+    # orientation, from the top-left vertex, and the same bbox
+    expected = polygon_feature(Polygon(contour), annotation_type="nucleus", class_name="Nucleus", colour="#3f51b5",
+                               measurements={"Area px^2": 1.0}, object_type="detection")
+    ring, want = feature["geometry"]["coordinates"][0], expected["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == len(want)
+    assert ring[0] == min(ring, key=lambda p: (p[1], p[0]))
+    start = want.index(ring[0])
+    assert ring[:-1] == want[start:-1] + want[:start]
+    assert feature["bbox"] == expected["bbox"]
+    assert shape(feature["geometry"]).area == Polygon(contour).area
+    assert math.isclose(shape(feature["geometry"]).length, 2 * math.pi * 12, rel_tol=0.08)
+
+
+def test_bad_outlines_are_repaired_clipped_or_dropped() -> None:
+    # GIVEN a self-crossing outline, one past the slide's left edge and a two-point one
+    bow_tie = np.array([[100.0, 100.0], [110.0, 110.0], [110.0, 100.0], [100.0, 110.0]])
+    past_edge = _disc_outline(3.0, 300.0, 6.0)
+    line = np.array([[10.0, 10.0], [20.0, 20.0]])
+    # WHEN the result is built
+    features = _result([bow_tie, past_edge, line])
+    # THEN the bow tie keeps one valid triangle, the other is clipped to the slide, the line is gone
+    polys = [shape(f["geometry"]) for f in features]
+    assert len(polys) == 2 and all(p.is_valid and p.area > 0 for p in polys)
+    assert polys[0].area == 25.0
+    assert polys[1].bounds[0] == 0.0 and polys[1].area < Polygon(past_edge).area
