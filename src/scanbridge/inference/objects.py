@@ -253,10 +253,11 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _top_left(coords: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Index, within each ring of `coords` (rings back to back), of its vertex with the least (y, x)."""
-    ring_of = np.repeat(np.arange(len(starts)), lengths)
-    order = np.lexsort((coords[:, 0], coords[:, 1], ring_of))
-    return order[np.concatenate([[0], np.cumsum(lengths)[:-1]])] - starts
+    """Index, within each ring of `coords` (rounded to 0.01, rings back to back), of its least (y, x) vertex."""
+    cents = np.rint(coords * 100.0).astype(np.int64)  # coords are rounded to 0.01: exact integers
+    key = cents[:, 1] * (2 * int(np.abs(cents[:, 0]).max()) + 1) + cents[:, 0]  # orders as (y, x) does
+    hits = np.flatnonzero(key == np.repeat(np.minimum.reduceat(key, starts), lengths))
+    return hits[np.searchsorted(hits, starts)] - starts
 
 
 def _polygon(contour: np.ndarray) -> Polygon | None:
