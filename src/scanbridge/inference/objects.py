@@ -162,9 +162,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             stats.infer_s += time.perf_counter() - t0
             first = model.primary_output(outputs)
             stain_batch = outputs.get(str(stain_output)) if stain_output else None
-            for i, tile in enumerate(batch_tiles):
-                stains = None if stain_batch is None else np.array(stain_batch[i])
-                pending.append(pool.submit(post, tile, np.array(first[i]), stains))
+            for i, tile in enumerate(batch_tiles):  # views: each run returns new arrays, nothing overwrites them
+                stains = None if stain_batch is None else stain_batch[i]
+                pending.append(pool.submit(post, tile, first[i], stains))
             stats.tiles_processed += n
             stats.batches += 1
             batch_tiles.clear()
