@@ -183,11 +183,9 @@ def decode_only(path: Path, grid: TileGrid, *, readers: int, queue_size: int) ->
         reader.close()
 
 
-def model_only(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool_batches: int = 4) -> float:
-    """Seconds for the model on len(grid.tiles) tiles, from a few batches of real tiles decoded beforehand."""
+def _sample_batches(path: Path, grid: TileGrid, batch: int, pool_batches: int) -> list[np.ndarray]:
+    """A few full batches of real tiles of `grid`, decoded beforehand (NHWC uint8)."""
     count = len(grid.tiles)
-    if count == 0:
-        return 0.0
     sample = grid.tiles[:: max(1, count // (batch * pool_batches))][: batch * pool_batches]
     reader = open_scan([path])
     try:
@@ -195,16 +193,27 @@ def model_only(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool
     finally:
         reader.close()
     batches = [images[i:i + batch] for i in range(0, len(images), batch)]
-    batches = [b for b in batches if len(b) == batch] or batches
-    model.run(batches[0][:1])  # first-run allocations are not what we measure
+    return [b for b in batches if len(b) == batch] or batches
+
+
+def _time_tiles(run: Callable[[np.ndarray], object], batches: list[np.ndarray], count: int) -> float:
+    """Seconds for `run` over `count` tiles cycled from `batches` (after one untimed warm-up run)."""
+    run(batches[0][:1])  # first-run allocations are not what we measure
     done, i = 0, 0
     t0 = time.perf_counter()
     while done < count:
         b = batches[i % len(batches)][: count - done]
-        model.run(b)
+        run(b)
         done += len(b)
         i += 1
     return time.perf_counter() - t0
+
+
+def model_only(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool_batches: int = 4) -> float:
+    """Seconds for the model on len(grid.tiles) tiles, from a few batches of real tiles decoded beforehand."""
+    if not grid.tiles:
+        return 0.0
+    return _time_tiles(model.run, _sample_batches(path, grid, batch, pool_batches), len(grid.tiles))
 
 
 def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int, pool_batches: int = 4) -> float:
@@ -212,28 +221,12 @@ def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int
     on len(grid.tiles) tiles from tensors prepared beforehand: the throughput the hardware gives the model."""
     import onnxruntime as ort
 
-    count = len(grid.tiles)
-    if count == 0:
+    if not grid.tiles:
         return 0.0
     session = ort.InferenceSession(BENCH_MODELS[model.spec.name][1](), providers=[model.provider])
-    sample = grid.tiles[:: max(1, count // (batch * pool_batches))][: batch * pool_batches]
-    reader = open_scan([path])
-    try:
-        images = np.stack([read_tile(reader, grid, t) for t in sample])
-    finally:
-        reader.close()
-    tensors = [model.prepare(images[i:i + batch]) for i in range(0, len(images), batch)]
-    tensors = [t for t in tensors if len(t) == batch] or tensors
+    tensors = [model.prepare(b) for b in _sample_batches(path, grid, batch, pool_batches)]
     name = model.spec.input_name
-    session.run(None, {name: tensors[0][:1]})
-    done, i = 0, 0
-    t0 = time.perf_counter()
-    while done < count:
-        x = tensors[i % len(tensors)][: count - done]
-        session.run(None, {name: x})
-        done += len(x)
-        i += 1
-    return time.perf_counter() - t0
+    return _time_tiles(lambda x: session.run(None, {name: x}), tensors, len(grid.tiles))
 
 
 def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
