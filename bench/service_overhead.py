@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
                 resp.raise_for_status()
                 posts = platform.wait_for_posts(i + 1, timeout_s=args.timeout)
                 task_s = time.monotonic() - t0
-                status = httpx.get(f"{url}/tasks/{task_id}", timeout=10).json().get("status")
+                status = None
+                for _ in range(50):  # the record turns COMPLETED just after the POST's answer; bounded wait
+                    status = httpx.get(f"{url}/tasks/{task_id}", timeout=10).json().get("status")
+                    if status in ("COMPLETED", "FAILED", "DELIVERY_FAILED", "CANCELLED"):
+                        break
+                    time.sleep(0.1)
                 phases = worker_phases(data_dir, task_id)
                 pipeline_s = float(benches[model]["pipeline_s"])
                 rows[model] = {"task_s": round(task_s, 2), "bench_pipeline_s": pipeline_s,
