@@ -12,7 +12,7 @@ from shapely.geometry import Polygon, shape
 from scanbridge.domain.catalog import BUILTIN_SPECS
 from scanbridge.domain.results import geojson_problems
 from scanbridge.inference.nuclei import NucleusParams, measure_nuclei, split_nuclei
-from scanbridge.inference.objects import ObjectRun, SlideObject, objects_result
+from scanbridge.inference.objects import ObjectRun, SlideObject, corners, objects_result
 from scanbridge.inference.pipeline import PipelineStats
 from scanbridge.inference.postprocess import polygon_feature
 
@@ -66,3 +66,19 @@ def test_bad_outlines_are_repaired_clipped_or_dropped() -> None:
     assert len(polys) == 2 and all(p.is_valid and p.area > 0 for p in polys)
     assert polys[0].area == 25.0
     assert polys[1].bounds[0] == 0.0 and polys[1].area < Polygon(past_edge).area
+
+
+def test_corners_keep_the_polygon_with_a_third_of_the_vertices() -> None:
+    # GIVEN the traced outline of a blob with straight, diagonal and curved runs (window coordinates)
+    yy, xx = np.mgrid[0:40, 0:40]
+    prob = (((xx - 14) ** 2 / 64 + (yy - 18) ** 2 / 121 <= 1) | ((xx > 18) & (xx < 30) & (yy > 10) & (yy < 22)))
+    params = NucleusParams(min_area_px=1, split_area_px=10_000)
+    (n,) = measure_nuclei(split_nuclei(prob.astype(np.float32), params), params)
+    # WHEN its collinear vertices are dropped
+    kept = corners(n.contour)
+    # THEN the polygon is exactly the same, with far fewer vertices, and its least (y, x) vertex stays
+    before, after = Polygon(n.contour), Polygon(kept)
+    assert after.is_valid and after.equals(before) and after.area == before.area
+    assert len(kept) < 0.6 * len(n.contour)
+    top_left = min(map(tuple, n.contour.tolist()), key=lambda p: (p[1], p[0]))
+    assert top_left in set(map(tuple, kept.tolist()))
