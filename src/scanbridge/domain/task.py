@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scanbridge.domain.status import ScanStatus, TaskStatus, check_transition
+
+
+def new_job_id() -> str:
+    """An id for a task's next job, stored with the task before the job is submitted (local log file name)."""
+    return f"job-{uuid.uuid4()}"
 
 
 def utcnow() -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import ScanStatus, TaskStatus
-from scanbridge.domain.task import ScanState, Task
+from scanbridge.domain.task import ScanState, Task, new_job_id
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.ports import JobLauncher, SecretBox, TaskStore
 from scanbridge.services.common import update_task
@@ -27,11 +26,6 @@ def token_expiry(token: str) -> int | None:
         return None
     exp = claims.get("exp")
     return int(exp) if isinstance(exp, (int, float)) else None
-
-
-def new_job_id() -> str:
-    """An id for a task's next job, stored with the task before the job is submitted."""
-    return f"job-{uuid.uuid4()}"
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from scanbridge.domain.task import new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ def yield_cpu(pid: int) -> str:
         return "nice"
     except OSError:
         return "normal"
-
-
-def new_job_id() -> str:
-    """A fresh local job id (also its log file's name)."""
-    return f"local-{uuid.uuid4()}"
 
 
 OnFinished = Callable[[str, bool, "str | None"], object]
