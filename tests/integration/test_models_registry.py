@@ -178,4 +178,6 @@ def test_service_is_a_model_catalog_for_the_api(models: ModelService) -> None:
     assert "tissue" in catalog.names() and catalog.spec("tissue").builtin
     with pytest.raises(ModelNotFoundError):
         catalog.spec("nope")
-    assert isinstance(ModelSpec.model_validate(models.describe("tissue")), ModelSpec) is True
+    described = models.describe("tissue")
+    assert described.pop("source") == {"type": "builtin"}
+    assert ModelSpec.model_validate(described) == catalog.spec("tissue")

@@ -70,7 +70,7 @@ IHC_SPEC = ModelSpec(
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
              "intensity_channel": 2, "positive_channel": 1, "tile_overlap": 64, "nucleus_radius_um": 3.0,
              "min_area_um2": 6.0, "max_area_um2": 400.0, "polygons": False,
-             "summary_label": "Nuclear positivity (DAB)", "min_tissue": 0.1},
+             "summary_label": "Nuclear positivity (DAB)", "min_tissue": 0.1, "decoder": "threshold"},
     builtin=True,
 )
 

@@ -81,9 +81,9 @@ class OnnxModel:
             x = x.astype(np.float32)
             norm = self.spec.normalisation
             if norm:
-                mean = np.asarray(norm.get("mean", [0.0, 0.0, 0.0]), np.float32).reshape(1, 3, 1, 1)
-                std = np.asarray(norm.get("std", [1.0, 1.0, 1.0]), np.float32).reshape(1, 3, 1, 1)
-                x = (x - mean) / std
+                mean = np.asarray(norm.mean, np.float32).reshape(1, 3, 1, 1)
+                std = np.asarray(norm.std, np.float32).reshape(1, 3, 1, 1)
+                x = (x * np.float32(norm.scale) - mean) / std
         return x
 
     def primary_output(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
