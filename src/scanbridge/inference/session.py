@@ -8,6 +8,7 @@ batches. The I/O-binding path also works on CPU (device "cpu"), which is how it 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -43,7 +44,7 @@ def default_intra_op_threads() -> int:
 
 
 class OnnxModel:
-    """A ModelSpec plus an InferenceSession; `run` takes uint8 NHWC RGB batches."""
+    """A ModelSpec plus an InferenceSession; `run` takes uint8 NHWC RGB batches of any size."""
 
     def __init__(self, spec: ModelSpec, model_bytes: bytes, *, intra_op_threads: int = 0,
                  prefer_gpu: bool = True, io_binding: bool | None = None, device_id: int = 0) -> None:
@@ -74,24 +75,76 @@ class OnnxModel:
         return CPU_BATCH_TILES
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
-        """NHWC uint8 RGB -> the model's layout, channel order, dtype and normalisation."""
-        x = batch[..., ::-1] if self.spec.channel_order == "BGR" else batch
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        if self.spec.input_dtype == "float32":
+        """NHWC uint8 RGB -> the model's layout, channel order, dtype and normalisation.
+
+        Normalisation is `(pixel * scale - mean) / std` per channel in the model's channel order (after
+        the BGR swap), computed in float32 and only then cast to the input dtype (float16 too).
+        """
+        spec = self.spec
+        x = batch[..., ::-1] if spec.channel_order == "BGR" else batch
+        if spec.input_dtype != "uint8":
             x = x.astype(np.float32)
-            norm = self.spec.normalisation
+            norm = spec.normalisation
             if norm:
-                mean = np.asarray(norm.mean, np.float32).reshape(1, 3, 1, 1)
-                std = np.asarray(norm.std, np.float32).reshape(1, 3, 1, 1)
-                x = (x * np.float32(norm.scale) - mean) / std
-        return x
+                mean = np.asarray(norm.mean, np.float32)
+                std = np.asarray(norm.std, np.float32)
+                x = (x * np.float32(norm.scale) - mean) / std  # channels last here: broadcasts per channel
+            if spec.input_dtype == "float16":
+                x = x.astype(np.float16)
+        if spec.input_layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    @functools.cached_property
+    def static_batch(self) -> int | None:
+        """The input's fixed batch size (a `torch.onnx.export` default is 1), or None when it is dynamic."""
+        for inp in self.session.get_inputs():
+            if inp.name == self.spec.input_name:
+                dim = inp.shape[0] if inp.shape else None
+                return dim if isinstance(dim, int) and dim > 0 else None
+        return None
+
+    def activate(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The spec's `output_activation` on the primary output (softmax over axis 1, the class axis, or
+        sigmoid), in float32; the other outputs are left as the model gave them."""
+        act = self.spec.output_activation
+        if act == "none" or not outputs:
+            return outputs
+        name = self.spec.output_name if self.spec.output_name in outputs else next(iter(outputs))
+        y = np.asarray(outputs[name], dtype=np.float32)
+        if act == "sigmoid":
+            y = (1.0 / (1.0 + np.exp(-y))).astype(np.float32)
+        elif y.ndim >= 2:  # softmax over the class axis
+            e = np.exp(y - y.max(axis=1, keepdims=True))
+            y = e / e.sum(axis=1, keepdims=True)
+        return {**outputs, name: y.astype(np.float32, copy=False)}
 
     def primary_output(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         """The output the spec names (`output_name`), else the graph's first output."""
         return outputs[self.spec.output_name] if self.spec.output_name in outputs else next(iter(outputs.values()))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output of the model for one batch, by name."""
+        """Every output of the model for one batch, by name (the spec's output activation applied).
+
+        A static-batch export gets the batch in chunks of its fixed size, the last one padded with
+        zero tiles, and the outputs joined back and trimmed to the batch; a dynamic batch runs whole.
+        """
+        fixed = self.static_batch
+        n = len(batch)
+        if fixed is None or n == fixed:
+            return self.activate(self._run_once(batch))
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, fixed):
+            chunk = batch[start:start + fixed]
+            if len(chunk) < fixed:
+                pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append(self._run_once(chunk))
+        joined = {name: np.concatenate([p[name] for p in parts])[:n] for name in self.output_names}
+        return self.activate(joined)
+
+    def _run_once(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One session run of a batch the model takes as it is."""
         x = self.prepare(batch)
         try:
             if self.io_binding:
