@@ -145,7 +145,8 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
     fetcher = overrides.get("fetcher") or SafeFetcher(FetchPolicy(
         allowed_hosts=s.scan_host_patterns(), max_bytes=s.max_scan_bytes,
         connect_timeout_s=s.fetch_connect_timeout_s, read_timeout_s=s.fetch_read_timeout_s,
-        attempts=s.fetch_attempts))
+        attempts=s.fetch_attempts, total_timeout_s=s.download_timeout_s, min_bytes_per_s=s.download_min_bytes_per_s,
+        rate_window_s=s.download_rate_window_s))
     source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
     loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source)
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,

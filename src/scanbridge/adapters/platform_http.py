@@ -14,9 +14,18 @@ from scanbridge.ports import PlatformResponse
 PCHAR = "!$&'()*+,;=:@"  # RFC 3986 path characters kept as they are (base64 ids keep their "=")
 
 
+def path_segment(value: str) -> str:
+    """`value` as one percent-encoded URL path segment: `/`, `?`, `#`, `%`, controls and non-ASCII are
+    encoded, and a dot segment (`.`, `..`) is written `%2E`, so no value can change the path around it.
+    """
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe=PCHAR)
+
+
 def results_url(base_url: str, task_id: str) -> str:
-    """The platform's results endpoint for a task."""
-    return f"{base_url.rstrip('/')}/api/v3/external/results/{quote(task_id, safe=PCHAR)}"
+    """The platform's results endpoint for a task (the task_id one encoded segment)."""
+    return f"{base_url.rstrip('/')}/api/v3/external/results/{path_segment(task_id)}"
 
 
 class HttpPlatformClient:

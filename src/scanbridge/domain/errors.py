@@ -22,6 +22,12 @@ class ValidationError(ScanbridgeError):
     code = "VALIDATION_ERROR"
 
 
+class PayloadTooLargeError(ValidationError):
+    """A request whose content is too large to store or process (HTTP 413)."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
 class NotFoundError(ScanbridgeError):
     """The thing asked for does not exist (or is not visible to the caller)."""
 
@@ -52,6 +58,18 @@ class InvalidTransitionError(ConflictError):
     code = "INVALID_TRANSITION"
 
 
+class TaskIdConflictError(ConflictError):
+    """A webhook reusing a task_id that another company's task holds."""
+
+    code = "TASK_ID_CONFLICT"
+
+
+class TaskPayloadMismatchError(ConflictError):
+    """A redelivery of a task_id whose scans, case or model differ from the stored task's."""
+
+    code = "TASK_PAYLOAD_MISMATCH"
+
+
 class AuthError(ScanbridgeError):
     """Missing or invalid credentials."""
 
@@ -68,6 +86,12 @@ class ForbiddenError(ScanbridgeError):
     """Valid credentials, but not for this."""
 
     code = "FORBIDDEN"
+
+
+class HostNotAllowedError(ScanbridgeError):
+    """A request whose `Host` is not a loopback name in open local mode (DNS-rebinding protection; 421)."""
+
+    code = "HOST_NOT_ALLOWED"
 
 
 class TaskTokenExpiredError(ScanbridgeError):
@@ -127,6 +151,18 @@ class ScanDownloadError(ScanError):
     code = "SCAN_DOWNLOAD_FAILED"
 
 
+class ScanDownloadTimeoutError(ScanDownloadError):
+    """The download ran past SCANBRIDGE_DOWNLOAD_TIMEOUT_S or below SCANBRIDGE_DOWNLOAD_MIN_BYTES_PER_S."""
+
+    code = "SCAN_DOWNLOAD_TIMEOUT"
+
+
+class ScanContentEncodingError(ScanDownloadError):
+    """The server sent a compressed Content-Encoding (gzip, deflate, br...): refused, never inflated."""
+
+    code = "SCAN_CONTENT_ENCODING_REFUSED"
+
+
 class ScanTooLargeError(ScanError):
     """The scan is larger than SCANBRIDGE_MAX_SCAN_BYTES."""
 
@@ -155,6 +191,12 @@ class UnsafeArchiveError(ScanError):
     """A ZIP that breaks the unpacking guards (size, count, ratio, paths, links)."""
 
     code = "SCAN_ARCHIVE_UNSAFE"
+
+
+class ScanStorageFullError(ScanError):
+    """The disk ran out of space while a scan was stored or processed: transient, retried."""
+
+    code = "SCAN_STORAGE_FULL"
 
 
 class InferenceError(ScanError):

@@ -1,12 +1,40 @@
-"""The platform's webhook body (PLATFORM.md section 1): liberal in what it accepts."""
+"""The platform's webhook body (PLATFORM.md section 1): liberal in what it accepts, bounded in size.
+
+Ids end up in URL paths (`/tasks/{task_id}`, the platform's `/api/v3/external/results/{task_id}`) and
+storage keys, so task and scan ids follow ID_PATTERN: RFC 3986 unreserved characters plus the base64
+ones (`+`, `=`) and `:` / `@`, at least one of them not a dot (no `.`, `..`, `/`, `%`, `?`, `#`, spaces or
+control characters). Base64 of ASCII text (the platform's Relay-style ids, "dGFzazoxODU4MzU=") never holds
+a `/` unless the text holds `?` or DEL. Every string field has a length cap so that a task always fits
+one DynamoDB item (400 KB) under the 1 MiB body cap.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 MAX_ID_LEN = 256
+MAX_URL_LEN = 16 * 1024  # presigned S3 URLs with a session token are 1-3 kB
+MAX_TOKEN_LEN = 16 * 1024
+MAX_TEXT_LEN = 1024
+MAX_URLS_PER_SCAN = 2000  # a DICOM series is one URL per file
+_ID_CHAR = r"A-Za-z0-9_~=+:@\-"
+#: task and scan ids: these characters, 1-256 of them, not only dots
+ID_PATTERN = rf"^[{_ID_CHAR}.]*[{_ID_CHAR}][{_ID_CHAR}.]*$"
+ID_RE = re.compile(ID_PATTERN)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+Url = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_LEN, pattern=r"\S")]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_LEN)]
+# numbers are read as strings (coerce_numbers_to_str): the schema says so
+_STR_OR_NUMBER: dict[str, Any] = {"type": ["string", "number"]}
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether `value` may be a task or scan id (ID_PATTERN, at most MAX_ID_LEN characters)."""
+    return len(value) <= MAX_ID_LEN and ID_RE.fullmatch(value) is not None
 
 
 class StainInfo(BaseModel):
@@ -14,25 +42,28 @@ class StainInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
-    value: str = ""
-    stain_code: str | None = None
-    label: str | None = None
+    value: Text = ""
+    stain_code: Text | None = None
+    label: Text | None = None
 
 
 class WebhookPayload(BaseModel):
     """One platform task: scans to analyse, stains, the model choice and the task JWT."""
 
-    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True, json_schema_extra={
+        "anyOf": [{"required": ["scans"], "properties": {"scans": {"minProperties": 1}}},
+                  {"required": ["scan_urls"], "properties": {"scan_urls": {"minProperties": 1}}}]})
 
-    task_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    task_id: Id = Field(description="the platform's task; " + ID_PATTERN)
     company_id: str = Field("", max_length=MAX_ID_LEN)
     case_id: str | None = Field(None, max_length=MAX_ID_LEN)
-    scans: dict[str, str] = Field(default_factory=dict)
-    scan_urls: dict[str, list[str]] = Field(default_factory=dict)
-    stains: dict[str, StainInfo] = Field(default_factory=dict)
-    model_id: str | None = None
-    model_name: str | None = None
-    jwt_token: str | None = Field(None, repr=False)
+    scans: dict[Id, Url] = Field(default_factory=dict)
+    scan_urls: dict[Id, Annotated[list[Url], Field(min_length=1, max_length=MAX_URLS_PER_SCAN)]] = Field(
+        default_factory=dict)
+    stains: dict[Id, StainInfo] = Field(default_factory=dict)
+    model_id: str | None = Field(None, max_length=MAX_ID_LEN)
+    model_name: str | None = Field(None, max_length=MAX_ID_LEN)
+    jwt_token: str | None = Field(None, repr=False, max_length=MAX_TOKEN_LEN)
 
     @field_validator("scans", "scan_urls", "stains", mode="before")
     @classmethod

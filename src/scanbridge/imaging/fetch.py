@@ -6,6 +6,13 @@ link-local, reserved, multicast refused) unless the host is listed exactly; the 
 address that was checked (no DNS rebinding); redirects are re-checked hop by hop; presigned expiry is
 checked first; the body is streamed to disk under a size cap; 5xx and connection errors are retried.
 
+Time and encoding: one download (every attempt and redirect together) has a total-time cap
+(SCANBRIDGE_DOWNLOAD_TIMEOUT_S) and a minimum rate (SCANBRIDGE_DOWNLOAD_MIN_BYTES_PER_S, averaged
+over SCANBRIDGE_DOWNLOAD_RATE_WINDOW_S), so a server trickling a byte every 20 s is cut after one
+window, never after read-timeout x attempts. Requests ask for `Accept-Encoding: identity`; a response
+with a compressed Content-Encoding is refused before a byte is written (never inflated: a 4 MB gzip
+bomb would be GBs on disk), so the bytes on the wire are the bytes on disk and the size cap holds both.
+
 Written on urllib3 (already a botocore dependency) rather than httpx because urllib3 lets us connect
 to a pinned IP while keeping SNI and certificate checks on the real host name.
 """
@@ -28,7 +35,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import urllib3
 
 from scanbridge.domain.errors import (
+    ScanContentEncodingError,
     ScanDownloadError,
+    ScanDownloadTimeoutError,
     ScanTooLargeError,
     ScanUrlExpiredError,
     ScanUrlForbiddenError,
@@ -64,6 +73,9 @@ class FetchPolicy:
     attempts: int = 3
     backoff_s: float = 0.5
     parallel: int = 4
+    total_timeout_s: float = 3600.0  # one file, every attempt together
+    min_bytes_per_s: float = 16 * 1024  # 0: no minimum rate
+    rate_window_s: float = 30.0
     resolver: Resolver = field(default=system_resolver, compare=False)
 
 
@@ -175,8 +187,14 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     return Target(scheme=scheme, host=host, port=port, path=path, address=addresses[0])
 
 
-def _pool(target: Target, policy: FetchPolicy) -> urllib3.HTTPConnectionPool:
-    timeout = urllib3.Timeout(connect=policy.connect_timeout_s, read=policy.read_timeout_s)
+IDENTITY = frozenset({"", "identity"})
+
+
+def _pool(target: Target, policy: FetchPolicy, left_s: float) -> urllib3.HTTPConnectionPool:
+    read = min(policy.read_timeout_s, left_s)
+    if policy.min_bytes_per_s > 0:  # a silent server is below any rate: cut it after one window
+        read = min(read, policy.rate_window_s)
+    timeout = urllib3.Timeout(connect=max(0.1, min(policy.connect_timeout_s, left_s)), read=max(0.1, read))
     retries = urllib3.Retry(total=0, redirect=False, raise_on_status=False)
     if target.scheme == "https":
         return urllib3.HTTPSConnectionPool(target.address, target.port, timeout=timeout, retries=retries,
@@ -194,15 +212,18 @@ class SafeFetcher:
     def fetch(self, url: str, dest: Path) -> Path:
         """Download `url` to `dest`, obeying every rule; returns `dest`."""
         check_expiry(url)
+        deadline = time.monotonic() + self.policy.total_timeout_s
         last: Exception | None = None
         for attempt in range(1, max(1, self.policy.attempts) + 1):
             try:
-                return self._fetch_once(url, dest)
+                return self._fetch_once(url, dest, deadline)
             except ScanDownloadError as exc:
                 last = exc
                 if not exc.details.get("retryable") or attempt == self.policy.attempts:
                     raise
                 delay = self.policy.backoff_s * (2 ** (attempt - 1))
+                if time.monotonic() + delay >= deadline:
+                    raise self._timed_out() from exc
                 log.warning("download attempt %d failed (%s); retrying in %.1fs", attempt, exc.message, delay)
                 time.sleep(delay)
         raise ScanDownloadError(str(last))  # pragma: no cover - loop always returns or raises
@@ -216,16 +237,26 @@ class SafeFetcher:
             futures = [pool.submit(self.fetch, url, dest_dir / f"file-{i:04d}") for i, url in enumerate(urls)]
             return [f.result() for f in futures]
 
-    def _fetch_once(self, url: str, dest: Path) -> Path:
+    def _timed_out(self) -> ScanDownloadTimeoutError:
+        return ScanDownloadTimeoutError(f"the download took longer than {self.policy.total_timeout_s:g} s",
+                                        details={"limit_s": self.policy.total_timeout_s})
+
+    def _fetch_once(self, url: str, dest: Path, deadline: float) -> Path:
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
             target = check_url(current, self.policy)
-            pool = _pool(target, self.policy)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._timed_out()
+            pool = _pool(target, self.policy, left)
             host_header = target.host if target.port == _default_port(target.scheme) else f"{target.host}:{target.port}"
             try:
-                resp = pool.urlopen("GET", target.path, headers={"Host": host_header}, preload_content=False,
-                                    redirect=False, assert_same_host=False)
+                resp = pool.urlopen("GET", target.path, headers={"Host": host_header, "Accept-Encoding": "identity"},
+                                    preload_content=False, decode_content=False, redirect=False,
+                                    assert_same_host=False)
             except urllib3.exceptions.HTTPError as exc:
+                if time.monotonic() >= deadline:
+                    raise self._timed_out() from exc
                 raise ScanDownloadError(f"connection to {target.host} failed: {type(exc).__name__}",
                                         details={"retryable": True}) from exc
             try:
@@ -242,27 +273,53 @@ class SafeFetcher:
                     raise ScanUrlExpiredError("the storage refused the URL as expired")
                 if resp.status != 200:
                     raise ScanDownloadError(f"server answered {resp.status}", details={"status": resp.status})
-                return self._stream(resp, dest)
+                return self._stream(resp, dest, deadline)
             finally:
                 resp.release_conn()
                 pool.close()
         raise ScanUrlForbiddenError(f"more than {MAX_REDIRECTS} redirects")
 
-    def _stream(self, resp: urllib3.BaseHTTPResponse, dest: Path) -> Path:
+    def _stream(self, resp: urllib3.BaseHTTPResponse, dest: Path, deadline: float) -> Path:
+        encoding = (resp.headers.get("Content-Encoding") or "").strip().lower()
+        if encoding not in IDENTITY:
+            raise ScanContentEncodingError(f"the server sent Content-Encoding {encoding!r}; only identity is "
+                                           "accepted", details={"content_encoding": encoding})
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.policy.max_bytes:
             raise ScanTooLargeError(f"the scan is {int(length)} bytes; the limit is {self.policy.max_bytes}")
+        cap, min_rate, window = self.policy.max_bytes, self.policy.min_bytes_per_s, self.policy.rate_window_s
         written = 0
+        window_start, window_bytes = time.monotonic(), 0
         tmp = dest.with_suffix(".part")
         try:
             with open(tmp, "wb") as fh:
-                for chunk in resp.stream(CHUNK):
+                while True:
+                    # read1: whatever arrived (up to CHUNK), so the clock is checked on a trickle too;
+                    # decode_content=False: the raw bytes, never inflated
+                    chunk = resp.read1(CHUNK, decode_content=False)
+                    if not chunk:
+                        break
                     written += len(chunk)
-                    if written > self.policy.max_bytes:
-                        raise ScanTooLargeError(f"the scan exceeds the limit of {self.policy.max_bytes} bytes")
+                    if written > cap or resp.tell() > cap:  # bytes on disk, bytes on the wire
+                        raise ScanTooLargeError(f"the scan exceeds the limit of {cap} bytes")
                     fh.write(chunk)
+                    now = time.monotonic()
+                    if now >= deadline:
+                        raise self._timed_out()
+                    if min_rate > 0 and now - window_start >= window:
+                        rate = (written - window_bytes) / (now - window_start)
+                        if rate < min_rate:
+                            raise ScanDownloadTimeoutError(
+                                f"the download slowed to {rate:.0f} B/s; the minimum is {min_rate:g} B/s",
+                                details={"retryable": True, "bytes_per_s": round(rate, 1)})
+                        window_start, window_bytes = now, written
         except urllib3.exceptions.HTTPError as exc:
             tmp.unlink(missing_ok=True)
+            if time.monotonic() >= deadline:
+                raise self._timed_out() from exc
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError) and min_rate > 0:
+                raise ScanDownloadTimeoutError(f"the server sent nothing for {window:g} s",
+                                               details={"retryable": True}) from exc
             raise ScanDownloadError(f"download interrupted: {type(exc).__name__}",
                                     details={"retryable": True}) from exc
         except BaseException:

@@ -6,7 +6,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scanbridge.domain.errors import ValidationError
+from scanbridge.domain.errors import (
+    PayloadTooLargeError,
+    TaskIdConflictError,
+    TaskPayloadMismatchError,
+    ValidationError,
+)
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import ScanState, Task, new_job_id
 from scanbridge.domain.webhook import WebhookPayload
@@ -14,6 +19,9 @@ from scanbridge.ports import JobLauncher, SecretBox, TaskStore
 from scanbridge.services.common import update_task
 
 log = logging.getLogger(__name__)
+
+#: the largest task record stored (JSON bytes): one DynamoDB item holds 400 KB, names and overhead included
+MAX_TASK_BYTES = 300_000
 
 
 def token_expiry(token: str) -> int | None:
@@ -26,6 +34,26 @@ def token_expiry(token: str) -> int | None:
         return None
     exp = claims.get("exp")
     return int(exp) if isinstance(exp, (int, float)) else None
+
+
+def check_same_task(stored: Task, fresh: Task, *, model_requested: bool = True) -> None:
+    """Refuse a redelivery that is not the stored task again (the payload is compared, as Powertools'
+    idempotency and Stripe's idempotency keys do): another company (409 TASK_ID_CONFLICT), or other
+    scans, case or model (409 TASK_PAYLOAD_MISMATCH). Fresh URLs and a later token are what a
+    redelivery may change; the model is compared when the redelivery names one (a default may move).
+    """
+    if stored.company_id != fresh.company_id:
+        raise TaskIdConflictError("this task_id belongs to another company's task; nothing was changed",
+                                  details={"task_id": stored.task_id})
+    differs = [name for name, a, b in (("scans", sorted(stored.scans), sorted(fresh.scans)),
+                                       ("case_id", stored.case_id, fresh.case_id),
+                                       ("model", stored.model if model_requested else None,
+                                        fresh.model if model_requested else None)) if a != b]
+    if differs:
+        raise TaskPayloadMismatchError(
+            "a redelivery of this task_id differs from the stored task in " + ", ".join(differs)
+            + "; nothing was changed (send a new task_id for a new task)",
+            details={"task_id": stored.task_id, "fields": differs})
 
 
 @dataclass(frozen=True)
@@ -73,13 +101,17 @@ class IntakeService:
             attempts=1,
             job_id=new_job_id(),
         )
+        size = len(task.model_dump_json())
+        if size > MAX_TASK_BYTES:
+            raise PayloadTooLargeError(f"the task would take {size} bytes to store; the limit is {MAX_TASK_BYTES}",
+                                       details={"size": size, "limit": MAX_TASK_BYTES})
         # The caller whose conditional create wins submits the job: one task, one job, however many
         # redeliveries race. Stored as QUEUED and with its job's id at once, so that with a launcher that
         # takes the id (the local one) the conditional create is the acknowledgement's only write.
         if self._tasks.create(task):
             return Accepted(task=self._submit(task), created=True)
         log.info("duplicate webhook for an existing task", extra={"task_id": payload.task_id})
-        self._refresh(task)
+        self._refresh(task, model_requested=payload.requested_model() is not None)  # refuses (409) another tenant's reuse of the id and a changed payload
         return Accepted(task=self._ensure_job(payload.task_id), created=False)
 
     def _default_for(self, payload: WebhookPayload) -> str:
@@ -89,10 +121,11 @@ class IntakeService:
         stain = next((payload.stains[sid].value for sid in payload.scan_files() if sid in payload.stains), None)
         return self._model_for_stain(stain)
 
-    def _refresh(self, fresh: Task) -> None:
+    def _refresh(self, fresh: Task, *, model_requested: bool) -> None:
         """A redelivery carries freshly signed URLs (and maybe a fresh token): keep them for unfinished work."""
 
         def change(task: Task) -> Task | None:
+            check_same_task(task, fresh, model_requested=model_requested)
             if task.status.is_terminal:
                 return None
             scans = dict(task.scans)
