@@ -29,9 +29,6 @@ class Settings(BaseSettings):
     download_timeout_s: float = Field(3600.0, gt=0, description="one file, every attempt and redirect together")
     download_min_bytes_per_s: float = Field(16384.0, ge=0, description="slower over a rate window is cut (0: off)")
     download_rate_window_s: float = Field(30.0, gt=0, description="seconds the minimum rate is averaged over")
-    download_timeout_s: float = Field(3600.0, gt=0, description="one file, every attempt and redirect together")
-    download_min_bytes_per_s: float = Field(16384.0, ge=0, description="slower over a rate window is cut (0: off)")
-    download_rate_window_s: float = Field(30.0, gt=0, description="seconds the minimum rate is averaged over")
 
     # Storage and AWS.
     data_dir: Path = Path(".scanbridge")
@@ -66,9 +63,6 @@ class Settings(BaseSettings):
     delivery_max_timeout_s: float = Field(300.0, description="each retry waits twice as long for an answer, up to this")
     delivery_retry_window_s: float = Field(86400.0, ge=0, description="retries go on this long after the first attempt (0: only the first burst)")
     delivery_max_backoff_s: float = Field(600.0, gt=0, description="the longest wait between two scheduled retries")
-    delivery_max_timeout_s: float = Field(300.0, description="each retry waits twice as long for an answer, up to this")
-    delivery_retry_window_s: float = Field(86400.0, ge=0, description="retries go on this long after the first attempt (0: only the first burst)")
-    delivery_max_backoff_s: float = Field(600.0, gt=0, description="the longest wait between two scheduled retries")
 
     # Protections (off when empty; template.yaml switches them on).
     webhook_secret: str = ""
@@ -76,7 +70,6 @@ class Settings(BaseSettings):
     admin_token: str = ""
     max_body_bytes: int = 1024 * 1024
     max_tiles_per_scan: int = 200_000
-    checkpoint_interval_s: float = Field(60.0, ge=0, description="a scan's finished tiles are checkpointed this often (0: off)")
     checkpoint_interval_s: float = Field(60.0, ge=0, description="a scan's finished tiles are checkpointed this often (0: off)")
     worker_retries: int = 1
     heartbeat_interval_s: float = 10.0

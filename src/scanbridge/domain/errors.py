@@ -163,18 +163,6 @@ class ScanContentEncodingError(ScanDownloadError):
     code = "SCAN_CONTENT_ENCODING_REFUSED"
 
 
-class ScanDownloadTimeoutError(ScanDownloadError):
-    """The download ran past SCANBRIDGE_DOWNLOAD_TIMEOUT_S or below SCANBRIDGE_DOWNLOAD_MIN_BYTES_PER_S."""
-
-    code = "SCAN_DOWNLOAD_TIMEOUT"
-
-
-class ScanContentEncodingError(ScanDownloadError):
-    """The server sent a compressed Content-Encoding (gzip, deflate, br...): refused, never inflated."""
-
-    code = "SCAN_CONTENT_ENCODING_REFUSED"
-
-
 class ScanTooLargeError(ScanError):
     """The scan is larger than SCANBRIDGE_MAX_SCAN_BYTES."""
 
