@@ -106,6 +106,12 @@ class NoPlatformCredentialsError(ScanbridgeError):
     code = "NO_PLATFORM_CREDENTIALS"
 
 
+class DeviceUnavailableError(ScanbridgeError):
+    """SCANBRIDGE_DEVICE asks for a device (CUDA) whose execution provider does not work here."""
+
+    code = "DEVICE_UNAVAILABLE"
+
+
 class ModelNotFoundError(NotFoundError):
     """The webhook named a model the registry does not have."""
 
