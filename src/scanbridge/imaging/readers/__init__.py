@@ -2,8 +2,10 @@
 
 Routing (content only, never file names):
 
-- TIFF: OpenSlide (Aperio SVS, generic/pyramidal TIFF); what OpenSlide refuses but tifffile decodes
-  (stripped TIFF, untiled OME-TIFF) goes to the tifffile reader; an unknown TIFF compression is
+- TIFF: OpenSlide (Aperio SVS, generic/pyramidal TIFF) for metadata, with regions decoded from the
+  compressed tiles (tifffile + imagecodecs) wherever every level is a decodable tiled page; what
+  OpenSlide refuses or sees as one level (stripped TIFF, OME-TIFF and SubIFD pyramids, WebP / JPEG 2000 /
+  JPEG XL / zstd tiles) goes to the tifffile reader; an unknown TIFF compression is
   SCAN_UNSUPPORTED_FORMAT.
 - DICOM: the files' headers are parsed with pydicom and grouped into one series. A WSI series whose
   codecs OpenSlide decodes is handed to OpenSlide (when OpenSlide finds the same levels); everything
@@ -139,27 +141,53 @@ def _open_files(files: list[tuple[Path, str]]) -> ScanReader:
 
 
 def _open_tiff(path: Path) -> ScanReader:
+    """OpenSlide for what it reads whole (SVS, page pyramids), regions from the compressed tiles where
+    imagecodecs decodes them; the tifffile reader for what OpenSlide refuses or sees as one level
+    (SubIFD / OME pyramids, WebP, JPEG 2000, JPEG XL, zstd, stripped images)."""
     from scanbridge.imaging.readers.openslide_reader import OpenSlideReader, unsupported_tiff_reason
     from scanbridge.imaging.readers.tiff_reader import TiffFileReader, ome_mpp
+    from scanbridge.imaging.readers.tiled_tiff import open_pyramid
 
     reason = unsupported_tiff_reason(path)
     if reason:
         raise UnsupportedFormatError(reason)
+    levels, is_ome = _tifffile_levels(path)
     try:
         reader = OpenSlideReader(path)
     except UnsupportedFormatError:
         return TiffFileReader(path)
-    if reader.metadata.mpp is None:  # OME-TIFF keeps its pixel size in XML, which OpenSlide ignores
+    except CorruptScanError:
+        if levels == 0:  # tifffile cannot parse it either
+            raise
+        return TiffFileReader(path)  # e.g. WebP / JPEG 2000 tiles that OpenSlide's libtiff lacks
+    if levels > len(reader.metadata.level_dimensions):  # SubIFD / OME pyramid: OpenSlide sees level 0 only
+        reader.close()
+        return TiffFileReader(path)
+    if reader.metadata.mpp is None and is_ome:  # OME-TIFF keeps its pixel size in XML, which OpenSlide ignores
         import tifffile
 
         try:
             with tifffile.TiffFile(path) as tif:
-                mpp = ome_mpp(tif.ome_metadata) if tif.is_ome else None
+                mpp = ome_mpp(tif.ome_metadata)
         except (tifffile.TiffFileError, ValueError, OSError):
             mpp = None
         if mpp:
             reader.metadata = dataclasses.replace(reader.metadata, mpp=mpp)
+    tiles = open_pyramid(path, reader.metadata.level_dimensions)
+    if tiles is not None:
+        reader.use_tiles(tiles)
     return reader
+
+
+def _tifffile_levels(path: Path) -> tuple[int, bool]:
+    """(levels of tifffile's first series, whether it is OME-TIFF); (0, False) when tifffile cannot parse it."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.series[0].levels), bool(tif.is_ome)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError):
+        return 0, False
 
 
 def _open_dicom(paths: list[Path]) -> ScanReader:

@@ -1,4 +1,8 @@
-"""tifffile-based reader for TIFFs OpenSlide refuses but that hold a plain image (stripped, OME-TIFF)."""
+"""tifffile-based reader for TIFFs OpenSlide refuses or misreads: stripped images, OME-TIFF and SubIFD
+pyramids (tifffile's series levels), WebP / JPEG 2000 / JPEG XL / zstd tiles (imagecodecs).
+
+Tiled levels are read tile by tile (imaging/readers/tiled_tiff.py); only untiled levels are decoded whole.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
 from scanbridge.imaging.readers.base import ScanMetadata, best_level, resize_rgb, thumbnail_size
+from scanbridge.imaging.readers.tiled_tiff import TiledPyramid, open_pyramid
 
 MAX_LEVEL_BYTES = 2 * 1024**3  # the whole level is decoded into memory: refuse what cannot fit
 _UNIT_TO_UM = {"nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -84,7 +89,7 @@ def to_rgb8(arr: np.ndarray, axes: str) -> np.ndarray:
 
 
 class TiffFileReader:
-    """A ScanReader over tifffile: each level is decoded whole on first use and kept."""
+    """A ScanReader over tifffile: tiled levels read tile by tile, untiled ones decoded whole and kept."""
 
     def __init__(self, path: Path) -> None:
         import tifffile
@@ -105,6 +110,7 @@ class TiffFileReader:
             raise CorruptScanError(f"the TIFF cannot be parsed: {exc}") from exc
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
+        self._tiles: TiledPyramid | None = open_pyramid(path, tuple(dims))
         w0, h0 = dims[0]
         is_ome = bool(self._tif.is_ome)
         mpp = ome_mpp(self._tif.ome_metadata) if is_ome else None
@@ -115,6 +121,7 @@ class TiffFileReader:
             level_downsamples=tuple((w0 / w + h0 / h) / 2.0 for w, h in dims),
             mpp=mpp, objective_power=None,
             properties={"scanbridge.reader": "tifffile", "tiff.axes": self._axes[0],
+                        "scanbridge.decoder": "tifffile+imagecodecs" if self._tiles else "tifffile (whole level)",
                         "tiff.compression": str(getattr(self._tif.pages.first, "compression", ""))},
         )
 
@@ -140,8 +147,10 @@ class TiffFileReader:
         if not 0 <= level < len(self._levels):
             raise ValueError(f"level {level} out of range")
         w, h = int(size[0]), int(size[1])
-        img = self._level_array(level)
         ds = self.metadata.level_downsamples[level]
+        if self._tiles is not None:
+            return self._tiles.read(level, round(location[0] / ds), round(location[1] / ds), w, h)
+        img = self._level_array(level)
         lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
         out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
@@ -155,7 +164,12 @@ class TiffFileReader:
         w, h = self.metadata.dimensions
         tw, th = thumbnail_size((w, h), max_size)
         level = best_level(self.metadata.level_downsamples, w / tw)
-        thumb = resize_rgb(self._level_array(level), (tw, th))
+        if self._tiles is not None:
+            lw, lh = self.metadata.level_dimensions[level]
+            whole = self._tiles.read(level, 0, 0, lw, lh)
+        else:
+            whole = self._level_array(level)
+        thumb = resize_rgb(whole, (tw, th))
         return thumb, w / thumb.shape[1]
 
     def associated_image(self, name: str) -> np.ndarray:
@@ -164,5 +178,7 @@ class TiffFileReader:
 
     def close(self) -> None:
         """Close the file and drop decoded levels."""
+        if self._tiles is not None:
+            self._tiles.close()
         self._tif.close()
         self._cache.clear()
