@@ -88,6 +88,12 @@ class ForbiddenError(ScanbridgeError):
     code = "FORBIDDEN"
 
 
+class RouteNotAvailableError(ScanbridgeError):
+    """The route exists, but not in this deployment (e.g. synchronous inference in the API Lambda): HTTP 501."""
+
+    code = "ROUTE_NOT_AVAILABLE"
+
+
 class HostNotAllowedError(ScanbridgeError):
     """A request whose `Host` is not a loopback name in open local mode (DNS-rebinding protection; 421)."""
 

@@ -23,6 +23,7 @@ STATUS: list[tuple[type[e.ScanbridgeError], int]] = [
     (e.AuthError, 401),
     (e.ForbiddenError, 403),
     (e.HostNotAllowedError, 421),
+    (e.RouteNotAvailableError, 501),
 ]
 
 
