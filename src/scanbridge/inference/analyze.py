@@ -10,14 +10,15 @@ from typing import Any
 import numpy as np
 
 from scanbridge.domain.errors import TooManyTilesError
-from scanbridge.domain.models import ModelSpec
+from scanbridge.domain.models import REGION_KINDS, ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
-from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_grid
+from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_class_grid, run_grid
 from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
+from scanbridge.inference.regions import region_result, tissue_pixels
 from scanbridge.inference.session import OnnxModel
 
 THUMBNAIL_MAX = 2048
@@ -60,6 +61,11 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     if spec.kind in OBJECT_KINDS:
         return _analyze_objects(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, tile_size=tile_size,
                                 batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
+                                min_tissue=tile_min_tissue(spec, min_tissue))
+
+    if spec.kind in REGION_KINDS:
+        return _analyze_regions(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, batch_size=batch_size,
+                                readers=readers, progress=progress, overlap=overlap,
                                 min_tissue=tile_min_tissue(spec, min_tissue))
 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
@@ -114,6 +120,35 @@ def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: n
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run,
                "object_post_cpu_s": run.post_s}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=run.stats, timings=timings)
+
+
+def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
+                     t0: float, t_mask: float, batch_size: int | None, readers: int, progress: ProgressFn | None,
+                     overlap: int | None, min_tissue: float) -> ScanAnalysis:
+    """Region kinds: a class map per tile (tile-classification: tiles side by side, one class each;
+    semantic-segmentation: `outputs.tile_overlap` margins) -> regions per class (inference/regions.py).
+
+    Tiles are always the model's input size: a fixed-size export cannot take another.
+    """
+    spec = model.spec
+    meta = reader.metadata
+    width, height = meta.dimensions
+    target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
+    if spec.kind == "tile-classification":
+        margin = 0  # one class per tile: tiles must not overlap
+    else:
+        margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
+        margin -= margin % spec.output_downsample
+    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, spec.input_size, mask, mask_ds,
+                          overlap=margin, min_tissue=min_tissue)
+    cmap, stats = run_class_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
+    t_run = time.perf_counter()
+    per_map_px = grid.stride if spec.kind == "tile-classification" else spec.output_downsample
+    map_ds = grid.model_downsample * per_map_px
+    result = region_result(scan_id, model, cmap, map_ds=map_ds, bounds=(width, height), mpp=meta.mpp,
+                           tissue_px=tissue_pixels(mask, mask_ds))
+    timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
+    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, map_downsample=map_ds, timings=timings)
 
 
 def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, prob: np.ndarray, map_ds: float,

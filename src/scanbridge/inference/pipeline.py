@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from scanbridge.domain.errors import InferenceError
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import Tile, TileGrid
 from scanbridge.inference.session import OnnxModel
@@ -73,6 +74,72 @@ class TileMap:
             part = q[:h - r0, :w - c0]
             dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part.astype(np.float16) * scale
         return dense
+
+
+class ClassTileMap:
+    """Region kinds' per-tile class maps: the argmax label and each kept class's probability, as uint8.
+
+    One tile's output is (K,) or (K, 1, 1) for tile-classification (one map pixel per tile) or
+    (K, h, w) for semantic-segmentation (its core is kept). Label 255 marks pixels no tile ran on.
+    """
+
+    NONE = 255
+
+    def __init__(self, rows: int, cols: int, out_tile: int, out_margin: int, classes: int,
+                 keep: list[int]) -> None:
+        if classes >= self.NONE:
+            raise ValueError(f"at most {self.NONE - 1} classes")
+        self.rows, self.cols, self.out_tile, self.out_margin = rows, cols, out_tile, out_margin
+        self.classes, self.keep = classes, list(keep)
+        self.labels: dict[tuple[int, int], np.ndarray] = {}
+        self.probs: dict[tuple[int, int], np.ndarray] = {}
+
+    def plane(self, out: np.ndarray) -> np.ndarray:
+        """One tile's output as (K, h, w), cropped to its core; InferenceError when it does not fit."""
+        y = np.asarray(out, dtype=np.float32)
+        if y.ndim == 1:
+            y = y.reshape(-1, 1, 1)
+        if y.ndim != 3 or y.shape[0] != self.classes:
+            raise InferenceError(f"a tile's output has shape {list(out.shape)}; {self.classes} class channels expected")
+        m, t = self.out_margin, self.out_tile
+        core = y[:, m:m + t, m:m + t]
+        if core.shape[1:] != (t, t):
+            raise InferenceError(f"a tile's output is {list(y.shape[1:])} pixels; a {t}x{t} core after a margin of "
+                             f"{m} expected")
+        return core
+
+    def put(self, tile: Tile, out: np.ndarray) -> None:
+        """Store one tile: argmax over the class axis, and the kept classes' probabilities (x 255)."""
+        core = self.plane(out)
+        self.labels[(tile.row, tile.col)] = np.argmax(core, axis=0).astype(np.uint8)
+        kept = core[self.keep] if self.keep else core[:0]
+        self.probs[(tile.row, tile.col)] = np.clip(np.rint(kept * 255.0), 0, 255).astype(np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored tiles."""
+        return sum(a.nbytes for a in self.labels.values()) + sum(a.nbytes for a in self.probs.values())
+
+    def _dense(self, parts: dict[tuple[int, int], np.ndarray], index: int | None, height: int, width: int,
+               fill: int) -> np.ndarray:
+        dense = np.full((height, width), fill, dtype=np.uint8)
+        t = self.out_tile
+        for (r, c), q in parts.items():
+            r0, c0 = r * t, c * t
+            if r0 >= height or c0 >= width:
+                continue
+            plane = q if index is None else q[index]
+            part = plane[:height - r0, :width - c0]
+            dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
+        return dense
+
+    def label_array(self, height: int, width: int) -> np.ndarray:
+        """The dense label map (uint8; NONE where no tile ran), cropped to height x width."""
+        return self._dense(self.labels, None, height, width, self.NONE)
+
+    def prob_array(self, channel: int, height: int, width: int) -> np.ndarray:
+        """The dense probability map of one kept output channel (uint8, p x 255; 0 where no tile ran)."""
+        return self._dense(self.probs, self.keep.index(channel), height, width, 0)
 
 
 def read_tile(reader: ScanReader, grid: TileGrid, tile: Tile) -> np.ndarray:
@@ -157,13 +224,41 @@ def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = No
 def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
              readers: int = 2, progress: ProgressFn | None = None) -> tuple[TileMap, PipelineStats]:
     """Run the model over every tile of `grid`; returns its first output's tile cores, compactly."""
-    spec = model.spec
-    ds_out = spec.output_downsample
+    ds_out = model.spec.output_downsample
     if grid.overlap % ds_out or grid.tile_size % ds_out:
         raise ValueError(f"tile size and overlap must be multiples of the output downsample {ds_out}")
     out_tile, out_margin = grid.stride // ds_out, grid.overlap // ds_out
-    batch = max(1, batch_size or model.batch_size_for(grid.tile_size))
     result = TileMap(grid.rows, grid.cols, out_tile)
+
+    def put(tile: Tile, out: np.ndarray) -> None:
+        plane = out[0] if out.ndim == 3 else out
+        result.put(tile, plane[out_margin:out_margin + out_tile, out_margin:out_margin + out_tile])
+
+    stats = run_tiles(reader, model, grid, put, batch_size=batch_size, readers=readers, progress=progress)
+    return result, stats
+
+
+def run_class_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
+                   readers: int = 2, progress: ProgressFn | None = None) -> tuple[ClassTileMap, PipelineStats]:
+    """Region kinds: run the model over `grid` and keep each tile's class map (see ClassTileMap)."""
+    spec = model.spec
+    keep = [i for i, lb in enumerate(spec.labels) if lb.name not in spec.background_labels]
+    if spec.kind == "tile-classification":
+        result = ClassTileMap(grid.rows, grid.cols, 1, 0, len(spec.labels), keep)
+    else:
+        ds_out = spec.output_downsample
+        if grid.overlap % ds_out or grid.tile_size % ds_out:
+            raise ValueError(f"tile size and overlap must be multiples of the output downsample {ds_out}")
+        result = ClassTileMap(grid.rows, grid.cols, grid.stride // ds_out, grid.overlap // ds_out,
+                              len(spec.labels), keep)
+    stats = run_tiles(reader, model, grid, result.put, batch_size=batch_size, readers=readers, progress=progress)
+    return result, stats
+
+
+def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callable[[Tile, np.ndarray], None], *,
+              batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None) -> PipelineStats:
+    """Run the model over every tile of `grid` in batches; hands `put` each tile's primary output."""
+    batch = max(1, batch_size or model.batch_size_for(grid.tile_size))
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
     total = len(grid.tiles)
     started = time.perf_counter()
@@ -177,8 +272,7 @@ def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size
         stats.infer_s += time.perf_counter() - t0
         first = model.primary_output(outputs)
         for tile, out in zip(batch_tiles, first, strict=True):
-            plane = out[0] if out.ndim == 3 else out
-            result.put(tile, plane[out_margin:out_margin + out_tile, out_margin:out_margin + out_tile])
+            put(tile, out)
         stats.tiles_processed += n
         stats.batches += 1
         batch_tiles.clear()
@@ -200,4 +294,4 @@ def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size
     finally:
         tiles.close()  # stops the readers at once when the model fails
     stats.wall_s = time.perf_counter() - started
-    return result, stats
+    return stats
