@@ -30,7 +30,10 @@ OUTPUT_KEYS: dict[str, str] = {
                "stardist (probability + radial distances), boxes (N, M, >=5 detections)",
     "hv_output": "HoVer-Net: the output holding the horizontal/vertical distance maps (N, 2, h, w)",
     "type_output": "HoVer-Net: the optional type map (N, K, h, w); channel i is labels[i]",
-    "rays_output": "StarDist: the output holding the radial distances (N, R, h, w) in output pixels",
+    "rays_output": "StarDist: the output holding the radial distances (N, R, h, w); ray k at angle 2 pi k / R "
+                   "from +x towards +y",
+    "rays_units": "StarDist: input (default: distances in model input pixels, as StarDist writes them) or "
+                  "output (in output pixels)",
     "probability_channel": "channel of the primary output that holds the object probability",
     "output_crop": "output pixels missing on each side (a valid-convolution model: output side = "
                    "input_size / output_downsample - 2 * output_crop)",

@@ -54,6 +54,7 @@ class Nucleus:
     orientation: float  # radians, scikit-image's convention (from the row axis, counter-clockwise)
     stain_means: list[float] = field(default_factory=list)
     positive_score: float | None = None  # mean positive-class probability over the nucleus
+    label: int = 0  # its value in the label image it was measured from
 
 
 Box = tuple[slice, slice]
@@ -243,7 +244,7 @@ def _measure(labels: np.ndarray, boxes: list[Box | None], params: NucleusParams,
             eccentricity=ecc, solidity=poly2 / hull2 if hull2 > 0 else 1.0, extent=area / (h * w),
             major_axis=4.0 * math.sqrt(l1), minor_axis=4.0 * math.sqrt(l2), orientation=orientation,
             stain_means=[cv2.mean(p[box], mask=image)[0] for p in planes],
-            positive_score=cv2.mean(pos[box], mask=image)[0] if pos is not None else None,
+            positive_score=cv2.mean(pos[box], mask=image)[0] if pos is not None else None, label=lab,
         ))
     return out
 
