@@ -81,7 +81,7 @@ def test_put_registers_a_model_next_to_the_builtins(models: ModelService, regist
     ({"input_name": "pixels"}, TISSUE_ONNX, "input 'pixels' not found"),
     ({"input_dtype": "float32"}, TISSUE_ONNX, "tensor(uint8)"),
     ({"output_name": "logits"}, TISSUE_ONNX, "output 'logits' not found"),
-    ({"output_downsample": 4}, TISSUE_ONNX, "(N, [C,] 16, 16) expected"),
+    ({"output_downsample": 4}, TISSUE_ONNX, "(N, [1,] 16, 16) expected"),
 ])
 def test_an_onnx_file_that_does_not_match_its_spec_is_refused(models: ModelService, changes: dict[str, Any],
                                                               data: bytes, problem: str) -> None:
