@@ -55,7 +55,7 @@ def live_principal(conn: HTTPConnection) -> Principal:
     key = conn.query_params.get("api_key")
     if key and "authorization" not in headers and "x-api-key" not in headers:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        headers = Headers(raw=[*raw, (b"authorization", f"Bearer {key}".encode("latin-1"))])
+        headers = Headers(raw=[*raw, (b"authorization", f"Bearer {key}".encode("utf-8", "replace"))])
     return principal(cast(Request, _Caller(conn.app, headers)))
 
 
@@ -171,7 +171,8 @@ def task_logs(task_id: str, request: Request, caller: LiveTenant,
 def config_available(request: Request, _caller: LiveTenant) -> dict[str, Any]:
     """Models with their specs, formats, DICOM transfer syntaxes, limits, routes and version."""
     container = _container(request)
-    return capabilities(container.settings, container.catalog, __version__)
+    return capabilities(container.settings, container.catalog, __version__,
+                        unavailable=getattr(request.app.state, "unavailable_routes", None))
 
 
 class McpEndpoint:

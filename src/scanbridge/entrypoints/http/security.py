@@ -70,11 +70,16 @@ def host_allowed(host_header: str) -> bool:
         return False
 
 
+def _text(header: str) -> str:
+    """A header value as the text its sender wrote (ASGI servers decode header bytes as latin-1)."""
+    return header.encode("latin-1", "replace").decode("utf-8", "surrogateescape")
+
+
 def _credential(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    auth = _text(request.headers.get("authorization", ""))
     if auth.lower().startswith("bearer "):
         return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or None
+    return _text(request.headers.get("x-api-key", "")) or None
 
 
 def principal(request: Request) -> Principal:
