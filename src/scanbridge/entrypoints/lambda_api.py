@@ -12,6 +12,7 @@ from mangum import Mangum
 
 from scanbridge.bootstrap import bootstrap
 from scanbridge.entrypoints.http.app import create_app
+from scanbridge.services.capabilities import LAMBDA_UNAVAILABLE
 
 logger = Logger(service="scanbridge-api")
 metrics = Metrics(namespace="ScanBridge", service="scanbridge-api")
@@ -25,7 +26,8 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """API Gateway (HTTP API or REST) event -> FastAPI."""
     global _handler
     if _handler is None:
-        _handler = Mangum(create_app(bootstrap()), lifespan="off")
+        # routes that need scanbridge[worker] or [local] answer 501 ROUTE_NOT_AVAILABLE here, saying where they run
+        _handler = Mangum(create_app(bootstrap(), unavailable=LAMBDA_UNAVAILABLE), lifespan="off")
     response: dict[str, Any] = _handler(event, context)
     status = int(response.get("statusCode", 500))
     metrics.add_metric(name=f"Http{status // 100}xx", unit=MetricUnit.Count, value=1)

@@ -7,6 +7,8 @@ drift apart.
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Mapping
 from typing import Any
 
 from scanbridge.config import Settings
@@ -67,11 +69,66 @@ ENDPOINTS: dict[str, dict[str, str]] = {
     "infer": {"method": "POST", "link": "/v1/infer/{model}", "human_name": "Synchronous inference on one image"},
     "evaluate": {"method": "POST", "link": "/v1/evaluate", "human_name": "AP50 and Jaccard against ground truth"},
     "mcp": {"method": "POST", "link": "/mcp", "human_name": "Model Context Protocol (streamable HTTP)"},
+    "model_upload": {"method": "PUT", "link": "/admin/models/{name}",
+                     "human_name": "Register a model (admin; the ONNX file is checked with onnxruntime)"},
+}
+
+_LOCAL = "`scanbridge serve` (the local stack: pip install 'scanbridge[dev]')"
+
+#: the routes the API Lambda cannot run (its layer is scanbridge[api]: no numpy, onnxruntime or mcp) and
+#: where they do run; `entrypoints/lambda_api.py` answers them with 501 ROUTE_NOT_AVAILABLE saying so
+LAMBDA_UNAVAILABLE: dict[str, str] = {
+    "infer": f"POST /v1/infer runs a model inside the API process and needs scanbridge[worker] (numpy, "
+             f"onnxruntime), which the API Lambda does not have. It runs in {_LOCAL}; on AWS send the image "
+             "as a task (POST /webhook): the Batch worker image runs the same analysis.",
+    "evaluate": f"POST /v1/evaluate needs numpy and scipy (scanbridge[worker]), which the API Lambda does not "
+                f"have. It runs in {_LOCAL}, and `scanbridge evaluate PRED GT` runs it anywhere "
+                "scanbridge[worker] is installed (the worker image included).",
+    "mcp": "POST /mcp needs the mcp package (scanbridge[local]), which the API Lambda does not have. Run "
+           "`scanbridge mcp --url <this API's URL>` (a stdio MCP server over this API's REST routes) or "
+           f"{_LOCAL}.",
+    "model_upload": "PUT /admin/models/{name} checks the ONNX file with onnxruntime (scanbridge[worker]) "
+                    f"before storing it, which the API Lambda cannot. Register models through {_LOCAL} or any "
+                    "process with scanbridge[worker] whose SCANBRIDGE_MODELS_TABLE_NAME / SCANBRIDGE_BUCKET_NAME "
+                    "are the deployment's; PATCH and DELETE work here.",
+}
+
+#: the packages each of those routes imports when it runs (what `unavailable_here` looks for)
+ROUTE_NEEDS: dict[str, tuple[str, ...]] = {
+    "infer": ("numpy", "onnxruntime", "PIL"),
+    "evaluate": ("numpy", "scipy"),
+    "mcp": ("mcp",),
+    "model_upload": ("numpy", "onnxruntime"),
 }
 
 
-def capabilities(settings: Settings, catalog: ModelCatalog, version: str) -> dict[str, Any]:
-    """Everything a client needs to know before submitting: models, formats, syntaxes, limits, routes."""
+def unavailable_here() -> dict[str, str]:
+    """The routes whose packages this process cannot import, each with where it does run."""
+    missing: dict[str, str] = {}
+    for route, packages in ROUTE_NEEDS.items():
+        if any(importlib.util.find_spec(name) is None for name in packages):
+            missing[route] = LAMBDA_UNAVAILABLE[route]
+    return missing
+
+
+def endpoints(unavailable: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """ENDPOINTS, each marked `available` here, with `runs_on` for those that are not."""
+    unavailable = unavailable or {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in ENDPOINTS.items():
+        out[key] = {**entry, "available": key not in unavailable}
+        if key in unavailable:
+            out[key]["runs_on"] = unavailable[key]
+    return out
+
+
+def capabilities(settings: Settings, catalog: ModelCatalog, version: str,
+                 unavailable: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Everything a client needs to know before submitting: models, formats, syntaxes, limits, routes.
+
+    `unavailable`: routes this deployment answers with 501 (route id -> where they run); listed in
+    `endpoints` (`available: false`, `runs_on`) and in `unavailable_routes`.
+    """
     models = []
     for name in catalog.names():
         try:
@@ -100,5 +157,6 @@ def capabilities(settings: Settings, catalog: ModelCatalog, version: str) -> dic
         },
         "qc": {"enabled": settings.qc_enabled, "min_tissue_fraction": settings.qc_min_tissue_fraction,
                "blur_mpp": settings.qc_blur_mpp, "min_laplacian_var": settings.qc_min_laplacian_var},
-        "endpoints": ENDPOINTS,
+        "endpoints": endpoints(unavailable),
+        "unavailable_routes": dict(unavailable or {}),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -16,6 +17,7 @@ from scanbridge.config import Settings
 from scanbridge.domain.errors import (
     HostNotAllowedError,
     PayloadTooLargeError,
+    RouteNotAvailableError,
     ScanbridgeError,
     ValidationError,
 )
@@ -45,6 +47,7 @@ from scanbridge.entrypoints.webhook_common import (
     parse_webhook,
     status_for,
 )
+from scanbridge.services.capabilities import unavailable_here
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +176,43 @@ def webhook_schema() -> dict[str, Any]:
     return inlined
 
 
-def create_app(container: Container) -> FastAPI:
-    """The FastAPI app over one container."""
+#: route id (services/capabilities.py) -> (path, methods) of the routes a deployment may be unable to run
+OPTIONAL_ROUTES: dict[str, tuple[str, list[str]]] = {
+    "infer": ("/v1/infer/{model}", ["POST"]),
+    "evaluate": ("/v1/evaluate", ["POST"]),
+    "mcp": ("/mcp", ["GET", "POST", "DELETE"]),
+    "model_upload": ("/admin/models/{name}", ["PUT"]),
+}
+
+
+def _mount_unavailable(app: FastAPI, unavailable: Mapping[str, str]) -> None:
+    """Answer each unavailable route with 501 ROUTE_NOT_AVAILABLE; mounted first, so it shadows the real one."""
+    for route_id, runs_on in unavailable.items():
+        path, methods = OPTIONAL_ROUTES[route_id]
+
+        def not_here(route_id: str = route_id, runs_on: str = runs_on, path: str = path) -> None:
+            raise RouteNotAvailableError(f"{path} is not available in this deployment: {runs_on}",
+                                         details={"route": route_id, "runs_on": runs_on})
+
+        app.add_api_route(path, not_here, methods=methods, include_in_schema=False)
+
+
+def create_app(container: Container, *, unavailable: Mapping[str, str] | None = None) -> FastAPI:
+    """The FastAPI app over one container.
+
+    `unavailable`: ids of OPTIONAL_ROUTES this deployment answers with a coded 501 saying where they run
+    (the API Lambda passes `capabilities.LAMBDA_UNAVAILABLE`); by default those whose packages this
+    process cannot import.
+    """
     settings = container.settings
     app = FastAPI(title="scanbridge", version=__version__,
                   description="Webhook bridge between digital-pathology platforms and ONNX models.")
     app.state.container = container
+    app.state.unavailable_routes = dict(unavailable_here() if unavailable is None else unavailable)
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
     warn_open(settings)
+    _mount_unavailable(app, app.state.unavailable_routes)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, Any]:
