@@ -111,7 +111,10 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
             dead_letters = MemoryDeadLetterQueue(settings.data_dir / "dead-letters")
     delivery = DeliveryService(tasks, artifacts, secrets, platform, api_key=settings.platform_api_key,
                                attempts=settings.delivery_attempts, backoff_s=settings.delivery_backoff_s,
-                               dead_letters=dead_letters, sleep=overrides.get("sleep", time.sleep))
+                               dead_letters=dead_letters, sleep=overrides.get("sleep", time.sleep),
+                               timeout_s=settings.delivery_timeout_s, max_timeout_s=settings.delivery_max_timeout_s,
+                               retry_window_s=settings.delivery_retry_window_s,
+                               max_backoff_s=settings.delivery_max_backoff_s)
     launcher = overrides.get("launcher")
     if launcher is None:
         if settings.launcher == "batch":
@@ -122,7 +125,8 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
             from scanbridge.adapters.local.launcher import LocalJobLauncher
 
             launcher = LocalJobLauncher(max_workers=settings.max_workers, log_dir=settings.data_dir / "logs",
-                                        on_finished=delivery.on_job_finished, retries=settings.worker_retries)
+                                        on_finished=delivery.on_job_finished_later, retries=settings.worker_retries,
+                                        task_timeout_s=settings.task_timeout_s, work_dir=settings.data_dir / "work")
     default_for = getattr(catalog, "default_for", None)
     intake = IntakeService(tasks, launcher, secrets, default_model=settings.default_model,
                            max_scans=settings.max_scans_per_task,

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     worker_retries: int = 1
     heartbeat_interval_s: float = 10.0
     stale_after_s: float = 120.0
+    task_timeout_s: float = Field(43200.0, ge=0, description="a task's deadline from its first worker start (0: none)")
 
     public_url: str = ""
     log_level: str = "INFO"

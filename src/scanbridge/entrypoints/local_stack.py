@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 log = logging.getLogger("scanbridge.serve")
@@ -58,28 +59,48 @@ def moto_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="moto_main")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument("--state-dir", default=None,
+                        help="keep the state here (journal + snapshot, adapters/local/journal.py); none: in memory only")
+    parser.add_argument("--fsync", action="store_true", help="fsync every journal record (survives power loss)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server sets it
     for service in MOTO_SERVICES:
         create_backend_app(service)
-    app = DomainDispatcherApplication(create_backend_app)
+    app: Any = DomainDispatcherApplication(create_backend_app)
+    if args.state_dir:
+        from scanbridge.adapters.local.journal import StateJournal
+
+        journal = StateJournal(Path(args.state_dir), fsync=args.fsync)
+        journal.restore(app)
+        app = journal.wrap(app)
     freeze_heap()
-    uvicorn.run(WSGIMiddleware(app, workers=8), host=args.host, port=args.port, log_level="warning",  # type: ignore[arg-type]
+    uvicorn.run(WSGIMiddleware(app, workers=8), host=args.host, port=args.port, log_level="warning",
                 access_log=False, lifespan="off")
 
 
-MOTO_MAIN = "from scanbridge.entrypoints.local_stack import moto_main; moto_main()"
+#: moto's process: bound to its parent first (it dies with `serve`, even on SIGKILL), then the server
+MOTO_MAIN = ("from scanbridge.adapters.local.lifetime import die_with_parent; die_with_parent({parent}); "
+             "from scanbridge.entrypoints.local_stack import moto_main; moto_main()")
 
 
 class MotoProcess:
     """A moto server in a child process (its own interpreter, so workers' traffic never holds the API's GIL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path | None = None, *, fsync: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._proc = subprocess.Popen([sys.executable, "-c", MOTO_MAIN, "-H", "127.0.0.1", "-p", str(self.port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
+        cmd = [sys.executable, "-c", MOTO_MAIN.format(parent=os.getpid()), "-H", "127.0.0.1", "-p", str(self.port)]
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            cmd += ["--state-dir", str(state_dir)] + (["--fsync"] if fsync else [])
+        # moto's own output goes to the state folder's log when there is one (replay warnings), else nowhere
+        out = open(state_dir / "moto.log", "ab") if state_dir is not None else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        finally:
+            if state_dir is not None:
+                out.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 120  # a long journal takes a while to replay
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError("the moto server did not start")
@@ -89,10 +110,10 @@ class MotoProcess:
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("the moto server did not start within 30 s")
+        raise RuntimeError("the moto server did not start within 120 s")
 
     def stop(self) -> None:
-        """Stop the server (it holds no state worth keeping)."""
+        """Stop the server (its state, when it has a state folder, is already in the journal)."""
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -101,14 +122,14 @@ class MotoProcess:
                 self._proc.kill()
 
 
-def start_moto() -> tuple[Any, str]:
-    """A moto server on a free loopback port; returns it and its endpoint URL."""
-    server = MotoProcess()
+def start_moto(state_dir: Path | None = None) -> tuple[Any, str]:
+    """A moto server on a free loopback port (keeping its state in `state_dir`); returns it and its URL."""
+    server = MotoProcess(state_dir)
     return server, server.url
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Run the local stack until Ctrl-C."""
+    """Run the local stack until Ctrl-C (or SIGTERM); its state is kept under `{data_dir}/state`."""
     import uvicorn
 
     from scanbridge.bootstrap import bootstrap
@@ -117,38 +138,46 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     from scanbridge.logs import setup_logging
 
     setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"))
-    moto, endpoint = start_moto()
+    get_settings.cache_clear()
+    data_dir = get_settings().data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    moto, endpoint = start_moto(data_dir / "state")
     # Children (worker subprocesses) inherit these, so they reach the same moto server.
     os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
     os.environ.setdefault("SCANBRIDGE_LAUNCHER", "local")
     for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                        ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(key, value)
+    os.environ["SCANBRIDGE_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()
     settings: Settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["SCANBRIDGE_DATA_DIR"] = str(settings.data_dir.resolve())
-    container = bootstrap(settings, provision=True)
-    if not settings.platform_url:
-        log.warning("SCANBRIDGE_PLATFORM_URL is not set: results cannot be delivered")
-    log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers", endpoint,
-             settings.data_dir.resolve(), settings.max_workers)
-    print(f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)", flush=True)
-    from scanbridge.services.reaper import Reaper
-
     stop = threading.Event()
-    is_alive = getattr(container.launcher, "is_alive", lambda _job: False)
-    reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s, is_alive=is_alive)
-    threading.Thread(target=reaper.run_every, args=(max(1.0, settings.stale_after_s / 4), stop),
-                     name="reaper", daemon=True).start()
-    app = create_app(container)
-    freeze_heap()
+    container: Any = None
     try:
+        container = bootstrap(settings, provision=True)
+        if not settings.platform_url:
+            log.warning("SCANBRIDGE_PLATFORM_URL is not set: results cannot be delivered")
+        from scanbridge.services.reaper import Reaper
+        from scanbridge.services.recovery import recover
+
+        recovered = recover(container.tasks, container.launcher, container.delivery,
+                            max_attempts=settings.worker_retries + 1)
+        clean = getattr(container.launcher, "clean_work_except", None)
+        cleaned = clean(set(recovered.resubmitted)) if clean else 0
+        log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers; %s; %d stale download folder(s) "
+                 "removed", endpoint, settings.data_dir, settings.max_workers, recovered.summary(), cleaned)
+        print(f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)", flush=True)
+        reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s,
+                        launcher=container.launcher, task_timeout_s=settings.task_timeout_s)
+        threading.Thread(target=reaper.run_every, args=(max(1.0, min(settings.stale_after_s / 4, 30.0)), stop),
+                         name="reaper", daemon=True).start()
+        app = create_app(container)
+        freeze_heap()
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         stop.set()
-        shutdown = getattr(container.launcher, "shutdown", None)
-        if shutdown:
+        shutdown = getattr(container.launcher, "shutdown", None) if container is not None else None
+        if shutdown is not None:
             shutdown()
         moto.stop()
         print("scanbridge stopped", flush=True)

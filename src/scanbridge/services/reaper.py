@@ -1,9 +1,10 @@
 """Heartbeats and the reaper: no task stays DOWNLOADING/RUNNING after its worker is gone.
 
-The worker beats every SCANBRIDGE_HEARTBEAT_INTERVAL_S; the reaper ends, as WORKER_FAILED (and tells
-the platform), any active task whose last beat is older than SCANBRIDGE_STALE_AFTER_S and whose job the
-launcher does not know as alive. On AWS the Batch state-change event does this job; the reaper is the
-belt to its braces.
+The worker beats every SCANBRIDGE_HEARTBEAT_INTERVAL_S; the reaper ends any active task whose last sign
+of life is older than SCANBRIDGE_STALE_AFTER_S, whether or not its process exists (a hung or SIGSTOPped
+worker is killed and retried by the launcher; a gone one is failed as WORKER_FAILED and the platform is
+told), and any task past SCANBRIDGE_TASK_TIMEOUT_S. On AWS the Batch state-change event and the job
+definition's Timeout do this job; the reaper is the belt to their braces.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Self
+from datetime import datetime
+from typing import Protocol, Self, cast
 
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
@@ -56,26 +58,81 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+class Liveness(Protocol):
+    """What a launcher may tell the reaper about a job (the local one does; Batch has its own events)."""
+
+    def last_seen(self, job_id: str) -> float | None:
+        """Epoch seconds of the launcher's own latest sign of life of the job, None when unknown."""
+
+    def is_alive(self, job_id: str) -> bool:
+        """Whether a process of the job exists."""
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        """Kill the job's process (stopped ones too); `retry`: start it again when attempts are left."""
+
+
+def _epoch(iso: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(iso).timestamp() if iso else None
+    except ValueError:
+        return None
+
+
 class Reaper:
-    """Finds active tasks whose worker stopped beating and fails them through the delivery service."""
+    """Ends what is stuck: active tasks silent past `stale_after_s`, and tasks past their deadline.
+
+    A silent task whose worker process still exists (hung, or SIGSTOPped) is killed through `launcher`
+    and retried by it while attempts are left; one whose process is gone is failed as WORKER_FAILED
+    through the delivery service (the platform is told once). A task active for longer than
+    `task_timeout_s` since its first scan started is killed without retry, or failed the same way.
+    `is_alive` alone (no `launcher`) keeps the older rule: a silent task with a live job is left alone.
+    """
 
     def __init__(self, tasks: TaskStore, delivery: DeliveryService, *, stale_after_s: float,
-                 is_alive: Callable[[str], bool] = lambda _job: False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 is_alive: Callable[[str], bool] | None = None, launcher: object | None = None,
+                 task_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self._tasks = tasks
         self._delivery = delivery
         self._stale = stale_after_s
+        self._launcher = launcher if all(hasattr(launcher, m) for m in ("last_seen", "kill", "is_alive")) else None
+        if is_alive is None:
+            is_alive = getattr(launcher, "is_alive", None) or (lambda _job: False)
         self._is_alive = is_alive
+        self._timeout = task_timeout_s if task_timeout_s and task_timeout_s > 0 else None
         self._clock = clock
 
+    def _liveness(self) -> Liveness | None:
+        return cast(Liveness, self._launcher) if self._launcher is not None else None
+
     def stale(self, task: Task) -> bool:
-        """Whether `task` looks abandoned."""
+        """Whether `task` is active but nothing has shown life for longer than `stale_after_s`."""
         if task.status not in ACTIVE:
             return False
-        last = task.heartbeat_at
-        if last is None:
+        live = self._liveness()
+        signs = [task.heartbeat_at]
+        if live is not None and task.job_id:
+            signs.append(live.last_seen(task.job_id))
+        known = [s for s in signs if s is not None]
+        if not known:
             return False
-        return self._clock() - last > self._stale and not (task.job_id and self._is_alive(task.job_id))
+        silent = self._clock() - max(known) > self._stale
+        if live is None:  # the older rule: a live job is never reaped
+            return silent and not (task.job_id and self._is_alive(task.job_id))
+        return silent
+
+    def past_deadline(self, task: Task) -> bool:
+        """Whether `task` is active for longer than SCANBRIDGE_TASK_TIMEOUT_S since its first scan started."""
+        if self._timeout is None or task.status not in ACTIVE:
+            return False
+        starts = [t for t in (_epoch(s.started_at) for s in task.scans.values()) if t is not None]
+        return bool(starts) and self._clock() - min(starts) > self._timeout
+
+    def _end(self, task: Task, reason: str, *, retry: bool) -> None:
+        live = self._liveness()
+        if live is not None and task.job_id and live.is_alive(task.job_id) and \
+                live.kill(task.job_id, reason, retry=retry):
+            return  # the launcher reports the job's end (or retries it)
+        self._delivery.on_job_finished(task.task_id, False, reason)
 
     def reap(self) -> list[str]:
         """End every abandoned task; returns their ids."""
@@ -85,9 +142,14 @@ class Reaper:
             while True:
                 page = self._tasks.list(status=status, limit=100, cursor=cursor)
                 for task in page.tasks:
-                    if self.stale(task):
-                        log.warning("worker stopped beating; failing the task", extra={"task_id": task.task_id})
-                        self._delivery.on_job_finished(task.task_id, False, "the worker stopped sending heartbeats")
+                    if self.past_deadline(task):
+                        log.warning("task ran past its deadline; ending it", extra={"task_id": task.task_id})
+                        self._end(task, f"the task ran past its deadline (SCANBRIDGE_TASK_TIMEOUT_S="
+                                        f"{self._timeout:g} s)", retry=False)
+                        reaped.append(task.task_id)
+                    elif self.stale(task):
+                        log.warning("worker stopped beating; ending it", extra={"task_id": task.task_id})
+                        self._end(task, f"the worker sent no heartbeat for {self._stale:g} s", retry=True)
                         reaped.append(task.task_id)
                 cursor = page.next_cursor
                 if cursor is None:

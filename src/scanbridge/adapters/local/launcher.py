@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scanbridge.adapters.local.lifetime import bound_command
 from scanbridge.domain.task import new_job_id
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,11 @@ def yield_cpu(pid: int) -> str:
         return "normal"
 
 
+def work_dir_name(task_id: str) -> str:
+    """The folder under `{data_dir}/work` that a task's downloads go to (as the processing service names it)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in task_id)[:100] or "_"
+
+
 OnFinished = Callable[[str, bool, "str | None"], object]
 
 
@@ -50,22 +59,35 @@ class LocalJobLauncher:
 
     The child gets this process's environment (endpoint of the moto server, table names), never the
     task token: the worker reads what it needs from the task store, as on Batch. `worker_cmd` replaces
-    the worker's command line (tests); `--task-id ID` is appended to it.
+    the worker's command line (tests); `--task-id ID` is appended to it. By default the worker runs
+    bound to this process (`lifetime.py`: it dies with it, even on SIGKILL). `task_timeout_s` is the
+    job's deadline over all its attempts: past it the worker is killed and not retried. When a job has
+    ended for good its downloads under `work_dir/<task>` are removed.
     """
 
     def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
                  env: dict[str, str] | None = None, retries: int = 1,
-                 worker_cmd: list[str] | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="local-job")
+                 worker_cmd: list[str] | None = None, task_timeout_s: float | None = None,
+                 work_dir: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._max_workers = max(1, max_workers)
+        self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="local-job")
         self._log_dir = log_dir
         self._on_finished = on_finished
         self._env = env
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._cancelled: set[str] = set()
+        self._reasons: dict[str, str] = {}
+        self._queued: dict[str, float] = {}  # job id -> when submitted, in submission order
+        self._started: dict[str, float] = {}  # job id -> when its current attempt started
+        self._active: set[str] = set()  # jobs between their first start and their end (retries included)
+        self._durations: deque[float] = deque(maxlen=20)  # of the jobs that ended, for the queue's ETA
         self._lock = threading.Lock()
         self._retries = max(0, retries)
         self._closing = False
-        self._worker_cmd = worker_cmd or [sys.executable, "-P", "-m", "scanbridge.entrypoints.worker"]
+        self._timeout = task_timeout_s if task_timeout_s and task_timeout_s > 0 else None
+        self._work_dir = work_dir
+        self._clock = clock
+        self._worker_cmd = worker_cmd or bound_command("scanbridge.entrypoints.worker")
 
     def set_on_finished(self, callback: OnFinished) -> None:
         """Set what runs when a job ends (the delivery service)."""
@@ -74,6 +96,8 @@ class LocalJobLauncher:
     def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         """Queue the worker for `task_id` (it runs the scans on parallel threads); returns the job id (`job_id`)."""
         job_id = job_id or new_job_id()
+        with self._lock:
+            self._queued[job_id] = self._clock()
         self._pool.submit(self._run, task_id, job_id)
         return job_id
 
@@ -82,20 +106,24 @@ class LocalJobLauncher:
         log_path = self._log_dir / f"{job_id}.log"
         reason: str | None = None
         ok = False
+        began = self._clock()
         try:
             with self._lock:
+                self._queued.pop(job_id, None)
                 if job_id in self._cancelled or self._closing:
                     return
+                self._active.add(job_id)
             for attempt in range(self._retries + 1):
-                code = self._spawn(task_id, job_id, log_path)
+                code = self._spawn(task_id, job_id, log_path, began)
                 ok = code == 0
                 if ok:
                     break
                 reason = f"worker exited with code {code}" if code > 0 else f"worker killed by signal {-code}"
                 with self._lock:
                     stop = job_id in self._cancelled or self._closing
+                    reason = self._reasons.pop(job_id, reason)
                 # Like Batch's retry on host termination: a killed worker is retried, an erroring one is not
-                # (nor one this launcher stopped: cancelled, or shutting down).
+                # (nor one this launcher stopped: cancelled, past its deadline, or shutting down).
                 if code > 0 or stop or attempt == self._retries:
                     break
                 log.warning("%s; retrying the task", reason, extra={"task_id": task_id})
@@ -105,9 +133,13 @@ class LocalJobLauncher:
         finally:
             with self._lock:
                 self._procs.pop(job_id, None)
-        with self._lock:
-            closing = self._closing
-        if closing:  # stopped by shutdown(): no result to report, the stack (and locally its store) is going away
+                self._started.pop(job_id, None)
+                self._reasons.pop(job_id, None)
+                self._active.discard(job_id)
+                closing = self._closing
+                if not closing:
+                    self._durations.append(self._clock() - began)
+        if closing:  # stopped by shutdown(): no result to report; the task resumes when the stack restarts
             log.info("worker stopped by the launcher's shutdown", extra={"task_id": task_id})
             return
         if self._on_finished is not None:
@@ -115,8 +147,26 @@ class LocalJobLauncher:
                 self._on_finished(task_id, ok, reason)
             except Exception:
                 log.exception("results step failed", extra={"task_id": task_id})
+        self.clean_work(task_id)
 
-    def _spawn(self, task_id: str, job_id: str, log_path: Path) -> int:
+    def clean_work(self, task_id: str) -> None:
+        """Remove what the workers downloaded for `task_id` (its job has ended for good)."""
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir / work_dir_name(task_id), ignore_errors=True)
+
+    def clean_work_except(self, keep: set[str]) -> int:
+        """At start: remove the download folders of every task but `keep` (those resuming); returns how many."""
+        if self._work_dir is None or not self._work_dir.is_dir():
+            return 0
+        names = {work_dir_name(t) for t in keep}
+        removed = 0
+        for entry in self._work_dir.iterdir():
+            if entry.name not in names:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _spawn(self, task_id: str, job_id: str, log_path: Path, began: float) -> int:
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 [*self._worker_cmd, "--task-id", task_id],
@@ -124,16 +174,80 @@ class LocalJobLauncher:
             yield_cpu(proc.pid)  # workers only get CPU time the API does not want
             with self._lock:
                 self._procs[job_id] = proc
+                self._started[job_id] = self._clock()
                 closing = self._closing
             if closing:  # shutdown() ran while this one was starting
                 os.killpg(proc.pid, signal.SIGTERM)
-            return proc.wait()
+            if self._timeout is None:
+                return proc.wait()
+            try:
+                return proc.wait(timeout=max(0.0, began + self._timeout - self._clock()))
+            except subprocess.TimeoutExpired:
+                log.warning("worker ran past SCANBRIDGE_TASK_TIMEOUT_S; killing it", extra={"task_id": task_id})
+                self.kill(job_id, f"the task ran past its deadline (SCANBRIDGE_TASK_TIMEOUT_S={self._timeout:g} s)",
+                          retry=False)
+                return proc.wait()
 
     def is_alive(self, job_id: str) -> bool:
         """Whether the worker of `job_id` is running now."""
         with self._lock:
             proc = self._procs.get(job_id)
         return proc is not None and proc.poll() is None
+
+    def last_seen(self, job_id: str) -> float | None:
+        """The latest sign of life the launcher itself has of `job_id`: now while it waits in the queue or
+        between two attempts, the start of its current attempt while a worker runs it, None when unknown."""
+        with self._lock:
+            if job_id in self._queued:
+                return self._clock()
+            proc = self._procs.get(job_id)
+            if proc is not None and proc.poll() is None:
+                return self._started.get(job_id)
+            if job_id in self._active:
+                return self._clock()
+        return None
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        """SIGKILL the worker of `job_id` (stopped or hung ones too); `retry` lets the launcher start it again
+        when attempts are left, else the job ends with `reason`. Returns whether there was a worker."""
+        with self._lock:
+            proc = self._procs.get(job_id)
+            self._reasons[job_id] = reason
+            if not retry:
+                self._cancelled.add(job_id)
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start, 2 after it...; None when `job_id` is not waiting."""
+        with self._lock:
+            for position, queued in enumerate(self._queued, start=1):
+                if queued == job_id:
+                    return position
+        return None
+
+    def queue_eta_s(self, job_id: str) -> float | None:
+        """Seconds until `job_id` should start: the queue ahead of it spread over the workers, each job
+        taking the mean of the last jobs' durations; None while no job has ended yet (or it is not waiting)."""
+        position = self.queue_position(job_id)
+        with self._lock:
+            if position is None or not self._durations:
+                return None
+            mean = sum(self._durations) / len(self._durations)
+            now = self._clock()
+            free = sorted(max(0.0, mean - (now - t)) for t in self._started.values())[: self._max_workers]
+        free += [0.0] * (self._max_workers - len(free))
+        heapq.heapify(free)
+        start = 0.0
+        for _ in range(position):
+            start = heapq.heappop(free)
+            heapq.heappush(free, start + mean)
+        return round(start, 1)
 
     def pids(self) -> dict[str, int]:
         """Running worker processes by job id (for operators and tests)."""
