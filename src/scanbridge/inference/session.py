@@ -4,6 +4,10 @@ One code path for every device: with the CUDA execution provider the batch is bo
 I/O binding (one host-to-device copy per batch, outputs copied back once); on CPU the session runs
 with tuned intra-op threads that do not spin, so they leave the cores to the tile readers between
 batches. The I/O-binding path also works on CPU (device "cpu"), which is how it is tested without a GPU.
+Its buffers are kept per batch shape (and per thread) and reused: the input OrtValue is updated in place
+(pinned host memory where onnxruntime exposes it for CUDA), the outputs stay bound to the device buffers
+of the first run. The device is chosen as `inference/device.py` says (SCANBRIDGE_DEVICE, TensorRT); an
+out-of-memory error halves the batch (for the rest of the process) and retries instead of failing.
 """
 
 from __future__ import annotations
@@ -11,18 +15,23 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from scanbridge.domain.errors import InferenceError
+from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
 from scanbridge.domain.models import ModelSpec
+from scanbridge.inference import device as dev
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-GPU_BATCH_BYTES = 96 * 2**20  # uint8 input per batch on a GPU: large enough to keep it busy
+GPU_BATCH_BYTES = dev.GPU_BATCH_BYTES  # uint8 input per batch on a GPU whose free memory cannot be read
+MAX_BOUND_SHAPES = 4  # I/O-binding buffer sets kept per thread (a scan has one batch shape, plus its last batch)
 CPU_BATCH_TILES = 8
 
 
@@ -47,8 +56,14 @@ class OnnxModel:
     """A ModelSpec plus an InferenceSession; `run` takes uint8 NHWC RGB batches of any size."""
 
     def __init__(self, spec: ModelSpec, model_bytes: bytes, *, intra_op_threads: int = 0,
-                 prefer_gpu: bool = True, io_binding: bool | None = None, device_id: int = 0) -> None:
+                 prefer_gpu: bool = True, io_binding: bool | None = None, device_id: int = 0,
+                 device: str | None = None, tensorrt: bool = False, cache_dir: Path | None = None) -> None:
+        """`device`: auto / cuda / cpu (default: auto, or cpu when not `prefer_gpu`); `cuda` that does not
+        work raises DeviceUnavailableError. `tensorrt`: TensorRT (FP16, engines cached in `cache_dir`) first."""
         self.spec = spec
+        requested = device or ("auto" if prefer_gpu else "cpu")
+        resolved = dev.resolve_device(requested, device_id)
+        providers = dev.providers_for(resolved, device_id=device_id, tensorrt=tensorrt, cache_dir=cache_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads or default_intra_op_threads()
         options.inter_op_num_threads = 1
@@ -58,21 +73,36 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model_bytes, sess_options=options,
-                                                providers=pick_providers(prefer_gpu))
+                                                providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InferenceError(f"model {spec.name!r} could not be loaded: {exc}") from exc
         self.provider = self.session.get_providers()[0]
-        self.device = "cuda" if self.provider == CUDA else "cpu"
+        if resolved == "cuda" and self.provider not in dev.GPU_PROVIDERS:  # onnxruntime fell back silently
+            if requested == "cuda":
+                raise DeviceUnavailableError(f"model {spec.name!r}: onnxruntime put the session on the CPU "
+                                             "although SCANBRIDGE_DEVICE=cuda (the CUDA provider did not initialise)",
+                                             details={"device": "cuda", "providers": self.session.get_providers()})
+            log.warning("model %s runs on the CPU: the CUDA provider did not take the session", spec.name)
+        self.device = "cuda" if self.provider in dev.GPU_PROVIDERS else "cpu"
+        #: the largest batch the device took after an out-of-memory error (None: no limit met yet)
+        self.max_batch: int | None = None
+        self._local = threading.local()
         self.device_id = device_id if self.device == "cuda" else 0
         self.io_binding = (self.device == "cuda") if io_binding is None else io_binding
         self.intra_op_threads = options.intra_op_num_threads
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def batch_size_for(self, tile_size: int) -> int:
-        """Tiles per batch for this device: fill ~GPU_BATCH_BYTES on a GPU, a few tiles on CPU."""
+    def batch_size_for(self, tile_size: int, free_bytes: int | None = None) -> int:
+        """Tiles per batch for this device: on a GPU what its free memory holds for this tile size
+        (`free_bytes`, default: read from the device; dev.device_batch_size), a few tiles on CPU; never more
+        than an out-of-memory error left (`max_batch`)."""
         if self.device == "cuda":
-            return int(max(8, min(256, GPU_BATCH_BYTES // (tile_size * tile_size * 3))))
-        return CPU_BATCH_TILES
+            free = dev.cuda_free_bytes(self.device_id) if free_bytes is None else free_bytes
+            value_bytes = {"uint8": 1, "float16": 2}.get(self.spec.input_dtype, 4)
+            batch = dev.device_batch_size(tile_size, free_bytes=free, value_bytes=value_bytes)
+        else:
+            batch = CPU_BATCH_TILES
+        return min(batch, self.max_batch) if self.max_batch else batch
 
     def prepare(self, batch: np.ndarray) -> np.ndarray:
         """NHWC uint8 RGB -> the model's layout, channel order, dtype and normalisation.
@@ -144,7 +174,11 @@ class OnnxModel:
         return self.activate(joined)
 
     def _run_once(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One session run of a batch the model takes as it is."""
+        """One session run of a batch the model takes as it is; on an out-of-memory error (dynamic batch
+        only) the batch is halved, remembered in `max_batch`, and run in halves instead of failing."""
+        n = len(batch)
+        if self.max_batch and n > self.max_batch and self.static_batch is None:
+            return self._run_split(batch, self.max_batch)
         x = self.prepare(batch)
         try:
             if self.io_binding:
@@ -152,15 +186,60 @@ class OnnxModel:
             else:
                 outs = self.session.run(None, {self.spec.input_name: x})
         except Exception as exc:  # onnxruntime raises its own untyped errors
+            if n > 1 and self.static_batch is None and dev.is_out_of_memory(exc):
+                half = (n + 1) // 2
+                self.max_batch = half if not self.max_batch else min(self.max_batch, half)
+                log.warning("model %s: out of memory at batch %d; batches of %d from now on", self.spec.name, n,
+                            self.max_batch, extra={"batch": n, "max_batch": self.max_batch})
+                self._local.__dict__.clear()  # drop the bound buffers of the batch that did not fit
+                return self._run_split(batch, self.max_batch)
             raise InferenceError(f"model {self.spec.name!r} failed: {exc}") from exc
         return dict(zip(self.output_names, outs, strict=True))
 
+    def _run_split(self, batch: np.ndarray, size: int) -> dict[str, np.ndarray]:
+        """The batch in chunks of `size` (each may halve again), outputs joined in order."""
+        parts = [self._run_once(batch[i:i + size]) for i in range(0, len(batch), size)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
+
     def _run_bound(self, x: np.ndarray) -> list[np.ndarray]:
-        """One batch through I/O binding: input copied to the device once, outputs allocated there."""
-        binding = self.session.io_binding()
-        value = ort.OrtValue.ortvalue_from_numpy(x, self.device, self.device_id)
-        binding.bind_ortvalue_input(self.spec.input_name, value)
-        for name in self.output_names:
-            binding.bind_output(name, self.device, self.device_id)
+        """One batch through I/O binding, reusing this thread's buffers for the batch's shape: the input
+        OrtValue is updated in place, the outputs land in the device buffers of the first run, and come
+        back as new host arrays (callers keep them while the next batch runs)."""
+        bound: dict[tuple[Any, ...], tuple[Any, Any]] = self._local.__dict__.setdefault("bound", {})
+        key = (x.shape, x.dtype.str)
+        entry = bound.get(key)
+        if entry is None:
+            if len(bound) >= MAX_BOUND_SHAPES:
+                bound.clear()
+            binding = self.session.io_binding()
+            value = self._input_value(x)
+            binding.bind_ortvalue_input(self.spec.input_name, value)
+            for name in self.output_names:
+                binding.bind_output(name, self.device, self.device_id)
+            self.session.run_with_iobinding(binding)
+            outs = binding.copy_outputs_to_cpu()
+            for name, out in zip(self.output_names, binding.get_outputs(), strict=True):
+                binding.bind_ortvalue_output(name, out)  # the next batch of this shape reuses them
+            bound[key] = (binding, value)
+            return [np.asarray(o) for o in outs]
+        binding, value = entry
+        value.update_inplace(x)
         self.session.run_with_iobinding(binding)
         return [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
+
+    def _input_value(self, x: np.ndarray) -> Any:
+        """The input buffer for `x`'s shape, holding `x`: pinned host memory on CUDA where onnxruntime
+        offers it (the copy to the device is then a DMA), else device memory."""
+        if self.device == "cuda":
+            pinned = dev.pinned_memory_info(self.device_id)
+            if pinned is not None:
+                try:
+                    value = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype.type,
+                                                                      memory_info=pinned)
+                    value.update_inplace(x)
+                    return value
+                except Exception:  # noqa: BLE001 - an onnxruntime without pinned OrtValues: device memory
+                    log.debug("pinned input buffer not available; using device memory")
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), x.dtype.type, self.device, self.device_id)
+        value.update_inplace(x)
+        return value
