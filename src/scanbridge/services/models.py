@@ -9,6 +9,7 @@ never points at a missing file.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,12 +23,14 @@ from scanbridge.domain.errors import (
     ModelReadOnlyError,
     ValidationError,
 )
-from scanbridge.domain.models import ModelSpec
+from scanbridge.domain.models import OUTPUT_KEYS, Label, ModelSpec, Normalisation
 
 Validator = Callable[[ModelSpec, bytes], dict[str, Any]]
 
 # Changing these needs the file checked again (PATCH re-validates the stored file against the new spec).
-IO_FIELDS = frozenset({"input_name", "input_size", "input_dtype", "output_name", "output_downsample", "outputs"})
+IO_FIELDS = frozenset({"input_name", "input_size", "input_dtype", "input_layout", "channel_order", "normalisation",
+                       "output_name", "output_downsample", "output_activation", "outputs", "kind", "labels",
+                       "background_labels", "mpp"})
 FROZEN_FIELDS = frozenset({"name", "version", "builtin"})
 
 
@@ -166,10 +169,7 @@ class ModelService:
         if frozen:
             raise ValidationError(f"{frozen} cannot be patched; PUT the model with its ONNX file instead",
                                   details={"fields": frozen})
-        unknown = sorted(set(changes) - set(ModelSpec.model_fields))
-        if unknown:
-            raise ValidationError(f"unknown spec fields: {unknown}", details={"fields": unknown})
-        updated = _as_spec({**current.model_dump(), **changes})
+        updated = parse_spec({**current.model_dump(), **changes})
         info = self._registry.file_info(name) or {}
         if IO_FIELDS & set(changes):
             data = self._registry.get_onnx(name, current.version)
@@ -193,15 +193,66 @@ class ModelService:
 def _as_spec(value: ModelSpec | dict[str, Any]) -> ModelSpec:
     if isinstance(value, ModelSpec):
         return ModelSpec.model_validate(value.model_dump())
+    return parse_spec(value)
+
+
+def unknown_keys(value: dict[str, Any]) -> list[str]:
+    """The keys of a spec (dotted for nested ones: `normalisation.meen`, `labels.0.colour`, `outputs.x`)
+    that ModelSpec does not have."""
+    found = [k for k in value if k not in ModelSpec.model_fields]
+    norm = value.get("normalisation")
+    if isinstance(norm, dict):
+        found += [f"normalisation.{k}" for k in norm if k not in Normalisation.model_fields]
+    labels = value.get("labels")
+    if isinstance(labels, list):
+        found += [f"labels.{i}.{k}" for i, lb in enumerate(labels) if isinstance(lb, dict)
+                  for k in lb if k not in Label.model_fields]
+    outputs = value.get("outputs")
+    if isinstance(outputs, dict):
+        found += [f"outputs.{k}" for k in outputs if k not in OUTPUT_KEYS]
+    return found
+
+
+def _suggestion(key: str) -> str:
+    """' (did you mean X?)' for a misspelt key, else ''."""
+    head, _, leaf = key.rpartition(".")
+    if head.startswith("normalisation"):
+        known: list[str] = list(Normalisation.model_fields)
+    elif head.startswith("labels"):
+        known = list(Label.model_fields)
+    elif head.startswith("outputs"):
+        known = list(OUTPUT_KEYS)
+    else:
+        known = [f for f in ModelSpec.model_fields if f != "builtin"]
+    close = difflib.get_close_matches(leaf, known, n=1, cutoff=0.6)
+    if not close:  # "layout" -> "input_layout": compare with each word of the known keys too
+        close = [k for k in known if difflib.get_close_matches(leaf, k.split("_"), n=1, cutoff=0.75)][:1]
+    return f" (did you mean {'.'.join([head, close[0]]) if head else close[0]!r}?)" if close else ""
+
+
+def parse_spec(value: dict[str, Any]) -> ModelSpec:
+    """A ModelSpec from JSON; MODEL_INVALID naming every unknown key (`details.unknown_keys`) and listing every
+    problem (`details.problems`, `details.errors` with pydantic's loc/msg) otherwise."""
     try:
         return ModelSpec.model_validate(value)
     except pydantic.ValidationError as exc:
-        details = {"errors": [{"loc": list(err["loc"]), "msg": err["msg"]} for err in exc.errors()]}
-        raise ModelInvalidError("the model spec is not valid", details=details) from exc
+        unknown = unknown_keys(value) if isinstance(value, dict) else []
+        problems = [f"unknown key {k!r}{_suggestion(k)}" for k in unknown]
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) if isinstance(p, int) else p for p in err["loc"]]
+            errors.append({"loc": list(err["loc"]), "msg": err["msg"]})
+            if err["type"] == "extra_forbidden" or (loc == ["outputs"] and any(u.startswith("outputs.") for u in unknown)):
+                continue  # named above
+            problems.append(f"{'.'.join(map(str, loc)) or 'spec'}: {err['msg']}")
+        message = "the model spec is not valid: " + "; ".join(problems[:3]) + \
+            (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        raise ModelInvalidError(message, details={"problems": problems, "unknown_keys": unknown,
+                                                  "errors": errors}) from exc
 
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-__all__ = ["ModelRegistry", "ModelService", "Validator", "default_validator"]
+__all__ = ["ModelRegistry", "ModelService", "Validator", "default_validator", "parse_spec", "unknown_keys"]

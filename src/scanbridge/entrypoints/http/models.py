@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 
 from scanbridge.domain.errors import ValidationError
+from scanbridge.domain.models import ModelKind, ModelSpec
 from scanbridge.entrypoints.http.security import Principal, admin, principal
 
 Tenant = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+
+KIND_PATTERN = "^(" + "|".join(get_args(ModelKind)) + ")$"
 
 router = APIRouter(tags=["models"])
 
@@ -26,7 +29,7 @@ def _models(request: Request) -> Any:
 
 @router.get("/models")
 def list_models(request: Request, _caller: Tenant, label: str | None = None,
-                kind: Annotated[str | None, Query(pattern="^(classification|segmentation|detection)$")] = None
+                kind: Annotated[str | None, Query(pattern=KIND_PATTERN)] = None
                 ) -> dict[str, Any]:
     """Every model (built-in and registered), filtered by output label and kind."""
     catalog = request.app.state.container.catalog
@@ -38,7 +41,16 @@ def list_models(request: Request, _caller: Tenant, label: str | None = None,
     return {"models": [s.model_dump(mode="json") for s in specs]}
 
 
-@router.get("/models/{name}")
+@router.get("/models/schema", responses={200: {"description": "the JSON Schema of a ModelSpec (the config of "
+                                                             "PUT /admin/models/{name}); the same as the "
+                                                             "OpenAPI component ModelSpec"}})
+def model_schema() -> dict[str, Any]:
+    """The ModelSpec JSON Schema: every key a model's config may have (unknown keys are refused)."""
+    return ModelSpec.model_json_schema()
+
+
+@router.get("/models/{name}", responses={200: {"model": ModelSpec, "description": "the spec, plus `source`: "
+                                                                                "builtin or registry file facts"}})
 def describe_model(name: str, request: Request, _caller: Tenant) -> dict[str, Any]:
     """A model's spec and where its weights come from."""
     catalog = request.app.state.container.catalog
@@ -52,7 +64,8 @@ def describe_model(name: str, request: Request, _caller: Tenant) -> dict[str, An
 @router.put("/admin/models/{name}", status_code=201)
 async def put_model(name: str, request: Request, _admin: Admin, config: Annotated[str, Form()],
                     file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-    """Register a model: multipart `config` (ModelSpec JSON) + `file` (ONNX), checked with onnxruntime first."""
+    """Register a model: multipart `config` (ModelSpec JSON, see GET /models/schema) + `file` (ONNX), checked
+    with onnxruntime first (422 MODEL_INVALID listing every problem, unknown keys by name)."""
     try:
         spec = json.loads(config)
     except ValueError as exc:
