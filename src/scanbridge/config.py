@@ -49,8 +49,16 @@ class Settings(BaseSettings):
     # Models and inference.
     default_model: str = "tissue"
     tile_size: int = 512
-    batch_size: int = 8
+    batch_size: int | None = Field(None, ge=1, description="tiles per batch (unset: sized to the model's input and "
+                                                           "the device's free memory)")
     intra_op_threads: int = 0
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when it really works, else CPU "
+                                                                       "(logged); cuda: fail (DEVICE_UNAVAILABLE) "
+                                                                       "without it; cpu")
+    reader_threads: int | None = Field(None, ge=1, description="tile reader threads of the worker (unset: the "
+                                                               "cores less one, 2..16)")
+    tensorrt: bool = Field(False, description="TensorRT execution provider first (FP16, engine cache under "
+                                              "data_dir/tensorrt), CUDA as its fallback")
     tile_min_tissue: float | None = Field(None, ge=0.0, le=1.0,
                                           description="share of a tile's core that must be tissue for it to run "
                                                       "(unset: the model's own, else 0.5)")
