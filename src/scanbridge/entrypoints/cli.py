@@ -7,6 +7,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scanbridge.inference.session import OnnxModel
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,9 +49,18 @@ def _run_scan(args: argparse.Namespace) -> int:
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.runner import ModelLoader
 
+    if args.onnx or args.spec:
+        try:
+            model = _unregistered_model(args.onnx, args.spec)
+        except ScanbridgeError as exc:
+            print(f"{exc.code}: {exc.message}", file=sys.stderr)
+            for problem in (exc.details or {}).get("problems", []):
+                print(f"  - {problem}", file=sys.stderr)
+            return 2
+    else:
+        model = ModelLoader().load(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = ModelLoader().load(args.model)
     status = 0
     for name in args.files:
         path = Path(name)
@@ -78,6 +91,31 @@ def _run_scan(args: argparse.Namespace) -> int:
         print(json.dumps({"file": name, "summary": summary, "geojson": str(out / f"{stem}.geojson"),
                           "artifacts": [str(a) for a in artifacts]}))
     return status
+
+
+def _unregistered_model(onnx_path: str | None, spec_path: str | None) -> OnnxModel:
+    """`--onnx MODEL.onnx --spec SPEC.json`: the spec parsed and the file checked as an upload is, then loaded."""
+    import re
+
+    from scanbridge.domain.errors import ValidationError
+    from scanbridge.inference.session import OnnxModel
+    from scanbridge.inference.validation import validate_onnx
+    from scanbridge.services.models import parse_spec
+
+    if not onnx_path or not spec_path:
+        raise ValidationError("--onnx and --spec go together: the ONNX file and its ModelSpec JSON")
+    try:
+        config = json.loads(Path(spec_path).read_text())
+        data = Path(onnx_path).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"cannot read the model: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValidationError(f"{spec_path} must hold a JSON object (a ModelSpec)")
+    if "name" not in config:  # a local try needs no registry name: the file's stem
+        config["name"] = re.sub(r"[^a-z0-9._-]", "-", Path(onnx_path).stem.lower()).lstrip("._-")[:64] or "model"
+    spec = parse_spec(config)
+    validate_onnx(spec, data)
+    return OnnxModel(spec, data)
 
 
 def _write_artifacts(path: Path, stem: str, result: object, folder: Path) -> list[Path]:
@@ -192,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-scan", help="run a model offline on local scan files")
     p.add_argument("files", nargs="+")
     p.add_argument("--model", default="tissue")
+    p.add_argument("--onnx", help="an unregistered ONNX model to run instead of --model (needs --spec)")
+    p.add_argument("--spec", help="the ModelSpec JSON of --onnx (checked as an upload is)")
     p.add_argument("--out", default="scanbridge-out")
     p.add_argument("--no-artifacts", action="store_true", help="write only the GeoJSON and the result")
     p.set_defaults(func=_run_scan)
