@@ -137,3 +137,19 @@ def test_unknown_compression_is_unsupported_and_bad_tile_data_is_corrupt() -> No
             reader.read_region((0, 0), 0, (16, 16))
     finally:
         reader.close()
+
+
+def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path: Path) -> None:
+    # GIVEN a generated Aperio-style slide
+    from scanbridge.inference.bench import bench
+
+    path = tmp_path / "slide.svs"
+    make_slide(path, 2048, 1536, tissue_fraction=0.5, mpp=0.5, nuclei=False, seed=1)
+    # WHEN the bench runs a model on it
+    report = bench(path, "bench-conv", naive=False, prefer_gpu=False, readers=2)
+    # THEN it reports OpenSlide's decode of the same tiles beside the pipeline's, and the level-0 area read
+    assert report["decoder"] == "tifffile+imagecodecs"
+    assert report["openslide_decode_s"] > 0 and report["decode_only_s"] > 0
+    assert report["decode_vs_openslide"] == pytest.approx(report["openslide_decode_s"] / report["decode_only_s"], rel=0.05)
+    side = report["tile_size"] * report["scale"]  # level-0 px per read window side at level 0
+    assert report["decode_level0_mpx"] == pytest.approx(report["tiles_processed"] * side * side / 1e6, rel=0.02)

@@ -171,14 +171,45 @@ def _warm_page_cache(path: Path) -> None:
             pass
 
 
-def decode_only(path: Path, grid: TileGrid, *, readers: int, queue_size: int) -> float:
-    """Seconds to read every tile of `grid` the way the pipeline does."""
-    reader = open_scan([path])
+def decode_only(path: Path, grid: TileGrid, *, readers: int, queue_size: int, openslide: bool = False) -> float:
+    """Seconds to read every tile of `grid` the way the pipeline does (with `openslide`: through OpenSlide's
+    `read_region` instead of the compressed-tile path, the same tiles, threads and resize)."""
+    if openslide:
+        from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+
+        reader: ScanReader = OpenSlideReader(path)
+    else:
+        reader = open_scan([path])
     try:
         t0 = time.perf_counter()
         for _tile, _img in iter_tiles(reader, grid, readers=readers, queue_size=queue_size):
             pass
         return time.perf_counter() - t0
+    finally:
+        reader.close()
+
+
+def _openslide_decode(path: Path, grid: TileGrid, *, readers: int, queue_size: int) -> float | None:
+    """decode_only through OpenSlide, or None where OpenSlide cannot read the file the same way."""
+    from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+
+    try:
+        probe = OpenSlideReader(path)
+    except ScanbridgeError:
+        return None
+    try:
+        if probe.metadata.level_dimensions[: grid.level + 1] != _level_dims(path)[: grid.level + 1]:
+            return None  # OpenSlide sees other levels (a SubIFD / OME pyramid): not the same reads
+    finally:
+        probe.close()
+    return decode_only(path, grid, readers=readers, queue_size=queue_size, openslide=True)
+
+
+def _level_dims(path: Path) -> tuple[tuple[int, int], ...]:
+    reader = open_scan([path])
+    try:
+        return reader.metadata.level_dimensions
     finally:
         reader.close()
 
@@ -269,6 +300,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     rss.reset()
     decode_s = decode_only(path, grid, readers=readers, queue_size=batch * 2)
     phases["decode_only"] = rss.mb()
+    openslide_s = _openslide_decode(path, grid, readers=readers, queue_size=batch * 2)
 
     rss.reset()
     model_s = model_only(path, grid, model, batch=batch)
@@ -318,6 +350,10 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "tiles_processed": stats.tiles_processed,
         "tile_share": round(stats.tiles_processed / max(stats.tiles_total, 1), 4),
         "decode_only_s": round(decode_s, 3),
+        "openslide_decode_s": round(openslide_s, 3) if openslide_s is not None else None,
+        "decode_vs_openslide": round(openslide_s / max(decode_s, 1e-9), 2) if openslide_s is not None else None,
+        "decode_level0_mpx": round(len(grid.tiles) * (grid.read_size * grid.downsample) ** 2 / 1e6, 1),
+        "decoder": meta.properties.get("scanbridge.decoder", meta.properties.get("scanbridge.reader", "openslide")),
         "model_only_s": round(model_s, 3),
         "pipeline_s": round(pipeline_s, 3),
         "bare_onnxruntime_s": round(bare_s, 3),

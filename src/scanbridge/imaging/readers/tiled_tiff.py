@@ -163,13 +163,15 @@ def open_pyramid(path: Path, level_dimensions: tuple[tuple[int, int], ...]) -> T
     try:
         with tifffile.TiffFile(path) as tif:
             candidates: dict[tuple[int, int], Any] = {}
-            for series in tif.series[:1]:
-                for lv in series.levels:
-                    page = lv.keyframe
-                    candidates.setdefault((int(page.imagewidth), int(page.imagelength)), page)
-            pages = [candidates.get((int(d[0]), int(d[1]))) for d in level_dimensions]
-            if any(p is None or not decodable(p) for p in pages):
+            # the first series' levels (SubIFD / OME pyramids), then every top-level page (what OpenSlide
+            # calls levels; tifffile files an SVS level it takes for a thumbnail under another series)
+            pages: list[Any] = [lv.keyframe for lv in tif.series[0].levels]
+            pages += [p for p in tif.pages if getattr(p, "is_tiled", False)]
+            for page in pages:
+                candidates.setdefault((int(page.imagewidth), int(page.imagelength)), page)
+            chosen = [candidates.get((int(d[0]), int(d[1]))) for d in level_dimensions]
+            if any(p is None or not decodable(p) for p in chosen):
                 return None
-            return TiledPyramid(path, pages)
+            return TiledPyramid(path, chosen)
     except (tifffile.TiffFileError, ValueError, OSError, IndexError):
         return None
