@@ -29,8 +29,22 @@ def _decode_cursor(cursor: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+#: the one partition of the by_created index (every task), so that a Query can sort them all
+LIST_BUCKET = "task"
+
+
+def created_key(task: Task) -> str:
+    """The by_created index's sort key: newest first, ties broken by task id."""
+    return f"{task.created_at}#{task.task_id}"
+
+
 class DynamoTaskStore:
-    """Tasks in one DynamoDB table keyed by task_id (GSIs by_status and by_company)."""
+    """Tasks in one DynamoDB table keyed by task_id (GSIs by_created, by_status and by_company).
+
+    Every listing is a Query on an index sorted by creation time, read backwards, so pages are
+    newest first across pages: by_created (a constant partition, sort key created_at#task_id) without
+    filters, by_status / by_company with them.
+    """
 
     def __init__(self, client: Any, table_name: str) -> None:
         self._db = client
@@ -42,6 +56,8 @@ class DynamoTaskStore:
             "company_id": {"S": task.company_id or "-"},
             "status": {"S": str(task.status)},
             "created_at": {"S": task.created_at},
+            "list_bucket": {"S": LIST_BUCKET},
+            "created_key": {"S": created_key(task)},
             "updated_at": {"S": task.updated_at},
             "version": {"N": str(task.version)},
             "doc": {"S": task.model_dump_json()},
@@ -103,8 +119,8 @@ class DynamoTaskStore:
                         ExpressionAttributeValues={":s": {"S": str(status)}})
             out = self._db.query(**args)
         else:
-            out = self._db.scan(**args)
+            args.update(IndexName="by_created", ScanIndexForward=False, KeyConditionExpression="list_bucket = :b",
+                        ExpressionAttributeValues={":b": {"S": LIST_BUCKET}})
+            out = self._db.query(**args)
         tasks = [self._task(i) for i in out.get("Items", [])]
-        if "IndexName" not in args:
-            tasks.sort(key=lambda t: t.created_at, reverse=True)
         return TaskPage(tasks=tasks, next_cursor=_encode_cursor(out.get("LastEvaluatedKey")))

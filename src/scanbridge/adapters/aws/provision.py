@@ -65,6 +65,19 @@ def _table_args(props: dict[str, Any], name: str) -> dict[str, Any]:
     return args
 
 
+def add_missing_indexes(dynamodb: Any, args: dict[str, Any]) -> list[str]:
+    """Create the GSIs template.yaml has and an existing table lacks (local state kept from an older version)."""
+    table = dynamodb.describe_table(TableName=args["TableName"])["Table"]
+    have = {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])}
+    added: list[str] = []
+    for gsi in args.get("GlobalSecondaryIndexes", []):
+        if gsi["IndexName"] not in have:
+            dynamodb.update_table(TableName=args["TableName"], AttributeDefinitions=args["AttributeDefinitions"],
+                                  GlobalSecondaryIndexUpdates=[{"Create": gsi}])
+            added.append(gsi["IndexName"])
+    return added
+
+
 def provision(settings: Settings, dynamodb: Any, s3: Any, kms: Any) -> str:
     """Create (if missing) every table, the bucket and the key; returns the KMS key id to use."""
     resources = load_template()["Resources"]
@@ -72,6 +85,8 @@ def provision(settings: Settings, dynamodb: Any, s3: Any, kms: Any) -> str:
     for logical, name in (("TasksTable", settings.table_name), ("ModelsTable", settings.models_table_name)):
         if name not in existing:
             dynamodb.create_table(**_table_args(resources[logical]["Properties"], name))
+        else:
+            add_missing_indexes(dynamodb, _table_args(resources[logical]["Properties"], name))
     buckets = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if settings.bucket_name not in buckets:
         if settings.aws_region == "us-east-1":
