@@ -153,3 +153,23 @@ def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path:
     assert report["decode_vs_openslide"] == pytest.approx(report["openslide_decode_s"] / report["decode_only_s"], rel=0.05)
     side = report["tile_size"] * report["scale"]  # level-0 px per read window side at level 0
     assert report["decode_level0_mpx"] == pytest.approx(report["tiles_processed"] * side * side / 1e6, rel=0.02)
+
+
+def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:
+    # GIVEN a real DICOM WSI series written by wsidicomizer (one JPEG-baseline file per level)
+    folder = fixture_path("thirdparty/wsidicomizer_series")
+    paths = sorted(folder.glob("*.dcm"))
+    # WHEN it is opened by open_scan (pydicom frames + imagecodecs) and by OpenSlide
+    reader = open_scan(paths)
+    try:
+        assert reader.metadata.properties["scanbridge.reader"] == "pydicom"
+        assert len(reader.metadata.level_dimensions) == 4
+        with openslide.OpenSlide(str(paths[0])) as slide:
+            for level, (lw, lh) in enumerate(reader.metadata.level_dimensions):
+                ds = reader.metadata.level_downsamples[level]
+                location = (round(lw // 3 * ds), round(lh // 5 * ds))
+                theirs = rgba_to_rgb(np.asarray(slide.read_region(location, level, (90, 70))))
+                # THEN every level's pixels are OpenSlide's
+                np.testing.assert_array_equal(reader.read_region(location, level, (90, 70)), theirs)
+    finally:
+        reader.close()

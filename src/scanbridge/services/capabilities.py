@@ -16,12 +16,14 @@ from scanbridge.ports import ModelCatalog
 
 #: scan formats `imaging.readers.open_scan()` routes by content (magic bytes, never file names)
 FORMATS: list[dict[str, str]] = [
-    {"format": "aperio-svs", "detected_by": "TIFF header", "reader": "openslide",
-     "notes": "Aperio SVS pyramids"},
+    {"format": "aperio-svs", "detected_by": "TIFF header", "reader": "openslide + tifffile tiles",
+     "notes": "Aperio SVS pyramids: metadata from OpenSlide, regions from the compressed tiles (imagecodecs)"},
     {"format": "tiff", "detected_by": "TIFF header", "reader": "openslide or tifffile",
-     "notes": "tiled/pyramidal TIFF via OpenSlide; stripped TIFF via tifffile"},
-    {"format": "ome-tiff", "detected_by": "TIFF header", "reader": "tifffile", "notes": "OME-TIFF, tiled or not"},
-    {"format": "dicom-wsi", "detected_by": "DICM preamble", "reader": "openslide or pydicom",
+     "notes": "page pyramids via OpenSlide (regions from the compressed tiles); SubIFD pyramids, WebP, "
+              "JPEG 2000, JPEG XL, zstd and stripped TIFF via tifffile"},
+    {"format": "ome-tiff", "detected_by": "TIFF header", "reader": "tifffile",
+     "notes": "OME-TIFF, tiled or not, SubIFD pyramids as pyramids"},
+    {"format": "dicom-wsi", "detected_by": "DICM preamble", "reader": "pydicom",
      "notes": "VL Whole Slide Microscopy series (TILED_FULL/SPARSE, one or many files; scan_urls lists them)"},
     {"format": "dicom", "detected_by": "DICM preamble", "reader": "pydicom",
      "notes": "plain (non-WSI) DICOM images read as a single level"},
@@ -29,20 +31,20 @@ FORMATS: list[dict[str, str]] = [
      "notes": "unpacked with guards (size, count, ratio, paths), then routed by content"},
 ]
 
-#: DICOM transfer syntaxes the readers decode: UID -> (name, reader); OpenSlide's subset goes to OpenSlide
+#: DICOM transfer syntaxes the readers decode: UID -> (name, reader)
 DICOM_TRANSFER_SYNTAXES: dict[str, tuple[str, str]] = {
-    "1.2.840.10008.1.2": ("Implicit VR Little Endian", "openslide or pydicom"),
-    "1.2.840.10008.1.2.1": ("Explicit VR Little Endian", "openslide or pydicom"),
+    "1.2.840.10008.1.2": ("Implicit VR Little Endian", "pydicom"),
+    "1.2.840.10008.1.2.1": ("Explicit VR Little Endian", "pydicom"),
     "1.2.840.10008.1.2.1.99": ("Deflated Explicit VR Little Endian", "pydicom"),
     "1.2.840.10008.1.2.2": ("Explicit VR Big Endian", "pydicom"),
-    "1.2.840.10008.1.2.4.50": ("JPEG Baseline (Process 1)", "openslide or pydicom"),
+    "1.2.840.10008.1.2.4.50": ("JPEG Baseline (Process 1)", "pydicom"),
     "1.2.840.10008.1.2.4.51": ("JPEG Extended (Process 2 and 4)", "pydicom"),
     "1.2.840.10008.1.2.4.57": ("JPEG Lossless, Non-Hierarchical (Process 14)", "pydicom"),
     "1.2.840.10008.1.2.4.70": ("JPEG Lossless, Non-Hierarchical, First-Order Prediction", "pydicom"),
     "1.2.840.10008.1.2.4.80": ("JPEG-LS Lossless Image Compression", "pydicom"),
     "1.2.840.10008.1.2.4.81": ("JPEG-LS Lossy (Near-Lossless) Image Compression", "pydicom"),
-    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Image Compression (Lossless Only)", "openslide or pydicom"),
-    "1.2.840.10008.1.2.4.91": ("JPEG 2000 Image Compression", "openslide or pydicom"),
+    "1.2.840.10008.1.2.4.90": ("JPEG 2000 Image Compression (Lossless Only)", "pydicom"),
+    "1.2.840.10008.1.2.4.91": ("JPEG 2000 Image Compression", "pydicom"),
     "1.2.840.10008.1.2.4.201": ("High-Throughput JPEG 2000 (Lossless Only)", "pydicom"),
     "1.2.840.10008.1.2.4.202": ("High-Throughput JPEG 2000 with RPCL Options (Lossless Only)", "pydicom"),
     "1.2.840.10008.1.2.4.203": ("High-Throughput JPEG 2000 Image Compression", "pydicom"),
