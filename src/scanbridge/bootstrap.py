@@ -152,10 +152,19 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
         attempts=s.fetch_attempts, total_timeout_s=s.download_timeout_s, min_bytes_per_s=s.download_min_bytes_per_s,
         rate_window_s=s.download_rate_window_s))
     source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
-    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source)
+    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source,
+                                                    device=s.device, tensorrt=s.tensorrt,
+                                                    cache_dir=s.data_dir / "tensorrt")
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,
-                                                       max_tiles=s.max_tiles_per_scan,
+                                                       readers=s.reader_threads, max_tiles=s.max_tiles_per_scan,
                                                        min_tissue=s.tile_min_tissue)
+    check_device = getattr(loader, "check_device", None)
+
+    def check_task(model: str) -> None:
+        """Before any download: the device works (DEVICE_UNAVAILABLE) and the model exists (MODEL_NOT_FOUND)."""
+        if check_device is not None:
+            check_device()
+        loader.check(model)
     if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
         writer = overrides["artifact_writer"]
     else:
@@ -171,7 +180,7 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
             return True
 
     return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
-                             work_dir=s.data_dir / "work", check_model=loader.check, artifact_writer=writer,
+                             work_dir=s.data_dir / "work", check_model=check_task, artifact_writer=writer,
                              qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
                              has_api_key=bool(s.platform_api_key), public_url=s.public_url,
                              scan_parallelism=s.scan_parallelism)

@@ -44,11 +44,24 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
+    from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
     from scanbridge.imaging.readers import open_scan
     from scanbridge.inference.analyze import analyze_scan
+    from scanbridge.inference.device import default_reader_threads
     from scanbridge.inference.runner import ModelLoader
+    from scanbridge.logs import setup_logging
 
+    settings = Settings()
+    setup_logging("scanbridge-run-scan", settings.log_level)
+    loader = ModelLoader(intra_op_threads=settings.intra_op_threads, device=settings.device,
+                         tensorrt=settings.tensorrt, cache_dir=settings.data_dir / "tensorrt")
+    try:  # SCANBRIDGE_DEVICE=cuda without a working CUDA stops here, before any file is read
+        loader.check_device()
+    except ScanbridgeError as exc:
+        print(f"run-scan: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    readers = settings.reader_threads or default_reader_threads()
     if args.onnx or args.spec:
         try:
             model = _unregistered_model(args.onnx, args.spec)
@@ -58,7 +71,7 @@ def _run_scan(args: argparse.Namespace) -> int:
                 print(f"  - {problem}", file=sys.stderr)
             return 2
     else:
-        model = ModelLoader().load(args.model)
+        model = loader.load(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
@@ -75,7 +88,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         try:
             reader = open_scan([path])
             try:
-                analysis = analyze_scan(stem, reader, model, progress=bar)
+                analysis = analyze_scan(stem, reader, model, progress=bar, batch_size=settings.batch_size,
+                                        readers=readers)
             finally:
                 reader.close()
         except ScanbridgeError as exc:

@@ -11,7 +11,9 @@ An API key pair becomes a Bearer the way the platform's own client does it (Tech
 `grant_type=client_credentials`; the answer's `access_token` is the Bearer.
 
 Exit status: 0 when the platform took the results (a scan that failed with a code counts: it was
-answered); 1 when the results could not be delivered; 2 when the environment is incomplete.
+answered); 1 when the results could not be delivered; 2 when the environment is incomplete; 3 when
+SCANBRIDGE_DEVICE=cuda and CUDA does not work (DEVICE_UNAVAILABLE: nothing was downloaded, the platform
+was told).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from scanbridge.domain.errors import ScanbridgeError
+from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.logs import ScrubSecrets, setup_logging
 
 log = logging.getLogger("scanbridge.mhs")
@@ -256,6 +258,10 @@ def run(environ: Mapping[str, str]) -> int:
         print(json.dumps({"task_id": env.task_id, "scan_id": env.scan_id, "status": str(task.status),
                           "delivered": delivered, "status_code": task.delivery.status_code,
                           "error_code": task.error_code}))
+        if task.error_code == DeviceUnavailableError.code:
+            log.error("the container could not use its device: %s", task.error_message)
+            print(f"scanbridge mhs: {task.error_code}: {task.error_message}", file=sys.stderr)
+            return 3
         return 0 if delivered else 1
     finally:
         logging.getLogger().removeHandler(capture)

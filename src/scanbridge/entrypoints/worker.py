@@ -9,11 +9,14 @@ import sys
 import time
 
 from scanbridge.bootstrap import bootstrap, build_processing
+from scanbridge.domain.errors import DeviceUnavailableError
 from scanbridge.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Process one task's scans; exit 0 when every scan has a stored result (success or coded failure)."""
+    """Process one task's scans; exit 0 when every scan has a stored result (success or coded failure),
+    1 when the device it was told to use does not work (DEVICE_UNAVAILABLE: every scan failed with that
+    code before any download, so the results step tells the platform; the Batch job ends FAILED)."""
     parser = argparse.ArgumentParser(prog="scanbridge worker")
     parser.add_argument("--task-id", required=True)
     parser.add_argument("--scan-index", type=int, default=None,
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         task = build_processing(container).run(args.task_id, only_scans=only)
     log.info("worker finished task %s: %s", task.task_id, task.status,
              extra={"task_id": task.task_id, "worker_s": round(time.monotonic() - started, 3)})
+    if task.error_code == DeviceUnavailableError.code:
+        log.error("worker could not use its device: %s", task.error_message, extra={"task_id": task.task_id})
+        print(f"scanbridge worker: {task.error_code}: {task.error_message}", file=sys.stderr)
+        return 1
     return 0
 
 
