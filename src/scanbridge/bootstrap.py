@@ -132,7 +132,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
                            max_scans=settings.max_scans_per_task,
                            model_for_stain=(lambda stain: default_for(stain, fallback=settings.default_model))
                            if default_for else None)
-    queries = QueryService(tasks, artifacts)
+    queries = QueryService(tasks, artifacts, queue=launcher)
     control = ControlService(tasks, launcher, delivery, queries)
     return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
                      platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries,

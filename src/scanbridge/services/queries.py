@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Protocol, cast
 
 from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, TaskNotFoundError
 from scanbridge.domain.status import TaskStatus
@@ -12,13 +12,33 @@ from scanbridge.ports import ArtifactStore, TaskPage, TaskStore
 from scanbridge.services.delivery import posted_key
 from scanbridge.services.processing import scan_metadata_key
 
+#: QUEUED tasks counted at most when the launcher has no queue of its own (AWS): past it, "at least"
+MAX_COUNTED_QUEUED = 1000
+
+
+class QueueView(Protocol):
+    """A launcher that knows its own queue (the local one)."""
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start; None when not waiting."""
+
+    def queue_eta_s(self, job_id: str) -> float | None:
+        """Seconds until the job should start, None when unknown."""
+
 
 class QueryService:
-    """Read-only views of tasks; a task of another tenant is reported as not found."""
+    """Read-only views of tasks; a task of another tenant is reported as not found.
 
-    def __init__(self, tasks: TaskStore, artifacts: ArtifactStore) -> None:
+    `queue` is the launcher: when it knows its own queue (locally) a QUEUED task's position and ETA come
+    from it; otherwise (Batch) the position is derived from the QUEUED tasks created before this one
+    and the ETA is unknown.
+    """
+
+    def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, queue: object | None = None) -> None:
         self._tasks = tasks
         self._artifacts = artifacts
+        self._queue = cast(QueueView, queue) if hasattr(queue, "queue_position") and \
+            hasattr(queue, "queue_eta_s") else None
 
     def task(self, task_id: str, company_id: str | None = None) -> Task:
         """The task, if visible to `company_id` (None sees all)."""
@@ -26,6 +46,44 @@ class QueryService:
         if task is None or (company_id is not None and task.company_id != company_id):
             raise TaskNotFoundError(f"task {task_id!r} not found")
         return task
+
+    def task_view(self, task_id: str, company_id: str | None = None) -> dict[str, Any]:
+        """What GET /tasks/{id} shows: the task's public view plus `queue` (position, ETA) while it is QUEUED."""
+        task = self.task(task_id, company_id)
+        return {**task.public_view(), "queue": self.queue_info(task)}
+
+    def queue_info(self, task: Task) -> dict[str, Any] | None:
+        """Where a QUEUED task waits: `{position, ahead, eta_s, basis}` (None once it has started).
+
+        Example: `{"position": 3, "ahead": 2, "eta_s": 41.5, "basis": "launcher"}` locally;
+        `{"position": 3, "ahead": 2, "eta_s": None, "basis": "queued_tasks_created_before"}` on AWS.
+        """
+        if task.status != TaskStatus.QUEUED:
+            return None
+        if self._queue is not None and task.job_id:
+            position = self._queue.queue_position(task.job_id)
+            if position is not None:
+                return {"position": position, "ahead": position - 1, "eta_s": self._queue.queue_eta_s(task.job_id),
+                        "basis": "launcher"}
+            # not in the launcher's queue any more: its worker is starting
+            return {"position": 0, "ahead": 0, "eta_s": 0.0, "basis": "launcher"}
+        ahead, complete = self._queued_before(task)
+        return {"position": ahead + 1, "ahead": ahead, "eta_s": None,
+                "basis": "queued_tasks_created_before" if complete else "queued_tasks_created_before_at_least"}
+
+    def _queued_before(self, task: Task) -> tuple[int, bool]:
+        """How many QUEUED tasks were created before `task` (and whether all were counted)."""
+        mine = (task.created_at, task.task_id)
+        ahead = seen = 0
+        cursor: str | None = None
+        while seen < MAX_COUNTED_QUEUED:
+            page = self._tasks.list(status=TaskStatus.QUEUED, limit=200, cursor=cursor)
+            seen += len(page.tasks)
+            ahead += sum(1 for t in page.tasks if (t.created_at, t.task_id) < mine)
+            cursor = page.next_cursor
+            if cursor is None:
+                return ahead, True
+        return ahead, False
 
     def tasks(self, *, status: TaskStatus | None, company_id: str | None, limit: int,
               cursor: str | None) -> TaskPage:

@@ -245,8 +245,8 @@ def create_app(container: Container, *, unavailable: Mapping[str, str] | None = 
 
     @app.get("/tasks/{task_id}", tags=["tasks"])
     def get_task(task_id: str, caller: Tenant) -> dict[str, Any]:
-        """A task: status, per-scan status and progress, timestamps, error, delivery."""
-        return container.queries.task(task_id, caller.scope).public_view()
+        """A task: status, per-scan status and progress, timestamps, error, delivery; `queue` while QUEUED."""
+        return container.queries.task_view(task_id, caller.scope)
 
     @app.get("/tasks/{task_id}/results", tags=["tasks"])
     def get_results(task_id: str, caller: Tenant) -> dict[str, Any]:

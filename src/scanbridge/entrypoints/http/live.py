@@ -27,6 +27,7 @@ from scanbridge import __version__
 from scanbridge.bootstrap import Container
 from scanbridge.domain.errors import ScanbridgeError, TaskNotFoundError
 from scanbridge.domain.progress import changes
+from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
 from scanbridge.entrypoints.http.errors import error_body, status_for
 from scanbridge.entrypoints.http.security import Principal, principal
@@ -70,13 +71,27 @@ def _poll_s(conn: HTTPConnection) -> float:
     return float(getattr(conn.app.state, "live_poll_s", POLL_S))
 
 
+#: a QUEUED task's ETA must move by this much (s) for a new `queue` event when its position did not change
+QUEUE_ETA_STEP_S = 5.0
+
+
+def _queue_moved(last: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a QUEUED task's place changed enough to tell the client (position, or the ETA by 5 s)."""
+    if last is None or last["position"] != now["position"] or (last["eta_s"] is None) != (now["eta_s"] is None):
+        return True
+    return now["eta_s"] is not None and abs(float(now["eta_s"]) - float(last["eta_s"])) >= QUEUE_ETA_STEP_S
+
+
 async def task_events(container: Container, task_id: str, scope: str | None, *, poll_s: float,
                       timeout_s: float) -> AsyncIterator[dict[str, Any] | None]:
     """Every change of the task, in order, ending after its terminal status (or a `timeout` event).
 
     Yields None on a poll that found no change (a tick: time to send a keep-alive or notice a gone client).
+    While the task is QUEUED its status event carries `queue` (position, ahead, eta_s, basis), and a `queue`
+    event follows whenever that place moves (position, or the ETA by QUEUE_ETA_STEP_S).
     """
     previous: Task | None = None
+    last_queue: dict[str, Any] | None = None
     seq = 0
     deadline = time.monotonic() + timeout_s
     while True:
@@ -86,6 +101,15 @@ async def task_events(container: Container, task_id: str, scope: str | None, *, 
             yield {"seq": seq + 1, "type": "gone", "task_id": task_id}
             return
         events = changes(previous, current)
+        queue = await run_in_threadpool(container.queries.queue_info, current)
+        if queue is not None:
+            queued = [e for e in events if e["type"] == "status" and e["status"] == str(TaskStatus.QUEUED)]
+            if queued:  # the QUEUED status event carries where the task waits
+                queued[0]["queue"] = last_queue = queue
+            elif _queue_moved(last_queue, queue):  # then a `queue` event each time that moves
+                events.append({"type": "queue", "task_id": task_id, "status": str(current.status),
+                               "queue": queue, "updated_at": current.updated_at})
+                last_queue = queue
         for event in events:
             seq += 1
             yield {"seq": seq, **event}
