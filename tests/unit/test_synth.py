@@ -113,7 +113,7 @@ def test_same_seed_gives_identical_pixels(tmp_path: Path) -> None:
     la, lb, lc = levels(a), levels(b), levels(c)
     # THEN the same seed gives identical truth and pixels; another seed differs
     assert ta == tb
-    assert len(la) == len(lb) == 2
+    assert len(la) == len(lb) == 5  # level 0, thumbnail, level 1, label, macro
     assert all(np.array_equal(x, y) for x, y in zip(la, lb, strict=True))
     assert not np.array_equal(la[0], lc[0])
 
@@ -131,3 +131,23 @@ def test_cli_writes_slide_and_truth_json(tmp_path: Path, capsys: pytest.CaptureF
     with openslide.OpenSlide(str(out)) as osr:
         assert osr.properties["openslide.vendor"] == "aperio"
         assert osr.level_count == 1
+
+
+def test_slide_has_the_layout_aperio_scanners_write(tmp_path: Path) -> None:
+    # GIVEN a generated slide with a pyramid
+    import openslide
+
+    path = tmp_path / "aperio.svs"
+    make_slide(path, 5000, 4000, tissue_fraction=0.4, seed=1)
+    # WHEN OpenSlide and tifffile (the SVS parser tiffslide uses) read it
+    with openslide.OpenSlide(str(path)) as slide:
+        vendor, levels = slide.properties["openslide.vendor"], slide.level_count
+        associated = {k: v.size for k, v in slide.associated_images.items()}
+    with tifffile.TiffFile(path) as tf:
+        series = {s.name: len(s.levels) for s in tf.series}
+        is_svs, second = tf.is_svs, tf.pages[1]
+    # THEN both see an Aperio file: every level, the thumbnail as the second image, a label and a macro
+    assert vendor == "aperio" and levels == 2
+    assert set(associated) == {"thumbnail", "label", "macro"} and max(associated["thumbnail"]) == 1024
+    assert is_svs and series == {"Baseline": 2, "Thumbnail": 1, "Label": 1, "Macro": 1}
+    assert not second.is_tiled and second.compression == tifffile.COMPRESSION.JPEG

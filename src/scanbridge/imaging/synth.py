@@ -6,9 +6,11 @@ no matter how large the slide is.  ``SlideTruth.tissue_mask`` uses exactly the s
 row-span ellipse test as the renderer, so the truth is pixel-exact at any downsample
 ``4**level``.
 
-OpenSlide detects Aperio when the *first* IFD is tiled and its ImageDescription starts with
-"Aperio"; every tiled IFD becomes a level (untiled IFDs are associated images), so all
-levels are written as tiled top-level IFDs (not SubIFDs).
+The layout is the one Aperio scanners write, so other readers see an Aperio file: level 0 (tiled), the
+thumbnail (stripped JPEG) as the second IFD, the lower levels (tiled top-level IFDs, not SubIFDs), then
+the label (LZW, NewSubfileType 1) and the macro (JPEG, NewSubfileType 9). OpenSlide detects Aperio when
+the *first* IFD is tiled and its ImageDescription starts with "Aperio"; tifffile reads the same layout as
+its SVS series (Baseline levels, Thumbnail, Label, Macro).
 """
 
 from __future__ import annotations
@@ -587,14 +589,51 @@ def make_slide(
                 compressionargs={"level": quality},
                 description=desc,
                 metadata=None,
-                subfiletype=0 if level == 0 else 1,
+                subfiletype=0,  # Aperio writes NewSubfileType 0 for every level (1 marks the label)
                 resolution=(res, res),
                 resolutionunit="CENTIMETER",
                 maxworkers=workers,
                 # tifffile buffers buffersize bytes of tiles before compressing (default 512 MiB)
                 buffersize=64 * tile_bytes,
             )
+            if level == 0:  # Aperio writes the thumbnail (stripped JPEG) as the second image
+                _write_associated(tw, "thumbnail", renderer, truth, quality, name)
+        _write_associated(tw, "label", renderer, truth, quality, name)
+        _write_associated(tw, "macro", renderer, truth, quality, name)
     return truth
+
+
+THUMBNAIL_SIDE, MACRO_SIDE, LABEL_SIDE = 1024, 1024, 256
+
+
+def _write_associated(tw: tifffile.TiffWriter, kind: str, renderer: _Renderer, truth: SlideTruth, quality: int,
+                      name: str) -> None:
+    """An Aperio associated image: the thumbnail (2nd IFD), label (LZW, NewSubfileType 1) and macro
+    (JPEG, NewSubfileType 9), untiled, named on the second line of their ImageDescription."""
+    w, h = truth.width, truth.height
+    head = f"Aperio Image Library v12.0.0 \r\n{w}x{h} [0,0 {w}x{h}] ({truth.tile_size}x{truth.tile_size})"
+    if kind == "label":
+        img = np.full((LABEL_SIDE, LABEL_SIDE, 3), 250, np.uint8)
+        img[32:64, 24:232] = 20  # a printed barcode-like bar, then the slide name's "text" rows
+        for row in range(96, 224, 32):
+            img[row:row + 12, 24:24 + 16 * (1 + len(name) % 12)] = 40
+        tw.write(img, photometric="rgb", compression="lzw", subfiletype=1, metadata=None,
+                 description=f"Aperio Image Library v12.0.0\r\nlabel {LABEL_SIDE}x{LABEL_SIDE}")
+        return
+    side = THUMBNAIL_SIDE if kind == "thumbnail" else MACRO_SIDE
+    ds = max(w / side, h / side, 1.0)
+    tw_, th_ = max(1, round(w / ds)), max(1, round(h / ds))
+    img = renderer.render(ds, 0, 0, th_, tw_)
+    if kind == "thumbnail":
+        tw.write(img, photometric="rgb", compression="jpeg", compressionargs={"level": quality}, metadata=None,
+                 subfiletype=0, rowsperstrip=16, description=f"{head} -> {tw_}x{th_} JPEG/RGB Q={quality}")
+    else:
+        macro = np.full((th_, tw_ + th_ // 2, 3), 235, np.uint8)  # the slide glass with its label end
+        macro[:, : th_ // 2] = 200
+        macro[:, th_ // 2:] = img
+        tw.write(macro, photometric="rgb", compression="jpeg", compressionargs={"level": quality}, metadata=None,
+                 subfiletype=9, rowsperstrip=16,
+                 description=f"Aperio Image Library v12.0.0\r\nmacro {macro.shape[1]}x{macro.shape[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
