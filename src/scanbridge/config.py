@@ -86,6 +86,8 @@ class Settings(BaseSettings):
 
     public_url: str = ""
     log_level: str = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="console logs: text on a terminal, JSON otherwise (auto), or always one of them")
 
     # Quality control before inference (imaging/qc.py).
     qc_enabled: bool = True

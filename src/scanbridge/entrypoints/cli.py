@@ -53,7 +53,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     from scanbridge.logs import setup_logging
 
     settings = Settings()
-    setup_logging("scanbridge-run-scan", settings.log_level)
+    setup_logging("scanbridge-run-scan", settings.log_level, settings.log_format)
     loader = ModelLoader(intra_op_threads=settings.intra_op_threads, device=settings.device,
                          tensorrt=settings.tensorrt, cache_dir=settings.data_dir / "tensorrt")
     try:  # SCANBRIDGE_DEVICE=cuda without a working CUDA stops here, before any file is read

@@ -137,7 +137,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     from scanbridge.entrypoints.http.app import create_app
     from scanbridge.logs import setup_logging
 
-    setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"))
+    setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"),
+                  os.environ.get("SCANBRIDGE_LOG_FORMAT", "auto"))
     get_settings.cache_clear()
     data_dir = get_settings().data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -215,7 +215,7 @@ def run(environ: Mapping[str, str]) -> int:
     logging.getLogger().addHandler(capture)
     try:
         settings = Settings()
-        setup_logging("scanbridge-mhs", settings.log_level)
+        setup_logging("scanbridge-mhs", settings.log_level, settings.log_format)
         try:
             env = MhsEnv.from_env(environ)
         except ValueError as exc:

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     container = bootstrap()
-    setup_logging("scanbridge-worker", container.settings.log_level)
+    setup_logging("scanbridge-worker", container.settings.log_level, container.settings.log_format)
     log = logging.getLogger("scanbridge.worker")
     log.info("worker started", extra={"task_id": args.task_id})
     from scanbridge.services.reaper import Heartbeat
