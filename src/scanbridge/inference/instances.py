@@ -245,37 +245,70 @@ def _odd(value: float, low: int, high: int) -> int:
     return k if k % 2 else k + 1 if k < high else k - 1
 
 
-def nms(polygons: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None) -> np.ndarray:
-    """Greedy non-maximum suppression: indices kept, best score first; an object goes when its IoU with a
-    kept one of the same class exceeds `iou`. Pairs come from an STRtree, IoUs are computed per kept one."""
-    n = len(polygons)
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None) -> np.ndarray:
+    """Greedy non-maximum suppression of boxes (n, 4: x1, y1, x2, y2): indices kept, best score first.
+
+    A box goes when its IoU with a kept box of the same class exceeds `iou` (torchvision's `batched_nms`
+    rule). Overlapping pairs come from an STRtree of the boxes (for boxes, envelopes are exact), their
+    IoUs are computed at once in numpy, and one pass in score order suppresses.
+    """
+    n = len(boxes)
     if n == 0:
         return np.zeros(0, dtype=np.intp)
+    boxes = np.asarray(boxes, dtype=np.float64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    tree = shapely.STRtree(polygons)
-    left, right = tree.query(polygons, predicate="intersects")
+    left, right = shapely.STRtree(shapely.box(*boxes.T)).query(shapely.box(*boxes.T))
     pairs = left != right
     if classes is not None:
         pairs &= classes[left] == classes[right]
     left, right = left[pairs], right[pairs]
+    wi = np.minimum(boxes[left, 2], boxes[right, 2]) - np.maximum(boxes[left, 0], boxes[right, 0])
+    hi = np.minimum(boxes[left, 3], boxes[right, 3]) - np.maximum(boxes[left, 1], boxes[right, 1])
+    inter = np.clip(wi, 0, None) * np.clip(hi, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    over = inter > iou * np.maximum(area[left] + area[right] - inter, 1e-12)
+    left, right = left[over], right[over]
     by_left = np.argsort(left, kind="stable")
     left, right = left[by_left], right[by_left]
     starts = np.searchsorted(left, np.arange(n + 1))
-    areas = shapely.area(polygons)
     suppressed = np.zeros(n, dtype=bool)
     kept: list[int] = []
     for i in order.tolist():
-        if suppressed[i]:
-            continue
-        kept.append(i)
-        others = right[starts[i]:starts[i + 1]]
-        others = others[~suppressed[others]]
-        if others.size == 0:
-            continue
-        inter = shapely.area(shapely.intersection(polygons[i], polygons[others]))
-        union = areas[i] + areas[others] - inter
-        suppressed[others[inter > iou * np.maximum(union, 1e-12)]] = True
+        if not suppressed[i]:
+            kept.append(i)
+            suppressed[right[starts[i]:starts[i + 1]]] = True
     return np.asarray(kept, dtype=np.intp)
+
+
+def star_labels(ys: np.ndarray, xs: np.ndarray, scores: np.ndarray, iou: float,
+                shape: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """StarDist's NMS and painting on the map's grid: the label image and the candidates kept (label k + 1
+    is candidate kept[k]).
+
+    Candidates (polygon vertices `ys`, `xs`: (n, R), pixel-index coordinates) are taken best score first;
+    one goes when its pixels overlap a kept polygon's by more than `iou` (IoU of the pixels inside each
+    polygon, as scikit-image's `polygon` fills them); a kept one paints the pixels no better one holds,
+    which is StarDist's `polygons_to_label` painting in increasing probability.
+    """
+    canvas = np.zeros(shape, dtype=np.int32)
+    areas = [0]
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable").tolist():
+        rr, cc = fill_polygon(ys[i], xs[i], shape=shape)
+        if rr.size == 0:
+            continue
+        hit = canvas[rr, cc]
+        owners = hit[hit > 0]
+        if owners.size:
+            labs, inter = np.unique(owners, return_counts=True)
+            union = rr.size + np.asarray(areas)[labs] - inter
+            if (inter > iou * union).any():
+                continue
+        kept.append(i)
+        areas.append(int(rr.size))
+        free = hit == 0
+        canvas[rr[free], cc[free]] = len(kept)
+    return canvas, kept
 
 
 class Decoder:
@@ -370,8 +403,9 @@ def hovernet_labels(prob: np.ndarray, hv: np.ndarray, *, threshold: float = 0.5,
     dist = -cv2.GaussianBlur((1.0 - energy) * blb, (3, 3), 0)
     marker = np.maximum(blb.astype(np.int32) - (energy >= 0.4), 0).astype(bool)
     marker = ndimage.binary_fill_holes(marker).astype(np.uint8)
-    k = _odd(5 * scale, 3, 15)
-    marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    k = _odd(5 * scale, 1, 15)
+    if k > 1:
+        marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     count, markers = cv2.connectedComponents(marker, connectivity=8, ltype=cv2.CV_32S)
     sizes = np.bincount(markers.ravel(), minlength=count)
     markers[(sizes < small)[markers]] = 0
@@ -424,7 +458,7 @@ class StarDistDecoder(Decoder):
     offset d sin(phi), column offset d cos(phi)). Distances are in model input pixels (StarDist's own
     convention, also with a subsampling grid) or, with `rays_units: output`, in output pixels. Every
     pixel above the probability threshold proposes a polygon centred on it; NMS keeps the most probable
-    ones; they are painted in increasing probability (as StarDist's `polygons_to_label`) and measured.
+    ones (`star_labels`), painted as StarDist's `polygons_to_label` paints them, and measured.
     """
 
     def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
@@ -446,21 +480,12 @@ class StarDistDecoder(Decoder):
         oy = (rows + self.config.output_crop) + 0.5 / self.scale
         xs = ox[:, None] + dist * np.cos(phis)[None, :]
         ys = oy[:, None] + dist * np.sin(phis)[None, :]
-        rings = np.stack([xs, ys], axis=2)  # (n, R, 2) in map pixels past the crop
-        polys = shapely.polygons(rings)
-        polys = shapely.make_valid(polys)
-        kept = nms(polys, scores, self.config.nms_iou)
-        h, w = prob.shape
-        labels = np.zeros((h, w), dtype=np.int32)
-        ranked = kept[np.argsort(scores[kept], kind="stable")]  # increasing probability: the best paint last
         crop = self.config.output_crop
-        for i in ranked.tolist():
-            rr, cc = fill_polygon(ys[i] - crop - 0.5, xs[i] - crop - 0.5, shape=(h, w))
-            labels[rr, cc] = i + 1
+        labels, kept = star_labels(ys - crop - 0.5, xs - crop - 0.5, scores, self.config.nms_iou, prob.shape)
         found = measure_nuclei(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
         objects = self._objects(found)
         for obj, n in zip(objects, found, strict=True):
-            obj.score = float(scores[n.label - 1])
+            obj.score = float(scores[kept[n.label - 1]])
         return objects
 
 
@@ -521,5 +546,4 @@ def merge_boxes(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou:
     """Indices of the boxes (n, 4: x1, y1, x2, y2) kept by per-class NMS (level 0, across tile overlaps)."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.intp)
-    polys = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3])
-    return np.sort(nms(polys, scores, iou, classes))
+    return np.sort(box_nms(boxes, scores, iou, classes))

@@ -1,11 +1,14 @@
-"""The object pipeline (segmentation / detection kinds): overlapping tiles -> nuclei -> level-0 objects.
+"""The object pipeline (segmentation / detection kinds): overlapping tiles -> objects -> level-0 objects.
 
 Tiles overlap by the spec's `tile_overlap` model pixels (default 64) on every side, and a tile keeps
 only the objects whose centroid falls in its *core* (the part no neighbour owns). Cores partition the
 slide, so an object on a tile seam is found whole (the window reaches past the seam) and kept once.
 Reading reuses the tile pipeline's grid (`grid_for_model`) and reader threads (`iter_tiles`); the
-model's per-tile outputs are post-processed here in a small thread pool (OpenCV releases the GIL for
-most of the work).
+model's per-tile outputs are decoded by the spec's instance decoder (inference/instances.py:
+threshold, hovernet, stardist, boxes) in a small thread pool (OpenCV releases the GIL for most of the
+work), and mapped to level 0 here, the same way for every decoder. Boxes are the exception to the core
+rule: a window keeps the boxes centred within half the overlap of its core, and non-maximum suppression
+at level 0 merges the copies that neighbouring windows found.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPoint, Polygon
 
+from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
-from scanbridge.inference.nuclei import Nucleus, NucleusParams, find_nuclei, params_for
+from scanbridge.inference.instances import (
+    Decoder,
+    WindowObject,
+    decoder_for,
+    merge_boxes,
+    output_names,
+    output_problems,
+)
+from scanbridge.inference.nuclei import Nucleus
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
 from scanbridge.inference.session import OnnxModel
@@ -45,6 +57,8 @@ class SlideObject:
     contour: np.ndarray  # (k, 2) level-0 x, y
     measurements: dict[str, float]
     positive: bool | None
+    class_name: str | None = None  # the label of a typed nucleus or a detection's class
+    shape: str = "nucleus"  # "nucleus" (an outline) or "box" (a detection's box)
 
 
 @dataclass
@@ -57,40 +71,60 @@ class ObjectRun:
     post_s: float = 0.0  # CPU seconds of the per-tile post-processing, summed over its threads
 
 
-def _channels(out: np.ndarray) -> np.ndarray:
-    return out[None] if out.ndim == 2 else out
-
-
-def _tile_objects(spec_outputs: dict[str, Any], params: NucleusParams, grid: TileGrid, tile: Tile,
-                  prob: np.ndarray, stains: np.ndarray | None, l0_origin: tuple[int, int],
-                  mpp: tuple[float, float] | None, stain_names: list[str]) -> list[SlideObject]:
-    """One window's nuclei whose centroid is in the tile's core, mapped to level-0."""
-    planes = _channels(prob)
-    pos_channel = spec_outputs.get("positive_channel")
-    positive_map = planes[int(pos_channel)] if pos_channel is not None and planes.shape[0] > int(pos_channel) \
-        else None
+def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
+                  l0_origin: tuple[int, int], mpp: tuple[float, float] | None,
+                  stain_names: list[str]) -> list[SlideObject]:
+    """One window's objects whose centroid is in the tile's core (boxes: within half the overlap of it),
+    mapped to level-0."""
     step = grid.read_size / grid.tile_size * grid.downsample  # level-0 px per model px in this window
     ox, oy = l0_origin
     # The core, in global model pixels, is [col*stride, (col+1)*stride); test the level-0 centroid against
     # it so that the decision depends on the object's position only, never on which window saw it.
     md = grid.model_downsample
-    core = (tile.col * grid.stride, tile.row * grid.stride, (tile.col + 1) * grid.stride,
-            (tile.row + 1) * grid.stride)
+    core: tuple[float, float, float, float] = (tile.col * grid.stride, tile.row * grid.stride,
+                                               (tile.col + 1) * grid.stride, (tile.row + 1) * grid.stride)
     margin = max(0, grid.overlap - 2)  # a cheap pre-filter in window pixels; the exact test is below
-    keep = (margin, margin, grid.tile_size - margin, grid.tile_size - margin) if grid.overlap else None
+    keep: tuple[float, float, float, float] | None = \
+        (margin, margin, grid.tile_size - margin, grid.tile_size - margin) if grid.overlap else None
+    if decoder.merges_across_tiles:
+        half = grid.overlap / 2
+        core = (core[0] - half, core[1] - half, core[2] + half, core[3] + half)
+        keep = None
+    labels = decoder.spec.labels
+    threshold = decoder.params.positive_threshold
     found: list[SlideObject] = []
-    for n in find_nuclei(planes[0], params, stains=stains, positive=positive_map, keep=keep):
-        x, y = ox + n.cx * step, oy + n.cy * step
+    for w in decoder.decode(outputs, keep=keep):
+        x, y = ox + w.cx * step, oy + w.cy * step
         gx, gy = x / md, y / md
         if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
             continue
-        ring = corners(n.contour)
+        n = w.nucleus
+        ring = corners(w.contour) if n is not None else w.contour
         contour = np.column_stack([ox + ring[:, 0] * step, oy + ring[:, 1] * step])
-        measurements = {"Centroid X px": x, "Centroid Y px": y, **_measurements(n, step, mpp, stain_names)}
+        measurements = {"Centroid X px": x, "Centroid Y px": y}
+        measurements.update(_measurements(n, step, mpp, stain_names) if n is not None
+                            else _box_measurements(w, step, mpp))
+        if w.score is not None:
+            measurements["Score"] = w.score
+        if w.class_fraction is not None:
+            measurements["Type fraction"] = w.class_fraction
+        name = labels[w.class_index].name if w.class_index is not None and w.class_index < len(labels) else None
         found.append(SlideObject(x=x, y=y, contour=contour, measurements=measurements,
-                                 positive=None if n.positive_score is None
-                                 else n.positive_score >= params.positive_threshold))
+                                 positive=None if n is None or n.positive_score is None
+                                 else n.positive_score >= threshold,
+                                 class_name=name, shape="nucleus" if n is not None else "box"))
     return found
+
+
+def _box_measurements(w: WindowObject, step: float, mpp: tuple[float, float] | None) -> dict[str, float]:
+    """Width, height and area of a detection's box (level-0 px, and µm where the scan has a pixel size)."""
+    width = float(w.contour[:, 0].max() - w.contour[:, 0].min()) * step
+    height = float(w.contour[:, 1].max() - w.contour[:, 1].min()) * step
+    m = {"Width px": width, "Height px": height, "Area px^2": width * height}
+    if mpp:
+        m.update({"Width µm": width * mpp[0], "Height µm": height * mpp[1],
+                  "Area µm^2": width * height * mpp[0] * mpp[1]})
+    return m
 
 
 def corners(ring: np.ndarray) -> np.ndarray:
@@ -138,20 +172,26 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
                 readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None,
                 min_tissue: float = DEFAULT_MIN_TISSUE) -> ObjectRun:
-    """Run an object model over the tissue of a scan with overlapping tiles; each object found once."""
+    """Run an object model over the tissue of a scan with overlapping tiles; each object found once.
+
+    Raises ModelInvalidError when the spec's decoder is misconfigured or cannot decode the first batch.
+    """
     spec = model.spec
     meta = reader.metadata
-    if spec.output_downsample != 1:
-        raise ValueError("object models must output at full resolution (output_downsample 1)")
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     size = tile_size or spec.input_size
     margin = int(spec.outputs.get("tile_overlap", DEFAULT_OVERLAP)) if overlap is None else overlap
     grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask,
                           mask_downsample, overlap=margin, min_tissue=min_tissue)
     model_mpp = (meta.mpp[0] * grid.model_downsample) if meta.mpp else (spec.mpp or 0.5)
-    params = params_for(spec.outputs, spec.thresholds, model_mpp)
+    decoder = decoder_for(spec, model_mpp)
+    reach = decoder.config.output_crop * spec.output_downsample
+    if not decoder.merges_across_tiles and reach > grid.overlap:
+        raise ModelInvalidError(f"a tile overlap of {grid.overlap} model px leaves tile cores outside the "
+                                f"model's output (output_crop x output_downsample = {reach})",
+                                details={"problems": ["tile_overlap smaller than the output crop"]})
     stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]
-    stain_output = spec.outputs.get("stain_output")
+    extra_names = output_names(spec)
     batch = max(1, batch_size or model.batch_size_for(size))
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
     total = len(grid.tiles)
@@ -159,10 +199,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     post_s = [0.0]
     objects: list[SlideObject] = []
 
-    def post(tile: Tile, prob: np.ndarray, stains: np.ndarray | None) -> list[SlideObject]:
+    def post(tile: Tile, outputs: dict[str, np.ndarray]) -> list[SlideObject]:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
-        found = _tile_objects(spec.outputs, params, grid, tile, prob, stains, grid.level0_origin(tile),
-                              meta.mpp, stain_names)
+        found = _tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp, stain_names)
         post_s[0] += time.thread_time() - t0
         return found
 
@@ -177,10 +216,15 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             outputs = model.run(buffer[:n])
             stats.infer_s += time.perf_counter() - t0
             first = model.primary_output(outputs)
-            stain_batch = outputs.get(str(stain_output)) if stain_output else None
+            if stats.batches == 0:
+                problems = output_problems(spec, {**outputs, spec.output_name: first}, input_size=size)
+                if problems:
+                    raise ModelInvalidError(f"the outputs of {spec.name!r} cannot be decoded: {problems[0]}",
+                                            details={"problems": problems})
+            extra = {name: outputs[name] for name in extra_names if name in outputs}
             for i, tile in enumerate(batch_tiles):  # views: each run returns new arrays, nothing overwrites them
-                stains = None if stain_batch is None else stain_batch[i]
-                pending.append(pool.submit(post, tile, first[i], stains))
+                tile_outputs = {spec.output_name: first[i], **{name: out[i] for name, out in extra.items()}}
+                pending.append(pool.submit(post, tile, tile_outputs))
             stats.tiles_processed += n
             stats.batches += 1
             batch_tiles.clear()
@@ -201,9 +245,23 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         finally:
             tiles.close()  # type: ignore[attr-defined]
         _drain(pending, objects, keep=0)
+    if decoder.merges_across_tiles:
+        objects = _merged(objects, decoder.config.nms_iou)
     stats.wall_s = time.perf_counter() - started
     objects.sort(key=lambda o: (o.y, o.x))
     return ObjectRun(objects=objects, stats=stats, grid=grid, post_s=post_s[0])
+
+
+def _merged(objects: list[SlideObject], iou: float) -> list[SlideObject]:
+    """The boxes left by per-class non-maximum suppression at level 0 (copies from overlapping windows go)."""
+    if not objects:
+        return objects
+    boxes = np.array([[o.contour[:, 0].min(), o.contour[:, 1].min(), o.contour[:, 0].max(), o.contour[:, 1].max()]
+                      for o in objects])
+    scores = np.array([o.measurements.get("Score", 0.0) for o in objects])
+    names = sorted({o.class_name or "" for o in objects})
+    classes = np.array([names.index(o.class_name or "") for o in objects])
+    return [objects[i] for i in merge_boxes(boxes, scores, classes, iou).tolist()]
 
 
 def _drain(pending: list[Future[list[SlideObject]]], into: list[SlideObject], *, keep: int) -> None:
@@ -291,11 +349,19 @@ def _polygon(contour: np.ndarray) -> Polygon | None:
 
 def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tuple[int, int],
                    mpp: tuple[float, float] | None, tissue_mm2: float | None) -> ScanResult:
-    """The ScanResult of an object model: per-nucleus polygons and/or per-class points, counts, density."""
+    """The ScanResult of an object model: per-nucleus polygons and/or per-class points, counts, density.
+
+    Objects with a class (typed nuclei, detections) are drawn in their label's name and colour, and counted
+    per class. Boxes follow `outputs.draw` (points, boxes or both); nuclei `outputs.polygons`.
+    """
     spec = model.spec
     objs = run.objects
     positive_mode = spec.outputs.get("positive_channel") is not None
-    want_polygons = bool(spec.outputs.get("polygons", True)) and len(objs) <= MAX_POLYGONS
+    boxes_mode = spec.decoder == "boxes"
+    draw = str(spec.outputs.get("draw", "both"))
+    polygons_wanted = draw != "points" if boxes_mode else bool(spec.outputs.get("polygons", True))
+    want_polygons = polygons_wanted and len(objs) <= MAX_POLYGONS
+    typed = any(o.class_name is not None for o in objs)
     labels = {lab.name.lower(): lab for lab in spec.labels}
     nucleus_label = spec.labels[0] if spec.labels and not positive_mode else None
     features: list[dict[str, Any]] = []
@@ -306,15 +372,20 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
             for o, outline in zip(objs, _outlines(objs, width, height), strict=True):
                 if outline is None:
                     continue
-                if positive_mode:
+                if o.class_name is not None:
+                    cls = labels.get(o.class_name.lower())
+                    name = o.class_name
+                    colour = cls.color if cls else "#ff0000"
+                elif positive_mode:
                     cls = labels.get("positive" if o.positive else "negative")
                     name = cls.name if cls else ("Positive" if o.positive else "Negative")
                     colour = cls.color if cls else "#ff0000"
                 else:
                     name = nucleus_label.name if nucleus_label else "Nucleus"
                     colour = nucleus_label.color if nucleus_label else "#3f51b5"
-                features.append(geometry_feature(*outline, annotation_type="nucleus", class_name=name, colour=colour,
-                                                 measurements=o.measurements, object_type="detection"))
+                features.append(geometry_feature(*outline, annotation_type="detection" if o.shape == "box" else "nucleus",
+                                                 class_name=name, colour=colour, measurements=o.measurements,
+                                                 object_type="detection"))
     positives = [o for o in objs if o.positive]
     negatives = [o for o in objs if o.positive is False]
     if positive_mode:
@@ -333,11 +404,30 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
                                "classification": {"name": name, "color": hex_to_rgb(colour)},
                                "measurements": {"Num nuclei": float(len(group))}},
             })
+    class_counts: dict[str, int] = {}
+    for o in objs:
+        if o.class_name is not None:
+            class_counts[o.class_name] = class_counts.get(o.class_name, 0) + 1
+    if typed and not positive_mode and (draw != "boxes" if boxes_mode else not want_polygons):
+        for name, n in class_counts.items():
+            group = [o for o in objs if o.class_name == name]
+            cls = labels.get(name.lower())
+            pts = MultiPoint([(min(max(o.x, 0.0), width), min(max(o.y, 0.0), height)) for o in group])
+            x1, y1, x2, y2 = pts.bounds
+            features.append({
+                "type": "Feature", "id": _uuid(), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
+                "geometry": {"type": "MultiPoint", "coordinates": [[round(p.x, 2), round(p.y, 2)] for p in pts.geoms]},
+                "properties": {"annotation_type": name.lower(), "objectType": "annotation",
+                               "classification": {"name": name, "color": hex_to_rgb(cls.color if cls else "#ff0000")},
+                               "measurements": {"Num detections" if boxes_mode else "Num nuclei": float(n)}},
+            })
     count = len(objs)
-    areas = [o.measurements["Area µm^2"] for o in objs if "Area µm^2" in o.measurements]
+    areas = [o.measurements["Area µm^2"] for o in objs if "Area µm^2" in o.measurements and o.shape == "nucleus"]
     mean_area = float(np.mean(areas)) if areas else None
     density = count / tissue_mm2 if tissue_mm2 else None
-    summary: dict[str, str] = {"Nuclei": f"{count:,}"}
+    summary: dict[str, str] = {"Detections" if boxes_mode else "Nuclei": f"{count:,}"}
+    for name, n in sorted(class_counts.items()):
+        summary[f"{name} {'detections' if boxes_mode else 'nuclei'}"] = f"{n:,}"
     results: dict[str, Any] = {
         "model": {"name": spec.name, "version": spec.version, "provider": model.provider},
         "nuclei_count": count,
@@ -345,6 +435,8 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         "nuclei_density_per_mm2": round(density, 2) if density is not None else None,
         "mean_nucleus_area_um2": round(mean_area, 3) if mean_area is not None else None,
     }
+    if typed:
+        results["class_counts"] = dict(sorted(class_counts.items()))
     if positive_mode:
         pct = 100.0 * len(positives) / count if count else None
         label = str(spec.outputs.get("summary_label", "Positivity"))
