@@ -126,7 +126,8 @@ PATTERNS: dict[str, dict[str, Any]] = {
         "spec": {"name": "tumour-tiles", "kind": "tile-classification", "mpp": 1.0, "input_name": "input",
                  "input_size": 64, "input_layout": "NCHW", "input_dtype": "float32", "channel_order": "RGB",
                  "normalisation": TORCHVISION, "output_name": "probs", "output_activation": "none",
-                 "labels": _labels(["Tumour", "Stroma", "Other"]), "background_labels": ["Other"]},
+                 "labels": _labels(["Tumour", "Stroma", "Other"]), "background_labels": ["Other"],
+                 "outputs": {"min_region_um2": 10000}},
         "prototypes": {**COLOURS, "Other": GLASS},
     },
     "segmenter": {
@@ -178,18 +179,19 @@ def _render(width: int, height: int, seed: int) -> np.ndarray:
     """The level-0 RGB image: glass, the class regions in their colours, a little noise."""
     u = min(width, height) / 3072
     cx, cy = 1100 * u, 1250 * u
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    xx = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    yy = np.arange(height, dtype=np.float32)[:, None] + 0.5
     d = np.hypot(xx - cx, yy - cy)
-    img = np.empty((height, width, 3), np.float32)
-    img[:] = GLASS
     tumour = (d <= 800 * u) & (d >= 350 * u)
-    stroma = (d <= 220 * u) | ((xx >= 2300 * u) & (xx <= min(width - 200 * u, 3800 * u))
-                               & (yy >= 500 * u) & (yy <= 2600 * u))
+    stroma = (d <= 220 * u) | (((xx >= 2300 * u) & (xx <= min(width - 200 * u, 3800 * u)))
+                               & ((yy >= 500 * u) & (yy <= 2600 * u)))
+    del d
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = GLASS
     img[tumour] = COLOURS["Tumour"]
     img[stroma] = COLOURS["Stroma"]
-    rng = np.random.default_rng(seed)
-    img += rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    noise = np.random.default_rng(seed).integers(-8, 9, size=(height, width, 1), dtype=np.int16)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
 def write_class_slide(path: str | Path, width: int = 4096, height: int = 3072, *, mpp: float = 1.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import cv2
 import numpy as np
 
 from scanbridge.domain.results import ScanResult
@@ -50,7 +51,9 @@ def region_result(scan_id: str, model: OnnxModel, cmap: ClassTileMap, *, map_ds:
     for channel in cmap.keep:
         label = spec.labels[channel]
         name = label.name
-        polygons = mask_to_polygons(labels == channel, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
+        mask = drop_small(labels == channel, min_area_px / (map_ds * map_ds))
+        polygons = mask_to_polygons(mask, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
+        del mask
         area_px = 0.0
         for poly in polygons:
             a = float(poly.area)
@@ -62,8 +65,8 @@ def region_result(scan_id: str, model: OnnxModel, cmap: ClassTileMap, *, map_ds:
             features.append(polygon_feature(poly, annotation_type=name.lower(), class_name=name, colour=label.color,
                                             measurements=measurements))
         prob = cmap.prob_array(channel, h_map, w_map)
-        per_level = [mask_to_polygons(prob >= round(lv * 255), map_ds, bounds, min_area=min_area_px,
-                                      simplify=map_ds) for lv in levels]
+        per_level = [mask_to_polygons(drop_small(prob >= round(lv * 255), min_area_px / (map_ds * map_ds)), map_ds,
+                                      bounds, min_area=min_area_px, simplify=map_ds) for lv in levels]
         del prob
         if any(per_level):
             colours = list(spec.outputs.get("contour_colors", [label.color] * len(levels)))
@@ -86,6 +89,17 @@ def region_result(scan_id: str, model: OnnxModel, cmap: ClassTileMap, *, map_ds:
         "tissue_area_mm2": tissue_mm2,
     }
     return ScanResult(scanId=scan_id, results=results, geojson={"type": "FeatureCollection", "features": features})
+
+
+def drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    """`mask` without its 8-connected components smaller than `min_pixels` (speckle costs the polygon
+    step far more than it is worth, and `min_region_um2` would drop it anyway)."""
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    _, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
+    keep[0] = False  # the background component
+    return np.asarray(keep[comp])
 
 
 def tissue_pixels(mask: np.ndarray, mask_ds: float) -> float:
