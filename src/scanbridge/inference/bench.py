@@ -14,7 +14,10 @@ Peak resident memory (`peak_rss_mb`) is the process's high-water mark during the
 phase where Linux allows it; every phase's in `phase_peak_rss_mb`, the naive loop's full-slide canvas included).
 Besides the built-in models, ``--model bench-conv`` is a small fixed-weight convolutional net (built here
 with the onnx helper, nothing downloaded) whose output is still a tissue probability, heavy enough that
-the device matters.
+the device matters; ``bench-resnet50`` is a ResNet-50-class net built the same way (devtools/resnet.py;
+``bench-resnet50-slim``: the same shape at a quarter of the width, for CPU checks). ``--device`` /
+``--tensorrt`` choose the device as SCANBRIDGE_DEVICE / SCANBRIDGE_TENSORRT do (``--device cuda`` without a
+working CUDA: exit 3, DEVICE_UNAVAILABLE); the report names the provider, the batch and ``tiles_per_s``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +38,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from scanbridge.devtools.resnet import build_resnet, resnet_spec
+from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.domain.models import Label, ModelSpec
 from scanbridge.imaging.readers import ScanReader, open_scan
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, TileGrid, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan, tile_min_tissue
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
@@ -107,15 +114,24 @@ def build_bench_conv_model(width: int = 32, seed: int = 0) -> bytes:
 
 BENCH_MODELS: dict[str, tuple[ModelSpec, Callable[[], bytes]]] = {
     **BUILTINS, BENCH_CONV_SPEC.name: (BENCH_CONV_SPEC, build_bench_conv_model),
+    "bench-resnet50": (resnet_spec("bench-resnet50", 64), lambda: build_resnet(64)),
+    "bench-resnet50-slim": (resnet_spec("bench-resnet50-slim", 16), lambda: build_resnet(16)),
 }
 
 
-def load_model(name: str, *, prefer_gpu: bool = True, intra_op_threads: int = 0) -> OnnxModel:
-    """A built-in or benchmark model by name."""
+@lru_cache(maxsize=2)
+def model_bytes(name: str) -> bytes:
+    """The ONNX bytes of a bench model, built once per process (the ResNet takes seconds)."""
+    return BENCH_MODELS[name][1]()
+
+
+def load_model(name: str, *, prefer_gpu: bool = True, intra_op_threads: int = 0, device: str | None = None,
+               tensorrt: bool = False, cache_dir: Path | None = None) -> OnnxModel:
+    """A built-in or benchmark model by name, on `device` (auto / cuda / cpu; raises DeviceUnavailableError)."""
     if name not in BENCH_MODELS:
         raise SystemExit(f"unknown model {name!r}; choose from {sorted(BENCH_MODELS)}")
-    spec, build = BENCH_MODELS[name]
-    return OnnxModel(spec, build(), prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads)
+    return OnnxModel(BENCH_MODELS[name][0], model_bytes(name), prefer_gpu=prefer_gpu,
+                     intra_op_threads=intra_op_threads, device=device, tensorrt=tensorrt, cache_dir=cache_dir)
 
 
 class PeakRss:
@@ -254,7 +270,7 @@ def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int
 
     if not grid.tiles:
         return 0.0
-    session = ort.InferenceSession(BENCH_MODELS[model.spec.name][1](), providers=[model.provider])
+    session = ort.InferenceSession(model_bytes(model.spec.name), providers=model.providers)
     tensors = [model.prepare(b) for b in _sample_batches(path, grid, batch, pool_batches)]
     name = model.spec.input_name
     return _time_tiles(lambda x: session.run(None, {name: x}), tensors, len(grid.tiles))
@@ -283,10 +299,12 @@ def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
 def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers: int = 2,
           tile_size: int | None = None, overlap: int | None = None, naive: bool = True, prefer_gpu: bool = True,
           intra_op_threads: int = 0, truth: Path | None = None,
-          min_tissue: float | None = None) -> dict[str, Any]:
+          min_tissue: float | None = None, device: str | None = None, tensorrt: bool = False,
+          cache_dir: Path | None = None) -> dict[str, Any]:
     """Every measurement of one slide and one model, as one JSON-ready dict."""
     rss = PeakRss()
-    model = load_model(model_name, prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads)
+    model = load_model(model_name, prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads, device=device,
+                       tensorrt=tensorrt, cache_dir=cache_dir)
     _warm_page_cache(path)
     reader = open_scan([path])
     try:
@@ -343,7 +361,9 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "readers": readers,
         "intra_op_threads": model.intra_op_threads,
         "device": model.device,
+        "device_requested": device or ("auto" if prefer_gpu else "cpu"),
         "provider": model.provider,
+        "tensorrt": tensorrt,
         "io_binding": model.io_binding,
         "min_tissue": tile_min_tissue(model.spec, min_tissue),
         "tiles_total": stats.tiles_total,
@@ -356,6 +376,8 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "decoder": meta.properties.get("scanbridge.decoder", meta.properties.get("scanbridge.reader", "openslide")),
         "model_only_s": round(model_s, 3),
         "pipeline_s": round(pipeline_s, 3),
+        "tiles_per_s": round(stats.tiles_processed / max(pipeline_s, 1e-9), 1),
+        "bare_tiles_per_s": round(stats.tiles_processed / max(bare_s, 1e-9), 1) if bare_s else None,
         "bare_onnxruntime_s": round(bare_s, 3),
         "naive_s": round(naive_s, 3) if naive_s is not None else None,
         "pipeline_vs_sum": round(pipeline_s / max(decode_s + model_s, 1e-9), 3),
@@ -399,11 +421,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="tissue", help=f"one of {sorted(BENCH_MODELS)}")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: sized to the device)")
-    p.add_argument("--readers", type=int, default=2, help="reader threads")
+    p.add_argument("--readers", type=int, default=None, help="reader threads (default: the cores less one, 2..16)")
     p.add_argument("--tile-size", type=int, default=None, help="model tile size (default: the model's)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in model px (default: the model's)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even when one is present")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None,
+                   help="as SCANBRIDGE_DEVICE (default auto; cuda without a working CUDA: exit 3)")
+    p.add_argument("--tensorrt", action="store_true", help="TensorRT first (FP16, engine cache), CUDA as fallback")
+    p.add_argument("--trt-cache", type=Path, default=Path(os.environ.get("SCANBRIDGE_DATA_DIR", ".scanbridge")) / "tensorrt",
+                   help="TensorRT engine cache folder (default $SCANBRIDGE_DATA_DIR/tensorrt)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     p.add_argument("--truth", type=Path, default=None, help="truth JSON of a synthetic slide (adds tissue_fraction)")
     p.add_argument("--min-tissue", type=float, default=None,
@@ -413,9 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.slide.exists():
         print(f"no such slide: {args.slide}", file=sys.stderr)
         return 2
-    report = bench(args.slide, args.model, batch_size=args.batch_size, readers=args.readers,
-                   tile_size=args.tile_size, overlap=args.overlap, naive=not args.no_naive,
-                   prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth,
-                   min_tissue=args.min_tissue)
+    try:
+        readers = args.readers or dev.default_reader_threads()
+        report = bench(args.slide, args.model, batch_size=args.batch_size, readers=readers,
+                       tile_size=args.tile_size, overlap=args.overlap, naive=not args.no_naive,
+                       prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth,
+                       min_tissue=args.min_tissue, device="cpu" if args.cpu else args.device,
+                       tensorrt=args.tensorrt, cache_dir=args.trt_cache)
+    except ScanbridgeError as exc:
+        print(f"scanbridge dev bench: {exc.code}: {exc.message}", file=sys.stderr)
+        return 3 if isinstance(exc, DeviceUnavailableError) else 1
     print(json.dumps(report) if args.json else _human(report))
     return 0

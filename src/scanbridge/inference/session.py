@@ -77,6 +77,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InferenceError(f"model {spec.name!r} could not be loaded: {exc}") from exc
         self.provider = self.session.get_providers()[0]
+        self.providers = providers  # what the session was asked for, with options (the bench's bare session)
         if resolved == "cuda" and self.provider not in dev.GPU_PROVIDERS:  # onnxruntime fell back silently
             if requested == "cuda":
                 raise DeviceUnavailableError(f"model {spec.name!r}: onnxruntime put the session on the CPU "
