@@ -51,8 +51,8 @@ class WebhookPayload(BaseModel):
     """One platform task: scans to analyse, stains, the model choice and the task JWT."""
 
     model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True, json_schema_extra={
-        "anyOf": [{"required": ["scans"], "properties": {"scans": {"minProperties": 1}}},
-                  {"required": ["scan_urls"], "properties": {"scan_urls": {"minProperties": 1}}}]})
+        "anyOf": [{"required": ["scans"], "properties": {"scans": {"type": "object", "minProperties": 1}}},
+                  {"required": ["scan_urls"], "properties": {"scan_urls": {"type": "object", "minProperties": 1}}}]})
 
     task_id: Id = Field(description="the platform's task; " + ID_PATTERN)
     company_id: str = Field("", max_length=MAX_ID_LEN)

@@ -12,6 +12,21 @@ from scanbridge.entrypoints.webhook_common import STATUS, error_body, status_for
 
 __all__ = ["STATUS", "error_body", "install", "status_for"]
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route serves at `path` (Starlette's 405 names only the first matching route's)."""
+    from fastapi import routing
+    from starlette.routing import compile_path
+
+    methods: set[str] = set()
+    for route in routing.iter_route_contexts(app.routes):
+        template = route.path_format
+        if template and route.methods and compile_path(template)[0].match(path):
+            methods |= set(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the uniform body."""
 
@@ -27,10 +42,12 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body("VALIDATION_ERROR", "the request is not valid", details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(exc.status_code, "HTTP_ERROR")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
-                            headers=exc.headers)  # 405 keeps its Allow header
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Allow: every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path)) or headers.get("Allow", "")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_: Request, exc: RecursionError) -> JSONResponse:

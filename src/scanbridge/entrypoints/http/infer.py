@@ -46,7 +46,8 @@ _EVALUATE_BODY = {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["pred", "gt"], "properties": {
         "pred": {"type": "object", "description": "GeoJSON FeatureCollection (level-0 pixels)"},
         "gt": {"type": "object", "description": "GeoJSON FeatureCollection (level-0 pixels)"}}}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["pred", "gt"], "properties": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["pred", "gt"], "additionalProperties": False,
+                                       "properties": {
         "pred": {"type": "string", "format": "binary", "description": ".npy label mask (0 = background)"},
         "gt": {"type": "string", "format": "binary", "description": ".npy label mask (0 = background)"}}}},
 }}
