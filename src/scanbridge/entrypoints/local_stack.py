@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,6 +129,10 @@ def start_moto(state_dir: Path | None = None) -> tuple[Any, str]:
     return server, server.url
 
 
+def _stop_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run the local stack until Ctrl-C (or SIGTERM); its state is kept under `{data_dir}/state`."""
     import uvicorn
@@ -174,6 +179,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
                          name="reaper", daemon=True).start()
         app = create_app(container)
         freeze_heap()
+        # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler found before it
+        # ran: the default one would end the process before the clean-up below; this one lets it run
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         stop.set()
