@@ -19,6 +19,7 @@ from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import ScanAnalysis, analyze_scan
 from scanbridge.inference.session import OnnxModel
+from scanbridge.inference.validation import validate_onnx
 from scanbridge.services.evaluation import evaluate
 
 SIZE = 1024
@@ -182,3 +183,18 @@ def test_a_scan_refuses_outputs_its_decoder_cannot_decode(slide: tuple[Path, syn
     assert caught.value.code == "MODEL_INVALID"
     assert any("'horizontal_vertical' not found" in p for p in problems)
     assert any("output_downsample 2" in p for p in problems)
+
+
+def test_the_upload_check_accepts_each_export_and_refuses_a_forgotten_downsample() -> None:
+    # GIVEN the three export styles with their specs, and a half-resolution HoVer-Net export declared
+    # at full resolution
+    good = [(im.hovernet_spec(logits=True, crop=8), im.build_hovernet_model(RADIUS_PX, logits=True, crop=8)),
+            (im.stardist_spec(), im.build_stardist_model(RADIUS_PX)), (im.box_spec(), im.build_box_model(RADIUS_PX))]
+    # WHEN the upload check (load + dry run) looks at them
+    # THEN the good ones pass, and the bad one is refused with each map named and the fix in the message
+    for spec, data in good:
+        assert validate_onnx(ModelSpec(**spec), data)["sha256"]
+    with pytest.raises(ModelInvalidError) as caught:
+        validate_onnx(ModelSpec(**im.hovernet_spec()), im.build_hovernet_model(RADIUS_PX, downsample=2))
+    problems = caught.value.details["problems"]
+    assert len(problems) == 3 and all("declare output_downsample 2" in p for p in problems), problems

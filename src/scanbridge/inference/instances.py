@@ -142,15 +142,10 @@ def _map_side_problem(name: str, shape: tuple[int, ...], size: int, config: Deco
     h, w = shape[-2], shape[-1]
     if (h, w) == (want, want):
         return None
-    hints = []
-    if h == w:
-        for ds in range(1, 9):
-            if size % ds == 0 and (size // ds - h) >= 0 and (size // ds - h) % 2 == 0:
-                crop = (size // ds - h) // 2
-                if (ds, crop) != (config.downsample, config.output_crop):
-                    hints.append(f"output_downsample {ds}" + (f" with outputs.output_crop {crop}" if crop else ""))
-                if len(hints) == 2:
-                    break
+    fits = sorted(((size // ds - h) // 2, ds) for ds in range(1, 9)
+                  if h == w and size % ds == 0 and size // ds >= h and (size // ds - h) % 2 == 0)
+    hints = [f"output_downsample {ds}" + (f" with outputs.output_crop {crop}" if crop else "")
+             for crop, ds in fits if (ds, crop) != (config.downsample, config.output_crop)][:2]
     fix = f"; declare {' or '.join(hints)}" if hints else ""
     return (f"output {name!r} is {h}x{w}; input_size {size} / output_downsample {config.downsample} - 2 x "
             f"output_crop {config.output_crop} = {want}x{want} expected{fix}")
