@@ -183,7 +183,19 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
                              work_dir=s.data_dir / "work", check_model=check_task, artifact_writer=writer,
                              qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
                              has_api_key=bool(s.platform_api_key), public_url=s.public_url,
-                             scan_parallelism=s.scan_parallelism)
+                             scan_parallelism=s.scan_parallelism,
+                             checkpoints=overrides.get("checkpoints", _checkpoints(container.artifacts, s)))
+
+
+def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Any:
+    """(task_id, scan_id) -> the scan's CheckpointStore (resumable scans), or None when switched off."""
+    if s.checkpoint_interval_s <= 0:
+        return None
+    from scanbridge.services.checkpoints import ArtifactCheckpoints
+    from scanbridge.services.processing import checkpoint_prefix
+
+    return lambda task_id, scan_id: ArtifactCheckpoints(artifacts, checkpoint_prefix(task_id, scan_id),
+                                                        interval_s=s.checkpoint_interval_s)
 
 
 def _default_qc(s: Settings) -> Any:
@@ -195,4 +207,5 @@ def _default_qc(s: Settings) -> Any:
     from scanbridge.imaging.qc import QcThresholds, qc_scan
 
     return partial(qc_scan, thresholds=QcThresholds(min_tissue_fraction=s.qc_min_tissue_fraction,
-                                                    blur_mpp=s.qc_blur_mpp, min_laplacian_var=s.qc_min_laplacian_var))
+                                                    blur_mpp=s.qc_blur_mpp, min_laplacian_var=s.qc_min_laplacian_var,
+                                                    min_sharpness=s.qc_min_sharpness))

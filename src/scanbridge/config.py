@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     # Storage and AWS.
     data_dir: Path = Path(".scanbridge")
+    local_state: Literal["journal", "journal-fsync", "memory"] = Field(
+        "journal", description="scanbridge serve: moto's state journalled under data_dir/state (-fsync: each "
+                               "write fsynced), or memory (lost at exit)")
     table_name: str = "scanbridge-tasks"
     models_table_name: str = "scanbridge-models"
     bucket_name: str = "scanbridge-artifacts"
@@ -95,7 +98,10 @@ class Settings(BaseSettings):
                                             description='JSON: scanbridge code -> the company\'s QC reason name')
     qc_min_tissue_fraction: float = 0.001
     qc_blur_mpp: float = 0.5
-    qc_min_laplacian_var: float = 70.0
+    qc_min_sharpness: float = Field(0.15, ge=0, description="BLURRY below this median sharpness of the tissue "
+                                    "tiles (Laplacian variance over grey variance: relative to the content)")
+    qc_min_laplacian_var: float = Field(0.0, ge=0, description="optional absolute floor on the median "
+                                        "Laplacian variance of the tissue tiles (0: off)")
 
     def api_key_map(self) -> dict[str, str]:
         """SCANBRIDGE_API_KEYS ("key:company_id,key2:company_id2") as key -> company_id."""

@@ -71,9 +71,13 @@ def test_tissue_check_flags_an_empty_mask_only() -> None:
 
 
 def test_blur_check_uses_the_median_and_passes_when_not_assessable() -> None:
-    # GIVEN tile variances mostly below the threshold / WHEN checked / THEN BLURRY fails on the median
-    check = check_blur([10.0, 20.0, 500.0], 70.0, mpp=0.5)
-    assert (check.code, check.passed, check.value) == (BLURRY, False, 20.0) and "out of focus" in check.message
+    # GIVEN tile sharpness values mostly below the minimum / WHEN checked / THEN BLURRY fails on the median
+    check = check_blur([0.05, 0.1, 0.6], 0.15, mpp=0.5)
+    assert (check.code, check.passed, check.value) == (BLURRY, False, 0.1) and "out of focus" in check.message
+    # AND an absolute Laplacian floor, when set, also fails a scan whose sharpness passes
+    floor = check_blur([0.3], 0.15, mpp=0.5, laplacian=[20.0], min_laplacian_var=70.0)
+    assert not floor.passed and "Laplacian" in floor.message
+    assert check_blur([0.3], 0.15, mpp=0.5, laplacian=[20.0]).passed  # floor off by default
     # AND with no tissue tile (scan too small, no pixel size) it is not assessed and does not fail
     unknown = check_blur([], 70.0, mpp=0.5)
     assert unknown.passed and not unknown.assessed and unknown.value is None
@@ -111,7 +115,7 @@ def test_qc_on_synthetic_slides_flags_blur_and_blank(slides: dict[str, Path]) ->
     # THEN the sharp slide passes, the blurred ones are BLURRY and the blank one has NO_TISSUE
     assert failed == {"sharp": [], "blur3": [BLURRY], "blur4": [BLURRY], "blank": [NO_TISSUE]}
     values = {name: {c["code"]: c["value"] for c in r.to_json()["checks"]} for name, r in reports.items()}
-    assert values["sharp"][BLURRY] > 3 * QcThresholds().min_laplacian_var > 3 * values["blur3"][BLURRY]
+    assert values["sharp"][BLURRY] > QcThresholds().min_sharpness > values["blur3"][BLURRY]
     assert values["blank"][NO_TISSUE] == 0.0 and BLURRY not in values["blank"]
     # AND the report keeps the thumbnail for overlays
     assert reports["sharp"].thumbnail is not None and reports["sharp"].thumbnail.ndim == 3
