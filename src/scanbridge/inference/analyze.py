@@ -19,6 +19,7 @@ from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objec
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_class_grid, run_grid
 from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
 from scanbridge.inference.regions import region_result, tissue_pixels
+from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 
 THUMBNAIL_MAX = 2048
@@ -43,8 +44,10 @@ def _fmt_area(mm2: float | None) -> str:
 def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
                  overlap: int | None = None, max_tiles: int | None = None,
-                 min_tissue: float | None = None) -> ScanAnalysis:
+                 min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
+
+    With a `checkpoint` the scan resumes from the tiles it holds and saves finished ones (resume.py).
 
     A tile runs when at least `min_tissue` of its core is tissue (default: `tile_min_tissue(spec)`).
 
@@ -61,19 +64,20 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
     if spec.kind in OBJECT_KINDS:
         return _analyze_objects(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, tile_size=tile_size,
                                 batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
-                                min_tissue=tile_min_tissue(spec, min_tissue))
+                                min_tissue=tile_min_tissue(spec, min_tissue), checkpoint=checkpoint)
 
     if spec.kind in REGION_KINDS:
         return _analyze_regions(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, batch_size=batch_size,
                                 readers=readers, progress=progress, overlap=overlap,
-                                min_tissue=tile_min_tissue(spec, min_tissue))
+                                min_tissue=tile_min_tissue(spec, min_tissue), checkpoint=checkpoint)
 
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     size = tile_size or spec.input_size
     margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
     grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, size, mask, thumb_ds,
                           overlap=margin, min_tissue=tile_min_tissue(spec, min_tissue))
-    tile_map, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
+    tile_map, stats = run_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress,
+                               checkpoint=checkpoint)
     t_run = time.perf_counter()
 
     map_ds = grid.model_downsample * spec.output_downsample  # level-0 px per map px
@@ -109,11 +113,12 @@ def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
 
 def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
                      t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int,
-                     progress: ProgressFn | None, overlap: int | None, min_tissue: float) -> ScanAnalysis:
+                     progress: ProgressFn | None, overlap: int | None, min_tissue: float,
+                     checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Segmentation / detection kinds: overlapping tiles, objects kept once (inference/objects.py)."""
     meta = reader.metadata
     run = run_objects(reader, model, mask, mask_ds, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                      readers=readers, progress=progress, min_tissue=min_tissue)
+                      readers=readers, progress=progress, min_tissue=min_tissue, checkpoint=checkpoint)
     t_run = time.perf_counter()
     tissue_mm2 = float(mask.sum()) * mask_ds * mask_ds * meta.mpp[0] * meta.mpp[1] / 1e6 if meta.mpp else None
     result = objects_result(scan_id, model, run, bounds=meta.dimensions, mpp=meta.mpp, tissue_mm2=tissue_mm2)
@@ -124,7 +129,7 @@ def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: n
 
 def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
                      t0: float, t_mask: float, batch_size: int | None, readers: int, progress: ProgressFn | None,
-                     overlap: int | None, min_tissue: float) -> ScanAnalysis:
+                     overlap: int | None, min_tissue: float, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Region kinds: a class map per tile (tile-classification: tiles side by side, one class each;
     semantic-segmentation: `outputs.tile_overlap` margins) -> regions per class (inference/regions.py).
 
@@ -141,7 +146,8 @@ def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, mask: n
         margin -= margin % spec.output_downsample
     grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, spec.input_size, mask, mask_ds,
                           overlap=margin, min_tissue=min_tissue)
-    cmap, stats = run_class_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress)
+    cmap, stats = run_class_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress,
+                                 checkpoint=checkpoint)
     t_run = time.perf_counter()
     per_map_px = grid.stride if spec.kind == "tile-classification" else spec.output_downsample
     map_ds = grid.model_downsample * per_map_px

@@ -41,6 +41,7 @@ from scanbridge.inference.instances import (
 from scanbridge.inference.nuclei import Nucleus
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
+from scanbridge.inference.resume import CheckpointStore, TileResume
 from scanbridge.inference.session import OnnxModel
 
 OBJECT_KINDS = frozenset({"segmentation", "detection"})
@@ -171,8 +172,11 @@ def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
                 readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None,
-                min_tissue: float = DEFAULT_MIN_TISSUE) -> ObjectRun:
+                min_tissue: float = DEFAULT_MIN_TISSUE, checkpoint: CheckpointStore | None = None) -> ObjectRun:
     """Run an object model over the tissue of a scan with overlapping tiles; each object found once.
+
+    With a `checkpoint`, tiles it holds are not run again (their objects come from it) and finished
+    tiles' objects are saved to it (resume.py).
 
     Raises ModelInvalidError when the spec's decoder is misconfigured or cannot decode the first batch.
     """
@@ -197,7 +201,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     total = len(grid.tiles)
     started = time.perf_counter()
     post_s = [0.0]
-    objects: list[SlideObject] = []
+    resume = TileResume(checkpoint, grid, spec) if checkpoint is not None else None
+    objects: list[SlideObject] = resume.restore_objects(SlideObject) if resume else []
+    done = len(resume.done) if resume else 0
 
     def post(tile: Tile, outputs: dict[str, np.ndarray]) -> list[SlideObject]:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
@@ -227,12 +233,18 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                 pending.append(pool.submit(post, tile, tile_outputs))
             stats.tiles_processed += n
             stats.batches += 1
+            save = resume is not None and resume.due()
+            if resume:
+                resume.finished(batch_tiles)
             batch_tiles.clear()
-            _drain(pending, objects, keep=4 * max(1, post_workers))
+            _drain(pending, objects, keep=0 if save else 4 * max(1, post_workers))
+            if save and resume:  # every finished tile's objects are in `objects` now
+                resume.save_objects(objects)
             if progress:
-                progress(stats.tiles_processed, total)
+                progress(done + stats.tiles_processed, total)
 
-        tiles: Iterator[tuple[Tile, np.ndarray]] = iter_tiles(reader, grid, readers=readers,
+        tiles: Iterator[tuple[Tile, np.ndarray]] = iter_tiles(reader, grid, resume.todo() if resume else None,
+                                                              readers=readers,
                                                               queue_size=batch * 2, stats=stats)
         try:
             for tile, img in tiles:

@@ -22,6 +22,7 @@ from PIL import Image
 from scanbridge.domain.errors import InferenceError
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import Tile, TileGrid
+from scanbridge.inference.resume import CheckpointStore, TileResume, map_hooks
 from scanbridge.inference.session import OnnxModel
 
 ProgressFn = Callable[[int, int], None]
@@ -222,8 +223,12 @@ def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = No
 
 
 def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
-             readers: int = 2, progress: ProgressFn | None = None) -> tuple[TileMap, PipelineStats]:
-    """Run the model over every tile of `grid`; returns its first output's tile cores, compactly."""
+             readers: int = 2, progress: ProgressFn | None = None,
+             checkpoint: CheckpointStore | None = None) -> tuple[TileMap, PipelineStats]:
+    """Run the model over every tile of `grid`; returns its first output's tile cores, compactly.
+
+    With a `checkpoint`, tiles it holds are not run again and finished ones are saved to it (resume.py).
+    """
     ds_out = model.spec.output_downsample
     if grid.overlap % ds_out or grid.tile_size % ds_out:
         raise ValueError(f"tile size and overlap must be multiples of the output downsample {ds_out}")
@@ -234,12 +239,14 @@ def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size
         plane = out[0] if out.ndim == 3 else out
         result.put(tile, plane[out_margin:out_margin + out_tile, out_margin:out_margin + out_tile])
 
-    stats = run_tiles(reader, model, grid, put, batch_size=batch_size, readers=readers, progress=progress)
+    hooks = map_hooks(TileResume(checkpoint, grid, model.spec) if checkpoint else None, {"tiles": result.tiles})
+    stats = run_tiles(reader, model, grid, put, batch_size=batch_size, readers=readers, progress=progress, **hooks)
     return result, stats
 
 
 def run_class_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
-                   readers: int = 2, progress: ProgressFn | None = None) -> tuple[ClassTileMap, PipelineStats]:
+                   readers: int = 2, progress: ProgressFn | None = None,
+                   checkpoint: CheckpointStore | None = None) -> tuple[ClassTileMap, PipelineStats]:
     """Region kinds: run the model over `grid` and keep each tile's class map (see ClassTileMap)."""
     spec = model.spec
     keep = [i for i, lb in enumerate(spec.labels) if lb.name not in spec.background_labels]
@@ -251,13 +258,22 @@ def run_class_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batc
             raise ValueError(f"tile size and overlap must be multiples of the output downsample {ds_out}")
         result = ClassTileMap(grid.rows, grid.cols, grid.stride // ds_out, grid.overlap // ds_out,
                               len(spec.labels), keep)
-    stats = run_tiles(reader, model, grid, result.put, batch_size=batch_size, readers=readers, progress=progress)
+    hooks = map_hooks(TileResume(checkpoint, grid, spec) if checkpoint else None,
+                      {"labels": result.labels, "probs": result.probs})
+    stats = run_tiles(reader, model, grid, result.put, batch_size=batch_size, readers=readers, progress=progress,
+                      **hooks)
     return result, stats
 
 
 def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callable[[Tile, np.ndarray], None], *,
-              batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None) -> PipelineStats:
-    """Run the model over every tile of `grid` in batches; hands `put` each tile's primary output."""
+              batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
+              tiles: list[Tile] | None = None, done: int = 0,
+              on_batch: Callable[[list[Tile]], None] | None = None) -> PipelineStats:
+    """Run the model over every tile of `grid` in batches; hands `put` each tile's primary output.
+
+    Resuming: only `tiles` run (default: the grid's), `done` more count as finished for progress, and
+    `on_batch` gets each batch's tiles once `put` has them (a checkpoint's hook).
+    """
     batch = max(1, batch_size or model.batch_size_for(grid.tile_size))
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
     total = len(grid.tiles)
@@ -275,14 +291,16 @@ def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callabl
             put(tile, out)
         stats.tiles_processed += n
         stats.batches += 1
+        if on_batch:
+            on_batch(list(batch_tiles))
         batch_tiles.clear()
         if progress:
-            progress(stats.tiles_processed, total)
+            progress(done + stats.tiles_processed, total)
 
-    tiles = iter_tiles(reader, grid, readers=readers, queue_size=batch * QUEUE_BATCHES, stats=stats)
+    ready = iter_tiles(reader, grid, tiles, readers=readers, queue_size=batch * QUEUE_BATCHES, stats=stats)
     try:
         waited = time.perf_counter()
-        for tile, img in tiles:
+        for tile, img in ready:
             stats.wait_s += time.perf_counter() - waited
             buffer[len(batch_tiles)] = img
             batch_tiles.append(tile)
@@ -292,6 +310,6 @@ def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callabl
         if batch_tiles:
             flush()
     finally:
-        tiles.close()  # stops the readers at once when the model fails
+        ready.close()  # stops the readers at once when the model fails
     stats.wall_s = time.perf_counter() - started
     return stats

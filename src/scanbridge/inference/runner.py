@@ -14,6 +14,7 @@ from scanbridge.imaging.readers import open_scan
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.pipeline import ProgressFn
+from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS
 
@@ -105,14 +106,14 @@ class Analyzer:
         self.readers = readers or dev.default_reader_threads()
 
     def __call__(self, scan_id: str, paths: list[Path], model_name: str,
-                 progress: ProgressFn) -> tuple[ScanResult, dict[str, Any]]:
-        """Open the scan, analyse it, close it."""
+                 progress: ProgressFn, *, checkpoint: CheckpointStore | None = None) -> tuple[ScanResult, dict[str, Any]]:
+        """Open the scan, analyse it (resuming from `checkpoint`), close it."""
         model = self.loader.load(model_name)
         reader = open_scan(paths)
         try:
             analysis = analyze_scan(scan_id, reader, model, tile_size=self._tile_size, batch_size=self._batch,
                                     readers=self.readers, progress=progress, max_tiles=self._max_tiles,
-                                    min_tissue=self._min_tissue)
+                                    min_tissue=self._min_tissue, checkpoint=checkpoint)
         finally:
             reader.close()
         return analysis.result, analysis.metadata

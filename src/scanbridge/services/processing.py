@@ -47,6 +47,11 @@ def scan_metadata_key(task_id: str, scan_id: str) -> str:
     return f"tasks/{task_id}/scans/{scan_id}/metadata.json"
 
 
+def checkpoint_prefix(task_id: str, scan_id: str) -> str:
+    """Where a scan's checkpoints live (one folder per model version and tile grid, parts inside)."""
+    return f"tasks/{task_id}/scans/{scan_id}/checkpoints/"
+
+
 class TaskCancelledError(ScanbridgeError):
     """The task was cancelled while the worker ran."""
 
@@ -64,8 +69,9 @@ class ScanAnalyzer(Protocol):
     """Runs one model over one scan's files."""
 
     def __call__(self, scan_id: str, paths: list[Path], model_name: str,
-                 progress: Callable[[int, int], None]) -> tuple[ScanResult, dict[str, Any]]:
-        """The scan's result and its reader metadata."""
+                 progress: Callable[[int, int], None], *, checkpoint: Any = None) -> tuple[ScanResult, dict[str, Any]]:
+        """The scan's result and its reader metadata (resuming from `checkpoint`, an inference.resume
+        CheckpointStore, when one is given)."""
 
 
 class QcOutcome(Protocol):
@@ -105,8 +111,10 @@ class ProcessingService:
                  artifact_writer: ArtifactWriter | None = None,
                  qc: ScanQc | None = None, qc_blocks: Callable[[str], bool] = lambda _model: True,
                  qc_fail_reasons: dict[str, str] | None = None, has_api_key: bool = True,
-                 public_url: str = "", scan_parallelism: int = 1) -> None:
+                 public_url: str = "", scan_parallelism: int = 1,
+                 checkpoints: Callable[[str, str], Any] | None = None) -> None:
         self._tasks = tasks
+        self._checkpoints = checkpoints  # (task_id, scan_id) -> CheckpointStore: a retried worker resumes
         self._parallel = scan_parallelism
         self._qc = qc
         self._qc_blocks = qc_blocks
@@ -220,7 +228,8 @@ class ProcessingService:
                     step="inference", percent=round(5.0 + 90.0 * done / max(total, 1), 1),
                     tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
 
-            result, metadata = self._analyzer(scan_id, paths, task.model or "", progress)
+            resume = {"checkpoint": self._checkpoints(task_id, scan_id)} if self._checkpoints else {}
+            result, metadata = self._analyzer(scan_id, paths, task.model or "", progress, **resume)
             t_analysed = self._clock()
             if qc_json is not None:
                 result = with_qc_findings(result, findings, self._qc_map, qc_json)
