@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     delivery_timeout_s: float = 30.0
     delivery_max_timeout_s: float = Field(300.0, description="each retry waits twice as long for an answer, up to this")
     delivery_retry_window_s: float = Field(86400.0, ge=0, description="retries go on this long after the first attempt (0: only the first burst)")
-    delivery_max_backoff_s: float = Field(600.0, gt=0, description="the longest wait between two scheduled retries")
+    delivery_max_backoff_s: float = Field(300.0, gt=0, description="the longest wait between two scheduled retries")
 
     # Protections (off when empty; template.yaml switches them on).
     webhook_secret: str = ""

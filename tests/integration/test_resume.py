@@ -27,7 +27,7 @@ from scanbridge.services.processing import checkpoint_prefix, scan_result_key
 LOADER = ModelLoader(prefer_gpu=False)
 
 
-class Killed(BaseException):  # noqa: N818 - stands for the process being killed (not an error the code handles)
+class Killed(BaseException):  # stands for the process being killed (not an error the code handles)
     """The fault injected: the worker process dies (SIGKILL, a host termination) after some batches."""
 
 

@@ -168,6 +168,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
 
         recovered = recover(container.tasks, container.launcher, container.delivery,
                             max_attempts=settings.worker_retries + 1)
+        # results steps the stop cut short: their leases were the dead process's, so they are tried now
+        container.delivery.deliver_due(after_restart=True)
         clean = getattr(container.launcher, "clean_work_except", None)
         cleaned = clean(set(recovered.resubmitted)) if clean else 0
         log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers; %s; %d stale download folder(s) "
