@@ -58,8 +58,11 @@ class ScriptedPlatform:
     def __init__(self, statuses: list[int] | None = None) -> None:
         self.statuses = list(statuses or [])
         self.calls: list[tuple[str, dict[str, Any], str]] = []
+        self.delivery_ids: list[str] = []
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str) -> PlatformResponse:
+    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, *, delivery_id: str = "",
+                     timeout_s: float | None = None) -> PlatformResponse:
+        self.delivery_ids.append(delivery_id)
         self.calls.append((task_id, json.loads(json.dumps(body)), bearer))
         status = self.statuses.pop(0) if self.statuses else 200
         return PlatformResponse(status_code=status, body=json.dumps({"status": status}))
@@ -68,7 +71,8 @@ class ScriptedPlatform:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for an in-process container, data under tmp_path."""
-    return Settings(data_dir=tmp_path / "data", platform_url="http://127.0.0.1:9", delivery_backoff_s=0.0)
+    return Settings(data_dir=tmp_path / "data", platform_url="http://127.0.0.1:9", delivery_backoff_s=0.0,
+                    delivery_retry_window_s=0.0)  # one burst of retries, then DELIVERY_FAILED (no schedule)
 
 
 @pytest.fixture

@@ -91,8 +91,10 @@ class PlatformResponse:
 class PlatformClient(Protocol):
     """Posts results to the platform."""
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str) -> PlatformResponse:
-        """POST the results body; raises DeliveryError on connection errors and timeouts."""
+    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, *, delivery_id: str = "",
+                     timeout_s: float | None = None) -> PlatformResponse:
+        """POST the results body (`delivery_id`: the same Idempotency-Key / webhook-id on every retry);
+        raises DeliveryError on connection errors and timeouts (`timeout_s`: this attempt's read timeout)."""
 
 
 class ModelCatalog(Protocol):

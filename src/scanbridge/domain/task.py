@@ -54,6 +54,9 @@ class Delivery(BaseModel):
     last_error: str | None = None
     response_excerpt: str | None = None
     duration_s: float | None = None
+    delivery_id: str | None = None  # the Idempotency-Key / webhook-id of every POST of these results
+    first_attempt_at: float | None = None  # epoch s: the retry window starts here
+    next_attempt_at: float | None = None  # epoch s: the next try is due (while DELIVERING: also the claim's lease)
 
 
 class Task(BaseModel):

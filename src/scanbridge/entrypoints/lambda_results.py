@@ -1,4 +1,5 @@
-"""The results Lambda: a Batch "Job State Change" event -> post the task's results."""
+"""The results Lambda: a Batch "Job State Change" event -> post the task's results; the retry schedule's
+event (`{"scanbridge": "deliver_due"}`, events/results_retry_due.json) -> the deliveries that are due."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _container
     if _container is None:
         _container = bootstrap()
+    if event.get("scanbridge") == "deliver_due":  # the retry schedule (EventBridge Scheduler, every minute)
+        due = _container.delivery.deliver_due(wait=True)
+        metrics.add_metric(name="DeliveryRetries", unit=MetricUnit.Count, value=len(due))
+        return {"retried": due}
     if "index" in ((event.get("detail") or {}).get("arrayProperties") or {}):
         return {"ignored": "array child; the parent job's event delivers the task"}
     task_id, succeeded, reason = parse_event(event)

@@ -4,7 +4,9 @@ The worker beats every SCANBRIDGE_HEARTBEAT_INTERVAL_S; the reaper ends any acti
 of life is older than SCANBRIDGE_STALE_AFTER_S, whether or not its process exists (a hung or SIGSTOPped
 worker is killed and retried by the launcher; a gone one is failed as WORKER_FAILED and the platform is
 told), and any task past SCANBRIDGE_TASK_TIMEOUT_S. On AWS the Batch state-change event and the job
-definition's Timeout do this job; the reaper is the belt to their braces.
+definition's Timeout do this job; the reaper is the belt to their braces. Each pass also starts the
+deliveries that are due (`DeliveryService.deliver_due`): scheduled retries, and DELIVERING tasks whose
+results step died mid-try (its lease ran out).
 """
 
 from __future__ import annotations
@@ -154,6 +156,10 @@ class Reaper:
                 cursor = page.next_cursor
                 if cursor is None:
                     break
+        try:  # DELIVERING tasks: scheduled retries that are due, and tries whose results step died (lease over)
+            self._delivery.deliver_due()
+        except Exception:
+            log.exception("delivery pass failed")
         return reaped
 
     def run_every(self, interval_s: float, stop: threading.Event) -> None:
