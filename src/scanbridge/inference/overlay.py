@@ -19,6 +19,11 @@ from scanbridge.imaging.readers.base import ScanReader
 
 MIN_OVERLAY_SIDE = 512  # tiny scans are scaled up (nearest) so outlines stay visible
 HEATMAP_ALPHA = 0.35
+# Outline colours that stand out on haematoxylin (blue-purple), eosin (pink) and DAB (brown): a class colour
+# too close to the scan's own stain colours is drawn in the first of these far enough from them.
+CONTRAST_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 230, 118), (255, 214, 0), (0, 229, 255), (255, 109, 0), (118, 255, 3), (255, 23, 68))
+MIN_COLOUR_DISTANCE = 120.0  # RGB distance below which an outline vanishes into the stain
 CELL_TYPES = frozenset({"nucleus", "nuclei", "cell", "cells"})
 
 
@@ -40,11 +45,60 @@ def _rings(geometry: dict[str, Any]) -> list[list[list[float]]]:
     return []
 
 
+def stain_colours(thumb: np.ndarray) -> np.ndarray:
+    """The scan's own colours an outline must stand out from: the tissue's median and its dark (nuclear)
+    and light quartiles (k x 3 float RGB); glass (near-white) pixels are left out."""
+    rgb = thumb[..., :3].reshape(-1, 3).astype(np.float32)
+    tissue = rgb[rgb.min(axis=1) < 215]
+    if len(tissue) < 16:
+        return np.zeros((0, 3), np.float32)
+    order = np.argsort(tissue.sum(axis=1))
+    n = len(order)
+    picks = [order[n // 8], order[n // 4], order[n // 2], order[(3 * n) // 4]]
+    return np.stack([np.median(tissue, axis=0)] + [tissue[i] for i in picks])
+
+
+def visible_colour(colour: tuple[int, int, int], stains: np.ndarray,
+                   used: set[tuple[int, int, int]] | None = None) -> tuple[int, int, int]:
+    """`colour` when it stands out from every stain colour, else the palette colour farthest from them."""
+    if not len(stains):
+        return colour
+
+    def distance(c: tuple[int, int, int]) -> float:
+        return float(np.sqrt(((stains - np.asarray(c, np.float32)) ** 2).sum(axis=1)).min())
+
+    if distance(colour) >= MIN_COLOUR_DISTANCE:
+        return colour
+    taken = used or set()
+    choices = [c for c in CONTRAST_PALETTE if c not in taken] or list(CONTRAST_PALETTE)
+    return max(choices, key=distance)
+
+
+def _legend(out: Image.Image, entries: dict[str, tuple[int, int, int]]) -> None:
+    """A box in the top-left corner with a swatch and the name of each class drawn."""
+    if not entries:
+        return
+    draw = ImageDraw.Draw(out)
+    size = max(10, round(max(out.size) / 60))
+    pad = size // 2
+    width = pad * 3 + size + max(int(draw.textlength(name)) for name in entries)
+    height = pad + len(entries) * (size + pad)
+    draw.rectangle((0, 0, width, height), fill=(255, 255, 255, 255), outline=(60, 60, 60, 255))
+    for i, (name, colour) in enumerate(entries.items()):
+        y = pad + i * (size + pad)
+        draw.rectangle((pad, y, pad + size, y + size), fill=(*colour, 255), outline=(0, 0, 0, 255))
+        draw.text((pad * 2 + size, y + max(0, (size - 10) // 2)), name, fill=(0, 0, 0, 255))
+
+
 def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any] | None) -> bytes:
-    """PNG of the thumbnail with heat-map levels filled and every outline / point drawn in its class colour.
+    """PNG of the thumbnail with heat-map levels filled, every outline / point drawn in its class colour
+    (or a contrasting one where that colour would vanish into the stain: see visible_colour), outline width
+    scaled to the picture, and a legend of the classes drawn.
 
     `downsample` is level-0 pixels per thumbnail pixel.
     """
+    stains = stain_colours(thumb)
+    shown: dict[str, tuple[int, int, int]] = {}
     base = Image.fromarray(np.ascontiguousarray(thumb[..., :3]), "RGB")
     scale_up = max(1, math.ceil(MIN_OVERLAY_SIDE / max(base.size)))
     if scale_up > 1:
@@ -78,7 +132,13 @@ def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any]
         props = f.get("properties") or {}
         geometry = f.get("geometry") or {}
         kind = geometry.get("type")
-        colour = _rgb((props.get("classification") or {}).get("color"))
+        classification = props.get("classification") or {}
+        name = str(classification.get("name") or props.get("annotation_type") or "object")
+        if kind not in ("Polygon", "MultiPolygon", "Point", "MultiPoint"):
+            continue
+        if name not in shown:
+            shown[name] = visible_colour(_rgb(classification.get("color")), stains, set(shown.values()))
+        colour = shown[name]
         if kind in ("Polygon", "MultiPolygon"):
             for ring in _rings(geometry):
                 if len(ring) >= 2:  # a white halo keeps outlines visible on stain of the class's own colour
@@ -89,6 +149,7 @@ def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any]
             r = max(2, line * 2)
             for x, y in pts:
                 draw.ellipse((x * k - r, y * k - r, x * k + r, y * k + r), outline=(*colour, 255), width=line)
+    _legend(out, shown)
     buf = io.BytesIO()
     out.convert("RGB").save(buf, "PNG", compress_level=3)  # optimize=True: 7x the time for 7 % fewer bytes
     return buf.getvalue()
