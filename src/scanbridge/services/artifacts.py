@@ -110,7 +110,22 @@ class ArtifactService:
 
 
 def dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
-    """DICOM JSON of the scan's level-0 image header when the scan is DICOM (None otherwise)."""
+    """DICOM JSON of the scan's level-0 image header when the scan is DICOM (None otherwise); the files
+    of a ZIP are read too (unpacked with the same guards as for reading), so a ZIP scan is referenced as
+    the instances it holds."""
+    import tempfile
+    import zipfile
+
+    from scanbridge.imaging.archive import safe_extract
+
+    with tempfile.TemporaryDirectory(prefix="scanbridge-dicom-source-") as tmp:
+        files: list[Path] = []
+        for n, path in enumerate(paths):
+            files.extend(safe_extract(path, Path(tmp) / str(n)) if zipfile.is_zipfile(path) else [path])
+        return _dicom_source_header(files)
+
+
+def _dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
     import pydicom
 
     from scanbridge.services.exports import dicom_header_json

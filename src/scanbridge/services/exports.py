@@ -7,8 +7,15 @@ those; where the libraries are importable (the local stack), a missing one is bu
 
 A DICOM source scan's key attributes (UIDs, patient, study, specimen, frame of reference, pixel
 geometry) are kept in the scan's `metadata.json` under `dicom_source`, so the exports reference it.
-A scan from SVS/TIFF gets a minimal synthetic VL Whole Slide Microscopy source (new UIDs, the scan's
-size and pixel spacing) that is not itself stored anywhere.
+A scan from SVS/TIFF gets a minimal synthetic VL Whole Slide Microscopy source (the scan's size and
+pixel spacing; UIDs derived from the scan id and size, so the ANN and the SEG of one scan share one
+study, series, frame of reference and source instance) that is not itself stored anywhere.
+
+Both exports are checked with dicom3tools (`dciodvfy`, `dcentvfy`; tests/integration/
+test_dicom_validation.py): text with non-ASCII characters ("µm") is written under Specific Character
+Set ISO_IR 192 (UTF-8), the synthetic source is a slide container (ContainerTypeCodeSequence), and an
+annotation set with no findings holds one "no findings" group outlining the analysed scan (an ANN
+needs at least one group).
 """
 
 from __future__ import annotations
@@ -253,10 +260,24 @@ def dicom_header_json(ds: Dataset) -> dict[str, Any]:
     return data
 
 
-def _uid() -> str:
+def _uid(*entropy: str) -> str:
+    """A new UID; the same one for the same `entropy` when given."""
+    if entropy:
+        from pydicom.uid import generate_uid
+
+        return str(generate_uid(entropy_srcs=["scanbridge", *entropy]))
     from highdicom import UID
 
     return str(UID())
+
+
+def _slide_container() -> Any:
+    """ContainerTypeCodeSequence (Type 2 in the Specimen macro): a microscope slide."""
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    item = PydicomDataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "433466003", "SCT", "Microscope slide"
+    return [item]
 
 
 def source_dataset(metadata: dict[str, Any], scan_id: str) -> Dataset:
@@ -267,17 +288,20 @@ def source_dataset(metadata: dict[str, Any], scan_id: str) -> Dataset:
     if stored:
         ds = PydicomDataset.from_json(stored)
         if "FrameOfReferenceUID" in ds and "TotalPixelMatrixRows" in ds:
+            if "ContainerTypeCodeSequence" not in ds:
+                ds.ContainerTypeCodeSequence = []  # Type 2: present, maybe empty
             return ds
     width, height = int(metadata["width"]), int(metadata["height"])
     mpp_x = float(metadata.get("mpp_x") or 1.0)
     mpp_y = float(metadata.get("mpp_y") or mpp_x)
     tile = 256
+    key = (scan_id, f"{width}x{height}", str(metadata.get("format") or ""))
     ds = PydicomDataset()
     ds.SOPClassUID = WSI_SOP_CLASS
-    ds.SOPInstanceUID = _uid()
-    ds.StudyInstanceUID = _uid()
-    ds.SeriesInstanceUID = _uid()
-    ds.FrameOfReferenceUID = _uid()
+    ds.SOPInstanceUID = _uid("instance", *key)
+    ds.StudyInstanceUID = _uid("study", *key)
+    ds.SeriesInstanceUID = _uid("series", *key)
+    ds.FrameOfReferenceUID = _uid("frame-of-reference", *key)
     ds.Modality = "SM"
     ds.PatientID = ""
     ds.PatientName = ""
@@ -290,9 +314,10 @@ def source_dataset(metadata: dict[str, Any], scan_id: str) -> Dataset:
     ds.ReferringPhysicianName = ""
     ds.ContainerIdentifier = scan_id[:64] or "scan"
     ds.IssuerOfTheContainerIdentifierSequence = []
+    ds.ContainerTypeCodeSequence = _slide_container()
     specimen = PydicomDataset()
     specimen.SpecimenIdentifier = scan_id[:64] or "scan"
-    specimen.SpecimenUID = _uid()
+    specimen.SpecimenUID = _uid("specimen", *key)
     specimen.IssuerOfTheSpecimenIdentifierSequence = []
     specimen.SpecimenPreparationSequence = []
     ds.SpecimenDescriptionSequence = [specimen]
@@ -422,7 +447,11 @@ def build_annotations(geojson: dict[str, Any] | None, source: Dataset, *, model:
     import numpy as np
 
     groups = []
-    for number, g in enumerate(annotation_groups(geojson), start=1):
+    found = annotation_groups(geojson)
+    if not found:  # an ANN needs one group: the analysed scan's outline, labelled as having no findings
+        w, h = float(source.TotalPixelMatrixColumns), float(source.TotalPixelMatrixRows)
+        found = [_Group("no findings", "POLYGON", [[[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]], [{}])]
+    for number, g in enumerate(found, start=1):
         category, prop_type = _property_codes(g.label)
         names: list[str] = []
         for m in g.measurements:
@@ -497,7 +526,19 @@ def build_segmentation(geojson: dict[str, Any] | None, source: Dataset, *, model
     return _to_bytes(seg)
 
 
+def _non_ascii_text(ds: Dataset) -> bool:
+    """Whether any text value of the dataset (nested ones included) holds a non-ASCII character."""
+    for elem in ds.iterall():
+        if elem.VR in ("SH", "LO", "ST", "LT", "UT", "UC", "PN") and elem.value is not None:
+            values = elem.value if isinstance(elem.value, (list, tuple)) or elem.VM > 1 else [elem.value]
+            if any(not str(v).isascii() for v in values):
+                return True
+    return False
+
+
 def _to_bytes(ds: Dataset) -> bytes:
+    if _non_ascii_text(ds):  # e.g. "Area µm^2": written as UTF-8 under ISO_IR 192, not as a bare 0xB5
+        ds.SpecificCharacterSet = "ISO_IR 192"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
