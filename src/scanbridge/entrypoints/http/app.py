@@ -27,6 +27,7 @@ from scanbridge.entrypoints.http import errors
 from scanbridge.entrypoints.http.dashboard import dashboard_router, downloads_router
 from scanbridge.entrypoints.http.infer import MAX_EVALUATE_BYTES
 from scanbridge.entrypoints.http.infer import router as infer_router
+from scanbridge.entrypoints.http.docs import mount_docs
 from scanbridge.entrypoints.http.live import mount_mcp
 from scanbridge.entrypoints.http.live import router as live_router
 from scanbridge.entrypoints.http.models import router as models_router
@@ -312,8 +313,9 @@ def create_app(container: Container, *, unavailable: Mapping[str, str] | None = 
     process cannot import.
     """
     settings = container.settings
-    app = FastAPI(title="scanbridge", version=__version__,
+    app = FastAPI(title="scanbridge", version=__version__, docs_url=None, redoc_url=None,
                   description="Webhook bridge between digital-pathology platforms and ONNX models.")
+    mount_docs(app)  # /docs and /redoc with their assets served here (offline)
     app.state.container = container
     app.state.unavailable_routes = dict(unavailable_here() if unavailable is None else unavailable)
     errors.install(app)
