@@ -170,7 +170,7 @@ def build_box_model(radius_px: float = 6.0, *, max_boxes: int = 100, box_format:
     inits: list[onnx.TensorProto] = []
     nodes = _nuclei(inits) + _offsets(inits, radius_px) + _centreness(inits, radius_px)
     k = 2 * math.ceil(radius_px) + 1
-    inits += [_const("b_half", 0.5), _const("b_r", radius_px), _const("b_side", 2 * radius_px),
+    inits += [_const("b_half", 0.5), _const("b_r", radius_px),
               _const("b_axis_w", 3, np.int64), _const("b_axis_h", 2, np.int64), _const("b_zero", 0.0),
               _const("b_flat", [0, -1], np.int64), _const("b_k", [max_boxes], np.int64),
               _const("b_unsq", [2], np.int64), _const("b_dab", DAB_THRESHOLD)]
@@ -192,6 +192,7 @@ def build_box_model(radius_px: float = 6.0, *, max_boxes: int = 100, box_format:
         helper.make_node("Cast", ["is_dab"], ["cls"], to=TensorProto.FLOAT),
     ]
     if box_format == "cxcywh":
+        inits.append(_const("b_side", 2 * radius_px))
         nodes += [helper.make_node("Add", ["zeros", "b_side"], ["bw"]), helper.make_node("Add", ["zeros", "b_side"], ["bh"])]
         columns = ["cx", "cy", "bw", "bh", "score", "cls"]
     else:
