@@ -23,6 +23,9 @@ from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 
 THUMBNAIL_MAX = 2048
+# Region kinds measure each class's area: a tissue edge dropped with its tile is area lost (the nucleus
+# models' reasoning), so their tiles run from a tenth of tissue in the core unless the spec says otherwise.
+REGION_MIN_TISSUE = 0.1
 
 
 @dataclass
@@ -92,10 +95,12 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
 
 def tile_min_tissue(spec: ModelSpec, override: float | None = None) -> float:
     """The share of a tile's core that must be tissue: `override`, else the spec's `outputs.min_tissue`,
-    else DEFAULT_MIN_TISSUE (see imaging/tiling.py for the trade-off between glass read and edges lost)."""
+    else REGION_MIN_TISSUE for region kinds and DEFAULT_MIN_TISSUE otherwise (see imaging/tiling.py for the
+    trade-off between glass read and edges lost)."""
     if override is not None:
         return float(override)
-    return float(spec.outputs.get("min_tissue", DEFAULT_MIN_TISSUE))
+    default = REGION_MIN_TISSUE if spec.kind in REGION_KINDS else DEFAULT_MIN_TISSUE
+    return float(spec.outputs.get("min_tissue", default))
 
 
 def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
