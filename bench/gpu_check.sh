@@ -8,7 +8,7 @@
 # package is missing and no wheel for it was carried; 3: no working CUDA (says exactly what is missing:
 # it never falls back to the CPU); 4: a step failed or ran out of time.
 #
-# Installs into a venv on top of the machine's own Python (--system-site-packages): the packages that
+# Uses the machine's own Python; the packages that
 # image lacks come from wheels carried with the checkout in bench/wheels (bench/fetch_wheels.sh fetches
 # them where a registry is reachable; list: bench/gpu_check_requirements.txt), scanbridge from this
 # checkout. onnxruntime-gpu (~256 MB) cannot be carried within a 64 MiB limit: it must be installed on
@@ -35,15 +35,17 @@ mkdir -p "$WORK"
 say() { echo "gpu_check [$(( $(date +%s) - START ))s]: $*" >&2; }
 die() { local code=$1; shift; echo "gpu_check: FAILED: $*" >&2; exit "$code"; }
 
-# ---------------------------------------------------------------- Python and a venv over the machine's
+# ---------------------------------------------------------------- the machine's Python, plus a target dir
+# Not a venv: the GPU image's python3 is itself a venv (/opt/torch/.venv), and a venv made from it would
+# not see its packages. What is missing goes into $WORK/site (pip --target), first on PYTHONPATH, and
+# scanbridge runs from this checkout's src/.
 command -v "$PY" >/dev/null || die 2 "no $PY on this machine (set PYTHON=...)"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die 2 "$("$PY" -V 2>&1) is older than Python 3.11"
-VENV="$WORK/venv"
-if [[ ! -x "$VENV/bin/python" ]]; then
-  say "venv on top of $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
-  "$PY" -m venv --system-site-packages --without-pip "$VENV" || die 4 "could not create a venv with $PY"
-fi
-VPY="$VENV/bin/python"
+VPY=$PY
+SITE="$WORK/site"
+mkdir -p "$SITE"
+export PYTHONPATH="$SITE:$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
+say "python: $("$VPY" -c 'import sys; print(sys.executable, sys.version.split()[0])'), packages added in $SITE"
 
 # ---------------------------------------------------------------- the packages the image lacks
 absent=$("$VPY" - "$ROOT/bench/gpu_check_requirements.txt" <<'EOF'
@@ -55,13 +57,13 @@ for line in open(sys.argv[1]):
 EOF
 )
 missing=()
+install=()
 while read -r module dist; do
   [[ -z "$module" ]] && continue
   name=${dist%%==*}
-  if ls "$WHEELS"/"${name//-/_}"-*.whl "$WHEELS"/"$name"-*.whl >/dev/null 2>&1; then
-    say "installing $dist from $WHEELS"
-    "$VPY" -m pip install -q --no-index --find-links "$WHEELS" --no-deps "$dist" >&2 \
-      || die 4 "pip could not install $dist from $WHEELS"
+  found=$(compgen -G "$WHEELS/${name//-/_}-*.whl" || compgen -G "$WHEELS/$name-*.whl" || true)
+  if [[ -n "$found" ]]; then
+    install+=("$dist")
   else
     missing+=("$dist (import $module)")
   fi
@@ -70,12 +72,11 @@ if (( ${#missing[@]} )); then
   die 2 "missing Python packages and no wheel for them in $WHEELS: ${missing[*]}. Run bench/fetch_wheels.sh" \
         "where a registry is reachable and carry bench/wheels with the checkout."
 fi
-# scanbridge from this checkout (editable when the machine's setuptools can, else from source on PYTHONPATH)
-if ! "$VPY" -c "import scanbridge, sys; sys.exit(not scanbridge.__file__.startswith('$ROOT/src/'))" 2>/dev/null; then
-  if ! "$VPY" -m pip install -q --no-index --no-deps --no-build-isolation -e "$ROOT" >&2 2>/dev/null; then
-    say "editable install not possible here: running scanbridge from $ROOT/src"
-    export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+if (( ${#install[@]} )); then
+  "$VPY" -m pip --version >/dev/null 2>&1 || die 2 "$PY has no pip to install ${install[*]}"
+  say "installing from $WHEELS: ${install[*]}"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" --no-deps --upgrade \
+    --target "$SITE" "${install[@]}" >&2 || die 4 "pip could not install ${install[*]} from $WHEELS"
 fi
 "$VPY" -c "import scanbridge.inference.bench" || die 2 "scanbridge does not import (see the error above)"
 
@@ -98,7 +99,8 @@ EOF
     gpu_wheel=$(ls "$WHEELS"/onnxruntime_gpu-*.whl 2>/dev/null | head -1)
     if [[ -n "$gpu_wheel" ]]; then
       say "installing $(basename "$gpu_wheel")"
-      "$VPY" -m pip install -q --no-index --no-deps "$gpu_wheel" >&2 || die 4 "pip could not install $gpu_wheel"
+      "$VPY" -m pip install -q --disable-pip-version-check --no-index --no-deps --upgrade --target "$SITE" "$gpu_wheel" >&2 \
+        || die 4 "pip could not install $gpu_wheel"
     else
       have=$("$VPY" -c "import onnxruntime as o; print(f'onnxruntime {o.__version__} with {o.get_available_providers()}')" 2>&1 | tail -1)
       pin=$(grep -o 'onnxruntime-gpu==[0-9.]*' "$ROOT/pyproject.toml" | head -1)
