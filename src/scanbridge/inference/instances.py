@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 import shapely
 from scipy import ndimage
-from skimage.draw import polygon as fill_polygon
 from skimage.segmentation import watershed
 
 from scanbridge.domain.errors import ModelInvalidError
@@ -275,34 +274,76 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarr
     return np.asarray(kept, dtype=np.intp)
 
 
-def star_labels(ys: np.ndarray, xs: np.ndarray, scores: np.ndarray, iou: float,
-                shape: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+def star_masks(oy: np.ndarray, ox: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels inside each star-convex polygon: (row0, col0, masks (n, P, P)) over P x P patches.
+
+    Polygon i has its origin at (oy[i], ox[i]) (pixel-index coordinates: a pixel's centre is an integer)
+    and vertices at distance dist[i, k] along angle 2 pi k / R (from +x towards +y). A pixel is inside when
+    its centre is no further from the origin than the polygon's edge in its direction (the edge between
+    the two rays around it, a straight segment): what scikit-image's `polygon` fills, for all at once.
+    """
+    n, n_rays = dist.shape
+    reach = int(np.ceil(float(dist.max(initial=0.0)))) + 1
+    side = 2 * reach + 1
+    row0 = np.floor(oy).astype(np.int64) - reach
+    col0 = np.floor(ox).astype(np.int64) - reach
+    steps = np.arange(side)
+    dy = (row0[:, None] + steps[None, :] - oy[:, None]).astype(np.float32)[:, :, None]  # (n, P, 1)
+    dx = (col0[:, None] + steps[None, :] - ox[:, None]).astype(np.float32)[:, None, :]  # (n, 1, P)
+    rho = np.hypot(dy, dx)
+    delta = np.float32(2 * np.pi / n_rays)
+    theta = np.arctan2(dy, dx)
+    theta[theta < 0] += np.float32(2 * np.pi)
+    k = np.minimum((theta / delta).astype(np.int64), n_rays - 1)
+    t = theta - k.astype(np.float32) * delta
+    dist = np.asarray(dist, dtype=np.float32)
+    flat = k.reshape(n, -1)
+    d0 = np.take_along_axis(dist, flat, axis=1).reshape(k.shape)
+    d1 = np.take_along_axis(dist, (flat + 1) % n_rays, axis=1).reshape(k.shape)
+    denom = d0 * np.sin(t) + d1 * np.sin(delta - t)
+    edge = np.divide(d0 * d1 * np.sin(delta), denom, out=np.zeros_like(denom), where=denom > 1e-12)
+    return row0, col0, rho <= edge
+
+
+def star_labels(oy: np.ndarray, ox: np.ndarray, dist: np.ndarray, scores: np.ndarray, iou: float,
+                shape: tuple[int, int], *, chunk: int = 256) -> tuple[np.ndarray, list[int]]:
     """StarDist's NMS and painting on the map's grid: the label image and the candidates kept (label k + 1
     is candidate kept[k]).
 
-    Candidates (polygon vertices `ys`, `xs`: (n, R), pixel-index coordinates) are taken best score first;
-    one goes when its pixels overlap a kept polygon's by more than `iou` (IoU of the pixels inside each
-    polygon, as scikit-image's `polygon` fills them); a kept one paints the pixels no better one holds,
-    which is StarDist's `polygons_to_label` painting in increasing probability.
+    Candidates (origins `oy`, `ox` in pixel-index coordinates, ray lengths `dist` (n, R) in pixels) are
+    taken best score first; one goes when its pixels overlap a kept polygon's by more than `iou` (IoU of
+    the pixels inside each polygon, `star_masks`); a kept one paints the pixels no better one holds, which
+    is StarDist's `polygons_to_label` painting in increasing probability.
     """
+    h, w = shape
     canvas = np.zeros(shape, dtype=np.int32)
     areas = [0]
     kept: list[int] = []
-    for i in np.argsort(-scores, kind="stable").tolist():
-        rr, cc = fill_polygon(ys[i], xs[i], shape=shape)
-        if rr.size == 0:
-            continue
-        hit = canvas[rr, cc]
-        owners = hit[hit > 0]
-        if owners.size:
-            labs, inter = np.unique(owners, return_counts=True)
-            union = rr.size + np.asarray(areas)[labs] - inter
-            if (inter > iou * union).any():
+    order = np.argsort(-scores, kind="stable")
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        row0, col0, masks = star_masks(oy[part], ox[part], dist[part])
+        side = masks.shape[1]
+        for j, i in enumerate(part.tolist()):
+            r0, c0 = int(row0[j]), int(col0[j])
+            ra, rb, ca, cb = max(r0, 0), min(r0 + side, h), max(c0, 0), min(c0 + side, w)
+            if ra >= rb or ca >= cb:
                 continue
-        kept.append(i)
-        areas.append(int(rr.size))
-        free = hit == 0
-        canvas[rr[free], cc[free]] = len(kept)
+            inside = masks[j, ra - r0:rb - r0, ca - c0:cb - c0]
+            size = int(np.count_nonzero(inside))
+            if size == 0:
+                continue
+            view = canvas[ra:rb, ca:cb]
+            hit = view[inside]
+            owners = hit[hit > 0]
+            if owners.size:
+                labs, inter = np.unique(owners, return_counts=True)
+                union = size + np.asarray(areas)[labs] - inter
+                if (inter > iou * union).any():
+                    continue
+            kept.append(i)
+            areas.append(size)
+            view[inside & (view == 0)] = len(kept)
     return canvas, kept
 
 
@@ -468,15 +509,10 @@ class StarDistDecoder(Decoder):
         dist = rays[:, rows, cols].T  # (n, R)
         if self.config.rays_units == "input":
             dist = dist / self.scale  # in map pixels
-        n_rays = dist.shape[1]
-        phis = 2 * np.pi * np.arange(n_rays) / n_rays
-        # a map pixel's ray origin: its first model pixel's centre (StarDist samples its grid there)
-        ox = (cols + self.config.output_crop) + 0.5 / self.scale
-        oy = (rows + self.config.output_crop) + 0.5 / self.scale
-        xs = ox[:, None] + dist * np.cos(phis)[None, :]
-        ys = oy[:, None] + dist * np.sin(phis)[None, :]
-        crop = self.config.output_crop
-        labels, kept = star_labels(ys - crop - 0.5, xs - crop - 0.5, scores, self.config.nms_iou, prob.shape)
+        # a map pixel's ray origin: its first model pixel's centre (StarDist samples its grid there), in
+        # pixel-index coordinates of the map (pixel j's centre at j)
+        shift = 0.5 / self.scale - 0.5
+        labels, kept = star_labels(rows + shift, cols + shift, dist, scores, self.config.nms_iou, prob.shape)
         found = measure_nuclei(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
         objects = self._objects(found)
         for obj, n in zip(objects, found, strict=True):
