@@ -393,7 +393,7 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
                     name = cls.name if cls else ("Positive" if o.positive else "Negative")
                     colour = cls.color if cls else "#ff0000"
                 else:
-                    name = nucleus_label.name if nucleus_label else "Nucleus"
+                    name = nucleus_label.name if nucleus_label else ("Detection" if o.shape == "box" else "Nucleus")
                     colour = nucleus_label.color if nucleus_label else "#3f51b5"
                 features.append(geometry_feature(*outline, annotation_type="detection" if o.shape == "box" else "nucleus",
                                                  class_name=name, colour=colour, measurements=o.measurements,
