@@ -129,6 +129,19 @@ def test_a_region_model_runs_through_post_webhook(client: TestClient, container:
     assert scan["results"]["model"]["name"] == spec["name"]
 
 
+def test_a_channels_last_segmentation_output_is_read_on_its_class_axis(
+        client: TestClient, container: Container, slide: tuple[Path, dict[str, BaseGeometry]]) -> None:
+    # GIVEN the logits segmenter exported channels-last, (N, 64, 64, 3) as Keras gives it, with softmax declared
+    data, spec = build_pattern("segmenter", channels_last_output=True, name="tumour-seg-nhwc")
+    assert _put(client, spec["name"], spec, data).status_code == 201
+    # WHEN it runs over the class slide
+    model = ModelLoader(source=container.catalog).load(spec["name"])  # type: ignore[arg-type]
+    with closing(open_scan([slide[0]])) as reader:
+        fc = analyze_scan("s", reader, model, batch_size=8).result.geojson or {}
+    # THEN the softmax and the argmax were taken over its last axis: each class is true to the slide
+    assert min(_class_ious(fc, slide[1]).values()) >= MIN_IOU
+
+
 def test_a_misspelt_key_is_refused_with_the_key_named(client: TestClient) -> None:
     # GIVEN a spec with "layuot" for "input_layout", and a nested misspelling
     data, spec = build_pattern("segmenter")

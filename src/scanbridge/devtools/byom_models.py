@@ -43,11 +43,13 @@ def build_colour_model(*, kind: str, labels: list[str], prototypes: dict[str, tu
                        input_size: int, input_name: str = "image", output_name: str = "prob",
                        input_layout: str = "NCHW", input_dtype: str = "float32", channel_order: str = "RGB",
                        normalisation: dict[str, Any] | None = None, static_batch: int | None = None,
-                       output_downsample: int = 1, softmax: bool = True, output_4d: bool = False) -> bytes:
+                       output_downsample: int = 1, softmax: bool = True, output_4d: bool = False,
+                       channels_last_output: bool = False) -> bytes:
     """An ONNX model whose output channel i scores how close a pixel (or a tile's mean) is to labels[i]'s colour.
 
     `kind` is tile-classification (output (N, K), or (N, K, 1, 1) with `output_4d`) or
-    semantic-segmentation (output (N, K, s, s), s = input_size / output_downsample). The graph undoes
+    semantic-segmentation (output (N, K, s, s), s = input_size / output_downsample; (N, s, s, K) with
+    `channels_last_output`, as a Keras export gives it). The graph undoes
     `normalisation` itself, so it gives the same classes however it is fed.
     """
     norm = {"scale": 1.0, "mean": [0.0] * 3, "std": [1.0] * 3, **(normalisation or {})}
@@ -99,13 +101,16 @@ def build_colour_model(*, kind: str, labels: list[str], prototypes: dict[str, tu
     if softmax:
         nodes.append(helper.make_node("Softmax", [y], ["_soft"], axis=1))
         y = "_soft"
+    if channels_last_output and kind == "semantic-segmentation":
+        nodes.append(helper.make_node("Transpose", [y], ["_nhwc"], perm=[0, 2, 3, 1]))
+        y = "_nhwc"
     out_type = _DTYPES["float16"] if input_dtype == "float16" else TensorProto.FLOAT
     nodes.append(helper.make_node("Cast", [y], [output_name], to=out_type))
     if kind == "tile-classification":
         out_shape: list[int | str] = [batch, k, 1, 1] if output_4d else [batch, k]
     else:
         s = side // output_downsample
-        out_shape = [batch, k, s, s]
+        out_shape = [batch, s, s, k] if channels_last_output else [batch, k, s, s]
     graph = helper.make_graph(nodes, f"byom-{kind}",
                               [helper.make_tensor_value_info(input_name, _DTYPES[input_dtype], in_shape)],
                               [helper.make_tensor_value_info(output_name, out_type, out_shape)], inits)
@@ -152,7 +157,7 @@ PATTERNS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_pattern(pattern: str, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
+def build_pattern(pattern: str, *, channels_last_output: bool = False, **overrides: Any) -> tuple[bytes, dict[str, Any]]:
     """One pattern's ONNX bytes and its spec (as JSON); `overrides` change spec keys before the model is built."""
     entry = PATTERNS[pattern]
     spec = json.loads(json.dumps({**entry["spec"], **overrides}))
@@ -161,7 +166,8 @@ def build_pattern(pattern: str, **overrides: Any) -> tuple[bytes, dict[str, Any]
         input_size=spec["input_size"], input_name=spec["input_name"], output_name=spec["output_name"],
         input_layout=spec["input_layout"], input_dtype=spec["input_dtype"], channel_order=spec["channel_order"],
         normalisation=spec.get("normalisation"), static_batch=entry.get("static_batch"),
-        output_downsample=spec.get("output_downsample", 1), softmax=entry.get("softmax", True))
+        output_downsample=spec.get("output_downsample", 1), softmax=entry.get("softmax", True),
+        channels_last_output=channels_last_output)
     return data, spec
 
 

@@ -81,7 +81,8 @@ class ClassTileMap:
     """Region kinds' per-tile class maps: the argmax label and each kept class's probability, as uint8.
 
     One tile's output is (K,) or (K, 1, 1) for tile-classification (one map pixel per tile) or
-    (K, h, w) for semantic-segmentation (its core is kept). Label 255 marks pixels no tile ran on.
+    (K, h, w) for semantic-segmentation (its core is kept); channels-last (h, w, K) is read too when
+    unambiguous. Label 255 marks pixels no tile ran on.
     """
 
     NONE = 255
@@ -100,6 +101,8 @@ class ClassTileMap:
         y = np.asarray(out, dtype=np.float32)
         if y.ndim == 1:
             y = y.reshape(-1, 1, 1)
+        elif y.ndim == 3 and y.shape[0] != self.classes and y.shape[2] == self.classes:
+            y = y.transpose(2, 0, 1)  # a channels-last (h, w, K) export
         if y.ndim != 3 or y.shape[0] != self.classes:
             raise InferenceError(f"a tile's output has shape {list(out.shape)}; {self.classes} class channels expected")
         m, t = self.out_margin, self.out_tile

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
-from scanbridge.domain.models import ModelSpec
+from scanbridge.domain.models import REGION_KINDS, ModelSpec
 from scanbridge.inference import device as dev
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,15 @@ def default_intra_op_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def class_axis(spec: ModelSpec, shape: tuple[int, ...]) -> int:
+    """The class axis of a batch of outputs: 1 (N, K, ...), or for a region model's channels-last map
+    (N, h, w, K) the last, when that is unambiguous (axis 1 is not K, the last axis is)."""
+    k = len(spec.labels)
+    if spec.kind in REGION_KINDS and len(shape) == 4 and k > 1 and shape[1] != k and shape[3] == k:
+        return 3
+    return 1
 
 
 class OnnxModel:
@@ -136,8 +145,8 @@ class OnnxModel:
         return None
 
     def activate(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The spec's `output_activation` on the primary output (softmax over axis 1, the class axis, or
-        sigmoid), in float32; the other outputs are left as the model gave them."""
+        """The spec's `output_activation` on the primary output (softmax over the class axis, or sigmoid),
+        in float32; the other outputs are left as the model gave them."""
         act = self.spec.output_activation
         if act == "none" or not outputs:
             return outputs
@@ -146,8 +155,9 @@ class OnnxModel:
         if act == "sigmoid":
             y = (1.0 / (1.0 + np.exp(-y))).astype(np.float32)
         elif y.ndim >= 2:  # softmax over the class axis
-            e = np.exp(y - y.max(axis=1, keepdims=True))
-            y = e / e.sum(axis=1, keepdims=True)
+            axis = class_axis(self.spec, y.shape)
+            e = np.exp(y - y.max(axis=axis, keepdims=True))
+            y = e / e.sum(axis=axis, keepdims=True)
         return {**outputs, name: y.astype(np.float32, copy=False)}
 
     def primary_output(self, outputs: dict[str, np.ndarray]) -> np.ndarray:

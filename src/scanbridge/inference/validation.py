@@ -17,6 +17,7 @@ import numpy as np
 
 from scanbridge.domain.errors import InferenceError, ModelInvalidError
 from scanbridge.domain.models import OBJECT_KINDS, REGION_KINDS, ModelSpec
+from scanbridge.inference.session import OnnxModel, class_axis
 
 MAX_ONNX_BYTES = 2 * 1024**3 - 1  # protobuf's limit for one file
 ONNX_DTYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)", "float16": "tensor(float16)"}
@@ -100,16 +101,18 @@ def output_shape_problems(spec: ModelSpec, outputs: dict[str, np.ndarray], batch
         problems.append(f"output {spec.output_name!r} is not finite (NaN or inf) on the dry-run batch")
     side = spec.input_size // spec.output_downsample
     k = len(spec.labels)
+    if spec.kind in REGION_KINDS and y.ndim == 4 and class_axis(spec, y.shape) == 3:
+        shape = [shape[0], shape[3], shape[1], shape[2]]  # channels-last (N, h, w, K): read as (N, K, h, w)
     if spec.kind == "tile-classification":
         if not (y.ndim == 2 or (y.ndim == 4 and shape[2:] == [1, 1])):
-            problems.append(f"output {spec.output_name!r} has shape {shape}; tile-classification needs (N, K) or "
-                            f"(N, K, 1, 1): one class vector per tile")
+            problems.append(f"output {spec.output_name!r} has shape {list(y.shape)}; tile-classification needs "
+                            "(N, K) or (N, K, 1, 1): one class vector per tile")
         elif shape[1] != k:
             problems.append(f"output {spec.output_name!r} has {shape[1]} channels but {k} labels are declared "
                             f"(labels[i] names channel i)")
     elif spec.kind == "semantic-segmentation":
         if y.ndim != 4:
-            problems.append(f"output {spec.output_name!r} has shape {shape}; semantic-segmentation needs "
+            problems.append(f"output {spec.output_name!r} has shape {list(y.shape)}; semantic-segmentation needs "
                             f"(N, K, {side}, {side}) from input_size {spec.input_size} / output_downsample "
                             f"{spec.output_downsample}")
         else:
@@ -143,8 +146,6 @@ def validate_onnx(spec: ModelSpec, data: bytes, *, dry_run: bool = True) -> dict
     names, and with `dry_run` one batch through the pipeline's own runner with the kind's output shape
     rules (label count = channel count for region kinds). Every problem is in details.problems.
     """
-    from scanbridge.inference.session import OnnxModel
-
     if not data:
         raise ModelInvalidError("the ONNX file is empty", details={"problems": ["empty file"]})
     if len(data) > MAX_ONNX_BYTES:
