@@ -309,12 +309,17 @@ def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[di
     rounded = np.round(coords, 2)
     boxes = np.round(np.hstack([lo, hi]), 2).tolist()
     first = _top_left(rounded, starts, lengths).tolist()
+    ccw = (_signed_area2(rounded, starts, lengths) > 0).tolist()
     slide = shapely.box(0, 0, width, height)
     for j, i in enumerate(rings.tolist()):
         if simple[j]:
-            # what shapely's set_precision wrote before: reversed (clockwise with y up), from the top-left vertex
-            ring = rounded[starts[j]:starts[j] + lengths[j]][::-1].tolist()
-            k = lengths[j] - 1 - first[j]
+            # RFC 7946 (as postprocess.ORIENTATION says): positive signed area, from the top-left vertex
+            if ccw[j]:
+                ring = rounded[starts[j]:starts[j] + lengths[j]].tolist()
+                k = first[j]
+            else:
+                ring = rounded[starts[j]:starts[j] + lengths[j]][::-1].tolist()
+                k = lengths[j] - 1 - first[j]
             ring = ring[k:] + ring[:k + 1]
             out[i] = ({"type": "Polygon", "coordinates": [ring]}, boxes[j])
             continue
@@ -336,6 +341,14 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _signed_area2(coords: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Twice the shoelace (signed) area of each open ring of `coords` (rings back to back)."""
+    nxt = np.arange(1, len(coords) + 1)
+    nxt[starts + lengths - 1] = starts  # each ring's last vertex joins its first
+    x, y = coords[:, 0], coords[:, 1]
+    return np.add.reduceat(x * y[nxt] - x[nxt] * y, starts)
 
 
 def _top_left(coords: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -50,8 +50,16 @@ def _polygons_of(geom: Any) -> list[Polygon]:
     return []
 
 
+#: Ring orientation of every Polygon written (RFC 7946 section 3.1.6, the right-hand rule): exteriors
+#: counter-clockwise and holes clockwise *as the coordinates read* (x, then y, y growing upwards), which
+#: is what GeoJSON validators and shapely compute: an exterior's shoelace area sum(x_i*y_i+1 - x_i+1*y_i)
+#: is positive, a hole's negative. In level-0 pixel space, where y grows downwards, an exterior therefore
+#: runs clockwise on screen.
+ORIENTATION = "exterior: positive signed area (counter-clockwise with y up); holes: negative"
+
+
 def _rounded(geom: Polygon) -> dict[str, Any]:
-    geo = mapping(shapely.set_precision(geom, 0.01))
+    geo = mapping(shapely.orient_polygons(shapely.set_precision(geom, 0.01), exterior_cw=False))
     return {"type": geo["type"], "coordinates": _lists(geo["coordinates"])}
 
 
