@@ -168,3 +168,58 @@ def test_box_nms_keeps_the_best_box_per_class() -> None:
     kept = box_nms(boxes, scores, 0.5, classes)
     # THEN the better of the pair stays, best first, and the other class and the slightly overlapping box stay
     assert kept.tolist() == [1, 3, 2]
+
+
+def _box_result(draw: str) -> list[dict[str, Any]]:
+    """objects_result of two detections (one per class) for a detector spec drawing `draw`."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from scanbridge.domain.results import geojson_problems
+    from scanbridge.inference.objects import ObjectRun, SlideObject, objects_result
+    from scanbridge.inference.pipeline import PipelineStats
+
+    spec = ModelSpec(**im.box_spec(draw=draw))
+    objs = [SlideObject(x=x + 6, y=50.0, contour=np.array([[x, 44.0], [x + 12, 44.0], [x + 12, 56.0], [x, 56.0]]),
+                        measurements={"Score": 0.9}, positive=None, class_name=name, shape="box")
+            for x, name in ((10.0, "Negative"), (40.0, "Positive"))]
+    model = SimpleNamespace(spec=spec, provider="CPUExecutionProvider")
+    run = ObjectRun(objects=objs, stats=PipelineStats(), grid=cast(Any, None))
+    result = objects_result("scan", cast(Any, model), run, bounds=(100, 100), mpp=None, tissue_mm2=None)
+    assert geojson_problems(result.geojson or {}, 100, 100) == []
+    assert result.results is not None and result.results["class_counts"] == {"Negative": 1, "Positive": 1}
+    return list((result.geojson or {})["features"])
+
+
+@pytest.mark.parametrize(("draw", "kinds"), [("boxes", ["Polygon", "Polygon"]), ("points", ["MultiPoint", "MultiPoint"]),
+                                             ("both", ["MultiPoint", "MultiPoint", "Polygon", "Polygon"])])
+def test_detections_are_drawn_as_the_spec_says(draw: str, kinds: list[str]) -> None:
+    # GIVEN two detections of two classes / WHEN the result is built with `draw` / THEN boxes and/or points
+    features = _box_result(draw)
+    assert sorted(f["geometry"]["type"] for f in features) == kinds
+    for f in features:
+        props = f["properties"]
+        assert props["classification"]["name"] in ("Negative", "Positive")
+        if f["geometry"]["type"] == "Polygon":
+            assert props["annotation_type"] == "detection" and props["measurements"]["Score"] == 0.9
+
+
+def test_a_one_channel_nuclear_map_decodes_like_the_two_channel_one() -> None:
+    # GIVEN the HoVer-Net-style model's outputs on a tile of nuclei, and the same with np cut to its nucleus
+    # channel (N, 1, h, w) and no type map
+    yy, xx = np.mgrid[0:256, 0:256]
+    tile = np.full((256, 256, 3), 232, dtype=np.uint8)
+    for cx, cy in ((40, 40), (120, 60), (200, 200), (60, 180)):
+        tile[(xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= 36] = (80, 60, 140)
+    spec = im.hovernet_spec()
+    model = OnnxModel(ModelSpec(**spec), im.build_hovernet_model(), prefer_gpu=False)
+    outputs = model.run(tile[None])
+    plain = im.hovernet_spec(typed=False)
+    # WHEN both are decoded
+    typed = decoder_for(ModelSpec(**spec), 0.5).decode({k: v[0] for k, v in outputs.items()})
+    single = decoder_for(ModelSpec(**plain), 0.5).decode({"np": outputs["np"][0, 1:], "hv": outputs["hv"][0]})
+    # THEN both find the four nuclei at the same places; only the typed one has classes
+    assert len(typed) == len(single) == 4
+    assert sorted((round(o.cx, 3), round(o.cy, 3)) for o in typed) == sorted((round(o.cx, 3), round(o.cy, 3))
+                                                                                for o in single)
+    assert {o.class_index for o in typed} == {1} and {o.class_index for o in single} == {None}
