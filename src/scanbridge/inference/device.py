@@ -220,10 +220,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def pinned_memory_info(device_id: int = 0) -> Any | None:
     """The CUDA provider's host-accessible (pinned) memory info, where this onnxruntime exposes it."""
-    try:
-        for ep in ort.get_ep_devices():
-            if ep.ep_name == CUDA and int(ep.device.device_id) == device_id:
-                return ep.memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
+    try:  # the CUDA EP's devices in enumeration order (OrtHardwareDevice.device_id is the PCI id, not this)
+        cuda_eps = [ep for ep in ort.get_ep_devices() if ep.ep_name == CUDA]
+        if device_id < len(cuda_eps):
+            return cuda_eps[device_id].memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
     except Exception:  # noqa: BLE001 - older onnxruntime: no EP device API; pageable staging it is
         return None
     return None
