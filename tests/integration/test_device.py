@@ -225,3 +225,21 @@ def test_reader_threads_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     # THEN the readers are the cores less one (at least 2), and the setting wins
     assert counts == {16: 15, 4: 3, 1: 2}
     assert pinned == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not dev.probe_cuda().ok, reason="needs a working CUDA execution provider")
+def test_cuda_is_used_for_real_with_a_memory_sized_batch() -> None:  # pragma: no cover - GPU only
+    # GIVEN a machine where CUDA works
+    free = dev.cuda_free_bytes()
+    # WHEN the bench model is created on cuda and runs a device-sized batch twice (reused buffers)
+    gpu = OnnxModel(bench.BENCH_MODELS["bench-conv"][0], bench.model_bytes("bench-conv"), device="cuda")
+    cpu = _bench_conv()
+    batch = np.random.default_rng(5).integers(0, 256, (gpu.batch_size_for(256), 256, 256, 3), dtype=np.uint8)
+    first, second = gpu.run(batch)["prob"], gpu.run(batch)["prob"]
+    # THEN the session is on CUDA with I/O binding, the batch follows the free memory, results match the CPU
+    assert gpu.provider in dev.GPU_PROVIDERS and gpu.device == "cuda" and gpu.io_binding
+    assert free is not None and free > 0
+    assert gpu.batch_size_for(256) == dev.device_batch_size(256, free_bytes=dev.cuda_free_bytes(), value_bytes=1)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)
