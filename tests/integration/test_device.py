@@ -240,6 +240,7 @@ def test_cuda_is_used_for_real_with_a_memory_sized_batch() -> None:  # pragma: n
     # THEN the session is on CUDA with I/O binding, the batch follows the free memory, results match the CPU
     assert gpu.provider in dev.GPU_PROVIDERS and gpu.device == "cuda" and gpu.io_binding
     assert free is not None and free > 0
-    assert gpu.batch_size_for(256) == dev.device_batch_size(256, free_bytes=dev.cuda_free_bytes(), value_bytes=1)
+    assert gpu.batch_size_for(256, free_bytes=free) == dev.device_batch_size(256, free_bytes=free, value_bytes=1)
+    assert 8 <= gpu.batch_size_for(256) <= dev.MAX_GPU_BATCH
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)
