@@ -3,6 +3,7 @@ classes (IoU against the truth), through the pipeline and through POST /webhook;
 
 from __future__ import annotations
 
+import io
 import json
 from contextlib import closing
 from pathlib import Path
@@ -13,12 +14,19 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from scanbridge.bootstrap import Container, build_processing
-from scanbridge.devtools.byom_models import PATTERNS, build_pattern, write_class_slide
+from scanbridge.devtools.byom_models import (
+    PATTERNS,
+    build_pattern,
+    class_regions,
+    render_classes,
+    write_class_slide,
+)
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import geojson_problems, qupath_problems
@@ -291,3 +299,19 @@ def test_output_activation_is_applied_over_the_class_axis(activation: str) -> No
         assert (out.argmax(axis=1) == logits.argmax(axis=1)).all()
     else:
         np.testing.assert_allclose(out, 1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_a_registered_region_model_answers_v1_infer(client: TestClient) -> None:
+    # GIVEN the segmenter registered, and a 1024 x 768 PNG of the class drawing (its shapes scaled down)
+    data, spec = build_pattern("segmenter")
+    assert _put(client, spec["name"], spec, data).status_code == 201
+    buf = io.BytesIO()
+    Image.fromarray(render_classes(1024, 768, seed=3)).save(buf, "PNG")
+    # WHEN posted to /v1/infer with its pixel size
+    resp = client.post(f"/v1/infer/{spec['name']}", files={"file": ("c.png", buf.getvalue(), "image/png")},
+                       data={"mpp": "1.0"})
+    # THEN the same regions come back, true to the drawing
+    assert resp.status_code == 200, resp.text
+    ious = _class_ious(resp.json()["geojson"], class_regions(1024, 768))
+    assert min(ious.values()) >= 0.8, ious
+    assert "Tumour share of tissue" in resp.json()["summary"]

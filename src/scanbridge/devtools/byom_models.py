@@ -181,7 +181,7 @@ def class_regions(width: int, height: int) -> dict[str, BaseGeometry]:
     return {"Tumour": ring, "Stroma": disc.union(rect)}
 
 
-def _render(width: int, height: int, seed: int) -> np.ndarray:
+def render_classes(width: int, height: int, seed: int) -> np.ndarray:
     """The level-0 RGB image: glass, the class regions in their colours, a little noise."""
     u = min(width, height) / 3072
     cx, cy = 1100 * u, 1250 * u
@@ -207,7 +207,7 @@ def write_class_slide(path: str | Path, width: int = 4096, height: int = 3072, *
     Hand-written rather than imaging.synth.make_slide: that writer draws blob tissue with nuclei and
     has no notion of class regions; this one draws flat colour classes the byom models recognise.
     """
-    level0 = _render(width, height, seed)
+    level0 = render_classes(width, height, seed)
     levels = [level0]
     while max(levels[-1].shape[:2]) > 1024:
         prev = levels[-1]
