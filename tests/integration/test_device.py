@@ -214,6 +214,24 @@ def test_io_binding_reuses_buffers_and_hands_out_fresh_arrays() -> None:
     assert not np.shares_memory(out_a, out_b)
 
 
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_result_kind_names_the_provider_it_ran_on(name: str) -> None:
+    # GIVEN a built-in model of each kind on this machine's device, and a real scan
+    from tests.conftest import fixture_path
+
+    spec, build = BUILTINS[name]
+    model = OnnxModel(spec, build(), device="auto")
+    reader = open_scan([fixture_path("boxes.tiff")])
+    try:
+        # WHEN the scan is analysed
+        result = analyze_scan("s", reader, model, min_tissue=0.0).result
+    finally:
+        reader.close()
+    # THEN its result says which execution provider ran it
+    assert result.results is not None
+    assert result.results["model"]["provider"] == model.provider == model.session.get_providers()[0]
+
+
 def test_reader_threads_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN processes allowed 16, 4 and 1 cores
     counts = {}
