@@ -198,3 +198,17 @@ def test_the_upload_check_accepts_each_export_and_refuses_a_forgotten_downsample
         validate_onnx(ModelSpec(**im.hovernet_spec()), im.build_hovernet_model(RADIUS_PX, downsample=2))
     problems = caught.value.details["problems"]
     assert len(problems) == 3 and all("declare output_downsample 2" in p for p in problems), problems
+
+
+def test_threshold_decoder_reads_a_half_resolution_cropped_map(slide: tuple[Path, synth.SlideTruth]) -> None:
+    # GIVEN the default decoder on a two-channel map (nucleus in channel 1) at half resolution, 4 px cropped
+    path, truth = slide
+    spec = im.hovernet_spec(downsample=2, crop=4, typed=False)
+    spec["outputs"] = {"probability_channel": 1, "output_crop": 4, "tile_overlap": 64, "min_tissue": 0.1}
+    # WHEN the slide runs through it
+    analysis = _analyse(path, spec, im.build_hovernet_model(RADIUS_PX, downsample=2, crop=4))
+    # THEN the nuclei are where the truth has them, with the truth's area
+    features = _objects(analysis)
+    _check_found(features, truth)
+    areas = np.array([f["properties"]["measurements"]["Area µm^2"] for f in features])
+    assert abs(float(np.median(areas)) - math.pi * 3.0**2) < 0.15 * math.pi * 3.0**2
