@@ -231,7 +231,9 @@ def run(environ: Mapping[str, str]) -> int:
                 log.info("API key pair exchanged for a token")
             except (ScanbridgeError, httpx.HTTPError, ValueError) as exc:
                 log.error("API key exchange failed: %s", getattr(exc, "message", type(exc).__name__))
-        settings = settings.model_copy(update={"platform_url": base, "platform_api_key": api_key})
+        # one scan, one run: its delivery is the burst only (nothing would run a retry scheduled for later)
+        settings = settings.model_copy(update={"platform_url": base, "platform_api_key": api_key,
+                                               "delivery_retry_window_s": 0.0})
         container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(),
                               secrets=FernetSecretBox(), launcher=_NoLauncher(),
                               platform=HttpPlatformClient(base, settings.delivery_timeout_s))
@@ -244,7 +246,8 @@ def run(environ: Mapping[str, str]) -> int:
         fetcher = _ThumbnailFetcher(SafeFetcher(FetchPolicy(
             allowed_hosts=settings.scan_host_patterns(), max_bytes=settings.max_scan_bytes,
             connect_timeout_s=settings.fetch_connect_timeout_s, read_timeout_s=settings.fetch_read_timeout_s,
-            attempts=settings.fetch_attempts)), snapshot)
+            attempts=settings.fetch_attempts, total_timeout_s=settings.download_timeout_s,
+            min_bytes_per_s=settings.download_min_bytes_per_s, rate_window_s=settings.download_rate_window_s)), snapshot)
         log.info("processing scan %s of task %s", env.scan_id, env.task_id)
         build_processing(container, fetcher=fetcher).run(env.task_id)
         task = container.delivery.on_job_finished(env.task_id, True)
