@@ -74,6 +74,8 @@ def _int_key(outputs: dict[str, Any], key: str, problems: list[str], *, default:
     value = outputs.get(key, default)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         problems.append(f"outputs.{key} must be an integer >= 0 (got {value!r})")
         return default
