@@ -211,6 +211,13 @@ class ScanStorageFullError(ScanError):
     code = "SCAN_STORAGE_FULL"
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error is the file system saying it is full (ENOSPC, or EDQUOT: over quota)."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class InferenceError(ScanError):
     """The model failed on a scan."""
 

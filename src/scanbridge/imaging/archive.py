@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from scanbridge.domain.errors import CorruptScanError, UnsafeArchiveError
+from scanbridge.domain.errors import CorruptScanError, ScanStorageFullError, UnsafeArchiveError, is_disk_full
 
 _CHUNK = 1024 * 1024
 
@@ -104,7 +104,9 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits | None = None)
     except UnsafeArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(dest, ignore_errors=True)
+        if is_disk_full(exc):
+            raise ScanStorageFullError("no space left on the disk while unpacking the ZIP") from exc
         raise
     return out

@@ -29,11 +29,19 @@ import numpy as np
 from scipy import ndimage
 
 from scanbridge.domain.results import QcFinding
-from scanbridge.imaging.readers.base import ScanReader, best_level, resize_rgb
+from scanbridge.imaging.readers.base import (
+    MPP_RANGE,
+    MPP_REJECTED,
+    ScanReader,
+    best_level,
+    mpp_note,
+    resize_rgb,
+)
 from scanbridge.imaging.tiling import tissue_overview
 from scanbridge.imaging.tissue import tissue_mask
 
 NO_TISSUE = "NO_TISSUE"
+PIXEL_SIZE_UNKNOWN = "PIXEL_SIZE_UNKNOWN"  # informational: a stated pixel size outside MPP_RANGE, set aside
 BLURRY = "BLURRY"
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -187,6 +195,11 @@ def run_qc(reader: ScanReader, thresholds: QcThresholds | None = None) -> QcRepo
     thumb, ds = tissue_overview(reader, th.thumbnail_px)  # a whole small level: bounded memory
     mask = tissue_mask(thumb)
     report = QcReport(thumbnail=thumb, thumbnail_downsample=ds)
+    note = mpp_note(meta)
+    if note:  # not a failure: the scan is analysed without a pixel size (readers.base.with_sane_mpp)
+        stated = float(meta.properties[MPP_REJECTED].split(",")[0])
+        report.checks.append(QcCheck(PIXEL_SIZE_UNKNOWN, True, stated, MPP_RANGE[1], "pixel size " + note,
+                                     assessed=False))
     tissue = check_tissue(mask, th.min_tissue_fraction)
     report.checks.append(tissue)
     if not tissue.passed:

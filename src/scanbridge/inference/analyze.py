@@ -12,7 +12,7 @@ import numpy as np
 from scanbridge.domain.errors import TooManyTilesError
 from scanbridge.domain.models import REGION_KINDS, ModelSpec
 from scanbridge.domain.results import ScanResult
-from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.imaging.readers.base import ScanReader, mpp_note, series_note
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
@@ -48,6 +48,24 @@ def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_siz
                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
                  overlap: int | None = None, max_tiles: int | None = None,
                  min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
+    """`_analyze_scan`, whose summary then says when the scan's stated pixel size was set aside as implausible
+    (readers.base.with_sane_mpp: no µm or mm² figure comes from it) and which DICOM series were ignored."""
+    analysis = _analyze_scan(scan_id, reader, model, tile_size=tile_size, batch_size=batch_size, readers=readers,
+                             progress=progress, overlap=overlap, max_tiles=max_tiles, min_tissue=min_tissue,
+                             checkpoint=checkpoint)
+    notes = {"Pixel size": mpp_note(reader.metadata), "DICOM series": series_note(reader.metadata)}
+    results = analysis.result.results
+    for label, note in notes.items():
+        if note and results is not None:
+            report = results.setdefault("report", {})
+            report["summary"] = {**(report.get("summary") or {}), label: note}
+    return analysis
+
+
+def _analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
+                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
+                  overlap: int | None = None, max_tiles: int | None = None,
+                  min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
 
     With a `checkpoint` the scan resumes from the tiles it holds and saves finished ones (resume.py).

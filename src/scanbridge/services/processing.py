@@ -20,7 +20,9 @@ from urllib.parse import quote
 from scanbridge.domain.errors import (
     NoPlatformCredentialsError,
     ScanbridgeError,
+    ScanStorageFullError,
     TaskTokenExpiredError,
+    is_disk_full,
 )
 from scanbridge.domain.results import (
     QcFinding,
@@ -103,7 +105,12 @@ class ProcessingService:
     """Runs a task's scans in the worker.
 
     >>> processing.run("task-1")  # Task with each scan SUCCEEDED or FAILED, results stored
+
+    A full disk (SCAN_STORAGE_FULL) is transient: the scan's files are removed and the scan is tried
+    again after each of `storage_retry_s`; only then does it fail, with that code.
     """
+
+    storage_retry_s: tuple[float, ...] = (5.0, 30.0)
 
     def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, fetcher: Fetcher, analyzer: ScanAnalyzer,
                  *, work_dir: Path, check_model: Callable[[str], None],
@@ -159,10 +166,21 @@ class ProcessingService:
             return
         if current.scans[scan_id].status in (ScanStatus.SUCCEEDED, ScanStatus.FAILED):
             return  # a retried worker keeps what the last attempt finished
-        try:
-            self._process_scan(current, scan_id)
-        except TaskCancelledError:
-            log.info("task cancelled during a scan", extra={"task_id": task_id, "scan_id": scan_id})
+        for attempt in range(len(self.storage_retry_s) + 1):
+            try:
+                self._process_scan(current, scan_id)
+                return
+            except TaskCancelledError:
+                log.info("task cancelled during a scan", extra={"task_id": task_id, "scan_id": scan_id})
+                return
+            except ScanStorageFullError as exc:  # transient: its files are gone, try again after a pause
+                if attempt == len(self.storage_retry_s):
+                    self._scan_failed(task_id, scan_id, exc.code,
+                                      f"{exc.message} (transient: still full after {attempt + 1} attempts)")
+                    return
+                log.warning("disk full; scan retried in %s s", self.storage_retry_s[attempt],
+                            extra={"task_id": task_id, "scan_id": scan_id})
+                time.sleep(self.storage_retry_s[attempt])
 
     def _fail_all(self, task: Task, exc: ScanbridgeError) -> Task:
         for scan_id in task.scans:
@@ -245,8 +263,14 @@ class ProcessingService:
                            progress=tiles.model_copy(update={"step": "done", "percent": 100.0, "eta_s": 0.0}))
             log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id,
                                              **{k: round(v, 3) for k, v in timings.items()}})
-        except TaskCancelledError:
-            raise
+        except (TaskCancelledError, ScanStorageFullError):
+            raise  # _run_scan stops, or tries the scan again
+        except OSError as exc:
+            if not is_disk_full(exc):
+                log.exception("unexpected error on a scan", extra={"task_id": task_id, "scan_id": scan_id})
+                self._scan_failed(task_id, scan_id, "SCAN_PROCESSING_ERROR", f"unexpected {type(exc).__name__}")
+                return
+            raise ScanStorageFullError("no space left on the worker's disk") from exc
         except ScanbridgeError as exc:  # a coded failure (SCAN_*, INFERENCE_FAILED, ...) fails this scan only
             self._scan_failed(task_id, scan_id, exc.code, exc.message)
         except Exception as exc:

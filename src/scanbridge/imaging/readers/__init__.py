@@ -26,8 +26,14 @@ from pathlib import Path
 import numpy as np
 from pydicom import uid as dcm_uid
 
-from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
-from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, best_level
+from scanbridge.domain.errors import (
+    CorruptScanError,
+    ScanbridgeError,
+    ScanStorageFullError,
+    UnsupportedFormatError,
+    is_disk_full,
+)
+from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, best_level, with_sane_mpp
 
 __all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan"]
 
@@ -103,9 +109,16 @@ def open_scan(paths: Sequence[Path]) -> ScanReader:
         raise
     except Exception as exc:  # a native library failing on bad input must not escape raw
         _remove(folders)
+        if is_disk_full(exc):
+            raise ScanStorageFullError("no space left on the disk while opening the scan") from exc
         log.warning("unexpected error opening a scan", exc_info=True)
         raise CorruptScanError(f"the scan cannot be opened: {type(exc).__name__}: {exc}") from exc
-    return _OwnedFolders(reader, folders) if folders else reader
+    reader.metadata = with_sane_mpp(reader.metadata)  # an implausible pixel size is an unknown one
+    if folders:
+        owned = _OwnedFolders(reader, folders)
+        owned.metadata = reader.metadata
+        return owned
+    return reader
 
 
 def _detect(path: Path) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,47 @@ class ScanReader(Protocol):
 
     def close(self) -> None:
         """Release the file."""
+
+
+#: plausible pixel sizes (µm/px): from beyond the best optical microscopes to coarse overview scans. A file
+#: that states one outside (a 72-dpi TIFF says 352.8 µm/px) has, for us, no pixel size.
+MPP_RANGE = (0.05, 10.0)
+#: the property that keeps a pixel size that was stated but set aside as implausible ("x,y" in µm/px)
+MPP_REJECTED = "scanbridge.mpp_rejected"
+
+
+#: the property listing DICOM series found beside the analysed one (comma-separated SeriesInstanceUIDs):
+#: when files of several series come as one scan, the series holding the largest VOLUME image is the scan
+SERIES_IGNORED = "scanbridge.series_ignored"
+
+
+def series_note(meta: ScanMetadata) -> str | None:
+    """What to tell about DICOM series that were ignored (None when the files held one series)."""
+    ignored = [s for s in meta.properties.get(SERIES_IGNORED, "").split(",") if s]
+    if not ignored:
+        return None
+    kept = meta.properties.get("dicom.SeriesInstanceUID", "?")
+    return (f"{len(ignored) + 1} DICOM series in the files: analysed {kept} (it holds the largest image); "
+            f"ignored {', '.join(ignored)}")
+
+
+def with_sane_mpp(meta: ScanMetadata) -> ScanMetadata:
+    """`meta` with its pixel size unknown (None) when it lies outside MPP_RANGE, the stated one kept in
+    properties[MPP_REJECTED]; unchanged otherwise."""
+    if meta.mpp is None or all(MPP_RANGE[0] <= v <= MPP_RANGE[1] for v in meta.mpp):
+        return meta
+    stated = f"{meta.mpp[0]:.6g},{meta.mpp[1]:.6g}"
+    return replace(meta, mpp=None, properties={**meta.properties, MPP_REJECTED: stated})
+
+
+def mpp_note(meta: ScanMetadata) -> str | None:
+    """What to tell about a pixel size set aside as implausible (None when none was)."""
+    stated = meta.properties.get(MPP_REJECTED)
+    if not stated:
+        return None
+    x = stated.split(",")[0]
+    return (f"unknown: the file states {x} µm/px, outside the plausible {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g} "
+            "µm/px, so no µm or mm² figures are given")
 
 
 def best_level(downsamples: tuple[float, ...], target: float) -> int:

@@ -14,7 +14,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
-from scanbridge.imaging.readers.base import ScanMetadata, best_level, resize_rgb, thumbnail_size
+from scanbridge.imaging.readers.base import (
+    SERIES_IGNORED,
+    ScanMetadata,
+    best_level,
+    resize_rgb,
+    thumbnail_size,
+)
 from scanbridge.imaging.readers.dicom_frames import IN_MEMORY_SYNTAXES, FrameStore, read_header
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -219,9 +225,12 @@ class DicomReader:
             volumes = [i for i in wsi if i.flavor == "VOLUME"]
             if not volumes:
                 raise UnsupportedFormatError("the DICOM series has no VOLUME image (only label/overview/thumbnail)")
+            # the documented rule for files of several series (a ZIP of two scans): the series holding the
+            # largest VOLUME image is the scan; the others are ignored, and the metadata says so
             largest = max(volumes, key=lambda i: i.width * i.height)
             series = largest.series_uid
             members = [i for i in wsi if i.series_uid == series]
+            ignored = sorted({i.series_uid for i in instances if i.series_uid != series})
             by_size: dict[tuple[int, int], list[DicomInstance]] = {}
             for inst in (i for i in members if i.flavor == "VOLUME"):
                 by_size.setdefault((inst.width, inst.height), []).append(inst)
@@ -238,6 +247,7 @@ class DicomReader:
                           parts=[image], full=[(image, 0)])
             self.levels = [level]
             self._instances = [image]
+            ignored = sorted({i.series_uid for i in instances if i.series_uid != image.series_uid})
             kind = "dicom"
         base = self.levels[0]
         head = base.parts[0]
@@ -267,6 +277,7 @@ class DicomReader:
             "dicom.DimensionOrganizationType": str(ds.get("DimensionOrganizationType", "")),
             "dicom.Manufacturer": str(ds.get("Manufacturer", "")),
             "dicom.ManufacturerModelName": str(ds.get("ManufacturerModelName", "")),
+            SERIES_IGNORED: ",".join(ignored),
         }
         self.metadata = ScanMetadata(
             format=kind, vendor="dicom",
