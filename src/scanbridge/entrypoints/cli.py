@@ -64,7 +64,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     readers = settings.reader_threads or default_reader_threads()
     if args.onnx or args.spec:
         try:
-            model = _unregistered_model(args.onnx, args.spec)
+            model = _unregistered_model(args.onnx, args.spec, device=settings.device)
         except ScanbridgeError as exc:
             print(f"{exc.code}: {exc.message}", file=sys.stderr)
             for problem in (exc.details or {}).get("problems", []):
@@ -107,7 +107,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     return status
 
 
-def _unregistered_model(onnx_path: str | None, spec_path: str | None) -> OnnxModel:
+def _unregistered_model(onnx_path: str | None, spec_path: str | None, device: str | None = None) -> OnnxModel:
     """`--onnx MODEL.onnx --spec SPEC.json`: the spec parsed and the file checked as an upload is, then loaded."""
     import re
 
@@ -129,7 +129,7 @@ def _unregistered_model(onnx_path: str | None, spec_path: str | None) -> OnnxMod
         config["name"] = re.sub(r"[^a-z0-9._-]", "-", Path(onnx_path).stem.lower()).lstrip("._-")[:64] or "model"
     spec = parse_spec(config)
     validate_onnx(spec, data)
-    return OnnxModel(spec, data)
+    return OnnxModel(spec, data, device=device)
 
 
 def _write_artifacts(path: Path, stem: str, result: object, folder: Path) -> list[Path]:
