@@ -142,9 +142,9 @@ def test_gpu_batch_follows_tile_size_and_free_memory() -> None:
             need = sizes[(free, tile)] * tile * tile * 3 * 4 * dev.ACTIVATION_FACTOR
             assert need <= free * dev.MEMORY_SHARE or sizes[(free, tile)] == 1
     assert sizes[(80 * gb, 224)] == dev.MAX_GPU_BATCH and sizes[(2 * gb, 1024)] < 8
-    # AND an unknown free memory falls back to ~GPU_BATCH_BYTES of input, a uint8 model packs more tiles
+    # AND an unknown free memory falls back to ~GPU_BATCH_BYTES of input, a float16 model packs more tiles
     assert dev.device_batch_size(512, free_bytes=None) == 128
-    assert dev.device_batch_size(512, free_bytes=16 * gb, value_bytes=1) > sizes[(16 * gb, 512)]
+    assert dev.device_batch_size(512, free_bytes=16 * gb, value_bytes=2) > sizes[(16 * gb, 512)]
 
 
 def test_out_of_memory_halves_the_batch_and_gives_the_same_outputs() -> None:
@@ -258,7 +258,7 @@ def test_cuda_is_used_for_real_with_a_memory_sized_batch() -> None:  # pragma: n
     # THEN the session is on CUDA with I/O binding, the batch follows the free memory, results match the CPU
     assert gpu.provider in dev.GPU_PROVIDERS and gpu.device == "cuda" and gpu.io_binding
     assert free is not None and free > 0
-    assert gpu.batch_size_for(256, free_bytes=free) == dev.device_batch_size(256, free_bytes=free, value_bytes=1)
+    assert gpu.batch_size_for(256, free_bytes=free) == dev.device_batch_size(256, free_bytes=free)
     assert 8 <= gpu.batch_size_for(256) <= dev.MAX_GPU_BATCH
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)

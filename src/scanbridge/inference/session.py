@@ -108,7 +108,7 @@ class OnnxModel:
         than an out-of-memory error left (`max_batch`)."""
         if self.device == "cuda":
             free = dev.cuda_free_bytes(self.device_id) if free_bytes is None else free_bytes
-            value_bytes = {"uint8": 1, "float16": 2}.get(self.spec.input_dtype, 4)
+            value_bytes = 2 if self.spec.input_dtype == "float16" else 4  # activations: uint8 inputs are cast to float
             batch = dev.device_batch_size(tile_size, free_bytes=free, value_bytes=value_bytes)
         else:
             batch = CPU_BATCH_TILES
