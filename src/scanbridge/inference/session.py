@@ -105,11 +105,18 @@ class OnnxModel:
     def batch_size_for(self, tile_size: int, free_bytes: int | None = None) -> int:
         """Tiles per batch for this device: on a GPU what its free memory holds for this tile size
         (`free_bytes`, default: read from the device; dev.device_batch_size), a few tiles on CPU; never more
-        than an out-of-memory error left (`max_batch`)."""
+        than an out-of-memory error left (`max_batch`). The device's reading is taken once per tile size:
+        later scans would otherwise see the memory this model's own arena keeps, and shrink."""
         if self.device == "cuda":
-            free = dev.cuda_free_bytes(self.device_id) if free_bytes is None else free_bytes
-            value_bytes = 2 if self.spec.input_dtype == "float16" else 4  # activations: uint8 inputs are cast to float
-            batch = dev.device_batch_size(tile_size, free_bytes=free, value_bytes=value_bytes)
+            sized: dict[int, int] = self.__dict__.setdefault("_gpu_batches", {})
+            if free_bytes is None and tile_size in sized:
+                batch = sized[tile_size]
+            else:
+                free = dev.cuda_free_bytes(self.device_id) if free_bytes is None else free_bytes
+                value_bytes = 2 if self.spec.input_dtype == "float16" else 4  # uint8 inputs compute in float
+                batch = dev.device_batch_size(tile_size, free_bytes=free, value_bytes=value_bytes)
+                if free_bytes is None:
+                    sized[tile_size] = batch
         else:
             batch = CPU_BATCH_TILES
         return min(batch, self.max_batch) if self.max_batch else batch
