@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     admin_token: str = ""
     max_body_bytes: int = 1024 * 1024
     max_tiles_per_scan: int = 200_000
-    checkpoint_interval_s: float = Field(60.0, ge=0, description="a scan's finished tiles are checkpointed this often (0: off)")
+    checkpoint_interval_s: float = Field(10.0, ge=0, description="a scan's finished tiles are checkpointed this often (0: off)")
     worker_retries: int = 1
     heartbeat_interval_s: float = 10.0
     stale_after_s: float = 120.0
