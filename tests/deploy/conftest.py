@@ -132,6 +132,58 @@ def runtime_boto3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _requirement_closure(lines: list[str]) -> dict[str, md.Distribution]:
+    """The installed distributions `lines` need, following each one's own requirements (markers honoured)."""
+    from packaging.requirements import Requirement
+
+    found: dict[str, md.Distribution] = {}
+    stack = [(Requirement(line), "") for line in lines]
+    while stack:
+        req, extra = stack.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = req.name.lower().replace("_", "-")
+        if key == "scanbridge":
+            continue
+        new_extras = set(req.extras)
+        if key not in found:
+            found[key] = md.distribution(req.name)
+        elif not new_extras:
+            continue
+        for dep in found[key].requires or []:
+            for wanted in ["", *sorted(new_extras)]:
+                stack.append((Requirement(dep), wanted))
+    return found
+
+
+def link_site(dists: dict[str, md.Distribution], root: Path) -> Path:
+    """A folder holding only `dists` (links into this interpreter's site-packages), metadata included."""
+    root.mkdir(parents=True, exist_ok=True)
+    for dist in dists.values():
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__", "bin")}:
+            link = root / top
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to(Path(str(dist.locate_file(top))))
+    return root
+
+
+@pytest.fixture(scope="session")
+def worker_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What `pip install ".[worker]"` puts in the worker image, and nothing else (base + [worker], resolved)."""
+    gen = _load_generator()
+    return link_site(_requirement_closure(gen.extra_requirements("worker")), tmp_path_factory.mktemp("worker-site"))
+
+
+def _load_generator() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("layer_requirements", REPO / "scripts" / "layer_requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ---------------------------------------------------------------- one Lambda container
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,9 +20,10 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.conftest import EVENTS
+from tests.conftest import EVENTS, REPO
 from tests.deploy.conftest import EVENTS_COMPANY, PLATFORM_API_KEY, Deployment, function_for_event
 
+CONSOLE_SCRIPT = Path(__file__).with_name("console_script.py")
 TASK = "dGFzazoxODU4MzU="  # the platform's sample task (api_webhook.json, webhook_post.json, results_*.json)
 TWO_SCAN_TASK = "dGFzazoxODU4MzY="  # webhook_two_scans.json, results_array_*.json
 Check = Callable[[Deployment, dict[str, Any]], None]
@@ -176,21 +176,23 @@ def _cuda_usable() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
-def test_the_worker_runs_as_batch_runs_it_and_the_results_function_posts(deployment: Deployment) -> None:
+def test_the_worker_runs_as_batch_runs_it_and_the_results_function_posts(deployment: Deployment,
+                                                                         worker_site: Path) -> None:
     # GIVEN a fresh account and the platform's webhook for a real slide, accepted by the webhook function
     deployment.fresh()
     event, token = _webhook_for_the_slide(deployment)
     assert _body(deployment.replay("webhook_post.json", event))["created"] is True
-    # WHEN the job definition's command runs with the environment the job definition gives it
+    # WHEN the job definition's command runs with the environment the job definition gives it, in an
+    # interpreter that sees only what `pip install ".[worker]"` installs (the worker image) and the package
     command = deployment.job_command(TASK)
     env = {**deployment.aws_env(), **deployment.job_env(),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "SCANBRIDGE_DATA_DIR": str(deployment.work / "worker"), "SCANBRIDGE_INTRA_OP_THREADS": "2"}
     if env.get("SCANBRIDGE_DEVICE") == "cuda" and not _cuda_usable():
         env["SCANBRIDGE_DEVICE"] = "cpu"  # the one departure from the job's environment: no GPU on this machine
     assert command[:2] == ["scanbridge", "worker"]
     started = time.monotonic()
-    proc = subprocess.run(command, check=False, env=env, cwd=deployment.work, capture_output=True, text=True,
+    script = [sys.executable, "-S", "-I", str(CONSOLE_SCRIPT), str(worker_site), str(REPO / "src"), *command]
+    proc = subprocess.run(script, check=False, env=env, cwd=deployment.work, capture_output=True, text=True,
                           timeout=240)
     worker_s = time.monotonic() - started
     # THEN the worker exits 0 having downloaded the slide once from the platform
