@@ -34,8 +34,10 @@ NUCLEI_SPEC = ModelSpec(
     name="nuclei",
     version="1",
     kind="segmentation",
-    description="Nuclear segmentation: Ruifrok-Johnston colour deconvolution to haematoxylin, thresholded "
-                "(built-in ONNX graph); touching nuclei split by distance-transform watershed",
+    description="Nuclear segmentation as QuPath's cell detection: Ruifrok-Johnston colour deconvolution, "
+                "haematoxylin and DAB optical density above a local background (opening, 8 µm), smoothed and "
+                "thresholded (built-in ONNX graph); touching nuclei split by distance-transform watershed; "
+                "6-400 µm²",
     labels=[Label(name="Nucleus", color="#3f51b5")],
     input_name="image",
     input_size=512,
@@ -55,8 +57,10 @@ IHC_SPEC = ModelSpec(
     name="ihc-positivity",
     version="1",
     kind="detection",
-    description="Ki67/DAB-style nuclear positivity: nuclei from haematoxylin or DAB (colour deconvolution), "
-                "each classified DAB-positive or negative (built-in ONNX graph)",
+    description="Ki67/DAB-style nuclear positivity: nuclei from haematoxylin or DAB (as the nuclei model), "
+                "each positive when its mean DAB OD inside the outline, above the mean of its 3 µm "
+                "neighbourhood, reaches thresholds.positive (built-in ONNX graph); DAB on membranes or in "
+                "the cytoplasm around a nucleus does not make it positive",
     labels=[Label(name="Positive", color="#8b4513"), Label(name="Negative", color="#1e3a8a")],
     input_name="image",
     input_size=512,
@@ -64,7 +68,7 @@ IHC_SPEC = ModelSpec(
     mpp=0.5,
     output_name="nuclei_prob",
     output_downsample=1,
-    thresholds={"nucleus": 0.5, "positive": 0.5},
+    thresholds={"nucleus": 0.5, "positive": 0.25},  # positive: mean DAB OD above its neighbourhood mean
     stains=["Ki67", "Ki-67", "MIB-1", "ER", "PR", "p53", "DAB", "IHC"],
     default_for=["Ki67", "Ki-67", "MIB-1", "MIB1", "ER", "PR", "p53", "DAB", "IHC"],
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
