@@ -12,7 +12,9 @@ import pytest
 
 from scanbridge.adapters.local.memory import MemoryArtifactStore
 from scanbridge.bootstrap import Container, build_processing
+from scanbridge.devtools.byom_models import build_pattern, write_class_slide
 from scanbridge.devtools.local_platform import FakePlatform
+from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus
 from scanbridge.domain.webhook import WebhookPayload
@@ -21,6 +23,7 @@ from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.runner import ModelLoader
+from scanbridge.inference.session import OnnxModel
 from scanbridge.services.checkpoints import ArtifactCheckpoints
 from scanbridge.services.processing import checkpoint_prefix, scan_result_key
 
@@ -71,12 +74,13 @@ def _comparable(result: ScanResult) -> Any:
     return strip(data)
 
 
-def _analyse(path: Path, model: str, checkpoint: CheckpointStore | None, kill_after: int | None,
+def _analyse(path: Path, model: str | OnnxModel, checkpoint: CheckpointStore | None, kill_after: int | None,
              **kw: Any) -> tuple[ScanResult | None, int, int]:
     """(result or None when killed, read_region calls, tiles run) of one attempt at the scan."""
     reader = CountingReader(open_scan([path]))
+    onnx = LOADER.load(model) if isinstance(model, str) else model
     try:
-        analysis = analyze_scan("s1", reader, LOADER.load(model), progress=_killer(kill_after),  # type: ignore[arg-type]
+        analysis = analyze_scan("s1", reader, onnx, progress=_killer(kill_after),  # type: ignore[arg-type]
                                 checkpoint=checkpoint, readers=2, **kw)
     except Killed:
         return None, reader.reads, -1
@@ -106,6 +110,25 @@ def test_a_killed_scan_resumes_from_its_checkpoint_with_the_same_result(
     assert resumed_tiles == full_tiles - 6
     assert full_reads - resumed_reads == 6
     # AND its result is the uninterrupted one
+    assert _comparable(resumed) == _comparable(full)
+
+
+@pytest.mark.parametrize("pattern", ["segmenter", "tile-classifier"])
+def test_region_kinds_resume_their_class_maps(tmp_path: Path, pattern: str) -> None:
+    # GIVEN a slide of known class regions and a bring-your-own region model (semantic-segmentation with
+    # an output downsample, or one class per tile), and its uninterrupted result
+    path = tmp_path / "classes.svs"
+    write_class_slide(path, 2048, 1536, mpp=1.0)
+    data, spec = build_pattern(pattern)
+    model = OnnxModel(ModelSpec.model_validate(spec), data, prefer_gpu=False)
+    full, full_reads, full_tiles = _analyse(path, model, None, None, batch_size=2)
+    assert full is not None and full_tiles >= 8 and full.geojson and full.geojson["features"]
+    # WHEN a first attempt is killed after 2 batches and a second one resumes
+    store = ArtifactCheckpoints(MemoryArtifactStore(), "tasks/t/scans/s1/checkpoints/", interval_s=0.0)
+    assert _analyse(path, model, store, 2, batch_size=2)[0] is None
+    resumed, resumed_reads, resumed_tiles = _analyse(path, model, store, None, batch_size=2)
+    # THEN 4 tiles fewer were read and run, and the class regions are the uninterrupted ones
+    assert resumed is not None and resumed_tiles == full_tiles - 4 and full_reads - resumed_reads == 4
     assert _comparable(resumed) == _comparable(full)
 
 
