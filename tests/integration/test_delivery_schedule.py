@@ -118,7 +118,8 @@ def _wait_for(tasks: MemoryTaskStore, task_id: str, status: TaskStatus, timeout:
         if task is not None and task.status == status:
             return task
         time.sleep(0.02)
-    raise AssertionError(f"task is {tasks.get(task_id).status if tasks.get(task_id) else None}, not {status}")
+    last = tasks.get(task_id)
+    raise AssertionError(f"task is {last.status if last else None}, not {status}")
 
 
 def test_a_flaky_platform_gets_one_delivery_id_on_every_retry(stores: Any) -> None:
@@ -180,7 +181,8 @@ def test_the_retry_window_ends_in_delivery_failed_and_a_dead_letter(stores: Any)
         delivery = _service(tasks, artifacts, secrets, platform.url, clock=clock, retry_window_s=60.0,
                             max_backoff_s=30.0, backoff_s=10.0, dead_letters=letters, sleep=lambda _s: None)
         delivery.on_job_finished("t-deliver", True)
-        assert tasks.get("t-deliver").status == TaskStatus.DELIVERING and letters.messages == []  # type: ignore[union-attr]
+        waiting = tasks.get("t-deliver")
+        assert waiting is not None and waiting.status == TaskStatus.DELIVERING and letters.messages == []
         # WHEN the clock passes the window's end and the due try runs
         tries = len(platform.posts)
         clock.now += 70.0

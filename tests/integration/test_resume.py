@@ -80,7 +80,7 @@ def _analyse(path: Path, model: str | OnnxModel, checkpoint: CheckpointStore | N
     reader = CountingReader(open_scan([path]))
     onnx = LOADER.load(model) if isinstance(model, str) else model
     try:
-        analysis = analyze_scan("s1", reader, onnx, progress=_killer(kill_after),  # type: ignore[arg-type]
+        analysis = analyze_scan("s1", reader, onnx, progress=_killer(kill_after),
                                 checkpoint=checkpoint, readers=2, **kw)
     except Killed:
         return None, reader.reads, -1
@@ -163,7 +163,7 @@ class _KillableAnalyzer:
             kill(done, total)
 
         try:
-            analysis = analyze_scan(scan_id, reader, LOADER.load(model_name), tile_size=64, batch_size=2,  # type: ignore[arg-type]
+            analysis = analyze_scan(scan_id, reader, LOADER.load(model_name), tile_size=64, batch_size=2,
                                     progress=both, checkpoint=checkpoint)
         finally:
             self.reads = reader.reads
