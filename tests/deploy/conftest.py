@@ -111,7 +111,10 @@ def lambda_runtime() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def built_layer(lambda_runtime: tuple[str, str]) -> Path:
-    """The layer's python/ folder, as `sam build` makes it."""
+    """The layer's python/ folder, as `sam build` makes it (SCANBRIDGE_LAYER_DIR: one `sam build` made)."""
+    given = os.environ.get("SCANBRIDGE_LAYER_DIR")
+    if given:  # e.g. .aws-sam/build/ScanbridgeLayer/python
+        return Path(given)
     root = Path(tempfile.gettempdir()) / "scanbridge-layer-cache"
     root.mkdir(exist_ok=True)
     return build_layer(lambda_runtime[1], root)
