@@ -123,9 +123,9 @@ class MotoProcess:
                 self._proc.kill()
 
 
-def start_moto(state_dir: Path | None = None) -> tuple[Any, str]:
+def start_moto(state_dir: Path | None = None, *, fsync: bool = False) -> tuple[Any, str]:
     """A moto server on a free loopback port (keeping its state in `state_dir`); returns it and its URL."""
-    server = MotoProcess(state_dir)
+    server = MotoProcess(state_dir, fsync=fsync)
     return server, server.url
 
 
@@ -145,9 +145,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"),
                   os.environ.get("SCANBRIDGE_LOG_FORMAT", "auto"))
     get_settings.cache_clear()
-    data_dir = get_settings().data_dir.resolve()
+    first = get_settings()
+    data_dir = first.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    moto, endpoint = start_moto(data_dir / "state")
+    state = None if first.local_state == "memory" else data_dir / "state"
+    moto, endpoint = start_moto(state, fsync=first.local_state == "journal-fsync")
     # Children (worker subprocesses) inherit these, so they reach the same moto server.
     os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
     os.environ.setdefault("SCANBRIDGE_LAUNCHER", "local")
