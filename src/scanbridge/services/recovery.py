@@ -62,8 +62,9 @@ def recover(tasks: TaskStore, launcher: JobLauncher, delivery: DeliveryService, 
         if started and task.attempts >= max_attempts:
             log.warning("task was in flight when the stack stopped and has no attempts left; failing it",
                         extra={"task_id": task.task_id})
-            delivery.on_job_finished(task.task_id, False,
-                                     "the worker was stopped with the local stack and has no attempts left")
+            # the tries run on the delivery service's threads: start-up does not wait for the platform
+            delivery.on_job_finished_later(task.task_id, False,
+                                           "the worker was stopped with the local stack and has no attempts left")
             out.failed.append(task.task_id)
             continue
 
