@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import random
 import threading
 import time
@@ -86,6 +87,37 @@ def case_results(task: Task, scans: list[ScanResult]) -> dict[str, Any]:
     return out
 
 
+class _DaemonPool:
+    """A few daemon threads running queued calls. Not a ThreadPoolExecutor: its threads are joined at
+    exit, and a try in flight may wait minutes for an answer; a stop mid-try is covered by its lease."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        self.closed = False
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Queue `fn`; RuntimeError once closed."""
+        if self.closed:
+            raise RuntimeError("the delivery pool is closed")
+        self._queue.put(fn)
+
+    def _work(self) -> None:
+        while (fn := self._queue.get()) is not None:
+            try:
+                fn()
+            except Exception:
+                log.exception("background delivery failed")
+
+    def close(self) -> None:
+        """Let the threads end once the calls already queued have run."""
+        self.closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+
+
 class DeliveryService:
     """Posts a finished task's results with its JWT (or the platform API key) and records the outcome.
 
@@ -114,7 +146,7 @@ class DeliveryService:
         self._max_backoff = max_backoff_s
         self._clock = clock
         self._workers = max(1, background_workers)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _DaemonPool | None = None
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
@@ -198,7 +230,7 @@ class DeliveryService:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.close()
 
     # --- the body ----------------------------------------------------------------------------
 
@@ -323,7 +355,7 @@ class DeliveryService:
                 return
             self._busy.add(task_id)
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="delivery")
+                self._pool = _DaemonPool(self._workers, "delivery")
             pool = self._pool
 
         def run() -> None:
