@@ -38,14 +38,15 @@ def _process(container: Container, task_id: str, scans: dict[str, list[Path]], m
 
 def _validate(tool: str, *files: Path) -> list[str]:
     """The validator's Error lines (warnings are advice, not failures)."""
-    out = subprocess.run([tool, *map(str, files)], capture_output=True, timeout=60)
+    out = subprocess.run([tool, *map(str, files)], check=False, capture_output=True, timeout=60)
     return [line for line in (out.stdout + out.stderr).decode("latin-1").splitlines()
             if line.startswith("Error")]
 
 
-def _exports(client: TestClient, task_id: str, scan_id: str, tmp_path: Path) -> list[Path]:
+def _exports(client: TestClient, task_id: str, scan_id: str, tmp_path: Path,
+             formats: tuple[str, ...] = ("dicom-ann", "dicom-seg")) -> list[Path]:
     paths = []
-    for fmt in ("dicom-ann", "dicom-seg"):
+    for fmt in formats:
         resp = client.get(f"/tasks/{task_id}/scans/{scan_id}/export", params={"format": fmt})
         assert resp.status_code == 200, resp.text
         path = tmp_path / f"{task_id}-{scan_id}-{fmt}.dcm"
@@ -63,11 +64,14 @@ def series() -> list[Path]:
 def test_exports_of_svs_and_tiff_pass_dciodvfy(container: Container, tmp_path: Path, name: str, model: str) -> None:
     # GIVEN an SVS analysed by the nuclei model (µm measurements) and a TIFF by the tissue model
     client = _process(container, "t-val", {"1": [fixture_path(name)]}, model)
-    # WHEN both DICOM exports are validated
-    ann, seg = _exports(client, "t-val", "1", tmp_path)
-    # THEN dciodvfy finds no error in either, and dcentvfy none across them
+    # WHEN the DICOM exports (and the synthetic source they reference) are validated
+    ann, seg, src = _exports(client, "t-val", "1", tmp_path, ("dicom-ann", "dicom-seg", "dicom-source"))
+    # THEN dciodvfy finds no error in any, and dcentvfy none across them: every reference resolves
     assert _validate("dciodvfy", ann) == [] and _validate("dciodvfy", seg) == []
-    assert _validate("dcentvfy", ann, seg) == []
+    assert _validate("dciodvfy", src) == []
+    assert _validate("dcentvfy", ann, seg, src) == []
+    # AND the worker stored that source beside the exports
+    assert "source.dcm" in {a["file"] for a in client.get("/tasks/t-val/artifacts").json()["artifacts"]}
     # AND their synthetic source is a container with a type code, non-ASCII text under ISO_IR 192
     for path in (ann, seg):
         ds = pydicom.dcmread(path)
@@ -103,6 +107,8 @@ def test_exports_of_a_dicom_series_and_its_zip_pass_dcentvfy_with_the_source(con
             refs = [r.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence
                     for r in s.ReferencedInstanceSequence]
             assert source.SOPInstanceUID in refs, scan_id
+        # AND a DICOM scan has no synthetic source: its own files are the source
+        assert client.get(f"/tasks/t-dcm/scans/{scan_id}/export", params={"format": "dicom-source"}).status_code == 404
     # AND the ZIP scan's metadata carries the source header (dicom_source), as the files' does
     meta: dict[str, Any] = client.get("/tasks/t-dcm/scans/zip/metadata").json()
     assert meta["dicom_source"]["00080018"]["Value"] == [source.SOPInstanceUID]

@@ -9,6 +9,7 @@ Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingServ
 - `objects.csv`     one row per object feature with its measurements (services/exports.features_csv)
 - `crops.zip`       RGBA PNG crops of cells / nuclei (first `max_crops`), when the features are cells
 - `annotations.dcm` / `segmentation.dcm`  the DICOM ANN and SEG exports (services/exports.py)
+- `source.dcm`  SVS/TIFF scans: the synthetic VL WSI source (blank pixels) that ANN and SEG reference
 
 The API serves them itself (`GET /tasks/{id}/artifacts/{scan_id}/{file}`): presigned S3 links are
 not reachable from a browser in local mode (moto listens on loopback inside the stack).
@@ -37,7 +38,8 @@ CONTENT_TYPES = {
     "zip": "application/zip", "dcm": "application/dicom", "json": "application/json",
 }
 KINDS = {"overlay.png": "overlay", "labels.npy": "label-mask", "objects.csv": "objects-csv",
-         "crops.zip": "cell-crops", "annotations.dcm": "dicom-ann", "segmentation.dcm": "dicom-seg"}
+         "crops.zip": "cell-crops", "annotations.dcm": "dicom-ann", "segmentation.dcm": "dicom-seg",
+         "source.dcm": "dicom-source"}
 MASK_MAX_SIDE = 2048
 OVERLAY_MAX_SIDE = 1024
 ARTIFACT_THREADS = 3
@@ -221,6 +223,8 @@ class ScanArtifactWriter:
                 body = json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True)))
                 metadata = {**meta.to_json(), **extra}
                 for fmt, name in exports.DICOM_ARTIFACTS.items():
+                    if fmt == "dicom-source" and source:
+                        continue  # a DICOM scan's own files are its source
                     jobs.append((name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id)))
             # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
             with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:

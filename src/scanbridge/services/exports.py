@@ -43,9 +43,10 @@ FORMATS: dict[str, tuple[str, str]] = {  # format -> (media type, file suffix)
     "csv": ("text/csv; charset=utf-8", "csv"),
     "dicom-ann": ("application/dicom", "ann.dcm"),
     "dicom-seg": ("application/dicom", "seg.dcm"),
+    "dicom-source": ("application/dicom", "source.dcm"),  # SVS/TIFF only: the synthetic source the others reference
 }
 #: the artifact file a DICOM export is stored under (services/artifacts.py writes them)
-DICOM_ARTIFACTS = {"dicom-ann": "annotations.dcm", "dicom-seg": "segmentation.dcm"}
+DICOM_ARTIFACTS = {"dicom-ann": "annotations.dcm", "dicom-seg": "segmentation.dcm", "dicom-source": "source.dcm"}
 SEG_MAX_SIDE = 4096  # the SEG's total pixel matrix is level 0 downsampled by a power of two to fit
 NOT_OBJECTS = frozenset({"heatmap"})  # features that are drawings, not measured objects
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -536,6 +537,76 @@ def _non_ascii_text(ds: Dataset) -> bool:
     return False
 
 
+SOURCE_TILE = 4096  # px: the synthetic source instance's frame size (a 100k x 80k scan: 500 frames)
+
+
+def build_source_instance(source: Dataset) -> bytes:
+    """The synthetic source itself as a VL Whole Slide Microscopy instance, so that the exports' references
+    resolve (dcentvfy): the scan's geometry and UIDs, TILED_FULL, blank (white) pixels, every frame the
+    same few hundred bytes of JPEG-LS (the scan's pixels stay in the SVS/TIFF)."""
+    import datetime
+
+    import imagecodecs
+    import numpy as np
+    from PIL import ImageCms
+    from pydicom.dataset import Dataset as PydicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    ds = PydicomDataset()
+    ds.update(source)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = JPEGLSLossless
+    ds.file_meta = meta
+    now = datetime.datetime.now(datetime.UTC)
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.InstanceNumber, ds.SeriesNumber = 1, 1
+    ds.Manufacturer, ds.ManufacturerModelName = "scanbridge", "synthetic source"
+    ds.DeviceSerialNumber, ds.SoftwareVersions = "0", __version__
+    ds.PositionReferenceIndicator = "SLIDE_CORNER"
+    ds.VolumetricProperties, ds.BurnedInAnnotation, ds.SpecimenLabelInImage = "VOLUME", "NO", "NO"
+    ds.FocusMethod, ds.ExtendedDepthOfField, ds.LossyImageCompression = "AUTO", "NO", "00"
+    ds.PlanarConfiguration = 0
+    ds.AcquisitionContextSequence = []
+    ds.NumberOfOpticalPaths = 1
+    optical = PydicomDataset()
+    optical.OpticalPathIdentifier = "1"
+    illumination = PydicomDataset()
+    illumination.CodeValue, illumination.CodingSchemeDesignator = "111744", "DCM"
+    illumination.CodeMeaning = "Brightfield illumination"
+    optical.IlluminationTypeCodeSequence = [illumination]
+    colour = PydicomDataset()
+    colour.CodeValue, colour.CodingSchemeDesignator, colour.CodeMeaning = "414298005", "SCT", "Full Spectrum"
+    optical.IlluminationColorCodeSequence = [colour]
+    optical.ICCProfile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    ds.OpticalPathSequence = [optical]
+    organisation = _uid("dimensions", str(ds.SOPInstanceUID))
+    item = PydicomDataset()
+    item.DimensionOrganizationUID = organisation
+    ds.DimensionOrganizationSequence = [item]
+    width, height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+    cols, rows = min(SOURCE_TILE, width), min(SOURCE_TILE, height)
+    ds.Rows, ds.Columns = rows, cols
+    ds.DimensionOrganizationType = "TILED_FULL"
+    ds.NumberOfFrames = math.ceil(width / cols) * math.ceil(height / rows)
+    frame_type = PydicomDataset()
+    frame_type.FrameType = list(ds.ImageType)
+    path_id = PydicomDataset()
+    path_id.OpticalPathIdentifier = "1"
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    shared.WholeSlideMicroscopyImageFrameTypeSequence = [frame_type]
+    shared.OpticalPathIdentificationSequence = [path_id]
+    blank = bytes(imagecodecs.jpegls_encode(np.full((rows, cols, 3), 255, dtype=np.uint8), level=0))
+    ds.PixelData = encapsulate([blank] * int(ds.NumberOfFrames), has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return _to_bytes(ds)
+
+
 def _to_bytes(ds: Dataset) -> bytes:
     if _non_ascii_text(ds):  # e.g. "Area µm^2": written as UTF-8 under ISO_IR 192, not as a bare 0xB5
         ds.SpecificCharacterSet = "ISO_IR 192"
@@ -545,8 +616,12 @@ def _to_bytes(ds: Dataset) -> bytes:
 
 
 def build_dicom(fmt: str, result: dict[str, Any], metadata: dict[str, Any], scan_id: str) -> bytes:
-    """The `dicom-ann` or `dicom-seg` export of one scan's stored result + metadata."""
+    """The `dicom-ann`, `dicom-seg` or (SVS/TIFF) `dicom-source` export of one scan's stored result + metadata."""
     source = source_dataset(metadata, scan_id)
+    if fmt == "dicom-source":
+        if metadata.get("dicom_source"):
+            raise NotFoundError(f"scan {scan_id!r} is DICOM: its own files are the source the exports reference")
+        return build_source_instance(source)
     model = ((result.get("results") or {}).get("model") or {})
     build = build_annotations if fmt == "dicom-ann" else build_segmentation
     return build(result.get("geojson"), source, model=model, scan_id=scan_id)

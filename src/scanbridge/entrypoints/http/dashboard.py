@@ -20,7 +20,7 @@ from scanbridge.services.artifacts import ArtifactService
 from scanbridge.services.exports import ExportService
 
 Tenant = Annotated[Principal, Depends(principal)]
-ExportFormat = Literal["geojson", "csv", "dicom-ann", "dicom-seg"]
+ExportFormat = Literal["geojson", "csv", "dicom-ann", "dicom-seg", "dicom-source"]
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
                 "index.html": "text/html; charset=utf-8"}
 
