@@ -296,3 +296,19 @@ def test_a_restart_tries_every_delivering_task_at_once(stores: Any) -> None:
     done = tasks.get("t-deliver")
     assert due == ["t-deliver"] and len(platform.posts) == 1
     assert done is not None and done.status == TaskStatus.FAILED and done.delivery.status_code == 200
+
+
+def test_redeliver_tries_a_scheduled_delivery_now(stores: Any) -> None:
+    tasks, artifacts, secrets = stores
+    # GIVEN a task waiting (DELIVERING) for a try scheduled minutes ahead: its platform was down
+    _running_task(tasks, secrets)
+    port = free_port()
+    delivery = _service(tasks, artifacts, secrets, f"http://127.0.0.1:{port}", attempts=1, backoff_s=200.0,
+                        max_backoff_s=300.0)
+    waiting = delivery.on_job_finished("t-deliver", True)
+    assert waiting.status == TaskStatus.DELIVERING and (waiting.delivery.next_attempt_at or 0) > time.time() + 60
+    # WHEN an operator redelivers it with the platform back
+    with platform_on(Platform(port=port)) as platform:
+        done = delivery.redeliver("t-deliver")
+    # THEN it is tried at once and ends, with one POST
+    assert done.status == TaskStatus.FAILED and done.delivery.status_code == 200 and len(platform.posts) == 1

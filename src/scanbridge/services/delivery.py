@@ -202,10 +202,14 @@ class DeliveryService:
         return self._post_final(task)
 
     def redeliver(self, task_id: str) -> Task:
-        """Post again a task whose delivery failed (DELIVERY_FAILED -> DELIVERING, a fresh retry window)."""
+        """Post again a task whose delivery failed (DELIVERY_FAILED -> DELIVERING, a fresh retry window), or
+        one waiting for its next scheduled try (DELIVERING: tried now)."""
         from scanbridge.domain.errors import ConflictError
 
         claimed: list[bool] = []
+        current = self._tasks.get(task_id)
+        if current is not None and current.status == TaskStatus.DELIVERING:
+            return self._burst(task_id, force=True)
 
         def claim(task: Task) -> Task | None:
             claimed.clear()
@@ -221,7 +225,8 @@ class DeliveryService:
 
         task = update_task(self._tasks, task_id, claim)
         if not claimed:
-            raise ConflictError(f"task {task_id!r} is {task.status}; only DELIVERY_FAILED tasks are redelivered",
+            raise ConflictError(f"task {task_id!r} is {task.status}; only DELIVERY_FAILED or DELIVERING tasks are "
+                                "redelivered",
                                 details={"status": str(task.status)})
         return self._burst(task_id)
 
@@ -330,12 +335,14 @@ class DeliveryService:
         task = update_task(self._tasks, task_id, claim)
         return task if won else None
 
-    def _burst(self, task_id: str) -> Task:
-        """Up to `attempts` tries with a short backoff; then the schedule (or the end of the window) decides."""
+    def _burst(self, task_id: str, *, force: bool = False) -> Task:
+        """Up to `attempts` tries with a short backoff (the first even when not due, with `force`); then the
+        schedule (or the end of the window) decides."""
         task: Task | None = None
         after: int | None = None
         for i in range(self._attempts):
-            task, retry_in = self._try_once(task_id, last_of_burst=i == self._attempts - 1, after=after)
+            task, retry_in = self._try_once(task_id, last_of_burst=i == self._attempts - 1, after=after,
+                                            force=force and i == 0)
             if retry_in is None:
                 return task
             after = task.delivery.attempts
