@@ -138,6 +138,10 @@ def _wsi_instance(image: np.ndarray, *, syntax: str, tile: int, flavor: str, spa
     ds.FrameOfReferenceUID = study
     ds.PositionReferenceIndicator = "SLIDE_CORNER"
     ds.ContainerIdentifier = "SLIDE_1"
+    ds.IssuerOfTheContainerIdentifierSequence = DicomSequence([])
+    slide = Dataset()  # ContainerTypeCodeSequence (Type 2 in the Specimen macro): a microscope slide
+    slide.CodeValue, slide.CodingSchemeDesignator, slide.CodeMeaning = "433466003", "SCT", "Microscope slide"
+    ds.ContainerTypeCodeSequence = DicomSequence([slide])
     ds.VolumetricProperties = "VOLUME"
     ds.BurnedInAnnotation = "NO"
     ds.SpecimenLabelInImage = "NO"
