@@ -315,8 +315,9 @@ class Deployment:
 
     def client(self, service: str) -> Any:
         """A boto3 client of the moto server."""
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        session = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                                        region_name=REGION)
+        return session.client(service, endpoint_url=self.endpoint)  # type: ignore[call-overload]
 
     def _moto_api(self, path: str, body: dict[str, Any] | None = None) -> None:
         req = urllib.request.Request(self.endpoint + path, data=json.dumps(body or {}).encode(), method="POST")

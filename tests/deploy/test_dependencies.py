@@ -9,6 +9,7 @@ import functools
 import importlib.metadata as md
 import importlib.util
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -116,7 +117,7 @@ def import_time_closure(entry: str) -> dict[str, set[str]]:
 
 
 @functools.cache
-def _providers() -> dict[str, list[str]]:
+def _providers() -> Mapping[str, list[str]]:
     return md.packages_distributions()
 
 
