@@ -27,8 +27,8 @@ def _clients(url: str) -> dict[str, object]:
 
 
 def _kill(moto: MotoProcess) -> None:
-    os.kill(moto._proc.pid, signal.SIGKILL)  # noqa: SLF001 - the test's fault injection
-    moto._proc.wait()  # noqa: SLF001
+    os.kill(moto._proc.pid, signal.SIGKILL)
+    moto._proc.wait()
 
 
 def test_tasks_artifacts_and_key_survive_sigkill_and_two_restarts(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_a_torn_last_record_is_dropped_and_reads_are_not_journalled(tmp_path: Pa
         c["s3"].create_bucket(Bucket="bucket-a")  # type: ignore[attr-defined]
         c["s3"].list_buckets()  # type: ignore[attr-defined]
         _kill(moto)
-        journal = sorted(state.glob("journal-*.bin"))[-1]
+        journal = max(state.glob("journal-*.bin"))
         records = list(read_records(journal))
         assert len(records) == 1  # the read was not journalled
         with open(journal, "ab") as fh:

@@ -44,7 +44,7 @@ def _all_pages(store: Any, limit: int, **filters: Any) -> list[str]:
             return seen
 
 
-def test_listing_is_newest_first_across_pages(task_store: Any) -> None:
+def test_listing_is_newest_first_across_pages(task_store: Any) -> None:  # noqa: F811
     # GIVEN 212 tasks stored out of order
     newest_first = _fill(task_store, 212)
     # WHEN listed with limit=1 / THEN the newest comes back
