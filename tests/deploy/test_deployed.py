@@ -185,7 +185,7 @@ def test_the_worker_runs_as_batch_runs_it_and_the_results_function_posts(deploym
     # interpreter that sees only what `pip install ".[worker]"` installs (the worker image) and the package
     command = deployment.job_command(TASK)
     env = {**deployment.aws_env(), **deployment.job_env(),
-           "SCANBRIDGE_DATA_DIR": str(deployment.work / "worker"), "SCANBRIDGE_INTRA_OP_THREADS": "2"}
+           "SCANBRIDGE_DATA_DIR": str(deployment.work / "worker")}  # the image's ENV (batch/Dockerfile)
     if env.get("SCANBRIDGE_DEVICE") == "cuda" and not _cuda_usable():
         env["SCANBRIDGE_DEVICE"] = "cpu"  # the one departure from the job's environment: no GPU on this machine
     assert command[:2] == ["scanbridge", "worker"]
