@@ -3,41 +3,104 @@
 from __future__ import annotations
 
 import uuid
-from functools import reduce
 from typing import Any
 
+import cv2
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
-from skimage import measure
+
+# the chain-code -> pixel-edge-middle table the nucleus outlines use (one way to outline a mask)
+from scanbridge.inference.nuclei import _CODE, _EDGE_OFFSETS, _EDGE_USED, _LONE_PIXEL
 
 
 def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
                      min_area: float = 0.0, simplify: float | None = None) -> list[Polygon]:
-    """Polygons (with holes) of a boolean mask, in level-0 pixels (`scale` px per mask pixel)."""
+    """Polygons (with holes) of a boolean mask, in level-0 pixels (`scale` px per mask pixel).
+
+    The mask's contours (`mask_rings`: marching squares' rings at 0.5) never cross, so each ring's nesting
+    depth tells what it is: even depth an exterior, odd a hole of the ring just outside it. Depths and
+    parents come from one STRtree query of a vertex of every ring against all rings (O(n log n) in the
+    number of contours; folding them with symmetric_difference, as before, was quadratic).
+    """
     if not mask.any():
         return []
-    padded = np.pad(mask.astype(np.float32), 1)
-    rings = []
-    for contour in measure.find_contours(padded, 0.5):
-        if len(contour) < 4:
-            continue
-        xy = np.column_stack([contour[:, 1] - 1 + 0.5, contour[:, 0] - 1 + 0.5]) * scale
-        ring = Polygon(xy)
-        if not ring.is_valid:
-            ring = shapely.make_valid(ring)
-        if not ring.is_empty and ring.area > 0:
-            rings.append(ring)
-    if not rings:
+    polygons = _nest([ring * scale for ring in mask_rings(mask) if len(ring) >= 4])
+    if not polygons:
         return []
-    # Contours of a binary mask nest without crossing: their symmetric difference is the region with holes.
-    region = reduce(lambda a, b: a.symmetric_difference(b), rings)
-    region = region.intersection(box(0, 0, bounds[0], bounds[1]))
+    # polygon by polygon (shapely's array functions): clipped only where they pass the slide's edge,
+    # Douglas-Peucker simplified, repaired only where that (or the mask) made them invalid
+    geoms = np.empty(len(polygons), dtype=object)
+    geoms[:] = polygons
+    frame = box(0, 0, bounds[0], bounds[1])
+    outside = ~shapely.covers(frame, geoms)
+    geoms[outside] = shapely.intersection(geoms[outside], frame)
     if simplify:
-        region = region.simplify(simplify, preserve_topology=True)
-    region = shapely.make_valid(region)
-    polygons = _polygons_of(region)
-    return [p for p in polygons if p.area >= min_area]
+        geoms = shapely.simplify(geoms, simplify, preserve_topology=False)
+    invalid = ~shapely.is_valid(geoms)
+    geoms[invalid] = shapely.make_valid(geoms[invalid])
+    return [p for g in geoms for p in _polygons_of(g) if p.area >= min_area]
+
+
+def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
+    """Every boundary ring of a boolean mask, (k, 2) x, y in mask pixels (pixel j spans [j, j + 1)).
+
+    The rings scikit-image's `find_contours(mask, 0.5)` draws (a vertex at the middle of every pixel edge
+    between the mask and the rest; foreground 4-connected, background 8-connected), traced by OpenCV's
+    border following (C++, ~5x faster on a slide's mask): OpenCV's foreground is 8-connected, so it
+    traces the *background* (framed, so the glass around is one region) and its pixel chains become
+    edge-middle rings as the nucleus outlines are (inference/nuclei.py's chain-code table).
+    """
+    background = np.pad(~np.asarray(mask, dtype=bool), 2, constant_values=True).view(np.uint8)
+    contours, _ = cv2.findContours(background, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    h, w = background.shape
+    rings = []
+    for contour in contours:
+        p = contour.reshape(-1, 2)
+        lo, hi = p.min(axis=0), p.max(axis=0)
+        if lo[0] == 0 and lo[1] == 0 and hi[0] == w - 1 and hi[1] == h - 1:
+            continue  # the frame's own outer border
+        rings.append(_edge_ring(p) * 0.5 - 1.5)  # doubled, padded pixel centres -> mask pixel edges
+    return rings
+
+
+def _edge_ring(p: np.ndarray) -> np.ndarray:
+    """An OpenCV pixel chain (k, 2) as its ring of pixel-edge middles, in doubled pixel-centre coordinates."""
+    if len(p) == 1:
+        return np.asarray(2 * p + _LONE_PIXEL)
+    step = np.empty_like(p)
+    np.subtract(p[1:], p[:-1], out=step[:-1])
+    np.subtract(p[0], p[-1], out=step[-1])
+    code = _CODE[step[:, 0] + 3 * step[:, 1] + 4]
+    pair = np.empty_like(code)
+    pair[1:] = code[:-1] * 8 + code[1:]
+    pair[0] = code[-1] * 8 + code[0]
+    return np.asarray((2 * p[:, None, :] + _EDGE_OFFSETS[pair])[_EDGE_USED[pair]])
+
+
+def _nest(rings: list[np.ndarray]) -> list[Polygon]:
+    """Polygons from non-crossing closed rings: exteriors at even nesting depth, each with its holes."""
+    shells = shapely.polygons([shapely.linearrings(r) for r in rings]) if rings else np.array([])
+    areas = shapely.area(shells)
+    usable = np.flatnonzero(areas > 0)
+    if usable.size == 0:
+        return []
+    shells, areas = shells[usable], areas[usable]
+    # a ring's first vertex lies on no other ring: strictly inside or outside each of them. The tree holds
+    # the points and each ring queries it (shapely prepares the query geometry: fast point-in-polygon)
+    tree = shapely.STRtree(shapely.points(np.array([rings[i][0] for i in usable])))
+    outer, inner = tree.query(shells, predicate="contains_properly")
+    depth = np.bincount(inner, minlength=len(shells))
+    parent = np.full(len(shells), -1)
+    if inner.size:  # the parent is the smallest container: last of each ring's containers by falling area
+        order = np.lexsort((-areas[outer], inner))
+        ins, outs = inner[order], outer[order]
+        last = np.append(np.flatnonzero(np.diff(ins)), ins.size - 1)
+        parent[ins[last]] = outs[last]
+    holes: dict[int, list[Any]] = {}
+    for i in np.flatnonzero(depth % 2 == 1):
+        holes.setdefault(int(parent[i]), []).append(shapely.get_exterior_ring(shells[i]))
+    return [Polygon(shells[i].exterior, holes.get(int(i), [])) for i in np.flatnonzero(depth % 2 == 0)]
 
 
 def _polygons_of(geom: Any) -> list[Polygon]:
