@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(43200.0, ge=0, description="a task's deadline from its first worker start (0: none)")
 
     public_url: str = ""
+    allowed_hosts: str = Field("", description="open local mode: Host names served besides the loopback ones "
+                                               "(comma-separated, e.g. a LAN name for `serve --host 0.0.0.0`)")
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="console logs: text on a terminal, JSON otherwise (auto), or always one of them")

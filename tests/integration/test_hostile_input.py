@@ -172,9 +172,13 @@ def test_open_local_mode_answers_loopback_hosts_only(container: Container, launc
             # THEN 421 HOST_NOT_ALLOWED, and nothing was stored
             assert resp.status_code == 421 and resp.json()["error"]["code"] == "HOST_NOT_ALLOWED", (host, path)
     assert container.tasks.get(TID) is None and launcher.submitted == []
-    # AND loopback names pass
+    # AND loopback names pass, and names listed in SCANBRIDGE_ALLOWED_HOSTS
     for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "localhost", "app.localhost:8000"):
         assert anyio.run(lambda: send(host, "GET", "/health")).status_code == 200  # noqa: B023
+    container.settings.allowed_hosts = "bridge.lan, 192.168.1.5"
+    for host in ("bridge.lan:8000", "192.168.1.5:8000"):
+        assert anyio.run(lambda: send(host, "GET", "/health")).status_code == 200  # noqa: B023
+    assert anyio.run(lambda: send("evil.example", "GET", "/health")).status_code == 421
 
 
 def test_405_says_which_methods_are_allowed(secured: TestClient) -> None:

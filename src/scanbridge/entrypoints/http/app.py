@@ -25,9 +25,9 @@ from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http import errors
 from scanbridge.entrypoints.http.dashboard import dashboard_router, downloads_router
+from scanbridge.entrypoints.http.docs import mount_docs
 from scanbridge.entrypoints.http.infer import MAX_EVALUATE_BYTES
 from scanbridge.entrypoints.http.infer import router as infer_router
-from scanbridge.entrypoints.http.docs import mount_docs
 from scanbridge.entrypoints.http.live import mount_mcp
 from scanbridge.entrypoints.http.live import router as live_router
 from scanbridge.entrypoints.http.models import router as models_router
@@ -106,7 +106,7 @@ class RequestGuard:
         if (scope.get("client") or ("",))[0] == "testclient":
             return
         host = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"host"), "")
-        if not host_allowed(host):
+        if not host_allowed(host, self.settings.allowed_hosts):
             raise HostNotAllowedError("open local mode answers loopback Host names only (localhost, 127.0.0.1, "
                                       "[::1]); set credentials to serve other names")
 

@@ -55,14 +55,17 @@ def is_open(settings: Settings) -> bool:
 LOOPBACK_NAMES = ("localhost",)
 
 
-def host_allowed(host_header: str) -> bool:
-    """Whether a `Host` header names this machine's loopback (localhost, *.localhost, 127/8, ::1; any port)."""
+def host_allowed(host_header: str, extra: str = "") -> bool:
+    """Whether a `Host` header names this machine's loopback (localhost, *.localhost, 127/8, ::1; any port)
+    or one of the `extra` names (SCANBRIDGE_ALLOWED_HOSTS, comma-separated, any port)."""
     host = host_header.strip().lower()
     if host.startswith("["):  # [::1]:8000
         name = host[1:host.find("]")] if "]" in host else ""
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     if name in LOOPBACK_NAMES or name.endswith(".localhost"):
+        return True
+    if name and name in {n.strip().lower() for n in extra.split(",") if n.strip()}:
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
