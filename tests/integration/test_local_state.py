@@ -138,3 +138,29 @@ def test_moto_dies_with_its_parent(tmp_path: Path) -> None:
         time.sleep(0.05)
     alive = Path(f"/proc/{moto_pid}/stat").exists() and Path(f"/proc/{moto_pid}/stat").read_text().split()[2] != "Z"
     assert not alive
+
+
+def test_the_journal_is_compacted_while_running_and_one_folder_has_one_server(tmp_path: Path) -> None:
+    # GIVEN a moto server that snapshots each time its journal passes 20 kB
+    settings = Settings()
+    state = tmp_path / "state"
+    moto = MotoProcess(state, compact_bytes=20_000)
+    try:
+        c = _clients(moto.url)
+        provision(settings, c["dynamodb"], c["s3"], c["kms"])
+        tasks = DynamoTaskStore(c["dynamodb"], settings.table_name)
+        # WHEN 60 tasks of ~2 kB are written (several compactions), then moto is SIGKILLed
+        for i in range(60):
+            assert tasks.create(Task(task_id=f"c{i:02d}", extra={"pad": "x" * 2000}))
+        generation = max(int(p.stem.split("-")[1]) for p in state.glob("snapshot-*.pickle"))
+        assert generation > 3  # compacted while running (generation 1 is the start's)
+        # AND a second server on the same folder is refused
+        with pytest.raises(RuntimeError, match="in use"):
+            MotoProcess(state)
+        _kill(moto)
+        # THEN after a restart all 60 are there
+        moto = MotoProcess(state)
+        tasks = DynamoTaskStore(_clients(moto.url)["dynamodb"], settings.table_name)
+        assert len(tasks.list(limit=100).tasks) == 60
+    finally:
+        moto.stop()

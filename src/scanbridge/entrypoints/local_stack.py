@@ -63,15 +63,16 @@ def moto_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", default=None,
                         help="keep the state here (journal + snapshot, adapters/local/journal.py); none: in memory only")
     parser.add_argument("--fsync", action="store_true", help="fsync every journal record (survives power loss)")
+    parser.add_argument("--compact-bytes", type=int, default=None, help="snapshot when the journal reaches this size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server sets it
     for service in MOTO_SERVICES:
         create_backend_app(service)
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.state_dir:
-        from scanbridge.adapters.local.journal import StateJournal
+        from scanbridge.adapters.local.journal import COMPACT_BYTES, StateJournal
 
-        journal = StateJournal(Path(args.state_dir), fsync=args.fsync)
+        journal = StateJournal(Path(args.state_dir), fsync=args.fsync, compact_bytes=args.compact_bytes or COMPACT_BYTES)
         journal.restore(app)
         app = journal.wrap(app)
     freeze_heap()
@@ -87,13 +88,14 @@ MOTO_MAIN = ("from scanbridge.adapters.local.lifetime import die_with_parent; di
 class MotoProcess:
     """A moto server in a child process (its own interpreter, so workers' traffic never holds the API's GIL)."""
 
-    def __init__(self, state_dir: Path | None = None, *, fsync: bool = False) -> None:
+    def __init__(self, state_dir: Path | None = None, *, fsync: bool = False, compact_bytes: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", MOTO_MAIN.format(parent=os.getpid()), "-H", "127.0.0.1", "-p", str(self.port)]
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--state-dir", str(state_dir)] + (["--fsync"] if fsync else [])
+            cmd += ["--compact-bytes", str(compact_bytes)] if compact_bytes else []
         # moto's own output goes to the state folder's log when there is one (replay warnings), else nowhere
         out = open(state_dir / "moto.log", "ab") if state_dir is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
@@ -104,7 +106,8 @@ class MotoProcess:
         deadline = time.monotonic() + 120  # a long journal takes a while to replay
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError("the moto server did not start")
+                tail = (state_dir / "moto.log").read_text(errors="replace")[-600:] if state_dir is not None else ""
+                raise RuntimeError(f"the moto server did not start{': ' + tail if tail else ''}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return

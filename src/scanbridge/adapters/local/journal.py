@@ -10,7 +10,8 @@ Failed requests (a lost conditional write) are not journalled: they changed noth
 
 At start the newest snapshot (pickled DynamoDB / S3 / SQS backends) is loaded and the journal of
 its generation replayed through the same app in-process, in the order the writes were applied, then
-a new snapshot is taken and a fresh journal begun (compaction: heartbeats do not pile up). KMS keys
+a new snapshot is taken and a fresh journal begun (compaction: heartbeats do not pile up; also while
+running, under the write lock, each time the journal reaches COMPACT_BYTES). KMS keys
 cannot be pickled (their RSA objects), and moto draws key material from os.urandom: a CreateKey is
 journalled with the id and material moto gave it, and replayed with the same (so task JWTs encrypted
 before a restart still decrypt). A torn last record (killed mid-write: never acknowledged) is dropped.
@@ -44,6 +45,8 @@ READ_ONLY_PREFIXES = ("Get", "List", "Describe", "Query", "Scan", "BatchGet")
 READ_ONLY_OPS = frozenset({"Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
                            "GenerateRandom", "ReEncrypt", "Sign", "Verify", "GenerateMac", "VerifyMac"})
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
+#: a journal this long is folded into a new snapshot while the server runs (heartbeats add up over days)
+COMPACT_BYTES = 64 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -127,9 +130,12 @@ def _same_kms_key(key_id: str | None, material: bytes | None) -> Iterator[None]:
 class StateJournal:
     """Journals moto's changing requests under `state_dir` and restores them at start (see the module)."""
 
-    def __init__(self, state_dir: Path, *, fsync: bool = False) -> None:
+    def __init__(self, state_dir: Path, *, fsync: bool = False, compact_bytes: int = COMPACT_BYTES) -> None:
         self._dir = state_dir
         self._fsync = fsync
+        self._compact_bytes = compact_bytes
+        self._written = 0
+        self._lock_fd: int | None = None
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._kms_records: list[tuple[dict[str, Any], bytes]] = []
@@ -157,6 +163,7 @@ class StateJournal:
     def restore(self, app: WsgiApp) -> int:
         """Load the newest snapshot, replay its journal into `app`, compact; returns the records replayed."""
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._hold_folder()
         self._app = app
         gens = self._generations()
         gen = gens[-1] if gens else 0
@@ -167,7 +174,8 @@ class StateJournal:
             self._apply(record, body)
             replayed += 1
         self.replayed = replayed
-        self._begin(gen + 1)
+        self._snapshot(gen + 1)
+        self._open_journal(gen + 1)
         for old in gens:
             if old <= gen:
                 self._snapshot_path(old).unlink(missing_ok=True)
@@ -200,18 +208,46 @@ class StateJournal:
             os.fsync(fh.fileno())
         os.replace(tmp, self._snapshot_path(gen))
 
-    def _begin(self, gen: int) -> None:
-        """Write snapshot `gen` of the state now and start its (empty) journal."""
-        self._snapshot(gen)
-        self.generation = gen
-        path = self._journal_path(gen)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.ftruncate(self._fd, 0)
+    def _hold_folder(self) -> None:
+        """One moto server per state folder: a second `scanbridge serve` on the same data dir is refused."""
+        import fcntl
+
+        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise RuntimeError(f"{self._dir} is in use by another scanbridge serve (one per SCANBRIDGE_DATA_DIR)") \
+                from exc
+        self._lock_fd = fd  # held until the process ends
+
+    def _open_journal(self, gen: int) -> None:
+        """Start the (empty) journal of generation `gen`, whose snapshot is already written."""
+        fd = os.open(self._journal_path(gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.ftruncate(fd, 0)
         dir_fd = os.open(self._dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        old, self._fd, self.generation, self._written = self._fd, fd, gen, 0
+        if old is not None:
+            os.close(old)
+
+    def _compact(self) -> None:
+        """Snapshot the state now and start a new journal (called under the write lock, so nothing is missed)."""
+        old = self.generation
+        try:
+            self._snapshot(old + 1)
+        except Exception:  # keep journalling on the current generation; try again later
+            log.exception("state snapshot failed; the journal goes on")
+            self._snapshot_path(old + 1).with_suffix(".tmp").unlink(missing_ok=True)
+            self._written = 0
+            return
+        self._open_journal(old + 1)
+        self._snapshot_path(old).unlink(missing_ok=True)
+        self._journal_path(old).unlink(missing_ok=True)
+        log.info("state compacted into generation %d", old + 1)
 
     def _apply(self, record: dict[str, Any], body: bytes) -> None:
         """Replay one journalled request into the app (a KMS CreateKey with its recorded id and material)."""
@@ -247,6 +283,9 @@ class StateJournal:
             written += os.write(self._fd, data[written:])
         if self._fsync:
             os.fsync(self._fd)
+        self._written += written
+        if self._compact_bytes and self._written >= self._compact_bytes:
+            self._compact()
 
     def wrap(self, app: WsgiApp) -> WsgiApp:
         """`app` with every successful changing request journalled before it is answered."""
