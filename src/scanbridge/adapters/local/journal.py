@@ -31,6 +31,7 @@ import os
 import pickle
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ READ_ONLY_OPS = frozenset({"Decrypt", "Encrypt", "GenerateDataKey", "GenerateDat
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 #: a journal this long is folded into a new snapshot while the server runs (heartbeats add up over days)
 COMPACT_BYTES = 64 * 1024 * 1024
+#: how long a new server waits for the state folder's lock (its predecessor may still be exiting)
+LOCK_WAIT_S = 5.0
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -213,12 +216,17 @@ class StateJournal:
         import fcntl
 
         fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise RuntimeError(f"{self._dir} is in use by another scanbridge serve (one per SCANBRIDGE_DATA_DIR)") \
-                from exc
+        deadline = time.monotonic() + LOCK_WAIT_S  # a killed predecessor may take a moment to exit
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RuntimeError(f"{self._dir} is in use by another scanbridge serve (one per "
+                                       "SCANBRIDGE_DATA_DIR)") from exc
+                time.sleep(0.1)
         self._lock_fd = fd  # held until the process ends
 
     def _open_journal(self, gen: int) -> None:
