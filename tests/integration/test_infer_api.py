@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +13,11 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from scanbridge.bootstrap import Container
+from scanbridge.devtools.sample_image import disc_truth, nuclei_image
 from scanbridge.entrypoints.http import infer
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.imaging import synth
 
-RADIUS_PX = 6.0  # 3 µm at 0.5 µm/px, like the synthetic slides
 MARGIN = 32
 
 
@@ -30,36 +30,6 @@ def _png(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, fmt)
     return buf.getvalue()
-
-
-def nuclei_image(size: int = 640, spacing: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Pink tissue (white margin) with dark haematoxylin discs on a jittered grid; returns (rgb, centres)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), synth.BACKGROUND_LEVEL, np.float32)
-    img[MARGIN:size - MARGIN, MARGIN:size - MARGIN] = synth.STROMA_RGB
-    colour = np.array(synth.NUCLEUS_RGB, np.float32)
-    centres = []
-    first, last = MARGIN + spacing // 2, size - MARGIN - spacing // 2
-    for gy in range(first, last + 1, spacing):
-        for gx in range(first, last + 1, spacing):
-            cx, cy = gx + rng.uniform(-8, 8), gy + rng.uniform(-8, 8)
-            centres.append((cx, cy))
-            x0, x1 = int(cx - RADIUS_PX - 2), int(cx + RADIUS_PX + 3)
-            y0, y1 = int(cy - RADIUS_PX - 2), int(cy + RADIUS_PX + 3)
-            dx = np.arange(x0, x1) + 0.5 - cx  # pixel j has its centre at j + 0.5
-            dy = np.arange(y0, y1) + 0.5 - cy
-            alpha = np.clip(RADIUS_PX + 0.5 - np.hypot(dy[:, None], dx[None, :]), 0, 1)[..., None]
-            img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - alpha) + colour * alpha
-    img += rng.normal(0, 3, img.shape)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8), np.array(centres)
-
-
-def disc_truth(centres: np.ndarray, r: float = RADIUS_PX) -> dict[str, Any]:
-    """The true nuclei as GeoJSON polygons (64-gons)."""
-    angles = np.linspace(0, 2 * math.pi, 65)
-    return {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
-            [[float(x + r * math.cos(a)), float(y + r * math.sin(a))] for a in angles]]}} for x, y in centres]}
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +190,22 @@ def test_uploads_decode_to_rgb_and_the_memory_reader_pads_with_white() -> None:
     assert reader.metadata.to_json()["level_count"] == 1 and reader.metadata.mpp == (0.25, 0.25)
     thumb, ds = reader.thumbnail(6)
     assert thumb.shape == (5, 6, 3) and ds == pytest.approx(2.0)
+
+
+def test_readme_example_files_come_from_make_image(client: TestClient, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN the README's /v1/infer example, its files written by `scanbridge dev make-image`
+    from scanbridge.entrypoints.cli import main
+    from scanbridge.services.evaluation import evaluate, load_source
+
+    image, truth = tmp_path / "cells.png", tmp_path / "truth.geojson"
+    assert main(["dev", "make-image", str(image), "--truth", str(truth)]) == 0
+    assert "196 nuclei" in capsys.readouterr().out
+    # WHEN the image goes through /v1/infer and the answer is evaluated against the truth file
+    pred = client.post("/v1/infer/nuclei", files={"file": ("cells.png", image.read_bytes(), "image/png")},
+                       data={"mpp": "0.5"})
+    assert pred.status_code == 200, pred.text
+    (tmp_path / "pred.json").write_text(pred.text)
+    result = evaluate(load_source(tmp_path / "pred.json"), load_source(truth))
+    # THEN the nuclei model finds the nuclei the truth holds
+    assert result.n_gt == 196 and result.ap50 > 0.9, result.to_json()

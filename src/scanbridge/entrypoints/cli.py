@@ -274,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_dev_platform)
+    p = dev.add_parser("make-image", help="write a small image with known nuclei (and its truth GeoJSON) "
+                       "for /v1/infer and evaluate", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_make_image)
     p = dev.add_parser("build-models", help="write the built-in ONNX models to a folder")
     p.add_argument("--out", default="models")
     p.set_defaults(func=_build_models)
@@ -322,7 +326,13 @@ def _client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(func=_tasks)
 
 
-PASS_THROUGH = {"make-slide": _make_slide, "bench": _bench, "platform": _dev_platform}
+def _make_image(args: argparse.Namespace) -> int:
+    from scanbridge.devtools.sample_image import main as make_image
+
+    return make_image(list(args.rest))
+
+
+PASS_THROUGH = {"make-slide": _make_slide, "bench": _bench, "platform": _dev_platform, "make-image": _make_image}
 
 
 def main(argv: list[str] | None = None) -> int:
