@@ -28,11 +28,15 @@ def test_recover_resumes_in_flight_tasks_and_fails_those_out_of_attempts(
     _task(container, "running", TaskStatus.RUNNING, attempts=1)
     _task(container, "last-try", TaskStatus.RUNNING, attempts=2)
     _task(container, "done", TaskStatus.COMPLETED)
+    _task(container, "unsubmitted", None)
+    update_task(container.tasks, "unsubmitted", lambda t: t.model_copy(update={"status": TaskStatus.RECEIVED}))
     launcher.submitted.clear()
     # WHEN the restarted stack recovers
     out = recover(container.tasks, launcher, container.delivery, max_attempts=2)
-    # THEN the queued and the running one get a worker again (the running one on its second attempt)
-    assert sorted(out.resubmitted) == ["queued", "running"] and sorted(launcher.submitted) == ["queued", "running"]
+    # THEN the queued, the unsubmitted and the running one get a worker again (the running one on its
+    # second attempt)
+    assert sorted(out.resubmitted) == sorted(launcher.submitted) == ["queued", "running", "unsubmitted"]
+    assert container.tasks.get("unsubmitted").status == TaskStatus.QUEUED  # type: ignore[union-attr]
     assert container.tasks.get("running").attempts == 2  # type: ignore[union-attr]
     assert container.tasks.get("queued").attempts == 1  # type: ignore[union-attr]
     # AND the one out of attempts ends FAILED / WORKER_FAILED with one POST; the completed one is not posted
@@ -45,4 +49,4 @@ def test_recover_resumes_in_flight_tasks_and_fails_those_out_of_attempts(
     assert [c[0] for c in platform.calls] == ["last-try"]
     # AND at a second restart the resumed one has used its attempts and fails; the queued one is submitted again
     again = recover(container.tasks, launcher, container.delivery, max_attempts=2)
-    assert again.failed == ["running"] and again.resubmitted == ["queued"]
+    assert again.failed == ["running"] and again.resubmitted == ["queued", "unsubmitted"]

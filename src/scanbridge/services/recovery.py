@@ -1,7 +1,8 @@
 """After a restart of the local stack: nothing that was in flight is left hanging.
 
 The launcher's queue and its workers died with the previous `scanbridge serve`; the tasks did not
-(their store is persisted). Each task still QUEUED is submitted again; each one DOWNLOADING or RUNNING
+(their store is persisted). Each task still QUEUED (or RECEIVED: acknowledged, its submission failed)
+is submitted again; each one DOWNLOADING or RUNNING
 gets a new worker (it resumes: finished scans are kept, as for a retried worker) unless it has used
 its attempts, in which case it ends FAILED with WORKER_FAILED and the platform is told once (the
 delivery claim is conditional). Tasks already terminal are left alone: nothing is posted again.
@@ -22,6 +23,8 @@ from scanbridge.services.delivery import DeliveryService
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = (TaskStatus.QUEUED, TaskStatus.DOWNLOADING, TaskStatus.RUNNING)
+#: acknowledged, but its job submission failed: a restart submits it (as a redelivery would)
+UNSUBMITTED = (TaskStatus.RECEIVED,)
 
 
 @dataclass
@@ -57,8 +60,8 @@ def recover(tasks: TaskStore, launcher: JobLauncher, delivery: DeliveryService, 
     get a worker again; B is on its second attempt.
     """
     out = Recovered()
-    for task in sorted(tasks_in(tasks, IN_FLIGHT), key=lambda t: (t.created_at, t.task_id)):
-        started = task.status != TaskStatus.QUEUED
+    for task in sorted(tasks_in(tasks, IN_FLIGHT + UNSUBMITTED), key=lambda t: (t.created_at, t.task_id)):
+        started = task.status not in (TaskStatus.QUEUED, TaskStatus.RECEIVED)
         if started and task.attempts >= max_attempts:
             log.warning("task was in flight when the stack stopped and has no attempts left; failing it",
                         extra={"task_id": task.task_id})
@@ -69,6 +72,8 @@ def recover(tasks: TaskStore, launcher: JobLauncher, delivery: DeliveryService, 
             continue
 
         def again(t: Task, started: bool = started) -> Task | None:
+            if t.status in UNSUBMITTED:
+                return t.moved_to(TaskStatus.QUEUED, attempts=t.attempts + 1, job_id=new_job_id())
             if t.status not in IN_FLIGHT:
                 return None
             return t.model_copy(update={"attempts": t.attempts + (1 if started else 0),
