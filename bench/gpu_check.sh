@@ -14,7 +14,8 @@
 # checkout. onnxruntime-gpu (~256 MB) cannot be carried within a 64 MiB limit: it must be installed on
 # the machine, or its wheel put in bench/wheels (or $GPU_CHECK_WHEELS).
 # Environment: GPU_CHECK_DIR (work folder, default /tmp/scanbridge-gpu-check; the slide is reused),
-# GPU_CHECK_WHEELS (default bench/wheels), PYTHON (default python3), GPU_CHECK_TENSORRT=0 skips TensorRT.
+# GPU_CHECK_WHEELS (default bench/wheels), PYTHON (default python3), GPU_CHECK_TENSORRT=0 skips TensorRT,
+# GPU_CHECK_BUDGET_S (default 540: every step is cut to what is left of it).
 set -uo pipefail
 
 SMALL=0
@@ -32,6 +33,8 @@ WHEELS=${GPU_CHECK_WHEELS:-$ROOT/bench/wheels}
 PY=${PYTHON:-python3}
 START=$(date +%s)
 mkdir -p "$WORK"
+BUDGET_S=${GPU_CHECK_BUDGET_S:-540}  # the whole check, under a 10-minute command limit
+left() { local l=$(( BUDGET_S - ($(date +%s) - START) )); (( l < ${1:-600} )) && echo "$(( l > 1 ? l : 1 ))" || echo "${1:-600}"; }
 say() { echo "gpu_check [$(( $(date +%s) - START ))s]: $*" >&2; }
 die() { local code=$1; shift; echo "gpu_check: FAILED: $*" >&2; exit "$code"; }
 
@@ -123,7 +126,7 @@ GEN_S=0
 if [[ ! -s "$SLIDE" || ! -s "$TRUTH" ]]; then
   say "writing a ${W}x${H} px 40x slide (0.25 um/px, 60 % tissue)"
   t0=$(date +%s)
-  timeout 300 "$VPY" -m scanbridge.imaging.synth "$SLIDE.part" --width "$W" --height "$H" --tissue-fraction 0.6 \
+  timeout "$(left 300)" "$VPY" -m scanbridge.imaging.synth "$SLIDE.part" --width "$W" --height "$H" --tissue-fraction 0.6 \
     --mpp 0.25 --no-nuclei --seed 21 --truth-json "$TRUTH" >&2 || die 4 "the slide generator failed or timed out"
   mv "$SLIDE.part" "$SLIDE"
   GEN_S=$(( $(date +%s) - t0 ))
@@ -132,7 +135,7 @@ fi
 # ---------------------------------------------------------------- the bench (CUDA, then TensorRT)
 run_bench() {  # $1: output file, then extra options
   local out=$1; shift
-  timeout 360 "$VPY" -m scanbridge.entrypoints.cli dev bench "$SLIDE" --model "$MODEL" --device "$DEVICE" --json \
+  timeout "$(left 360)" "$VPY" -m scanbridge.entrypoints.cli dev bench "$SLIDE" --model "$MODEL" --device "$DEVICE" --json \
     --no-naive --truth "$TRUTH" --trt-cache "$WORK/tensorrt" "$@" > "$out"
 }
 say "bench: $MODEL on $DEVICE"
