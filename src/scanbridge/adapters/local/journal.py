@@ -15,6 +15,9 @@ running, under the write lock, each time the journal reaches COMPACT_BYTES). KMS
 cannot be pickled (their RSA objects), and moto draws key material from os.urandom: a CreateKey is
 journalled with the id and material moto gave it, and replayed with the same (so task JWTs encrypted
 before a restart still decrypt). A torn last record (killed mid-write: never acknowledged) is dropped.
+Other ids moto draws at random are not reproduced: S3 multipart upload ids and SQS receipt handles (a
+replayed UploadPart / DeleteMessage would miss); the adapters use `put_object`, and the local stack's
+dead letters are files, so neither occurs here.
 
 Hand-written rather than moto's recorder (`MOTO_ENABLE_RECORDING`): that one records every request,
 reads included, before it is applied and whether or not it succeeded, in two unlocked writes per entry
