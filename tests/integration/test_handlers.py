@@ -133,12 +133,28 @@ def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], m
             assert summary["Error code"] == "WORKER_FAILED"
 
 
-def test_results_handler_ignores_array_children(deployed: dict[str, Any]) -> None:
-    # GIVEN the state change of one child of an array job / WHEN handled / THEN nothing is delivered
-    results = _load_function("results")
-    event = _event("results_succeeded.json")
-    event["detail"]["arrayProperties"] = {"index": 1}
-    assert "ignored" in results.handler(event, None)
+def test_results_handler_ignores_array_children(deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a task accepted through the API, a loopback platform, and the state change of one child of an
+    # array job (the parent's event is the one that delivers)
+    with FakePlatform() as platform:
+        monkeypatch.setenv("SCANBRIDGE_PLATFORM_URL", platform.base_url)
+        get_settings.cache_clear()
+        api, results = _load_function("api"), _load_function("results")
+        assert api.handler(_event("api_webhook.json"), None)["statusCode"] == 202
+        from scanbridge.bootstrap import bootstrap
+
+        tasks = bootstrap().tasks
+        before = tasks.get("dGFzazoxODU4MzU=")
+        event = _event("results_succeeded.json")
+        event["detail"]["arrayProperties"] = {"index": 1}
+        # WHEN it is handled
+        out = results.handler(event, None)
+        # THEN it says so, nothing is POSTed to the platform and the task record is unchanged
+        assert "ignored" in out
+        assert platform.wait_for_posts(1, timeout_s=1.0) == []
+        after = tasks.get("dGFzazoxODU4MzU=")
+        assert before is not None and after is not None
+        assert (after.status, after.delivery, after.updated_at) == (before.status, before.delivery, before.updated_at)
 
 
 def test_webhook_function_acknowledges_once_and_refuses_with_the_uniform_body(

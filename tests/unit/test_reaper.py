@@ -42,9 +42,25 @@ def test_reaper_fails_only_silent_tasks_whose_job_is_gone(container: Container, 
 
 
 def test_heartbeat_thread_beats_while_the_worker_runs(container: Container) -> None:
-    # GIVEN a running task / WHEN a heartbeat runs for a moment / THEN its heartbeat time is recent
+    # GIVEN a running task
     _running(container, "beating")
+
+    def last_beat() -> float | None:
+        task = container.tasks.get("beating")
+        return task.heartbeat_at if task is not None else None
+
+    # WHEN a heartbeat runs for a while, its beats sampled twice, then stops
     with Heartbeat(container.tasks, "beating", interval_s=0.05):
-        time.sleep(0.2)
-    task = container.tasks.get("beating")
-    assert task is not None and task.heartbeat_at is not None and time.time() - task.heartbeat_at < 5
+        deadline = time.monotonic() + 5.0
+        while last_beat() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = last_beat()
+        time.sleep(0.3)
+        second = last_beat()
+    time.sleep(0.2)
+    stopped = last_beat()
+    time.sleep(0.2)
+    # THEN it beat repeatedly (the later sample is newer, by about the beats in between), and not after it stopped
+    assert first is not None and second is not None and stopped is not None
+    assert second - first >= 0.15, (first, second)
+    assert last_beat() == stopped
