@@ -68,13 +68,15 @@ IHC_SPEC = ModelSpec(
     mpp=0.5,
     output_name="nuclei_prob",
     output_downsample=1,
-    thresholds={"nucleus": 0.5, "positive": 0.25},  # positive: mean DAB OD above its neighbourhood mean
+    # positive: mean DAB OD above its neighbourhood mean; cell_positive: mean DAB OD of the cell ring
+    thresholds={"nucleus": 0.5, "positive": 0.25, "cell_positive": 0.3},
     stains=["Ki67", "Ki-67", "MIB-1", "ER", "PR", "p53", "DAB", "IHC"],
     default_for=["Ki67", "Ki-67", "MIB-1", "MIB1", "ER", "PR", "p53", "DAB", "IHC"],
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
              "intensity_channel": 2, "positive_channel": 1, "tile_overlap": 64, "nucleus_radius_um": 3.0,
              "min_area_um2": 6.0, "max_area_um2": 400.0, "polygons": False,
-             "summary_label": "Nuclear positivity (DAB)", "min_tissue": 0.1, "decoder": "threshold"},
+             "summary_label": "Nuclear positivity (DAB)", "min_tissue": 0.1, "decoder": "threshold",
+             "hscore_thresholds": [0.25, 0.45, 0.65], "cell_expansion_um": 5.0},
     builtin=True,
 )
 

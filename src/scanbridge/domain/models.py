@@ -50,6 +50,11 @@ OUTPUT_KEYS: dict[str, str] = {
     "max_area_um2": "objects larger than this (µm²) are dropped",
     "polygons": "draw each object's outline (else points only)",
     "summary_label": "the report's name for the positivity figure",
+    "hscore_thresholds": "three ascending values of the positive channel's nucleus mean for 1+ / 2+ / 3+: "
+                         "each nucleus gets a DAB grade, the scan an H-score (0-300)",
+    "cell_expansion_um": "cell compartment: the ring from each nucleus outline out to this distance (µm); "
+                         "its mean of the intensity_channel stain is reported as 'Cell DAB OD mean' and "
+                         "cell positivity (thresholds.cell_positive) apart from nuclear positivity",
 }
 DECODERS = ("threshold", "hovernet", "stardist", "boxes")
 

@@ -30,6 +30,7 @@ from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
+from scanbridge.inference import ihc
 from scanbridge.inference.instances import (
     Decoder,
     WindowObject,
@@ -109,6 +110,10 @@ def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[st
             measurements["Score"] = w.score
         if w.class_fraction is not None:
             measurements["Type fraction"] = w.class_fraction
+        if n is not None and n.positive_score is not None:  # IHC compartments: grade, cell ring (inference/ihc.py)
+            measurements.update(ihc.nucleus_measurements(
+                decoder.spec.outputs, decoder.spec.thresholds, n.positive_score, n.contour,
+                outputs.get(str(decoder.spec.outputs.get("stain_output"))), decoder.map_mpp))
         name = labels[w.class_index].name if w.class_index is not None and w.class_index < len(labels) else None
         found.append(SlideObject(x=x, y=y, contour=contour, measurements=measurements,
                                  positive=None if n is None or n.positive_score is None
@@ -470,6 +475,9 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         summary["Negative nuclei"] = f"{len(negatives):,}"
         results.update(positive_count=len(positives), negative_count=len(negatives),
                        positivity_percent=round(pct, 3) if pct is not None else None)
+        ihc_results, ihc_summary = ihc.summary_figures([o.measurements for o in objs])
+        results.update(ihc_results)
+        summary.update(ihc_summary)
     summary["Nuclei density"] = (f"{_fmt(density, 0)} /mm² of tissue" if density is not None
                                  else "n/a (scan has no pixel size)")
     summary["Tissue area"] = f"{tissue_mm2:.3f} mm²" if tissue_mm2 is not None else "n/a (scan has no pixel size)"

@@ -1,0 +1,102 @@
+"""IHC positivity by compartment (QuPath's positive cell detection, the parts that matter for a score).
+
+- Nucleus: positive when the mean DAB optical density *inside the nucleus outline* reaches the spec's
+  `thresholds["positive"]`; graded 1+ / 2+ / 3+ by `outputs.hscore_thresholds` on the same mean, and
+  the H-score is 1 x %1+ + 2 x %2+ + 3 x %3+ (0-300).
+- Cell (optional, `outputs.cell_expansion_um` > 0): the ring from the nucleus outline out to that
+  distance (the cytoplasm / membrane of a cytoplasmic or membrane marker), its mean DAB reported
+  separately ("Cell DAB OD mean", `cell_positive_count`). DAB in that ring never makes the *nucleus*
+  positive: a nucleus framed by brown membranes stays negative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+DEFAULT_HSCORE = (0.2, 0.4, 0.6)  # QuPath's thresholdPositive1..3 defaults (DAB OD)
+
+
+def grade(value: float, thresholds: tuple[float, float, float] | list[float]) -> int:
+    """0 (negative), 1, 2 or 3: how many of the ascending thresholds `value` reaches."""
+    return int(sum(value >= t for t in thresholds))
+
+
+def h_score(grades: list[int]) -> float | None:
+    """The H-score of per-nucleus grades (0-3): sum of grade x % of nuclei with that grade (0-300)."""
+    if not grades:
+        return None
+    counts = np.bincount(np.asarray(grades, dtype=np.intp), minlength=4)
+    return float(100.0 * (counts[1] + 2 * counts[2] + 3 * counts[3]) / len(grades))
+
+
+def ring_mean(contour: np.ndarray, plane: np.ndarray, expand_px: float) -> float | None:
+    """Mean of `plane` over the ring between a nucleus outline and that outline expanded by `expand_px`.
+
+    `contour` is the outline in continuous window coordinates (pixel (i, j) covers [j, j+1) x [i, i+1));
+    the ring is cut at the window's edge. None when the ring has no pixel.
+    """
+    r = max(1, round(expand_px))
+    h, w = plane.shape
+    x0, y0 = np.floor(contour.min(axis=0)).astype(int) - r - 1
+    x1, y1 = np.ceil(contour.max(axis=0)).astype(int) + r + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    nucleus = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    pts = np.round((contour - [x0 + 0.5, y0 + 0.5]) * 16).astype(np.int32)  # pixel centres at integer + 0.5
+    cv2.fillPoly(nucleus, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = cv2.dilate(nucleus, kernel) - nucleus
+    if not ring.any():
+        return None
+    return float(cv2.mean(np.ascontiguousarray(plane[y0:y1, x0:x1], dtype=np.float32), mask=ring)[0])
+
+
+def nucleus_measurements(outputs_spec: dict[str, Any], thresholds: dict[str, float], score: float,
+                         contour: np.ndarray, stains: np.ndarray | None, map_mpp: float) -> dict[str, float]:
+    """The IHC measurements of one nucleus: its grade (with `hscore_thresholds`) and, with
+    `cell_expansion_um`, the mean DAB of the cell ring around it and whether that ring is positive.
+
+    `score` is the nucleus's positive-channel mean, `contour` its outline and `stains` the window's stain
+    planes (C, h, w), both in window map pixels of `map_mpp` µm.
+    """
+    out: dict[str, float] = {}
+    levels = outputs_spec.get("hscore_thresholds")
+    if levels:
+        out["DAB grade"] = float(grade(score, [float(v) for v in levels]))
+    expand_um = float(outputs_spec.get("cell_expansion_um", 0.0) or 0.0)
+    channel = outputs_spec.get("intensity_channel")
+    if expand_um > 0 and stains is not None and channel is not None and int(channel) < stains.shape[0]:
+        value = ring_mean(contour, stains[int(channel)], expand_um / map_mpp)
+        if value is not None:
+            out["Cell DAB OD mean"] = value
+            out["Cell positive"] = float(value >= float(thresholds.get("cell_positive", 0.3)))
+    return out
+
+
+def summary_figures(measurements: list[dict[str, float]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Scan-level IHC figures from the nuclei's measurements: (results keys, summary lines).
+
+    H-score and the count per grade when nuclei are graded; cell positivity (the ring compartment,
+    reported apart from nuclear positivity) when cells were measured.
+    """
+    results: dict[str, Any] = {}
+    summary: dict[str, str] = {}
+    grades = [int(m["DAB grade"]) for m in measurements if "DAB grade" in m]
+    score = h_score(grades)
+    if score is not None:
+        counts = np.bincount(np.asarray(grades, dtype=np.intp), minlength=4)
+        results["h_score"] = round(score, 2)
+        results["grade_counts"] = {"0": int(counts[0]), "1+": int(counts[1]), "2+": int(counts[2]),
+                                   "3+": int(counts[3])}
+        summary["H-score"] = f"{score:.0f} (1+ {counts[1]:,}, 2+ {counts[2]:,}, 3+ {counts[3]:,})"
+    cells = [m["Cell positive"] for m in measurements if "Cell positive" in m]
+    if cells:
+        positive = int(sum(cells))
+        results["cell_positive_count"] = positive
+        results["cell_positivity_percent"] = round(100.0 * positive / len(cells), 3)
+        summary["Cell positivity (DAB, cytoplasm/membrane)"] = f"{100.0 * positive / len(cells):.1f} %"
+    return results, summary
