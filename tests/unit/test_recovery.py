@@ -50,3 +50,18 @@ def test_recover_resumes_in_flight_tasks_and_fails_those_out_of_attempts(
     # AND at a second restart the resumed one has used its attempts and fails; the queued one is submitted again
     again = recover(container.tasks, launcher, container.delivery, max_attempts=2)
     assert again.failed == ["running"] and again.resubmitted == ["queued", "unsubmitted"]
+
+
+def test_a_clean_stop_gives_back_the_attempt_recovery_counts(container: Container, launcher: RecordingLauncher) -> None:
+    # GIVEN a task running its first attempt when the stack is stopped cleanly
+    _task(container, "interrupted", TaskStatus.RUNNING, attempts=1)
+    from scanbridge.services.recovery import stopped_cleanly
+
+    stopped_cleanly(container.tasks, ["interrupted"])
+    # WHEN the stack starts again (twice, each after a clean stop)
+    recover(container.tasks, launcher, container.delivery, max_attempts=2)
+    stopped_cleanly(container.tasks, ["interrupted"])
+    out = recover(container.tasks, launcher, container.delivery, max_attempts=2)
+    # THEN it resumes each time, still on its first attempt
+    assert out.resubmitted == ["interrupted"] and out.failed == []
+    assert container.tasks.get("interrupted").attempts == 1  # type: ignore[union-attr]

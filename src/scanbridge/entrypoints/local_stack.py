@@ -194,7 +194,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         stop.set()
         shutdown = getattr(container.launcher, "shutdown", None) if container is not None else None
         if shutdown is not None:
-            shutdown()
+            stopped = shutdown()
+            if stopped:
+                from scanbridge.services.recovery import stopped_cleanly
+
+                stopped_cleanly(container.tasks, stopped)
         moto.stop()
         print("scanbridge stopped", flush=True)
     return 0

@@ -86,3 +86,15 @@ def recover(tasks: TaskStore, launcher: JobLauncher, delivery: DeliveryService, 
         log.info("task resumed after a restart", extra={"task_id": current.task_id})
         out.resubmitted.append(current.task_id)
     return out
+
+
+def stopped_cleanly(tasks: TaskStore, task_ids: list[str]) -> None:
+    """A clean stop (Ctrl-C, SIGTERM) interrupted these tasks' workers: give back the attempt the next
+    start's recovery will count (until then `attempts` reads one less), so stopping the stack never uses
+    up a task's attempts."""
+    for task_id in task_ids:
+        try:
+            update_task(tasks, task_id, lambda t: t.model_copy(update={"attempts": max(0, t.attempts - 1)})
+                        if t.status in IN_FLIGHT and t.status != TaskStatus.QUEUED else None)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.warning("could not record the clean stop", extra={"task_id": task_id})

@@ -80,6 +80,7 @@ class LocalJobLauncher:
         self._queued: dict[str, float] = {}  # job id -> when submitted, in submission order
         self._started: dict[str, float] = {}  # job id -> when its current attempt started
         self._active: set[str] = set()  # jobs between their first start and their end (retries included)
+        self._task_of: dict[str, str] = {}  # job id -> task id, until the job ends
         self._durations: deque[float] = deque(maxlen=20)  # of the jobs that ended, for the queue's ETA
         self._lock = threading.Lock()
         self._retries = max(0, retries)
@@ -98,6 +99,7 @@ class LocalJobLauncher:
         job_id = job_id or new_job_id()
         with self._lock:
             self._queued[job_id] = self._clock()
+            self._task_of[job_id] = task_id
         self._pool.submit(self._run, task_id, job_id)
         return job_id
 
@@ -136,6 +138,8 @@ class LocalJobLauncher:
                 self._started.pop(job_id, None)
                 self._reasons.pop(job_id, None)
                 self._active.discard(job_id)
+                if not self._closing:
+                    self._task_of.pop(job_id, None)
                 closing = self._closing
                 if not closing:
                     self._durations.append(self._clock() - began)
@@ -262,11 +266,13 @@ class LocalJobLauncher:
         if proc and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
 
-    def shutdown(self) -> None:
-        """Stop every worker and the pool (a worker stopped this way is not retried)."""
+    def shutdown(self) -> list[str]:
+        """Stop every worker and the pool (a worker stopped this way is not retried); returns the ids of the
+        tasks whose worker it stopped (they resume when the stack starts again)."""
         with self._lock:
             self._closing = True
             procs = list(self._procs.values())
+            stopped = [self._task_of[job] for job in self._active if job in self._task_of]
         for proc in procs:
             if proc.poll() is None:
                 try:
@@ -274,3 +280,4 @@ class LocalJobLauncher:
                 except ProcessLookupError:
                     pass
         self._pool.shutdown(wait=False, cancel_futures=True)
+        return sorted(stopped)
