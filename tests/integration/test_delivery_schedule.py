@@ -312,3 +312,24 @@ def test_redeliver_tries_a_scheduled_delivery_now(stores: Any) -> None:
         done = delivery.redeliver("t-deliver")
     # THEN it is tried at once and ends, with one POST
     assert done.status == TaskStatus.FAILED and done.delivery.status_code == 200 and len(platform.posts) == 1
+
+
+def test_background_bursts_wait_on_timers_not_on_the_delivery_threads(stores: Any) -> None:
+    tasks, artifacts, secrets = stores
+    # GIVEN one delivery thread, a platform that answers 503 to the first task's first try, and two tasks
+    with platform_on(Platform(script=[(0.0, 503)])) as platform:
+        for tid in ("t-a", "t-b"):
+            _running_task(tasks, secrets, tid)
+        delivery = _service(tasks, artifacts, secrets, platform.url, backoff_s=2.0, max_backoff_s=5.0,
+                            background_workers=1)
+        # WHEN both jobs end, the first one first
+        delivery.on_job_finished_later("t-a", True)
+        time.sleep(0.3)
+        delivery.on_job_finished_later("t-b", True)
+        # THEN the second is delivered while the first waits out its burst's pause (about 1-3 s)
+        second = _wait_for(tasks, "t-b", TaskStatus.FAILED, timeout=1.0)
+        assert tasks.get("t-a").status == TaskStatus.DELIVERING  # type: ignore[union-attr]
+        # AND the first is delivered after its pause, by its own burst
+        first = _wait_for(tasks, "t-a", TaskStatus.FAILED, timeout=10.0)
+        delivery.close()
+    assert second.delivery.attempts == 1 and first.delivery.attempts == 2 and len(platform.posts) == 3

@@ -356,7 +356,10 @@ class DeliveryService:
         except Exception:
             log.exception("delivery try failed", extra={"task_id": task_id})
 
-    def _in_background(self, task_id: str, *, burst: bool, force: bool = False) -> None:
+    def _in_background(self, task_id: str, *, burst: bool, force: bool = False, step: int = 0,
+                       after: int | None = None) -> None:
+        """One try on the service's threads; the burst's next try and the scheduled one wait on timers,
+        never on a pool thread (a down platform with many tasks would otherwise queue them all)."""
         with self._lock:
             if task_id in self._busy:
                 return
@@ -367,25 +370,30 @@ class DeliveryService:
 
         def run() -> None:
             try:
-                task = self._burst(task_id) if burst else self._try_once(task_id, last_of_burst=True, force=force)[0]
+                last = not burst or step >= self._attempts - 1
+                task, retry_in = self._try_once(task_id, last_of_burst=last, after=after, force=force)
             except Exception:
                 log.exception("delivery failed", extra={"task_id": task_id})
                 return
             finally:
                 with self._lock:
                     self._busy.discard(task_id)
-            due = task.delivery.next_attempt_at
-            if task.status == TaskStatus.DELIVERING and due is not None:  # wake on time while this process lives
-                timer = threading.Timer(max(0.0, due - self._clock()), self._in_background, (task_id,),
-                                        {"burst": False})
-                timer.daemon = True
-                timer.start()
+            if retry_in is not None:  # the burst goes on after its short pause
+                self._later(retry_in, task_id, burst=True, step=step + 1, after=task.delivery.attempts)
+            elif task.status == TaskStatus.DELIVERING and task.delivery.next_attempt_at is not None:
+                self._later(task.delivery.next_attempt_at - self._clock(), task_id, burst=False)  # on time
 
         try:
             pool.submit(run)
         except RuntimeError:  # closed: the stored schedule (deliver_due) takes over
             with self._lock:
                 self._busy.discard(task_id)
+
+    def _later(self, delay_s: float, task_id: str, **kwargs: Any) -> None:
+        """`_in_background(task_id, **kwargs)` after `delay_s`, while this process lives."""
+        timer = threading.Timer(max(0.0, delay_s), self._in_background, (task_id,), kwargs)
+        timer.daemon = True
+        timer.start()
 
     def _try_once(self, task_id: str, *, last_of_burst: bool, after: int | None = None,
                   force: bool = False) -> tuple[Task, float | None]:
