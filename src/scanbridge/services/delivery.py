@@ -130,7 +130,7 @@ class DeliveryService:
                  dead_letters: DeadLetterQueue | None = None,
                  sleep: Callable[[float], None] = time.sleep, timeout_s: float = 30.0, max_timeout_s: float = 300.0,
                  retry_window_s: float = 0.0, max_backoff_s: float = 600.0, clock: Callable[[], float] = time.time,
-                 background_workers: int = 4) -> None:
+                 background_workers: int = 16) -> None:
         self._tasks = tasks
         self._artifacts = artifacts
         self._secrets = secrets
