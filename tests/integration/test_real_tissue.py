@@ -1,0 +1,93 @@
+"""The built-in nuclei models on real tissue no one here wrote (issue #18), against an independent classical
+method (scikit-image's rgb2hed + Otsu + distance-transform watershed) and a count by eye.
+
+Images: scikit-image's `data.immunohistochemistry()` (real colon IHC: DAB on membranes and cytoplasm, blue
+nuclei; shipped in the wheel; 0.5 µm/px assumed) and the real H&E skin tile the thirdparty mosaic repeats.
+Count by eye (written down in the README): the IHC crop x 100..228, y 380..508 rendered 6x with a 16 µm
+grid and counted cell by cell: about 30 nuclei (16 in the gland, 14 in the stroma).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanbridge.devtools import real_images as real
+from scanbridge.services.evaluation import evaluate_masks
+from tests.conftest import fixture_path
+
+CROP = (100, 380, 128)  # x0, y0, side of the crop counted by eye
+EYE_COUNT = 30
+
+
+@pytest.fixture(scope="module")
+def ihc() -> tuple[np.ndarray, np.ndarray]:
+    image = real.ihc_image()
+    return image, real.classical_nuclei(image, real.IHC_MPP)
+
+
+@pytest.fixture(scope="module")
+def ihc_nuclei(ihc: tuple[np.ndarray, np.ndarray]) -> real.Run:
+    return real.run_builtin("nuclei", ihc[0], real.IHC_MPP)
+
+
+@pytest.fixture(scope="module")
+def ihc_positivity(ihc: tuple[np.ndarray, np.ndarray]) -> real.Run:
+    return real.run_builtin("ihc-positivity", ihc[0], real.IHC_MPP)
+
+
+def test_nuclei_on_real_ihc_are_where_the_classical_method_and_the_eye_put_them(
+        ihc: tuple[np.ndarray, np.ndarray], ihc_nuclei: real.Run) -> None:
+    # GIVEN a real IHC colon image and the classical method's nuclei
+    _, reference = ihc
+    # WHEN the nuclei model runs on it (the worker's analyze_scan, in memory)
+    run = ihc_nuclei
+    # THEN the count is plausible for 0.066 mm² of colon (the eye's crop density x the image: ~480)
+    assert 300 <= run.count <= 650, run.count
+    # AND nine in ten of its nuclei lie on the classical method's nuclei, which it covers most of
+    assert real.inside_share(run.centroids, reference) >= 0.85
+    assert run.labels is not None
+    ev = evaluate_masks(run.labels, reference)
+    assert ev.jaccard >= 0.5, ev
+    # AND in the crop counted by eye it finds about as many (within 30 %)
+    x0, y0, side = CROP
+    c = run.centroids
+    in_crop = int(((c[:, 0] >= x0) & (c[:, 0] < x0 + side) & (c[:, 1] >= y0) & (c[:, 1] < y0 + side)).sum())
+    assert abs(in_crop - EYE_COUNT) <= 0.3 * EYE_COUNT, in_crop
+
+
+def test_dab_on_membranes_is_not_read_as_positive_nuclei(ihc: tuple[np.ndarray, np.ndarray],
+                                                         ihc_positivity: real.Run) -> None:
+    # GIVEN the same image: a membrane / cytoplasm marker, its nuclei blue
+    _, reference = ihc
+    # WHEN the ihc-positivity model runs
+    run = ihc_positivity
+    # THEN nearly no nucleus is positive (it called 87 % before), and the few positive points lie on nuclei
+    assert run.count >= 300 and run.results["positivity_percent"] <= 5.0, run.results["positivity_percent"]
+    positive = run.centroids[run.positive]
+    if len(positive):
+        assert (real.inside_share(positive, reference) or 0.0) >= 0.8
+    # AND the membranes are reported where they belong: in the cell compartment, most epithelial cells
+    assert 40.0 <= run.results["cell_positivity_percent"] <= 90.0, run.results["cell_positivity_percent"]
+    assert run.results["h_score"] <= 15.0
+
+
+@pytest.mark.xfail(strict=True, reason="known failure (README 'Built-in models on real tissue'): on this skin tile "
+                   "the dense epidermis texture and the dark dermal collagen pass the OD-above-background test; "
+                   "~190 objects where the eye sees 15-30 nuclei (the classical method finds 188 too)")
+def test_nuclei_on_real_skin_are_few() -> None:
+    # GIVEN the real H&E skin tile (240 x 240 px, 0.5 µm/px: epidermis over dermis)
+    rgb, mpp = real.skin_tile(fixture_path("thirdparty/vips_pyramid_jpeg.tif").parents[1])
+    # WHEN the nuclei model runs / THEN the count is within twice the eye's 15-30
+    run = real.run_builtin("nuclei", rgb, mpp)
+    assert 10 <= run.count <= 60, run.count
+
+
+def test_real_images_need_no_download() -> None:
+    # GIVEN scikit-image's sample data / WHEN the IHC image loads / THEN it comes from the installed package
+    from skimage import data
+
+    assert Path(data.__file__).parent.joinpath("ihc.png").exists()
+    assert real.ihc_image().shape == (512, 512, 3)
