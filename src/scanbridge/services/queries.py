@@ -8,6 +8,7 @@ from typing import Any, Protocol, cast
 from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, TaskNotFoundError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
+from scanbridge.domain.webhook import is_valid_id
 from scanbridge.ports import ArtifactStore, TaskPage, TaskStore
 from scanbridge.services.delivery import posted_key
 from scanbridge.services.processing import scan_metadata_key
@@ -41,8 +42,8 @@ class QueryService:
             hasattr(queue, "queue_eta_s") else None
 
     def task(self, task_id: str, company_id: str | None = None) -> Task:
-        """The task, if visible to `company_id` (None sees all)."""
-        task = self._tasks.get(task_id)
+        """The task, if visible to `company_id` (None sees all); an id intake never accepts is not looked up."""
+        task = self._tasks.get(task_id) if is_valid_id(task_id) else None  # e.g. "" or 5,000 chars: DynamoDB refuses
         if task is None or (company_id is not None and task.company_id != company_id):
             raise TaskNotFoundError(f"task {task_id!r} not found")
         return task
