@@ -129,7 +129,7 @@ class DeliveryService:
                  *, api_key: str = "", attempts: int = 5, backoff_s: float = 1.0,
                  dead_letters: DeadLetterQueue | None = None,
                  sleep: Callable[[float], None] = time.sleep, timeout_s: float = 30.0, max_timeout_s: float = 300.0,
-                 retry_window_s: float = 0.0, max_backoff_s: float = 600.0, clock: Callable[[], float] = time.time,
+                 retry_window_s: float = 0.0, max_backoff_s: float = 300.0, clock: Callable[[], float] = time.time,
                  background_workers: int = 16) -> None:
         self._tasks = tasks
         self._artifacts = artifacts
