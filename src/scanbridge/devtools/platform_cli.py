@@ -11,7 +11,6 @@ bridge refused the webhook); 2 no results before the timeout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import secrets
@@ -165,47 +164,29 @@ def format_report(post: ReceivedPost, problems: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The options of `scanbridge dev platform`."""
-    p = argparse.ArgumentParser(prog="scanbridge dev platform", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="scan files to serve (one scan each)")
-    p.add_argument("--port", type=int, default=8901, help="loopback port to serve on (0: any free port)")
-    p.add_argument("--send", metavar="URL", help="POST the webhook there, e.g. http://127.0.0.1:8000/webhook")
-    p.add_argument("--task-id", default=None, help="task id (default: a fresh one)")
-    p.add_argument("--model", default="", help="model_name in the webhook (\"\": the bridge's default)")
-    p.add_argument("--company-id", default="2380941")
-    p.add_argument("--case-id", default="aHVtYW5DYXNlOjI0MjEzNjY=")
-    p.add_argument("--jwt", action="store_true",
-                   help="add a jwt_token (the real platform does; its debug request does not)")
-    p.add_argument("--api-key", default=None,
-                   help="the SCANBRIDGE_PLATFORM_API_KEY the bridge uses: check the Bearer is exactly this")
-    p.add_argument("--expires", type=int, default=3600, help="presigned URL lifetime in seconds")
-    p.add_argument("--timeout", type=float, default=300.0, help="give up waiting for results after this long")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `scanbridge dev platform`."""
-    args = build_parser().parse_args(argv)
-    missing = [str(f) for f in args.files if not f.is_file()]
+def platform_command(files: list[Path], *, port: int = 8901, send: str | None = None, task_id: str | None = None,
+                     model: str = "", company_id: str = "2380941", case_id: str = "aHVtYW5DYXNlOjI0MjEzNjY=",
+                     jwt: bool = False, api_key: str | None = None, expires: int = 3600,
+                     timeout: float = 300.0) -> int:
+    """`scanbridge dev platform`: serve `files`, print or send the webhook, check the results (exit as above)."""
+    missing = [str(f) for f in files if not f.is_file()]
     if missing:
         print(f"no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    ids = scan_ids_for(list(args.files))
+    ids = scan_ids_for(list(files))
     dims = {sid: scan_dimensions(path) for sid, path in ids.items()}
-    task_id = args.task_id or f"local-{secrets.token_hex(4)}"
-    token = local_jwt() if args.jwt else None
-    platform = FakePlatform(files=ids, port=args.port)
+    task_id = task_id or f"local-{secrets.token_hex(4)}"
+    token = local_jwt() if jwt else None
+    platform = FakePlatform(files=ids, port=port)
     try:
         platform.start()
     except OSError as exc:
-        print(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror} (is another process using it? try --port)",
+        print(f"cannot listen on 127.0.0.1:{port}: {exc.strerror} (is another process using it? try --port)",
               file=sys.stderr)
         return 2
     with platform:
-        body = webhook_body(platform, list(ids), task_id=task_id, model=args.model, company_id=args.company_id,
-                            case_id=args.case_id, expires_s=args.expires, jwt_token=token)
+        body = webhook_body(platform, list(ids), task_id=task_id, model=model, company_id=company_id,
+                            case_id=case_id, expires_s=expires, jwt_token=token)
         out = sys.stdout
         print(f"local platform on {platform.base_url} serving {len(ids)} scan(s): "
               + ", ".join(f"{sid} ({d[0]}x{d[1]})" if d else f"{sid} (unreadable)" for sid, d in dims.items()),
@@ -216,27 +197,34 @@ def main(argv: list[str] | None = None) -> int:
         print("webhook body:", file=out)
         print(json.dumps(body, indent=2), file=out)
         out.flush()
-        if args.send:
+        if send:
             import httpx
 
             try:
-                resp = httpx.post(args.send, json=body, timeout=30)
+                resp = httpx.post(send, json=body, timeout=30)
             except httpx.HTTPError as exc:
-                print(f"could not send the webhook to {args.send}: {type(exc).__name__}", file=sys.stderr)
+                print(f"could not send the webhook to {send}: {type(exc).__name__}", file=sys.stderr)
                 return 1
-            print(f"sent to {args.send}: {resp.status_code} {resp.text[:300]}", file=out)
+            print(f"sent to {send}: {resp.status_code} {resp.text[:300]}", file=out)
             if resp.status_code >= 300:
                 return 1
         else:
             print("send it with:\n  curl -X POST http://127.0.0.1:8000/webhook -H 'Content-Type: application/json' "
                   f"--data '{json.dumps(body)}'", file=out)
-        print(f"waiting up to {args.timeout:g} s for the results ...", file=out)
+        print(f"waiting up to {timeout:g} s for the results ...", file=out)
         out.flush()
-        posts = platform.wait_for_posts(1, timeout_s=args.timeout)
+        posts = platform.wait_for_posts(1, timeout_s=timeout)
         if not posts:
-            print(f"no results within {args.timeout:g} s", file=out)
+            print(f"no results within {timeout:g} s", file=out)
             return 2
         post = posts[0]
-        problems = check_results(post, task_id=task_id, dims=dims, bearer=token or args.api_key)
+        problems = check_results(post, task_id=task_id, dims=dims, bearer=token or api_key)
         print(format_report(post, problems), file=out)
         return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scanbridge.devtools.platform_cli ARGS`: the same as `scanbridge dev platform ARGS`."""
+    from scanbridge.entrypoints.cli import main as cli
+
+    return cli(["dev", "platform", *(sys.argv[1:] if argv is None else argv)])

@@ -7,9 +7,9 @@ inference example uses: pink tissue with a white margin and dark haematoxylin di
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +52,20 @@ def disc_truth(centres: np.ndarray, r: float = RADIUS_PX) -> dict[str, Any]:
             [[float(x + r * math.cos(a)), float(y + r * math.sin(a))] for a in angles]]}} for x, y in centres]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`scanbridge dev make-image OUT [--truth GEOJSON] [--size N] [--seed S]`."""
-    p = argparse.ArgumentParser(prog="scanbridge dev make-image", description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path, help="the image to write (.png, .jpg or .tif)")
-    p.add_argument("--truth", type=Path, help="also write the true nuclei as a GeoJSON FeatureCollection")
-    p.add_argument("--size", type=int, default=640, help="side in pixels (0.5 µm/px; default 640)")
-    p.add_argument("--seed", type=int, default=0, help="jitter of the nuclei grid")
-    args = p.parse_args(argv)
-    rgb, centres = nuclei_image(args.size, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(args.out)
-    print(f"wrote {args.out} ({args.size}x{args.size} px at 0.5 µm/px, {len(centres)} nuclei)")
-    if args.truth:
-        args.truth.write_text(json.dumps(disc_truth(centres)))
-        print(f"wrote {args.truth}")
+def make_image_command(out: Path, *, truth: Path | None = None, size: int = 640, seed: int = 0) -> int:
+    """`scanbridge dev make-image OUT [--truth GEOJSON] [--size N] [--seed S]`: write the image (and its truth)."""
+    rgb, centres = nuclei_image(size, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(out)
+    print(f"wrote {out} ({size}x{size} px at 0.5 µm/px, {len(centres)} nuclei)")
+    if truth:
+        truth.write_text(json.dumps(disc_truth(centres)))
+        print(f"wrote {truth}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scanbridge.devtools.sample_image ARGS`: the same as `scanbridge dev make-image ARGS`."""
+    from scanbridge.entrypoints.cli import main as cli
+
+    return cli(["dev", "make-image", *(sys.argv[1:] if argv is None else argv)])

@@ -1,36 +1,93 @@
 """The `scanbridge` command: serve, worker, run-scan, inspect, evaluate, mhs, mcp, submit, tasks, and
-dev (make-slide, bench, platform, build-models)."""
+dev (make-slide, bench, platform, make-image, build-models).
+
+One Typer app. Its command names and options are a public contract (README, "Command line"): add, never
+rename. Each command imports what it runs only when it runs, so `--help` is quick and a command needs
+only the extra of the code it drives. `main(argv)` returns the exit code (tests call it).
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import typer
+
+from scanbridge.entrypoints.client import DEFAULT_FILES_PORT, DEFAULT_URL
 
 if TYPE_CHECKING:
     from scanbridge.inference.session import OnnxModel
 
-
-def _serve(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.local_stack import serve
-
-    return serve(args.host, args.port)
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.worker import main
-
-    return main(["--task-id", args.task_id])
+#: the built-in models (inference/zoo.py BUILTINS) and the bench's own (inference/bench.py BENCH_MODELS),
+#: named here so `--help` needs no onnx import; tests/integration/test_cli.py keeps them equal
+BUILTIN_MODELS = ("ihc-positivity", "nuclei", "tissue")
+BENCH_MODELS = (*BUILTIN_MODELS, "bench-conv", "bench-resnet50", "bench-resnet50-slim")
+#: imaging/tiling.py DEFAULT_MIN_TISSUE, for `dev bench --min-tissue`'s help (kept equal by the same test)
+DEFAULT_MIN_TISSUE = 0.25
 
 
-def _inspect(args: argparse.Namespace) -> int:
+def _exit_code(result: Any, **_: Any) -> None:
+    """Every command returns its exit status; Typer's standalone mode would drop it otherwise."""
+    raise typer.Exit(int(result or 0))
+
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(name="scanbridge", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
+                  result_callback=_exit_code, context_settings=CONTEXT, pretty_exceptions_enable=False)
+dev = typer.Typer(help="developer tools: synthetic slides and images, the bench, a local platform, the models",
+                  no_args_is_help=True, context_settings=CONTEXT)
+app.add_typer(dev, name="dev")
+
+# Options the client commands share (`mcp`, `submit`, `tasks`: entrypoints/client.py)
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", envvar="SCANBRIDGE_API_KEY", show_envvar=False,
+    help="a tenant API key or the admin token (default $SCANBRIDGE_API_KEY)")]
+WebhookSecret = Annotated[str | None, typer.Option(
+    "--webhook-secret", envvar="SCANBRIDGE_WEBHOOK_SECRET", show_envvar=False,
+    help="sign the webhook (Standard Webhooks) when the bridge checks signatures "
+         "(default $SCANBRIDGE_WEBHOOK_SECRET)")]
+FilesPort = Annotated[int, typer.Option(
+    "--files-port", help="loopback port serving local files (the bridge must allow 127.0.0.1:PORT)")]
+Url = Annotated[str, typer.Option(
+    "--url", envvar="SCANBRIDGE_URL", show_envvar=False,
+    help=f"the running bridge (default $SCANBRIDGE_URL or {DEFAULT_URL})")]
+
+
+@app.command(help="run the local stack (API + moto + worker launcher)")
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address the API listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port the API listens on")] = 8000,
+) -> int:
+    """`scanbridge serve`."""
+    from scanbridge.entrypoints.local_stack import serve as serve_stack
+
+    return serve_stack(host, port)
+
+
+@app.command(help="process one task (what Batch runs)")
+def worker(
+    task_id: Annotated[str, typer.Option("--task-id", help="the task to process (its record is in DynamoDB)")],
+    scan_index: Annotated[int | None, typer.Option(
+        "--scan-index", help="process only this scan (sorted by id); Batch array children get "
+                             "AWS_BATCH_JOB_ARRAY_INDEX")] = None,
+) -> int:
+    """`scanbridge worker`."""
+    from scanbridge.entrypoints.worker import main as worker_main
+
+    return worker_main(["--task-id", task_id, *([] if scan_index is None else ["--scan-index", str(scan_index)])])
+
+
+@app.command(help="print what the readers find in scan files (JSON per file; exit 1 if one is unreadable)")
+def inspect(files: Annotated[list[str], typer.Argument(metavar="FILE", help="scan files")]) -> int:
+    """`scanbridge inspect`."""
     from scanbridge.domain.errors import ScanbridgeError
     from scanbridge.imaging.readers import detect_format, open_scan
 
     status = 0
-    for name in args.files:
+    for name in files:
         path = Path(name)
         try:
             reader = open_scan([path])
@@ -43,7 +100,21 @@ def _inspect(args: argparse.Namespace) -> int:
     return status
 
 
-def _run_scan(args: argparse.Namespace) -> int:
+@app.command("run-scan", help="run a model offline on local scan files, with a progress bar; writes "
+             "<name>.geojson, <name>.result.json and <name>-artifacts/ (exit 1 if a file failed, 2 bad model)")
+def run_scan(
+    files: Annotated[list[str], typer.Argument(metavar="FILE", help="scan files (any format inspect reads)")],
+    model: Annotated[str, typer.Option("--model", help=f"built-in model: {', '.join(BUILTIN_MODELS)}")] = "tissue",
+    onnx: Annotated[str | None, typer.Option(
+        "--onnx", metavar="MODEL.onnx",
+        help="an unregistered ONNX model to run instead of --model (needs --spec)")] = None,
+    spec: Annotated[str | None, typer.Option(
+        "--spec", metavar="SPEC.json", help="the ModelSpec JSON of --onnx (checked as an upload is)")] = None,
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="folder the outputs go to")] = "scanbridge-out",
+    no_artifacts: Annotated[bool, typer.Option(
+        "--no-artifacts", help="write only the GeoJSON and the result")] = False,
+) -> int:
+    """`scanbridge run-scan`: settings (device, batch, threads) from SCANBRIDGE_*."""
     from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
     from scanbridge.imaging.readers import open_scan
@@ -62,49 +133,64 @@ def _run_scan(args: argparse.Namespace) -> int:
         print(f"run-scan: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     readers = settings.reader_threads or default_reader_threads()
-    if args.onnx or args.spec:
-        try:
-            model = _unregistered_model(args.onnx, args.spec, device=settings.device)
-        except ScanbridgeError as exc:
-            print(f"{exc.code}: {exc.message}", file=sys.stderr)
-            for problem in (exc.details or {}).get("problems", []):
-                print(f"  - {problem}", file=sys.stderr)
-            return 2
-    else:
-        model = loader.load(args.model)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen = _unregistered_model(onnx, spec, device=settings.device) if onnx or spec else loader.load(model)
+    except ScanbridgeError as exc:
+        print(f"{exc.code}: {exc.message}", file=sys.stderr)
+        for problem in (exc.details or {}).get("problems", []):
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
     status = 0
-    for name in args.files:
+    for name in files:
         path = Path(name)
         stem = path.stem
-
-        def bar(done: int, total: int, _stem: str = stem) -> None:
-            width = 30
-            filled = int(width * done / max(total, 1))
-            print(f"\r{_stem}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tiles", end="",
-                  file=sys.stderr, flush=True)
-
         try:
-            reader = open_scan([path])
-            try:
-                analysis = analyze_scan(stem, reader, model, progress=bar, batch_size=settings.batch_size,
-                                        readers=readers)
-            finally:
-                reader.close()
+            with TileProgress(stem) as bar:
+                reader = open_scan([path])
+                try:
+                    analysis = analyze_scan(stem, reader, chosen, progress=bar, batch_size=settings.batch_size,
+                                            readers=readers)
+                finally:
+                    reader.close()
         except ScanbridgeError as exc:
-            print(f"\n{name}: {exc.code}: {exc.message}", file=sys.stderr)
+            print(f"{name}: {exc.code}: {exc.message}", file=sys.stderr)
             status = 1
             continue
-        print(file=sys.stderr)
         result = analysis.result
-        (out / f"{stem}.geojson").write_text(json.dumps(result.geojson))
-        (out / f"{stem}.result.json").write_text(json.dumps(result.model_dump(mode="json", exclude_none=True)))
-        artifacts = _write_artifacts(path, stem, result, out / f"{stem}-artifacts") if not args.no_artifacts else []
+        (folder / f"{stem}.geojson").write_text(json.dumps(result.geojson))
+        (folder / f"{stem}.result.json").write_text(json.dumps(result.model_dump(mode="json", exclude_none=True)))
+        artifacts = [] if no_artifacts else _write_artifacts(path, stem, result, folder / f"{stem}-artifacts")
         summary = (result.results or {}).get("report", {}).get("summary", {})
-        print(json.dumps({"file": name, "summary": summary, "geojson": str(out / f"{stem}.geojson"),
+        print(json.dumps({"file": name, "summary": summary, "geojson": str(folder / f"{stem}.geojson"),
                           "artifacts": [str(a) for a in artifacts]}))
     return status
+
+
+class TileProgress:
+    """A rich progress bar of one scan's tiles on stderr; `bar(done, total)` is analyze_scan's callback.
+
+    On a terminal it redraws in place; elsewhere (CI, Batch logs) rich prints only its last state."""
+
+    def __init__(self, stem: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("tiles"), TimeElapsedColumn(), console=Console(stderr=True),
+                                  redirect_stdout=False, redirect_stderr=False)
+        self._task = self._progress.add_task(stem, total=None)
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=max(total, 1))
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
 
 
 def _unregistered_model(onnx_path: str | None, spec_path: str | None, device: str | None = None) -> OnnxModel:
@@ -149,71 +235,24 @@ def _write_artifacts(path: Path, stem: str, result: object, folder: Path) -> lis
     return written
 
 
-def _make_slide(args: argparse.Namespace) -> int:
-    from scanbridge.imaging import synth
-
-    return synth.main(args.rest)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from scanbridge.inference import bench
-
-    return bench.main(args.rest)
-
-
-def _mhs(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.mhs import main
-
-    return main([])
-
-
-def _dev_platform(args: argparse.Namespace) -> int:
-    from scanbridge.devtools import platform_cli
-
-    return platform_cli.main(args.rest)
-
-
-def _build_models(args: argparse.Namespace) -> int:
-    from scanbridge.inference.zoo import BUILTINS
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, (spec, build) in BUILTINS.items():
-        (out / f"{name}.onnx").write_bytes(build())
-        (out / f"{name}.json").write_text(spec.model_dump_json(indent=2))
-        print(f"wrote {out / (name + '.onnx')}")
-    return 0
-
-
-def _mcp(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.mcp_server import run_stdio
-
-    return run_stdio(url=args.url, api_key=args.api_key, webhook_secret=args.webhook_secret,
-                     files_port=args.files_port)
-
-
-def _submit(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.client import submit_main
-
-    return submit_main(args)
-
-
-def _tasks(args: argparse.Namespace) -> int:
-    from scanbridge.entrypoints.client import tasks_main
-
-    return tasks_main(args)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
+@app.command(help="AP50 and Jaccard of a prediction against ground truth (GeoJSON or .npy label masks; "
+             "exit 2 on unreadable input)")
+def evaluate(
+    pred: Annotated[str, typer.Argument(metavar="PRED", help="the prediction: GeoJSON, an /v1/infer answer or .npy")],
+    gt: Annotated[str, typer.Argument(metavar="GT", help="the ground truth, in the same forms")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as one JSON object")] = False,
+) -> int:
+    """`scanbridge evaluate`."""
     from scanbridge.domain.errors import ScanbridgeError
-    from scanbridge.services.evaluation import evaluate, load_source
+    from scanbridge.services.evaluation import evaluate as score
+    from scanbridge.services.evaluation import load_source
 
     try:
-        result = evaluate(load_source(args.pred), load_source(args.gt)).to_json()
+        result = score(load_source(pred), load_source(gt)).to_json()
     except (ScanbridgeError, OSError) as exc:
         print(f"evaluate: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    if args.json:
+    if as_json:
         print(json.dumps(result))
     else:
         iou = result["mean_matched_iou"]
@@ -223,127 +262,214 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="scanbridge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+@app.command(help="run as the platform's Model Hosting Service container (settings from the environment: "
+             "HOST, TASK_ID, SCAN_ID, SCAN_URL, JWT_TOKEN, ...)")
+def mhs() -> int:
+    """`scanbridge mhs`."""
+    from scanbridge.entrypoints.mhs import main as mhs_main
 
-    p = sub.add_parser("serve", help="run the local stack (API + moto + worker launcher)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=_serve)
-
-    p = sub.add_parser("worker", help="process one task (what Batch runs)")
-    p.add_argument("--task-id", required=True)
-    p.set_defaults(func=_worker)
-
-    p = sub.add_parser("inspect", help="print what the readers find in scan files")
-    p.add_argument("files", nargs="+")
-    p.set_defaults(func=_inspect)
-
-    p = sub.add_parser("run-scan", help="run a model offline on local scan files")
-    p.add_argument("files", nargs="+")
-    p.add_argument("--model", default="tissue")
-    p.add_argument("--onnx", help="an unregistered ONNX model to run instead of --model (needs --spec)")
-    p.add_argument("--spec", help="the ModelSpec JSON of --onnx (checked as an upload is)")
-    p.add_argument("--out", default="scanbridge-out")
-    p.add_argument("--no-artifacts", action="store_true", help="write only the GeoJSON and the result")
-    p.set_defaults(func=_run_scan)
-
-    p = sub.add_parser("evaluate", help="AP50 and Jaccard of a prediction against ground truth (GeoJSON or "
-                       ".npy label masks)")
-    p.add_argument("pred")
-    p.add_argument("gt")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser("mhs", help="run as the platform's Model Hosting Service container (settings from the "
-                       "environment: HOST, TASK_ID, SCAN_ID, SCAN_URL, JWT_TOKEN, ...)")
-    p.set_defaults(func=_mhs)
-
-    _client_commands(sub)
-
-    dev = sub.add_parser("dev", help="developer tools").add_subparsers(dest="dev_command", required=True)
-    p = dev.add_parser("make-slide", help="write a synthetic Aperio-style slide", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_make_slide)
-    p = dev.add_parser("bench", help="measure decode, model, pipeline and naive loop on one slide", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
-    p = dev.add_parser("platform", help="a local platform: serves scans, sends the webhook, checks results",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_dev_platform)
-    p = dev.add_parser("make-image", help="write a small image with known nuclei (and its truth GeoJSON) "
-                       "for /v1/infer and evaluate", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_make_image)
-    p = dev.add_parser("build-models", help="write the built-in ONNX models to a folder")
-    p.add_argument("--out", default="models")
-    p.set_defaults(func=_build_models)
-    return parser
+    return mhs_main([])
 
 
-def _client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`mcp`, `submit`, `tasks`: commands that talk to a running bridge (entrypoints/client.py)."""
-    import os
+@app.command(help="an MCP server on stdio (tools: submit_scan, get_task, list_tasks, ...) for a bridge at "
+             "--url, or an in-process local stack without --url")
+def mcp(
+    url: Annotated[str | None, typer.Option(
+        "--url", envvar="SCANBRIDGE_URL", show_envvar=False,
+        help="the running bridge (default $SCANBRIDGE_URL; none: an in-process local stack)")] = None,
+    api_key: ApiKey = None,
+    webhook_secret: WebhookSecret = None,
+    files_port: Annotated[int, typer.Option(
+        "--files-port", help="loopback port serving local scan paths (the bridge must allow 127.0.0.1:PORT)")]
+    = DEFAULT_FILES_PORT,
+) -> int:
+    """`scanbridge mcp`."""
+    from scanbridge.entrypoints.mcp_server import run_stdio
 
-    from scanbridge.entrypoints.client import DEFAULT_FILES_PORT, DEFAULT_URL
-
-    def client_options(p: argparse.ArgumentParser, url_default: str | None = DEFAULT_URL) -> None:
-        p.add_argument("--url", default=os.environ.get("SCANBRIDGE_URL", url_default),
-                       help=f"the running bridge (default $SCANBRIDGE_URL or {url_default})")
-        p.add_argument("--api-key", default=os.environ.get("SCANBRIDGE_API_KEY"),
-                       help="a tenant API key or the admin token (default $SCANBRIDGE_API_KEY)")
-
-    p = sub.add_parser("mcp", help="an MCP server on stdio (tools: submit_scan, get_task, list_tasks, ...) for a "
-                       "bridge at --url, or an in-process local stack without --url")
-    client_options(p, url_default=None)
-    p.add_argument("--webhook-secret", default=os.environ.get("SCANBRIDGE_WEBHOOK_SECRET") or None)
-    p.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT,
-                   help="loopback port serving local scan paths (the bridge must allow 127.0.0.1:PORT)")
-    p.set_defaults(func=_mcp)
-
-    p = sub.add_parser("submit", help="submit local files or URLs to a running bridge; --wait follows it live")
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_URL")
-    client_options(p)
-    p.add_argument("--model", default="", help="model name (default: the bridge's default for the stain)")
-    p.add_argument("--wait", action="store_true", help="follow the task's events until it ends; print the summary")
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this many seconds")
-    p.add_argument("--task-id", default="", help="task id (default: cli-<uuid>)")
-    p.add_argument("--company-id", default="local")
-    p.add_argument("--webhook-secret", default=os.environ.get("SCANBRIDGE_WEBHOOK_SECRET") or None,
-                   help="sign the webhook (Standard Webhooks) when the bridge checks signatures")
-    p.add_argument("--files-port", type=int, default=DEFAULT_FILES_PORT,
-                   help="loopback port serving local files (the bridge must allow 127.0.0.1:PORT)")
-    p.set_defaults(func=_submit)
-
-    p = sub.add_parser("tasks", help="list a running bridge's tasks with status and progress")
-    client_options(p)
-    p.add_argument("--status", default=None, help="only tasks in this status (e.g. RUNNING, COMPLETED)")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true", help="print the raw JSON page")
-    p.set_defaults(func=_tasks)
+    return run_stdio(url=url, api_key=api_key, webhook_secret=webhook_secret, files_port=files_port)
 
 
-def _make_image(args: argparse.Namespace) -> int:
-    from scanbridge.devtools.sample_image import main as make_image
+@app.command(help="submit local files or URLs to a running bridge; --wait follows it live (exit 0 COMPLETED, "
+             "1 other end, 2 refused, 3 timeout)")
+def submit(
+    inputs: Annotated[list[str], typer.Argument(metavar="FILE_OR_URL", help="local scan files or URLs")],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    model: Annotated[str, typer.Option(
+        "--model", help=f"model name, e.g. {', '.join(BUILTIN_MODELS)} or a registered one "
+                        "(default: the bridge's default for the stain)")] = "",
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="follow the task's events until it ends; print the summary")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="give up waiting after this many seconds")] = 1800.0,
+    task_id: Annotated[str, typer.Option("--task-id", help="task id (default: cli-<uuid>)")] = "",
+    company_id: Annotated[str, typer.Option("--company-id", help="company_id in the webhook")] = "local",
+    webhook_secret: WebhookSecret = None,
+    files_port: FilesPort = DEFAULT_FILES_PORT,
+) -> int:
+    """`scanbridge submit`."""
+    from scanbridge.entrypoints.client import submit_main
 
-    return make_image(list(args.rest))
+    return submit_main(inputs, url=url, api_key=api_key, webhook_secret=webhook_secret, files_port=files_port,
+                       model=model, wait=wait, timeout=timeout, task_id=task_id, company_id=company_id)
 
 
-PASS_THROUGH = {"make-slide": _make_slide, "bench": _bench, "platform": _dev_platform, "make-image": _make_image}
+@app.command(help="list a running bridge's tasks with status and progress")
+def tasks(
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", help="only tasks in this status (e.g. RUNNING, COMPLETED)")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="at most this many tasks, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON page")] = False,
+) -> int:
+    """`scanbridge tasks`."""
+    from scanbridge.entrypoints.client import tasks_main
+
+    return tasks_main(url=url, api_key=api_key, status=status, limit=limit, as_json=as_json)
+
+
+@dev.command("make-slide", help="write a synthetic Aperio-style slide with known tissue (and nuclei)")
+def make_slide(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="output .svs/.tif path")],
+    width: Annotated[int, typer.Option("--width", help="level-0 width in pixels")] = 8192,
+    height: Annotated[int, typer.Option("--height", help="level-0 height in pixels")] = 8192,
+    tissue_fraction: Annotated[float, typer.Option("--tissue-fraction", help="share of the slide that is tissue")]
+    = 0.25,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="TIFF tile side in pixels")] = 256,
+    mpp: Annotated[float, typer.Option("--mpp", help="µm per level-0 pixel")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", help="random seed of the layout")] = 0,
+    quality: Annotated[int, typer.Option("--quality", help="JPEG quality of the tiles")] = 85,
+    no_nuclei: Annotated[bool, typer.Option("--no-nuclei", help="omit nuclei")] = False,
+    positive_fraction: Annotated[float, typer.Option(
+        "--positive-fraction", help="share of nuclei stained DAB-positive (IHC)")] = 0.0,
+    blur_sigma: Annotated[float, typer.Option("--blur-sigma", help="Gaussian blur sigma in level-0 px")] = 0.0,
+    blank: Annotated[bool, typer.Option("--blank", help="background only")] = False,
+    truth_json: Annotated[Path | None, typer.Option(
+        "--truth-json", metavar="PATH", help="also write the exact truth (tissue, nuclei) as JSON")] = None,
+) -> int:
+    """`scanbridge dev make-slide`."""
+    from scanbridge.imaging.synth import make_slide_command
+
+    return make_slide_command(out, width=width, height=height, tissue_fraction=tissue_fraction, tile_size=tile_size,
+                              mpp=mpp, seed=seed, quality=quality, nuclei=not no_nuclei,
+                              positive_fraction=positive_fraction, blur_sigma=blur_sigma, blank=blank,
+                              truth_json=truth_json)
+
+
+class Device(str, Enum):
+    """`dev bench --device`: as SCANBRIDGE_DEVICE."""
+
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+@dev.command("bench", help="measure decode, model, pipeline and naive loop on one slide (exit 2 no such "
+             "slide, 3 device unavailable)")
+def bench(
+    slide: Annotated[Path, typer.Argument(metavar="SLIDE", help="the slide to measure")],
+    model: Annotated[str, typer.Option("--model", help=f"one of {', '.join(BENCH_MODELS)}")] = "tissue",
+    as_json: Annotated[bool, typer.Option("--json", help="print exactly one JSON object on stdout")] = False,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help="tiles per batch (default: sized to the device)")] = None,
+    readers: Annotated[int | None, typer.Option(
+        "--readers", help="reader threads (default: the cores less one, 2..16)")] = None,
+    tile_size: Annotated[int | None, typer.Option("--tile-size", help="model tile size (default: the model's)")]
+    = None,
+    overlap: Annotated[int | None, typer.Option(
+        "--overlap", help="tile overlap in model px (default: the model's)")] = None,
+    threads: Annotated[int, typer.Option("--threads", help="onnxruntime intra-op threads (0: all cores)")] = 0,
+    cpu: Annotated[bool, typer.Option("--cpu", help="do not use a GPU even when one is present")] = False,
+    device: Annotated[Device | None, typer.Option(
+        "--device", help="as SCANBRIDGE_DEVICE (default auto; cuda without a working CUDA: exit 3)")] = None,
+    tensorrt: Annotated[bool, typer.Option(
+        "--tensorrt", help="TensorRT first (FP16, engine cache), CUDA as fallback")] = False,
+    trt_cache: Annotated[Path | None, typer.Option(
+        "--trt-cache", help="TensorRT engine cache folder (default $SCANBRIDGE_DATA_DIR/tensorrt)")] = None,
+    no_naive: Annotated[bool, typer.Option("--no-naive", help="skip the naive loop")] = False,
+    truth: Annotated[Path | None, typer.Option(
+        "--truth", help="truth JSON of a synthetic slide (adds tissue_fraction)")] = None,
+    min_tissue: Annotated[float | None, typer.Option(
+        "--min-tissue", help=f"share of a tile's core that must be tissue (default: the model's, else "
+                             f"{DEFAULT_MIN_TISSUE}; 0: any tissue)")] = None,
+) -> int:
+    """`scanbridge dev bench`."""
+    from scanbridge.inference.bench import bench_command
+
+    return bench_command(slide, model, as_json=as_json, batch_size=batch_size, readers=readers, tile_size=tile_size,
+                         overlap=overlap, threads=threads, cpu=cpu, device=device.value if device else None,
+                         tensorrt=tensorrt, trt_cache=trt_cache, naive=not no_naive, truth=truth,
+                         min_tissue=min_tissue)
+
+
+@dev.command("platform", help="a local platform: serves scans, sends the webhook, checks results (exit 0 "
+             "results follow the contract, 1 problems or the webhook refused, 2 no results before --timeout)")
+def platform(
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="scan files to serve (one scan each)")],
+    port: Annotated[int, typer.Option("--port", help="loopback port to serve on (0: any free port)")] = 8901,
+    send: Annotated[str | None, typer.Option(
+        "--send", metavar="URL", help="POST the webhook there, e.g. http://127.0.0.1:8000/webhook")] = None,
+    task_id: Annotated[str | None, typer.Option("--task-id", help="task id (default: a fresh one)")] = None,
+    model: Annotated[str, typer.Option(
+        "--model", help=f"model_name in the webhook, e.g. {', '.join(BUILTIN_MODELS)} (empty: the bridge's "
+                        "default)")] = "",
+    company_id: Annotated[str, typer.Option("--company-id", help="company_id in the webhook")] = "2380941",
+    case_id: Annotated[str, typer.Option("--case-id", help="case_id in the webhook")] = "aHVtYW5DYXNlOjI0MjEzNjY=",
+    jwt: Annotated[bool, typer.Option(
+        "--jwt", help="add a jwt_token (the real platform does; its debug request does not)")] = False,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="the SCANBRIDGE_PLATFORM_API_KEY the bridge uses: check the Bearer is exactly this")]
+    = None,
+    expires: Annotated[int, typer.Option("--expires", help="presigned URL lifetime in seconds")] = 3600,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", help="give up waiting for results after this many seconds")] = 300.0,
+) -> int:
+    """`scanbridge dev platform` (devtools/platform_cli.py)."""
+    from scanbridge.devtools.platform_cli import platform_command
+
+    return platform_command(files, port=port, send=send, task_id=task_id, model=model, company_id=company_id,
+                            case_id=case_id, jwt=jwt, api_key=api_key, expires=expires, timeout=timeout)
+
+
+@dev.command("make-image", help="write a small image with known nuclei (and its truth GeoJSON) for /v1/infer "
+             "and evaluate")
+def make_image(
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="the image to write (.png, .jpg or .tif)")],
+    truth: Annotated[Path | None, typer.Option(
+        "--truth", metavar="GEOJSON", help="also write the true nuclei as a GeoJSON FeatureCollection")] = None,
+    size: Annotated[int, typer.Option("--size", help="side in pixels (0.5 µm/px)")] = 640,
+    seed: Annotated[int, typer.Option("--seed", help="jitter of the nuclei grid")] = 0,
+) -> int:
+    """`scanbridge dev make-image`."""
+    from scanbridge.devtools.sample_image import make_image_command
+
+    return make_image_command(out, truth=truth, size=size, seed=seed)
+
+
+@dev.command("build-models", help="write the built-in ONNX models and their specs to a folder")
+def build_models(out: Annotated[str, typer.Option("--out", metavar="DIR", help="the folder")] = "models") -> int:
+    """`scanbridge dev build-models`."""
+    from scanbridge.inference.zoo import BUILTINS
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (spec, build) in BUILTINS.items():
+        (folder / f"{name}.onnx").write_bytes(build())
+        (folder / f"{name}.json").write_text(spec.model_dump_json(indent=2))
+        print(f"wrote {folder / (name + '.onnx')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `scanbridge` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # `dev make-slide|bench|platform` own their options: hand them everything after the subcommand
-    # (argparse.REMAINDER drops options that come first, e.g. `dev platform --port 8901 FILE`).
-    if len(argv) >= 2 and argv[0] == "dev" and argv[1] in PASS_THROUGH:
-        return int(PASS_THROUGH[argv[1]](argparse.Namespace(rest=argv[2:])) or 0)
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Entry point of the `scanbridge` console script: the command's exit status (2: a usage error)."""
+    try:
+        app(args=sys.argv[1:] if argv is None else list(argv), prog_name="scanbridge")
+    except SystemExit as exc:  # Typer's standalone mode always ends here
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)  # SystemExit("message"), as Python itself would print it
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

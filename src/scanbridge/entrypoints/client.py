@@ -9,7 +9,6 @@ files from a loopback server on a fixed port (`--files-port`, 8902), checks firs
 
 from __future__ import annotations
 
-import argparse
 import json
 import secrets
 import shutil
@@ -291,44 +290,49 @@ def _downloaded(task: dict[str, Any]) -> bool:
         s["status"] not in ("PENDING", "DOWNLOADING") for s in task["scans"].values())
 
 
-def submit_main(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
-    """`scanbridge submit`: send files/URLs to a running bridge; with --wait, follow it to the end."""
-    client = BridgeClient(args.url, api_key=args.api_key, webhook_secret=args.webhook_secret)
-    local = [v for v in args.inputs if not is_url(v)]
+def submit_main(inputs: list[str], *, url: str = DEFAULT_URL, api_key: str | None = None,
+                webhook_secret: str | None = None, files_port: int = DEFAULT_FILES_PORT, model: str = "",
+                wait: bool = False, timeout: float = 1800.0, task_id: str = "", company_id: str = "local",
+                out: Callable[[str], None] = print) -> int:
+    """`scanbridge submit`: send files/URLs to a running bridge; with `wait`, follow it to the end.
+
+    Exit 0 accepted (with `wait`: COMPLETED), 1 another end, 2 refused or unreachable, 3 timed out."""
+    client = BridgeClient(url, api_key=api_key, webhook_secret=webhook_secret)
+    local = [v for v in inputs if not is_url(v)]
     missing = [v for v in local if not Path(v).is_file()]
     if missing:
         out(f"error: no such file: {', '.join(missing)}")
         return 2
-    server = LocalFileServer(port=args.files_port) if local else None
+    server = LocalFileServer(port=files_port) if local else None
     try:
         if server is not None:
             try:
                 allowed = client.capabilities()["limits"]["allowed_scan_hosts"]
             except (ClientError, KeyError) as exc:
-                out(f"error: cannot read {args.url}/config/available: {exc}")
+                out(f"error: cannot read {url}/config/available: {exc}")
                 return 2
-            netloc = f"127.0.0.1:{args.files_port}"
+            netloc = f"127.0.0.1:{files_port}"
             if netloc not in allowed:
                 out(f"error: the bridge does not allow scans from {netloc}. Restart it with "
                     f"SCANBRIDGE_ALLOWED_SCAN_HOSTS={','.join([*allowed, netloc])} (or pass --files-port "
                     "with a port it lists)")
                 return 2
             server.start()
-        urls = [server.add(Path(v)) if server is not None and not is_url(v) else v for v in args.inputs]
-        body = build_webhook(dict(zip(scan_ids(args.inputs), urls, strict=True)), model=args.model or "",
-                             task_id=args.task_id or "", company_id=args.company_id)
+        urls = [server.add(Path(v)) if server is not None and not is_url(v) else v for v in inputs]
+        body = build_webhook(dict(zip(scan_ids(inputs), urls, strict=True)), model=model or "",
+                             task_id=task_id or "", company_id=company_id)
         accepted = client.submit(body)
         task_id = accepted["task_id"]
         out(json.dumps({"task_id": task_id, "status": accepted["status"], "created": accepted["created"]}))
-        if not args.wait and server is None:
+        if not wait and server is None:
             return 0
-        if not args.wait:
+        if not wait:
             out(f"serving {len(local)} local file(s) from {server.netloc if server else ''} until the worker has them")
-            follow(client, task_id, timeout_s=args.timeout, out=out, until=_downloaded)
+            follow(client, task_id, timeout_s=timeout, out=out, until=_downloaded)
             return 0
-        task = follow(client, task_id, timeout_s=args.timeout, out=out)
+        task = follow(client, task_id, timeout_s=timeout, out=out)
         if task["status"] not in TERMINAL:
-            out(f"timed out after {args.timeout:.0f} s; the task is {task['status']}")
+            out(f"timed out after {timeout:.0f} s; the task is {task['status']}")
             return 3
         try:
             summary: dict[str, Any] = summarize_results(client.results(task_id))
@@ -346,17 +350,18 @@ def submit_main(args: argparse.Namespace, out: Callable[[str], None] = print) ->
         client.close()
 
 
-def tasks_main(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+def tasks_main(*, url: str = DEFAULT_URL, api_key: str | None = None, status: str | None = None, limit: int = 50,
+               as_json: bool = False, out: Callable[[str], None] = print) -> int:
     """`scanbridge tasks`: the running bridge's tasks, newest first (a table, or JSON with --json)."""
-    client = BridgeClient(args.url, api_key=args.api_key)
+    client = BridgeClient(url, api_key=api_key)
     try:
-        page = client.tasks(status=args.status, limit=args.limit)
+        page = client.tasks(status=status, limit=limit)
     except ClientError as exc:
         out(f"error: {exc}")
         return 2
     finally:
         client.close()
-    if args.json:
+    if as_json:
         out(json.dumps(page, indent=2))
         return 0
     out(f"{'TASK':40} {'STATUS':16} {'PROGRESS':>8}  {'STEP':18} {'MODEL':12} CREATED")

@@ -15,10 +15,10 @@ its SVS series (Baseline levels, Thumbnail, Label, Macro).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -636,48 +636,32 @@ def _write_associated(tw: tifffile.TiffWriter, kind: str, renderer: _Renderer, t
                  description=f"Aperio Image Library v12.0.0\r\nmacro {macro.shape[1]}x{macro.shape[0]}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: write a synthetic slide (and optionally its truth JSON)."""
-    p = argparse.ArgumentParser(prog="make-slide", description="Write a synthetic Aperio-style WSI.")
-    p.add_argument("out", metavar="OUT", type=Path, help="output .svs/.tif path")
-    p.add_argument("--width", type=int, default=8192)
-    p.add_argument("--height", type=int, default=8192)
-    p.add_argument("--tissue-fraction", type=float, default=0.25)
-    p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--mpp", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quality", type=int, default=85)
-    p.add_argument("--no-nuclei", action="store_true", help="omit nuclei")
-    p.add_argument("--positive-fraction", type=float, default=0.0)
-    p.add_argument("--blur-sigma", type=float, default=0.0, help="Gaussian blur sigma in level-0 px")
-    p.add_argument("--blank", action="store_true", help="background only")
-    p.add_argument("--truth-json", type=Path, default=None, metavar="PATH")
-    args = p.parse_args(argv)
+def make_slide_command(out: Path, *, width: int = 8192, height: int = 8192, tissue_fraction: float = 0.25,
+                       tile_size: int = 256, mpp: float = 0.25, seed: int = 0, quality: int = 85,
+                       nuclei: bool = True, positive_fraction: float = 0.0, blur_sigma: float = 0.0,
+                       blank: bool = False, truth_json: Path | None = None) -> int:
+    """`scanbridge dev make-slide`: write a synthetic slide (and optionally its truth JSON), print a summary."""
     t0 = time.perf_counter()
-    truth = make_slide(
-        args.out,
-        args.width,
-        args.height,
-        tissue_fraction=args.tissue_fraction,
-        tile_size=args.tile_size,
-        mpp=args.mpp,
-        seed=args.seed,
-        quality=args.quality,
-        nuclei=not args.no_nuclei,
-        positive_fraction=args.positive_fraction,
-        blur_sigma=args.blur_sigma,
-        blank=args.blank,
-    )
+    truth = make_slide(out, width, height, tissue_fraction=tissue_fraction, tile_size=tile_size, mpp=mpp, seed=seed,
+                       quality=quality, nuclei=nuclei, positive_fraction=positive_fraction, blur_sigma=blur_sigma,
+                       blank=blank)
     dt = time.perf_counter() - t0
-    if args.truth_json is not None:
-        args.truth_json.parent.mkdir(parents=True, exist_ok=True)
-        args.truth_json.write_text(json.dumps(truth.to_json()))
+    if truth_json is not None:
+        truth_json.parent.mkdir(parents=True, exist_ok=True)
+        truth_json.write_text(json.dumps(truth.to_json()))
     print(
-        f"wrote {args.out} {truth.width}x{truth.height} levels={len(truth.level_dimensions)} "
+        f"wrote {out} {truth.width}x{truth.height} levels={len(truth.level_dimensions)} "
         f"tissue={truth.tissue_fraction:.4f} blobs={len(truth.blobs)} nuclei={len(truth.nuclei)} "
-        f"positive={truth.positive_count} size={args.out.stat().st_size / 1e6:.1f}MB in {dt:.1f}s"
+        f"positive={truth.positive_count} size={out.stat().st_size / 1e6:.1f}MB in {dt:.1f}s"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scanbridge.imaging.synth ARGS`: the same as `scanbridge dev make-slide ARGS` (entrypoints/cli.py)."""
+    from scanbridge.entrypoints.cli import main as cli
+
+    return cli(["dev", "make-slide", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,6 @@ working CUDA: exit 3, DEVICE_UNAVAILABLE); the report names the provider, the ba
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -42,7 +41,7 @@ from scanbridge.devtools.resnet import build_resnet, resnet_spec
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.domain.models import Label, ModelSpec
 from scanbridge.imaging.readers import ScanReader, open_scan
-from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, TileGrid, grid_for_model, overview_tissue_mask
+from scanbridge.imaging.tiling import TileGrid, grid_for_model, overview_tissue_mask
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan, tile_min_tissue
@@ -414,41 +413,35 @@ def _human(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry of `scanbridge dev bench`."""
-    p = argparse.ArgumentParser(prog="scanbridge dev bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("slide", type=Path)
-    p.add_argument("--model", default="tissue", help=f"one of {sorted(BENCH_MODELS)}")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: sized to the device)")
-    p.add_argument("--readers", type=int, default=None, help="reader threads (default: the cores less one, 2..16)")
-    p.add_argument("--tile-size", type=int, default=None, help="model tile size (default: the model's)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in model px (default: the model's)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--cpu", action="store_true", help="do not use a GPU even when one is present")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None,
-                   help="as SCANBRIDGE_DEVICE (default auto; cuda without a working CUDA: exit 3)")
-    p.add_argument("--tensorrt", action="store_true", help="TensorRT first (FP16, engine cache), CUDA as fallback")
-    p.add_argument("--trt-cache", type=Path, default=Path(os.environ.get("SCANBRIDGE_DATA_DIR", ".scanbridge")) / "tensorrt",
-                   help="TensorRT engine cache folder (default $SCANBRIDGE_DATA_DIR/tensorrt)")
-    p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
-    p.add_argument("--truth", type=Path, default=None, help="truth JSON of a synthetic slide (adds tissue_fraction)")
-    p.add_argument("--min-tissue", type=float, default=None,
-                   help=f"share of a tile's core that must be tissue (default: the model's, else {DEFAULT_MIN_TISSUE}; "
-                        "0: any tissue)")
-    args = p.parse_args(argv)
-    if not args.slide.exists():
-        print(f"no such slide: {args.slide}", file=sys.stderr)
+def default_trt_cache() -> Path:
+    """Where `--trt-cache` points by default: $SCANBRIDGE_DATA_DIR/tensorrt (.scanbridge/tensorrt)."""
+    return Path(os.environ.get("SCANBRIDGE_DATA_DIR", ".scanbridge")) / "tensorrt"
+
+
+def bench_command(slide: Path, model: str = "tissue", *, as_json: bool = False, batch_size: int | None = None,
+                  readers: int | None = None, tile_size: int | None = None, overlap: int | None = None,
+                  threads: int = 0, cpu: bool = False, device: str | None = None, tensorrt: bool = False,
+                  trt_cache: Path | None = None, naive: bool = True, truth: Path | None = None,
+                  min_tissue: float | None = None) -> int:
+    """`scanbridge dev bench`: print the report; exit 2 no such slide, 3 device unavailable, 1 other coded error."""
+    if not slide.exists():
+        print(f"no such slide: {slide}", file=sys.stderr)
         return 2
     try:
-        readers = args.readers or dev.default_reader_threads()
-        report = bench(args.slide, args.model, batch_size=args.batch_size, readers=readers,
-                       tile_size=args.tile_size, overlap=args.overlap, naive=not args.no_naive,
-                       prefer_gpu=not args.cpu, intra_op_threads=args.threads, truth=args.truth,
-                       min_tissue=args.min_tissue, device="cpu" if args.cpu else args.device,
-                       tensorrt=args.tensorrt, cache_dir=args.trt_cache)
+        report = bench(slide, model, batch_size=batch_size, readers=readers or dev.default_reader_threads(),
+                       tile_size=tile_size, overlap=overlap, naive=naive, prefer_gpu=not cpu,
+                       intra_op_threads=threads, truth=truth, min_tissue=min_tissue,
+                       device="cpu" if cpu else device, tensorrt=tensorrt,
+                       cache_dir=trt_cache if trt_cache is not None else default_trt_cache())
     except ScanbridgeError as exc:
         print(f"scanbridge dev bench: {exc.code}: {exc.message}", file=sys.stderr)
         return 3 if isinstance(exc, DeviceUnavailableError) else 1
-    print(json.dumps(report) if args.json else _human(report))
+    print(json.dumps(report) if as_json else _human(report))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m scanbridge.inference.bench ARGS`: the same as `scanbridge dev bench ARGS` (entrypoints/cli.py)."""
+    from scanbridge.entrypoints.cli import main as cli
+
+    return cli(["dev", "bench", *(sys.argv[1:] if argv is None else argv)])
