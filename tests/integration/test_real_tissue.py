@@ -3,7 +3,7 @@ method (scikit-image's rgb2hed + Otsu + distance-transform watershed) and a coun
 
 Images: scikit-image's `data.immunohistochemistry()` (real colon IHC: DAB on membranes and cytoplasm, blue
 nuclei; shipped in the wheel; 0.5 µm/px assumed) and the real H&E skin tile the thirdparty mosaic repeats.
-Count by eye (written down in the README): the IHC crop x 100..228, y 380..508 rendered 6x with a 16 µm
+Count by eye (written down in docs/built-in-models.md): the IHC crop x 100..228, y 380..508 rendered 6x with a 16 µm
 grid and counted cell by cell: about 30 nuclei (16 in the gland, 14 in the stroma).
 """
 
@@ -74,7 +74,7 @@ def test_dab_on_membranes_is_not_read_as_positive_nuclei(ihc: tuple[np.ndarray, 
     assert run.results["h_score"] <= 15.0
 
 
-@pytest.mark.xfail(strict=True, reason="known failure (README 'Built-in models on real tissue'): on this skin tile "
+@pytest.mark.xfail(strict=True, reason="known failure (docs/built-in-models.md, 'Built-in models on real tissue'): on this skin tile "
                    "the dense epidermis texture and the dark dermal collagen pass the OD-above-background test; "
                    "~190 objects where the eye sees 15-30 nuclei (the classical method finds 188 too)")
 def test_nuclei_on_real_skin_are_few() -> None:
