@@ -35,10 +35,10 @@ def _exit_code(result: Any, **_: Any) -> None:
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(name="scanbridge", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=False,
+app = typer.Typer(name="scanbridge", help=__doc__.split("\n\n")[0], add_completion=False,
                   result_callback=_exit_code, context_settings=CONTEXT, pretty_exceptions_enable=False)
 dev = typer.Typer(help="developer tools: synthetic slides and images, the bench, a local platform, the models",
-                  no_args_is_help=True, context_settings=CONTEXT)
+                  context_settings=CONTEXT)
 app.add_typer(dev, name="dev")
 
 # Options the client commands share (`mcp`, `submit`, `tasks`: entrypoints/client.py)
