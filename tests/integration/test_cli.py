@@ -251,7 +251,7 @@ def test_dev_make_image_runs_with_options_before_and_after(tmp_path: Path) -> No
     assert (tmp_path / "t.json").read_text().startswith('{"type": "FeatureCollection"')
 
 
-def test_the_readme_command_table_names_only_real_commands_and_options() -> None:
+def test_the_command_line_page_names_only_real_commands_and_options() -> None:
     # GIVEN the "Command line" table (docs/cli.md, moved there from the README)
     table = (REPO / "docs" / "cli.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| `scanbridge ")]
