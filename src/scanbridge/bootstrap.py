@@ -114,7 +114,8 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
                                dead_letters=dead_letters, sleep=overrides.get("sleep", time.sleep),
                                timeout_s=settings.delivery_timeout_s, max_timeout_s=settings.delivery_max_timeout_s,
                                retry_window_s=settings.delivery_retry_window_s,
-                               max_backoff_s=settings.delivery_max_backoff_s)
+                               max_backoff_s=settings.delivery_max_backoff_s,
+                               platform_configured=bool(settings.platform_url) or "platform" in overrides)
     launcher = overrides.get("launcher")
     if launcher is None:
         if settings.launcher == "batch":

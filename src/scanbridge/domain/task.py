@@ -57,6 +57,7 @@ class Delivery(BaseModel):
     delivery_id: str | None = None  # the Idempotency-Key / webhook-id of every POST of these results
     first_attempt_at: float | None = None  # epoch s: the retry window starts here
     next_attempt_at: float | None = None  # epoch s: the next try is due (while DELIVERING: also the claim's lease)
+    skipped: str | None = None  # why nothing was posted (e.g. "no platform configured": no SCANBRIDGE_PLATFORM_URL)
 
 
 class Task(BaseModel):

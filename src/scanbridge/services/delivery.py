@@ -15,6 +15,10 @@ is retried once its lease ends. Each try waits twice as long for an answer as th
 `max_timeout_s`), so a platform that answers in 40 s gets the body again with the same id and ends
 COMPLETED. Locally the tries run on the service's own threads (`on_job_finished_later`), never in a
 worker slot.
+
+Without a platform (`platform_configured=False`: no SCANBRIDGE_PLATFORM_URL) nothing is posted: the body
+is stored as the results (readable at GET /tasks/{id}/results) and the task ends COMPLETED (FAILED when
+every scan failed) with `delivery.skipped = "no platform configured"`, not DELIVERY_FAILED.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from scanbridge.services.processing import scan_result_key
 log = logging.getLogger(__name__)
 
 NO_RETRY = frozenset({400, 401, 403, 404, 405, 409, 410, 413, 422})
+NO_PLATFORM = "no platform configured"  # delivery.skipped when SCANBRIDGE_PLATFORM_URL is not set
 LEASE_GRACE_S = 30.0  # a claimed try's lease: its timeout plus this
 UNLEASED_STALE_S = 300.0  # a DELIVERING task without a lease (claimed by an older release) is due after this
 
@@ -130,8 +135,9 @@ class DeliveryService:
                  dead_letters: DeadLetterQueue | None = None,
                  sleep: Callable[[float], None] = time.sleep, timeout_s: float = 30.0, max_timeout_s: float = 300.0,
                  retry_window_s: float = 0.0, max_backoff_s: float = 300.0, clock: Callable[[], float] = time.time,
-                 background_workers: int = 16) -> None:
+                 background_workers: int = 16, platform_configured: bool = True) -> None:
         self._tasks = tasks
+        self._platform_configured = platform_configured
         self._artifacts = artifacts
         self._secrets = secrets
         self._platform = platform
@@ -405,6 +411,8 @@ class DeliveryService:
             return current, None
         attempt = task.delivery.attempts
         body = self.build_body(task).to_body()
+        if not self._platform_configured:
+            return self._skip(task, body), None
         try:
             bearer = self._bearer(task)
         except NoPlatformCredentialsError as exc:
@@ -456,6 +464,8 @@ class DeliveryService:
     def _post_final(self, task: Task) -> Task:
         """A burst of POSTs for a task whose status is already final (CANCELLED): recorded, never scheduled."""
         body = self.build_body(task).to_body()
+        if not self._platform_configured:
+            return self._skip(task, body)
         try:
             bearer = self._bearer(task)
         except NoPlatformCredentialsError as exc:
@@ -481,6 +491,16 @@ class DeliveryService:
         return self._finish(task.task_id, TaskStatus.DELIVERY_FAILED, error=(DeliveryError.code,
                                                                               str(record.get("last_error"))),
                             delivery=record)
+
+    def _skip(self, task: Task, body: dict[str, Any]) -> Task:
+        """No platform to post to: keep the body as the task's results and end it without a POST."""
+        self._artifacts.put(posted_key(task.task_id), json.dumps(body).encode(), "application/json")
+        log.info("results kept, not posted: %s (SCANBRIDGE_PLATFORM_URL is not set)", NO_PLATFORM,
+                 extra={"task_id": task.task_id})
+        final = TaskStatus.FAILED if self._all_failed(task) else TaskStatus.COMPLETED
+        return self._finish(task.task_id, final, delivery={
+            "skipped": NO_PLATFORM, "attempts": 0, "last_error": None, "next_attempt_at": None,
+            "delivery_id": task.delivery.delivery_id or delivery_id_for(task.task_id)})
 
     def _dead_letter(self, task: Task, status_code: int | None, error: str, attempts: int) -> None:
         if self._dead_letters is not None and task.status != TaskStatus.CANCELLED:
