@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -136,10 +137,44 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Run the local stack until Ctrl-C (or SIGTERM); its state is kept under `{data_dir}/state`."""
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on host:port, bound as uvicorn binds (OSError when busy or not local)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """What `serve` says when it cannot listen on host:port."""
+    why = ("the port is already in use (another scanbridge serve? choose another port with --port)"
+           if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc))
+    return f"scanbridge serve: cannot listen on {host}:{port}: {why}"
+
+
+def run_api(app: Any, sock: socket.socket, announce: str) -> None:
+    """Serve `app` on the listening `sock` with uvicorn; print `announce` once it accepts requests."""
     import uvicorn
 
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                print(announce, flush=True)
+
+    AnnouncingServer(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Run the local stack until Ctrl-C (or SIGTERM); its state is kept under `{data_dir}/state`.
+
+    The port is taken first (a busy one: a clear message, exit 1, nothing started); the URL is printed once
+    the API accepts requests."""
     from scanbridge.bootstrap import bootstrap
     from scanbridge.config import Settings, get_settings
     from scanbridge.entrypoints.http.app import create_app
@@ -147,6 +182,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
 
     setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"),
                   os.environ.get("SCANBRIDGE_LOG_FORMAT", "auto"))
+    try:
+        listener = listen(host, port)
+    except OSError as exc:
+        print(cannot_listen(host, port, exc), file=sys.stderr, flush=True)
+        return 1
+    port = int(listener.getsockname()[1])  # --port 0: the free port it got
     get_settings.cache_clear()
     first = get_settings()
     data_dir = first.data_dir.resolve()
@@ -179,7 +220,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         cleaned = clean(set(recovered.resubmitted)) if clean else 0
         log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers; %s; %d stale download folder(s) "
                  "removed", endpoint, settings.data_dir, settings.max_workers, recovered.summary(), cleaned)
-        print(f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)", flush=True)
         reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s,
                         launcher=container.launcher, task_timeout_s=settings.task_timeout_s)
         threading.Thread(target=reaper.run_every, args=(max(1.0, min(settings.stale_after_s / 4, 30.0)), stop),
@@ -189,8 +229,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler found before it
         # ran: the default one would end the process before the clean-up below; this one lets it run
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run_api(app, listener, f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     finally:
+        listener.close()
         stop.set()
         shutdown = getattr(container.launcher, "shutdown", None) if container is not None else None
         if shutdown is not None:

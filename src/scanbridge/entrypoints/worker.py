@@ -7,10 +7,33 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
+from collections.abc import Collection
 
 from scanbridge.bootstrap import bootstrap, build_processing
 from scanbridge.domain.errors import DeviceUnavailableError
+from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.task import Task
 from scanbridge.logs import setup_logging
+
+
+def outcome(task: Task, only_scans: Collection[str] | None = None) -> str:
+    """What the worker's run came to, in words: its scans' ends and what happens to the task next."""
+    if task.status == TaskStatus.CANCELLED:
+        return "the task was cancelled; nothing more is analysed"
+    if task.status.is_terminal or task.status == TaskStatus.DELIVERING:
+        return f"nothing to do, the task is already {task.status}"
+    if task.error_code:
+        return f"the task failed before any scan ({task.error_code}: {task.error_message}); results delivery next"
+    mine = [s for sid, s in task.scans.items() if only_scans is None or sid in only_scans]
+    ok = sum(s.status == ScanStatus.SUCCEEDED for s in mine)
+    codes = Counter(s.error_code or "?" for s in mine if s.status == ScanStatus.FAILED)
+    text = f"{ok} of {len(mine)} scan(s) analysed"
+    if codes:
+        text += f", {sum(codes.values())} failed ({', '.join(f'{c} x{n}' if n > 1 else c for c, n in codes.items())})"
+    if any(s.status not in (ScanStatus.SUCCEEDED, ScanStatus.FAILED) for s in task.scans.values()):
+        return text + "; other scans of the task are still open"
+    return text + "; results delivery next"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             ids = sorted(stored.scans) if stored else []
             only = [ids[index]] if 0 <= index < len(ids) else []
         task = build_processing(container).run(args.task_id, only_scans=only)
-    log.info("worker finished task %s: %s", task.task_id, task.status,
-             extra={"task_id": task.task_id, "worker_s": round(time.monotonic() - started, 3)})
+    log.info("worker finished task %s: %s", task.task_id, outcome(task, only),
+             extra={"task_id": task.task_id, "status": str(task.status),
+                    "worker_s": round(time.monotonic() - started, 3)})
     if task.error_code == DeviceUnavailableError.code:
         log.error("worker could not use its device: %s", task.error_message, extra={"task_id": task.task_id})
         print(f"scanbridge worker: {task.error_code}: {task.error_message}", file=sys.stderr)
