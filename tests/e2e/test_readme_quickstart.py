@@ -108,3 +108,29 @@ def test_the_whole_loop_runs_as_written(tmp_path: Path) -> None:
     assert "scanbridge stopped" in "".join(log), "".join(log)[-3000:]
     # AND the bridge kept its state where a newcomer's checkout would: .scanbridge beside the commands
     assert (checkout / ".scanbridge" / "state").is_dir()
+
+
+def test_without_a_platform_submit_wait_ends_completed_with_results(tmp_path: Path) -> None:
+    # GIVEN `scanbridge serve` with no SCANBRIDGE_PLATFORM_URL (only the client's file server allowed and a key)
+    from scanbridge.devtools.stack import serve_subprocess
+    from scanbridge.entrypoints.local_stack import free_port
+
+    files_port = free_port()
+    env = {"SCANBRIDGE_ALLOWED_SCAN_HOSTS": f"127.0.0.1:{files_port}", "SCANBRIDGE_PLATFORM_API_KEY": "local-dev-key",
+           "SCANBRIDGE_DATA_DIR": str(tmp_path / "data"), "SCANBRIDGE_PLATFORM_URL": ""}
+    with serve_subprocess(tmp_path, env) as url:
+        # WHEN a scan is submitted and waited for
+        out = subprocess.run(["scanbridge", "submit", str(fixture_path("boxes.tiff")), "--wait", "--url", url,
+                              "--files-port", str(files_port)], env=_shell_env(), capture_output=True, text=True,
+                             timeout=240, check=False)
+        # THEN it exits 0 (COMPLETED) with the results summary
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "COMPLETED" in out.stdout
+        tasks = httpx.get(f"{url}/tasks").json()["tasks"]
+        assert len(tasks) == 1
+        task = httpx.get(f"{url}/tasks/{tasks[0]['task_id']}").json()
+        # AND the task says why nothing was posted, and its results are readable through the API
+        assert task["status"] == "COMPLETED" and task["delivery"]["skipped"] == "no platform configured", task
+        results = httpx.get(f"{url}/tasks/{task['task_id']}/results")
+        assert results.status_code == 200 and results.json()["scanResults"][0]["results"]["report"]["summary"]
+    assert "results kept, not posted: no platform configured" in (tmp_path / "serve.log").read_text()
