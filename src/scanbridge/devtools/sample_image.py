@@ -1,7 +1,7 @@
 """A small H&E-like image with known nuclei and its truth, for `/v1/infer` and `scanbridge evaluate`.
 
-`scanbridge dev make-image cells.png --truth truth.geojson` writes what the README's synchronous
-inference example uses: pink tissue with a white margin and dark haematoxylin discs (3 µm radius at
+`scanbridge dev make-image cells.png --truth truth.geojson` writes what the synchronous inference
+example (docs/inference-and-evaluation.md) uses: pink tissue with a white margin and dark haematoxylin discs (3 µm radius at
 0.5 µm/px) on a jittered grid, and the true nuclei as GeoJSON polygons.
 """
 

@@ -1,7 +1,7 @@
 """ModelSpec: everything the pipeline needs to know about a model besides its weights.
 
 The spec is strict (unknown keys are refused, by name) because a silently dropped key gives silently
-wrong results. It is a public contract: the README's "Bring your own model" section documents every
+wrong results. It is a public contract: docs/bring-your-own-model.md documents every
 key, and `GET /models/schema` serves this model's JSON Schema.
 """
 
@@ -16,7 +16,7 @@ ModelKind = Literal["classification", "segmentation", "detection", "tile-classif
 REGION_KINDS = frozenset({"tile-classification", "semantic-segmentation"})  # class regions per label
 OBJECT_KINDS = frozenset({"segmentation", "detection"})  # instances (nuclei, cells, boxes)
 
-# Keys of `outputs`, each with what it means (the README and the JSON Schema repeat these).
+# Keys of `outputs`, each with what it means (docs/bring-your-own-model.md and the JSON Schema repeat these).
 OUTPUT_KEYS: dict[str, str] = {
     # classification (heat map) and region kinds
     "contour_levels": "probability levels of the heat map's contours",

@@ -1,7 +1,7 @@
 """The `scanbridge` command: serve, worker, run-scan, inspect, evaluate, mhs, mcp, submit, tasks, and
 dev (make-slide, bench, platform, make-image, build-models).
 
-One Typer app. Its command names and options are a public contract (README, "Command line"): add, never
+One Typer app. Its command names and options are a public contract (docs/cli.md): add, never
 rename. Each command imports what it runs only when it runs, so `--help` is quick and a command needs
 only the extra of the code it drives. `main(argv)` returns the exit code (tests call it).
 """

@@ -208,7 +208,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     try:
         container = bootstrap(settings, provision=True)
         if not settings.platform_url:
-            log.warning("SCANBRIDGE_PLATFORM_URL is not set: results cannot be delivered")
+            log.warning("SCANBRIDGE_PLATFORM_URL is not set: results are kept here, not posted (tasks end "
+                        "COMPLETED, delivery skipped: no platform configured)")
         from scanbridge.services.reaper import Reaper
         from scanbridge.services.recovery import recover
 

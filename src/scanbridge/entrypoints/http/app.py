@@ -214,7 +214,7 @@ def webhook_schema(max_scans: int = 50) -> dict[str, Any]:
 #: the uniform error body, `{"error": {"code", "message", "details"}}`
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message", "details"], "properties": {
-        "code": {"type": "string", "description": "stable error code (README: Error codes)"},
+        "code": {"type": "string", "description": "stable error code (docs/error-codes.md)"},
         "message": {"type": "string"}, "details": {"type": "object"}}}}}
 _ERROR_TEXT = {400: "A malformed (multipart) body", 401: "No or wrong credentials (API key, admin token, webhook signature)",
                403: "Valid credentials, not for this (or admin routes closed)",

@@ -188,6 +188,7 @@ async function renderDetail(task) {
   const d = task.delivery || {};
   document.getElementById("detail-delivery").textContent = d.delivered_at
     ? `Results delivered ${when(d.delivered_at)} (HTTP ${d.status_code}, ${d.attempts} attempt(s))`
+    : d.skipped ? `Results kept here, not posted: ${d.skipped}`
     : d.last_error ? `Delivery: ${d.last_error}` : `Created ${when(task.created_at)}`;
   if (TERMINAL.has(task.status) && !state.results.has(task.task_id)) {
     try {
