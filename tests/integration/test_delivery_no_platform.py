@@ -44,8 +44,13 @@ def test_no_platform_url_completes_the_task_with_its_results_readable(caplog: py
     container, tasks, artifacts = _container(Settings(platform_url="", platform_api_key=""))
     task_id = _finished_task(tasks, artifacts, statuses={"s1": ScanStatus.SUCCEEDED, "s22": ScanStatus.FAILED})
     # WHEN the job ends
-    with caplog.at_level(logging.INFO, logger="scanbridge.services.delivery"):
-        task = container.delivery.on_job_finished(task_id, True)
+    logger = logging.getLogger("scanbridge.services.delivery")  # its handler directly: setup_logging may stop
+    logger.addHandler(caplog.handler)                             # propagation to the root where caplog listens
+    try:
+        with caplog.at_level(logging.INFO, logger="scanbridge.services.delivery"):
+            task = container.delivery.on_job_finished(task_id, True)
+    finally:
+        logger.removeHandler(caplog.handler)
     # THEN the task is COMPLETED, not DELIVERY_FAILED, its delivery record says why nothing was posted
     assert task.status == TaskStatus.COMPLETED and task.error_code is None, task
     assert task.delivery.skipped == NO_PLATFORM == "no platform configured"
