@@ -1,6 +1,6 @@
 """The README's whole loop, typed as written: its marked quick-start blocks run in a shell, the bridge in one,
 the stand-in platform in the other, on the README's own ports (8000, 8901), from a folder that has
-`../shared/fixtures` beside it as a checkout does."""
+`../shared/fixtures` beside it as a checkout does; then the docs' /v1/infer + evaluate block against it."""
 
 from __future__ import annotations
 
@@ -93,6 +93,14 @@ def test_the_whole_loop_runs_as_written(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "contract: OK" in out.stdout, out.stdout[-3000:]
         assert re.search(r"\bCOMPLETED\b", out.stdout.split("contract: OK", 1)[1]), out.stdout[-2000:]
+        # WHEN the synchronous inference block of docs/inference-and-evaluation.md runs against the same bridge
+        infer = quickstart_blocks((REPO / "docs" / "inference-and-evaluation.md").read_text())["infer"]
+        out = subprocess.run(["bash", "-e", "-c", infer], cwd=checkout, env=env, capture_output=True, text=True,
+                             timeout=180, check=False)
+        # THEN every line succeeds and evaluate prints the AP50 the page says
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        claimed = re.search(r"# AP50 (\S+)", infer)
+        assert claimed is not None and f"AP50 {claimed.group(1)}" in out.stdout, out.stdout[-2000:]
     finally:
         # Ctrl-C in terminal 1
         if bridge.poll() is None:
