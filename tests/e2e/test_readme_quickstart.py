@@ -8,6 +8,7 @@ that has `../shared/fixtures` beside it as a checkout does, on the ports the blo
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -127,6 +128,11 @@ def test_the_whole_loop_runs_as_written(tmp_path: Path) -> None:
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "contract: OK" in out.stdout, out.stdout[-3000:]
         assert re.search(r"\bCOMPLETED\b", out.stdout.split("contract: OK", 1)[1]), out.stdout[-2000:]
+        # AND the worker's last line says what it did and what came next, not a bare status
+        task_id = httpx.get(f"{URL}/tasks").json()["tasks"][0]["task_id"]
+        lines = httpx.get(f"{URL}/tasks/{task_id}/logs").json()["lines"]
+        last = [json.dumps(line) for line in lines if "worker finished task" in json.dumps(line)]
+        assert len(last) == 1 and "1 of 1 scan(s) analysed; results delivery next" in last[0], lines[-5:]
         # WHEN the synchronous inference block of docs/inference-and-evaluation.md runs against the same bridge
         infer = quickstart_blocks((REPO / "docs" / "inference-and-evaluation.md").read_text())["infer"]
         out = terminal_2(infer, checkout, timeout_s=180)
