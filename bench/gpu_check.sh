@@ -81,7 +81,7 @@ if (( ${#install[@]} )); then
   "$VPY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS" --no-deps --upgrade \
     --target "$SITE" "${install[@]}" >&2 || die 4 "pip could not install ${install[*]} from $WHEELS"
 fi
-"$VPY" -c "import scanbridge.inference.bench" || die 2 "scanbridge does not import (see the error above)"
+"$VPY" -c "import scanbridge.devtools.bench" || die 2 "scanbridge does not import (see the error above)"
 
 # ---------------------------------------------------------------- the device: CUDA for real, or stop
 DEVICE=cpu
@@ -126,7 +126,7 @@ GEN_S=0
 if [[ ! -s "$SLIDE" || ! -s "$TRUTH" ]]; then
   say "writing a ${W}x${H} px 40x slide (0.25 um/px, 60 % tissue)"
   t0=$(date +%s)
-  timeout "$(left 300)" "$VPY" -m scanbridge.imaging.synth "$SLIDE.part" --width "$W" --height "$H" --tissue-fraction 0.6 \
+  timeout "$(left 300)" "$VPY" -m scanbridge.devtools.synth "$SLIDE.part" --width "$W" --height "$H" --tissue-fraction 0.6 \
     --mpp 0.25 --no-nuclei --seed 21 --truth-json "$TRUTH" >&2 || die 4 "the slide generator failed or timed out"
   mv "$SLIDE.part" "$SLIDE"
   GEN_S=$(( $(date +%s) - t0 ))

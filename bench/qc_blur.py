@@ -17,8 +17,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
+from scanbridge.devtools.synth import make_slide
 from scanbridge.imaging.qc import BLURRY, QcThresholds, qc_scan
-from scanbridge.imaging.synth import make_slide
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "thirdparty" / "vips_pyramid_jpeg.tif"
 

@@ -3,7 +3,7 @@
     python bench/slide_bench.py [--out /tmp/scanbridge-bench] [--sizes 10000 20000] [--tissue 0.25]
                                 [--model bench-conv] [--keep]
 
-Each slide is a synthetic Aperio SVS (`scanbridge.imaging.synth.make_slide`, memory-flat, known tissue
+Each slide is a synthetic Aperio SVS (`scanbridge.devtools.synth.make_slide`, memory-flat, known tissue
 fraction); each bench runs in a fresh `scanbridge dev bench ... --json` process so its peak RSS is its
 own. Prints one JSON object: every report, and the issue #9 targets with pass/fail:
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform
-from scanbridge.imaging import synth
 from tests.e2e.test_local_stack import _wait_terminal, start_stack
 from tests.e2e.test_reliability import TOKEN, _worker_pid
 

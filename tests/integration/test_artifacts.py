@@ -92,7 +92,7 @@ def test_each_analysed_scan_gets_its_artifacts_in_s3_listed_and_served(s3_contai
 
 def test_cell_models_also_get_a_capped_zip_of_cell_crops(container: Container, tmp_path: Path) -> None:
     # GIVEN a synthetic slide with nuclei, analysed by the nuclei model, crops capped at 5
-    from scanbridge.imaging.synth import make_slide
+    from scanbridge.devtools.synth import make_slide
 
     slide = tmp_path / "nuclei.svs"
     make_slide(slide, 768, 512, tissue_fraction=0.4, seed=5, mpp=0.5)

@@ -15,10 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from scanbridge.imaging import synth
+from scanbridge.devtools import bench, synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE
-from scanbridge.inference import bench
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.session import OnnxModel
 

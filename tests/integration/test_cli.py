@@ -164,8 +164,8 @@ def test_the_top_and_dev_help_list_every_command(capsys: pytest.CaptureFixture[s
 
 def test_where_a_model_is_chosen_the_help_lists_the_model_names(capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN the models the commands can load
+    from scanbridge.devtools.bench import BENCH_MODELS
     from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE
-    from scanbridge.inference.bench import BENCH_MODELS
     from scanbridge.inference.zoo import builtin_names
 
     # THEN the names the CLI lists without importing them are exactly those
@@ -198,7 +198,7 @@ def test_client_options_default_to_their_environment_variables(monkeypatch: pyte
 
 def test_dev_bench_trt_cache_defaults_to_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # GIVEN SCANBRIDGE_DATA_DIR / THEN the engine cache default is its tensorrt folder, as argparse's was
-    from scanbridge.inference.bench import default_trt_cache
+    from scanbridge.devtools.bench import default_trt_cache
 
     monkeypatch.setenv("SCANBRIDGE_DATA_DIR", str(tmp_path))
     assert default_trt_cache() == tmp_path / "tensorrt"

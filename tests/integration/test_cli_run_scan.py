@@ -12,9 +12,9 @@ from PIL import Image
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
+from scanbridge.devtools import synth
 from scanbridge.domain.results import geojson_problems, qupath_problems
 from scanbridge.entrypoints.cli import main
-from scanbridge.imaging import synth
 
 
 def test_run_scan_writes_geojson_summary_and_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

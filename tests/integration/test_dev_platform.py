@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform, ReceivedPost
 from scanbridge.devtools.platform_cli import check_results, main, scan_ids_for, webhook_body
 from scanbridge.entrypoints.local_stack import free_port
-from scanbridge.imaging import synth
 from tests.conftest import fixture_path
 
 

@@ -13,10 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from scanbridge.devtools import bench, synth
 from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
-from scanbridge.inference import bench
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.runner import Analyzer, ModelLoader

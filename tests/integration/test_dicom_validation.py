@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from scanbridge.bootstrap import Container, build_processing
+from scanbridge.devtools.dicom_synth import zip_files
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http.app import create_app
-from scanbridge.imaging.dicom_synth import zip_files
 from tests.conftest import fixture_path
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None or shutil.which("dcentvfy") is None,

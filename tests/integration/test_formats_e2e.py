@@ -11,10 +11,10 @@ from shapely.geometry import box, shape
 from shapely.ops import unary_union
 
 from scanbridge.bootstrap import Container, build_processing
+from scanbridge.devtools.dicom_synth import write_plain_dicom, write_wsi_series, zip_files
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.status import ScanStatus
 from scanbridge.domain.webhook import WebhookPayload
-from scanbridge.imaging.dicom_synth import write_plain_dicom, write_wsi_series, zip_files
 from tests.conftest import ScriptedPlatform
 
 W, H = 1024, 768

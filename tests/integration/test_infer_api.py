@@ -13,10 +13,10 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from scanbridge.bootstrap import Container
+from scanbridge.devtools import synth
 from scanbridge.devtools.sample_image import disc_truth, nuclei_image
 from scanbridge.entrypoints.http import infer
 from scanbridge.entrypoints.http.app import create_app
-from scanbridge.imaging import synth
 
 MARGIN = 32
 
@@ -164,7 +164,7 @@ def test_uploads_decode_to_rgb_and_the_memory_reader_pads_with_white() -> None:
     # GIVEN an RGBA PNG (transparent half), an RGB TIFF, a float32 TIFF (Pillow cannot decode it) and a BigTIFF
     import tifffile
 
-    from scanbridge.inference.memory_reader import MemoryReader, decode_image
+    from scanbridge.imaging.readers.memory import MemoryReader, decode_image
 
     rgba = np.zeros((10, 12, 4), np.uint8)
     rgba[:, :6] = (200, 100, 50, 255)

@@ -12,10 +12,10 @@ import pytest
 from scipy.spatial import cKDTree
 
 from scanbridge.devtools import instance_models as im
+from scanbridge.devtools import synth
 from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import geojson_problems
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import ScanAnalysis, analyze_scan
 from scanbridge.inference.session import OnnxModel

@@ -15,8 +15,8 @@ from scipy.spatial import cKDTree
 
 from scanbridge.bootstrap import Container
 from scanbridge.devtools import instance_models as im
+from scanbridge.devtools import synth
 from scanbridge.entrypoints.http.app import create_app
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
 
 ADMIN = {"Authorization": "Bearer admin-token-0123456789"}

@@ -13,10 +13,10 @@ from pathlib import Path
 import jwt
 import pytest
 
+from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.results import geojson_problems, qupath_problems
 from scanbridge.entrypoints.mhs import MhsEnv, api_base_url, run
-from scanbridge.imaging import synth
 from tests.conftest import fixture_path
 
 REASONS = json.dumps({"NO_TISSUE": "no tissue", "BLURRY": "blurry", "SCAN_CORRUPT": "unreadable"})

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
+from scanbridge.devtools import synth
 from scanbridge.domain.results import geojson_problems
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.runner import Analyzer, ModelLoader

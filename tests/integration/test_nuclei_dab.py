@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from scanbridge.imaging import synth
+from scanbridge.devtools import synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.runner import ModelLoader

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from shapely.geometry import shape
 
+from scanbridge.devtools import synth
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.domain.results import geojson_problems
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import detect_format, open_scan
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.analyze import analyze_scan

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from scanbridge.imaging import synth
+from scanbridge.devtools import synth
 from scanbridge.imaging.qc import BLURRY, QcThresholds, qc_scan
 from tests.conftest import fixture_path
 

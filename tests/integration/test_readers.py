@@ -13,8 +13,8 @@ import pydicom
 import pytest
 import tifffile
 
+from scanbridge.devtools import dicom_synth
 from scanbridge.domain.errors import CorruptScanError, UnsafeArchiveError, UnsupportedFormatError
-from scanbridge.imaging import dicom_synth
 from scanbridge.imaging.readers import detect_format, open_scan
 from scanbridge.imaging.readers.base import rgba_to_rgb
 from scanbridge.imaging.readers.dicom_reader import DicomReader, open_dicom_series

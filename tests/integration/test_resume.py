@@ -12,13 +12,13 @@ import pytest
 
 from scanbridge.adapters.local.memory import MemoryArtifactStore
 from scanbridge.bootstrap import Container, build_processing
+from scanbridge.devtools import synth
 from scanbridge.devtools.byom_models import build_pattern, write_class_slide
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus
 from scanbridge.domain.webhook import WebhookPayload
-from scanbridge.imaging import synth
 from scanbridge.imaging.readers import open_scan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.resume import CheckpointStore

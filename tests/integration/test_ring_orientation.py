@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from scanbridge.imaging.readers import open_scan
+from scanbridge.imaging.readers.memory import MemoryReader
 from scanbridge.inference.analyze import analyze_scan
-from scanbridge.inference.memory_reader import MemoryReader
 from scanbridge.inference.postprocess import mask_to_polygons, polygon_geometry
 from scanbridge.inference.runner import ModelLoader
 from tests.conftest import fixture_path

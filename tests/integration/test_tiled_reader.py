@@ -8,10 +8,10 @@ import numpy as np
 import openslide
 import pytest
 
+from scanbridge.devtools.synth import make_slide
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.readers.base import rgba_to_rgb
-from scanbridge.imaging.synth import make_slide
 from tests.conftest import fixture_path
 
 THIRDPARTY = {  # file -> (levels, codec); the same 1920 x 1440 real H&E mosaic at 0.5 µm/px
@@ -141,7 +141,7 @@ def test_unknown_compression_is_unsupported_and_bad_tile_data_is_corrupt() -> No
 
 def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path: Path) -> None:
     # GIVEN a generated Aperio-style slide
-    from scanbridge.inference.bench import bench
+    from scanbridge.devtools.bench import bench
 
     path = tmp_path / "slide.svs"
     make_slide(path, 2048, 1536, tissue_fraction=0.5, mpp=0.5, nuclei=False, seed=1)

@@ -12,11 +12,11 @@ import pytest
 from scipy import ndimage
 
 from scanbridge.adapters.local.memory import MemoryArtifactStore, MemoryTaskStore
+from scanbridge.devtools import synth
 from scanbridge.domain.errors import CorruptScanError
 from scanbridge.domain.results import QcFinding, ScanResult, qc_reasons, qupath_problems
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import ScanState, Task
-from scanbridge.imaging import synth
 from scanbridge.imaging.qc import (
     BLURRY,
     NO_TISSUE,

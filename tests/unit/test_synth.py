@@ -10,7 +10,7 @@ import openslide
 import pytest
 import tifffile
 
-from scanbridge.imaging.synth import NUCLEUS_DENSITY_PER_MM2, SlideTruth, main, make_slide
+from scanbridge.devtools.synth import NUCLEUS_DENSITY_PER_MM2, SlideTruth, main, make_slide
 
 W, H = 2048, 1536
 

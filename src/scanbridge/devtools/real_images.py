@@ -91,8 +91,8 @@ class Run:
 
 def run_builtin(model: str, rgb: np.ndarray, mpp: float) -> Run:
     """Run a built-in model through the worker's own analyze_scan on an in-memory image."""
+    from scanbridge.imaging.readers.memory import MemoryReader
     from scanbridge.inference.analyze import analyze_scan
-    from scanbridge.inference.memory_reader import MemoryReader
     from scanbridge.inference.runner import ModelLoader
     from scanbridge.services.evaluation import geojson_objects, rasterise
 

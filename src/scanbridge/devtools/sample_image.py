@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from scanbridge.imaging import synth
+from scanbridge.devtools import synth
 
 RADIUS_PX = 6.0  # 3 µm at 0.5 µm/px, like the synthetic slides
 MARGIN = 32

@@ -21,7 +21,7 @@ from scanbridge.entrypoints.client import DEFAULT_FILES_PORT, DEFAULT_URL
 if TYPE_CHECKING:
     from scanbridge.inference.session import OnnxModel
 
-#: the built-in models (inference/zoo.py BUILTINS) and the bench's own (inference/bench.py BENCH_MODELS),
+#: the built-in models (inference/zoo.py BUILTINS) and the bench's own (devtools/bench.py BENCH_MODELS),
 #: named here so `--help` needs no onnx import; tests/integration/test_cli.py keeps them equal
 BUILTIN_MODELS = ("ihc-positivity", "nuclei", "tissue")
 BENCH_MODELS = (*BUILTIN_MODELS, "bench-conv", "bench-resnet50", "bench-resnet50-slim")
@@ -348,7 +348,7 @@ def make_slide(
         "--truth-json", metavar="PATH", help="also write the exact truth (tissue, nuclei) as JSON")] = None,
 ) -> int:
     """`scanbridge dev make-slide`."""
-    from scanbridge.imaging.synth import make_slide_command
+    from scanbridge.devtools.synth import make_slide_command
 
     return make_slide_command(out, width=width, height=height, tissue_fraction=tissue_fraction, tile_size=tile_size,
                               mpp=mpp, seed=seed, quality=quality, nuclei=not no_nuclei,
@@ -394,7 +394,7 @@ def bench(
                              f"{DEFAULT_MIN_TISSUE}; 0: any tissue)")] = None,
 ) -> int:
     """`scanbridge dev bench`."""
-    from scanbridge.inference.bench import bench_command
+    from scanbridge.devtools.bench import bench_command
 
     return bench_command(slide, model, as_json=as_json, batch_size=batch_size, readers=readers, tile_size=tile_size,
                          overlap=overlap, threads=threads, cpu=cpu, device=device.value if device else None,

@@ -24,6 +24,7 @@ from scanbridge.domain.errors import (
     TaskTokenExpiredError,
     is_disk_full,
 )
+from scanbridge.domain.feature_spool import result_json_bytes
 from scanbridge.domain.results import (
     QcFinding,
     ScanResult,
@@ -213,7 +214,7 @@ class ProcessingService:
         if self._public_url:
             link = f"{self._public_url}/tasks/{quote(task_id, safe='')}"
             result = result.model_copy(update={"results": {**(result.results or {}), "external_url": link}})
-        body = json.dumps(result.model_dump(mode="json", exclude_none=True)).encode()
+        body = result_json_bytes(result)  # a streamed result's features are copied as text, not built as dicts
         self._artifacts.put(scan_result_key(task_id, result.scanId), body, "application/json")
 
     def _process_scan(self, task: Task, scan_id: str) -> None:

@@ -114,8 +114,8 @@ def _metrics(geojson: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _infer(model: Any, data: bytes, mpp: float | None, max_side: int) -> dict[str, Any]:
     """Decode, analyse with the worker's own analyze_scan, shape the answer (runs in the thread pool)."""
+    from scanbridge.imaging.readers.memory import MemoryReader, decode_image
     from scanbridge.inference.analyze import analyze_scan
-    from scanbridge.inference.memory_reader import MemoryReader, decode_image
 
     rgb, fmt = decode_image(data, max_side=max_side)
     reader = MemoryReader(rgb, mpp=mpp, fmt=fmt)

@@ -511,7 +511,7 @@ def _aperio_description(
         f"MPP = {truth.mpp:g}",
         "Left = 0.000000",
         "Top = 0.000000",
-        f"Synthetic = scanbridge.imaging.synth nuclei={len(truth.nuclei)}",
+        f"Synthetic = scanbridge.devtools.synth nuclei={len(truth.nuclei)}",
     ]
     return "|".join(fields)
 
@@ -658,7 +658,7 @@ def make_slide_command(out: Path, *, width: int = 8192, height: int = 8192, tiss
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m scanbridge.imaging.synth ARGS`: the same as `scanbridge dev make-slide ARGS` (entrypoints/cli.py)."""
+    """`python -m scanbridge.devtools.synth ARGS`: the same as `scanbridge dev make-slide ARGS` (entrypoints/cli.py)."""
     from scanbridge.entrypoints.cli import main as cli
 
     return cli(["dev", "make-slide", *(sys.argv[1:] if argv is None else argv)])

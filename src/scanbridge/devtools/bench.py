@@ -441,7 +441,7 @@ def bench_command(slide: Path, model: str = "tissue", *, as_json: bool = False, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m scanbridge.inference.bench ARGS`: the same as `scanbridge dev bench ARGS` (entrypoints/cli.py)."""
+    """`python -m scanbridge.devtools.bench ARGS`: the same as `scanbridge dev bench ARGS` (entrypoints/cli.py)."""
     from scanbridge.entrypoints.cli import main as cli
 
     return cli(["dev", "bench", *(sys.argv[1:] if argv is None else argv)])
