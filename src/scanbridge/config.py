@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     job_queue: str = ""
     job_definition: str = ""
     max_workers: int = 2
+    warm_workers: int = Field(1, ge=0, description="scanbridge serve: spare workers kept started ahead (stack "
+                                                   "imported, waiting for a task; 0: each task starts a fresh one)")
     scan_parallelism: int = 2
 
     # Models and inference.

@@ -207,6 +207,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     container: Any = None
     try:
         container = bootstrap(settings, provision=True)
+        warm_up = getattr(container.launcher, "warm_up", None)
+        if warm_up is not None:
+            warm_up(settings.warm_workers)  # spare workers import the stack while the stack starts
         if not settings.platform_url:
             log.warning("SCANBRIDGE_PLATFORM_URL is not set: results are kept here, not posted (tasks end "
                         "COMPLETED, delivery skipped: no platform configured)")

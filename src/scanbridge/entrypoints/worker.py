@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Collection
 
-from scanbridge.bootstrap import bootstrap, build_processing
+from scanbridge.bootstrap import Container, bootstrap, build_processing
 from scanbridge.domain.errors import DeviceUnavailableError
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import Task
@@ -39,29 +40,88 @@ def outcome(task: Task, only_scans: Collection[str] | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Process one task's scans; exit 0 when every scan has a stored result (success or coded failure),
     1 when the device it was told to use does not work (DEVICE_UNAVAILABLE: every scan failed with that
-    code before any download, so the results step tells the platform; the Batch job ends FAILED)."""
+    code before any download, so the results step tells the platform; the Batch job ends FAILED).
+    `--warm`: import the stack first, then take the task from stdin (`warm_main`)."""
     parser = argparse.ArgumentParser(prog="scanbridge worker")
-    parser.add_argument("--task-id", required=True)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--task-id")
+    group.add_argument("--warm", action="store_true",
+                       help="local warm pool: import everything, then read one JSON line {task_id, log} from stdin")
     parser.add_argument("--scan-index", type=int, default=None,
                         help="process only this scan (sorted by id); Batch array children get AWS_BATCH_JOB_ARRAY_INDEX")
     args = parser.parse_args(argv)
+    if args.warm:
+        return warm_main()
     started = time.monotonic()
+    return run_task(args.task_id, args.scan_index, bootstrap(), started)
+
+
+def warm_main() -> int:
+    """A warm spare of the local launcher: build the container and import the readers and onnxruntime,
+    then block on one line `{"task_id": ..., "log": PATH}` from stdin; point stdout/stderr at PATH (the
+    task's job log) and run that one task, then exit (one task per process). EOF first: exit 0, no task."""
     container = bootstrap()
+    build_processing(container)  # imports the readers, numpy and onnxruntime (the worker's start-up cost)
+    rehearse(container.settings.default_model)
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0
+    started = time.monotonic()
+    order = json.loads(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(str(order["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the launcher's pipe is done with
+    os.close(null)
+    print(f"warm worker {os.getpid()} took task {order['task_id']}", flush=True)  # the launcher's sign it started
+    return run_task(str(order["task_id"]), None, container, started)
+
+
+def rehearse(model: str) -> float:
+    """Run a tiny synthetic slide through the default model and every artifact, in memory (best effort):
+    the lazy imports and caches a first scan pays (highdicom's standard tables alone ~0.4 s) are paid
+    here, before the task. Nothing is stored; returns the seconds it took."""
+    import tempfile
+    from pathlib import Path
+
+    started = time.monotonic()
+    try:
+        from scanbridge.adapters.local.memory import MemoryArtifactStore
+        from scanbridge.devtools.synth import make_slide
+        from scanbridge.inference.runner import Analyzer, ModelLoader
+        from scanbridge.services.artifacts import ScanArtifactWriter
+
+        with tempfile.TemporaryDirectory(prefix="scanbridge-warm-") as folder:
+            slide = Path(folder) / "rehearsal.svs"
+            make_slide(slide, 256, 256, tissue_fraction=0.5)
+            result, _ = Analyzer(ModelLoader(device="cpu"))("rehearsal", [slide], model, lambda done, total: None)
+            ScanArtifactWriter(MemoryArtifactStore())("rehearsal", "rehearsal", [slide], result)
+    except Exception as exc:  # noqa: BLE001 - only a warm-up: the task runs the same code for real
+        print(f"warm-up rehearsal skipped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return time.monotonic() - started
+
+
+def run_task(task_id: str, scan_index: int | None, container: Container, started: float) -> int:
+    """The worker's run of `task_id` with a built container (`main`'s exit codes)."""
     setup_logging("scanbridge-worker", container.settings.log_level, container.settings.log_format)
     log = logging.getLogger("scanbridge.worker")
-    log.info("worker started", extra={"task_id": args.task_id})
+    log.info("worker started", extra={"task_id": task_id})
     from scanbridge.services.reaper import Heartbeat
 
-    with Heartbeat(container.tasks, args.task_id, container.settings.heartbeat_interval_s):
-        index = args.scan_index
+    with Heartbeat(container.tasks, task_id, container.settings.heartbeat_interval_s):
+        index = scan_index
         if index is None and os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "").isdigit():
             index = int(os.environ["AWS_BATCH_JOB_ARRAY_INDEX"])
         only = None
         if index is not None:
-            stored = container.tasks.get(args.task_id)
+            stored = container.tasks.get(task_id)
             ids = sorted(stored.scans) if stored else []
             only = [ids[index]] if 0 <= index < len(ids) else []
-        task = build_processing(container).run(args.task_id, only_scans=only)
+        task = build_processing(container).run(task_id, only_scans=only)
     log.info("worker finished task %s: %s", task.task_id, outcome(task, only),
              extra={"task_id": task.task_id, "status": str(task.status),
                     "worker_s": round(time.monotonic() - started, 3)})

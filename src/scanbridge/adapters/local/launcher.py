@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import os
 import shutil
@@ -63,12 +64,19 @@ class LocalJobLauncher:
     bound to this process (`lifetime.py`: it dies with it, even on SIGKILL). `task_timeout_s` is the
     job's deadline over all its attempts: past it the worker is killed and not retried. When a job has
     ended for good its downloads under `work_dir/<task>` are removed.
+
+    `warm_up(n)` keeps n spare workers started ahead (`worker --warm`: the stack already imported, blocked on
+    stdin); a job's attempt takes one (its task id and log path written to its stdin) instead of paying the
+    start-up, or starts a fresh worker when none is there. Each spare serves one task and exits, so crash
+    isolation, retries, kills, deadlines and PR_SET_PDEATHSIG are the same as for a fresh worker. Spares are
+    extra idle processes on top of the `max_workers` running ones (SCHED_IDLE, memory only).
     """
 
     def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
                  env: dict[str, str] | None = None, retries: int = 1,
                  worker_cmd: list[str] | None = None, task_timeout_s: float | None = None,
-                 work_dir: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+                 work_dir: Path | None = None, clock: Callable[[], float] = time.time,
+                 warm_cmd: list[str] | None = None) -> None:
         self._max_workers = max(1, max_workers)
         self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="local-job")
         self._log_dir = log_dir
@@ -89,6 +97,12 @@ class LocalJobLauncher:
         self._work_dir = work_dir
         self._clock = clock
         self._worker_cmd = worker_cmd or bound_command("scanbridge.entrypoints.worker")
+        # the spare's command: the real worker's --warm mode unless the tests replace the worker
+        self._warm_cmd = warm_cmd or (None if worker_cmd else [*self._worker_cmd, "--warm"])
+        self._warm_target = 0
+        self._spares: deque[subprocess.Popen[bytes]] = deque()
+        self._warm_cond = threading.Condition(self._lock)
+        self._warm_thread: threading.Thread | None = None
 
     def set_on_finished(self, callback: OnFinished) -> None:
         """Set what runs when a job ends (the delivery service)."""
@@ -171,26 +185,129 @@ class LocalJobLauncher:
         return removed
 
     def _spawn(self, task_id: str, job_id: str, log_path: Path, began: float) -> int:
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                [*self._worker_cmd, "--task-id", task_id],
-                stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ), start_new_session=True)
-            yield_cpu(proc.pid)  # workers only get CPU time the API does not want
+        open(log_path, "ab").close()  # the job's log exists from its start, as with a fresh worker
+        while True:
+            size = log_path.stat().st_size
+            proc = self._take_spare(task_id, log_path)
+            if proc is None:
+                return self._attempt(task_id, job_id, log_path, began, None)
+            code = self._attempt(task_id, job_id, log_path, began, proc)
             with self._lock:
-                self._procs[job_id] = proc
-                self._started[job_id] = self._clock()
-                closing = self._closing
-            if closing:  # shutdown() ran while this one was starting
-                os.killpg(proc.pid, signal.SIGTERM)
-            if self._timeout is None:
-                return proc.wait()
+                stopped = job_id in self._reasons or job_id in self._cancelled or self._closing
+            # a spare killed before it read the task wrote nothing to the task's log (a warm worker's first act
+            # is a line there): that was no attempt, the task goes to the next worker
+            if code >= 0 or stopped or log_path.stat().st_size > size:
+                return code
+            log.warning("warm worker %d died before it took the task; another one runs it", proc.pid,
+                        extra={"task_id": task_id})
+
+    def _attempt(self, task_id: str, job_id: str, log_path: Path, began: float,
+                 proc: subprocess.Popen[bytes] | None) -> int:
+        """One worker run of the job: `proc` (a spare already given the task) or a fresh worker; its exit code."""
+        if proc is None:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen(
+                    [*self._worker_cmd, "--task-id", task_id],
+                    stdout=out, stderr=subprocess.STDOUT, env=self._env or dict(os.environ), start_new_session=True)
+            yield_cpu(proc.pid)  # workers only get CPU time the API does not want
+        with self._lock:
+            self._procs[job_id] = proc
+            self._started[job_id] = self._clock()
+            closing = self._closing
+        if closing:  # shutdown() ran while this one was starting
+            os.killpg(proc.pid, signal.SIGTERM)
+        if self._timeout is None:
+            return proc.wait()
+        try:
+            return proc.wait(timeout=max(0.0, began + self._timeout - self._clock()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker ran past SCANBRIDGE_TASK_TIMEOUT_S; killing it", extra={"task_id": task_id})
+            self.kill(job_id, f"the task ran past its deadline (SCANBRIDGE_TASK_TIMEOUT_S={self._timeout:g} s)",
+                      retry=False)
+            return proc.wait()
+
+    def warm_up(self, count: int) -> int:
+        """Keep `count` spare workers started ahead (SCANBRIDGE_WARM_WORKERS); returns how many it keeps
+        (0 when off, or when the worker command was replaced without a `warm_cmd`)."""
+        if count <= 0 or self._warm_cmd is None:
+            return 0
+        with self._lock:
+            if self._closing:
+                return 0
+            self._warm_target = count
+            self._warm_cond.notify_all()
+            if self._warm_thread is None:
+                # spares are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the thread
+                # that started a child ends, so it must outlive them (it ends at shutdown)
+                self._warm_thread = threading.Thread(target=self._keep_warm, name="warm-pool", daemon=True)
+                self._warm_thread.start()
+        return count
+
+    def spare_pids(self) -> list[int]:
+        """The warm spares waiting for a task (for operators and tests)."""
+        with self._lock:
+            return [p.pid for p in self._spares if p.poll() is None]
+
+    def _take_spare(self, task_id: str, log_path: Path) -> subprocess.Popen[bytes] | None:
+        """A live spare, given `task_id` and its log path; None when there is none (start a fresh worker)."""
+        order = (json.dumps({"task_id": task_id, "log": str(log_path)}) + "\n").encode()
+        while True:
+            with self._lock:
+                if not self._spares or self._closing:
+                    return None
+                proc = self._spares.popleft()
+                self._warm_cond.notify_all()  # the pool starts its replacement
+            if proc.poll() is not None:
+                continue  # died while waiting (killed): the next one, the task is not lost
             try:
-                return proc.wait(timeout=max(0.0, began + self._timeout - self._clock()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker ran past SCANBRIDGE_TASK_TIMEOUT_S; killing it", extra={"task_id": task_id})
-                self.kill(job_id, f"the task ran past its deadline (SCANBRIDGE_TASK_TIMEOUT_S={self._timeout:g} s)",
-                          retry=False)
-                return proc.wait()
+                assert proc.stdin is not None
+                proc.stdin.write(order)
+                proc.stdin.close()
+            except OSError:  # it died between the poll and the write
+                proc.wait()
+                continue
+            log.info("warm worker %d takes the task", proc.pid, extra={"task_id": task_id})
+            return proc
+
+    def _keep_warm(self) -> None:
+        """The warm pool's thread: replace each spare taken or dead; back off, then stop, when they crash."""
+        failures = 0
+        while True:
+            with self._lock:
+                while True:
+                    for dead in [p for p in self._spares if p.poll() is not None]:
+                        self._spares.remove(dead)
+                        if (dead.returncode or 0) > 0:  # it failed on its own (not killed): count it
+                            failures += 1
+                            log.warning("a warm worker exited with code %d before any task", dead.returncode)
+                    if self._closing or failures >= 5 or len(self._spares) < self._warm_target:
+                        break
+                    self._warm_cond.wait(timeout=1.0)
+                if self._closing:
+                    return
+            if failures >= 5:
+                log.error("warm workers keep failing at start; tasks start fresh workers from now on")
+                with self._lock:
+                    self._warm_target = 0
+                return
+            if failures:
+                time.sleep(min(30.0, 0.5 * 2 ** failures))
+            try:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                with open(self._log_dir / "warm-workers.log", "ab") as out:
+                    assert self._warm_cmd is not None
+                    proc = subprocess.Popen(self._warm_cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                            env=self._env or dict(os.environ), start_new_session=True)
+                yield_cpu(proc.pid)
+            except Exception:
+                log.exception("could not start a warm worker")
+                failures += 1
+                continue
+            with self._lock:
+                if self._closing:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    return
+                self._spares.append(proc)
 
     def is_alive(self, job_id: str) -> bool:
         """Whether the worker of `job_id` is running now."""
@@ -271,7 +388,9 @@ class LocalJobLauncher:
         tasks whose worker it stopped (they resume when the stack starts again)."""
         with self._lock:
             self._closing = True
-            procs = list(self._procs.values())
+            procs = [*self._procs.values(), *self._spares]
+            self._spares.clear()
+            self._warm_cond.notify_all()
             stopped = [self._task_of[job] for job in self._active if job in self._task_of]
         for proc in procs:
             if proc.poll() is None:
