@@ -27,6 +27,7 @@ import shapely
 from shapely.geometry import MultiPoint, Polygon
 
 from scanbridge.domain.errors import ModelInvalidError
+from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
@@ -292,18 +293,24 @@ def _fmt(value: float, digits: int = 1) -> str:
 
 
 def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[dict[str, Any], list[float]] | None]:
-    """Each object's outline as (GeoJSON Polygon rounded to 0.01 px, bbox); None where it has no area.
+    """Each object's outline as (GeoJSON Polygon rounded to 0.01 px, bbox); None where it has no area."""
+    return list(_iter_outlines(objs, width, height))
+
+
+def _iter_outlines(objs: list[SlideObject], width: int,
+                   height: int) -> Iterator[tuple[dict[str, Any], list[float]] | None]:
+    """`_outlines` one object at a time: the arrays are computed at once, each outline's lists when asked.
 
     Outlines from nuclei.py are simple rings, so most need no repair: validity, area and bounds are
     checked for all of them at once (shapely's array functions) and their GeoJSON is written straight
     from the coordinates. The rest (invalid, or reaching past the slide) are repaired and clipped one
     by one.
     """
-    out: list[tuple[dict[str, Any], list[float]] | None] = [None] * len(objs)
     sizes = np.fromiter((len(o.contour) for o in objs), dtype=np.intp, count=len(objs))
     rings = np.flatnonzero(sizes >= 3)
     if rings.size == 0:
-        return out
+        yield from [None] * len(objs)
+        return
     coords = np.concatenate([objs[i].contour for i in rings]).astype(np.float64, copy=False)
     lengths = sizes[rings]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
@@ -316,7 +323,10 @@ def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[di
     first = _top_left(rounded, starts, lengths).tolist()
     ccw = (_signed_area2(rounded, starts, lengths) > 0).tolist()
     slide = shapely.box(0, 0, width, height)
+    nxt = 0
     for j, i in enumerate(rings.tolist()):
+        yield from [None] * (i - nxt)  # objects with fewer than 3 vertices
+        nxt = i + 1
         if simple[j]:
             # RFC 7946 (as postprocess.ORIENTATION says): positive signed area, from the top-left vertex
             if ccw[j]:
@@ -326,14 +336,13 @@ def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[di
                 ring = rounded[starts[j]:starts[j] + lengths[j]][::-1].tolist()
                 k = lengths[j] - 1 - first[j]
             ring = ring[k:] + ring[:k + 1]
-            out[i] = ({"type": "Polygon", "coordinates": [ring]}, boxes[j])
+            yield {"type": "Polygon", "coordinates": [ring]}, boxes[j]
             continue
         poly = _polygon(objs[i].contour)
         if poly is not None and not slide.contains(poly):
             poly = poly.intersection(slide)
-        if isinstance(poly, Polygon) and not poly.is_empty:
-            out[i] = polygon_geometry(poly)
-    return out
+        yield polygon_geometry(poly) if isinstance(poly, Polygon) and not poly.is_empty else None
+    yield from [None] * (len(objs) - nxt)
 
 
 @contextmanager
@@ -378,8 +387,12 @@ def _polygon(contour: np.ndarray) -> Polygon | None:
 
 
 def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tuple[int, int],
-                   mpp: tuple[float, float] | None, tissue_mm2: float | None) -> ScanResult:
+                   mpp: tuple[float, float] | None, tissue_mm2: float | None, stream: bool = True) -> ScanResult:
     """The ScanResult of an object model: per-nucleus polygons and/or per-class points, counts, density.
+
+    With `stream` (the default) each feature is written as JSON text to a FeatureSpool as it is made and the
+    result is a StreamedScanResult (flat memory: no dict per nucleus is kept); without, the features are a
+    list of dicts in `geojson`, as before. Both give the same JSON.
 
     Objects with a class (typed nuclei, detections) are drawn in their label's name and colour, and counted
     per class. Boxes follow `outputs.draw` (points, boxes or both); nuclei `outputs.polygons`.
@@ -394,12 +407,12 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     typed = any(o.class_name is not None for o in objs)
     labels = {lab.name.lower(): lab for lab in spec.labels}
     nucleus_label = spec.labels[0] if spec.labels and not positive_mode else None
-    features: list[dict[str, Any]] = []
+    features: FeatureSpool | list[dict[str, Any]] = FeatureSpool() if stream else []
     width, height = bounds
 
     with _gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
         if want_polygons:
-            for o, outline in zip(objs, _outlines(objs, width, height), strict=True):
+            for o, outline in zip(objs, _iter_outlines(objs, width, height), strict=True):
                 if outline is None:
                     continue
                 if o.class_name is not None:
@@ -487,6 +500,8 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         summary["Note"] = f"{count:,} nuclei: outlines left out of the GeoJSON (limit {MAX_POLYGONS:,})"
     summary["Model"] = f"{spec.name} v{spec.version}"
     results["report"] = {"summary": summary, "rois": None}
+    if isinstance(features, FeatureSpool):
+        return StreamedScanResult.from_spool(scan_id, results, features)
     return ScanResult(scanId=scan_id, results=results, geojson={"type": "FeatureCollection", "features": features})
 
 
