@@ -263,7 +263,7 @@ def _identity(layout: str, dtype: int, shape: list[int | str]) -> bytes:
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize("layout,dtype,np_dtype", [("NHWC", TensorProto.FLOAT, np.float32),
+@pytest.mark.parametrize(("layout", "dtype", "np_dtype"), [("NHWC", TensorProto.FLOAT, np.float32),
                                                     ("NCHW", TensorProto.FLOAT16, np.float16)])
 def test_the_input_is_fed_in_the_models_layout_order_dtype_and_normalisation(layout: str, dtype: int,
                                                                             np_dtype: type) -> None:

@@ -6,7 +6,7 @@ import gzip
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,10 +31,8 @@ def serving(handle: Handler) -> Iterator[tuple[str, list[dict[str, str]]]]:
 
         def do_GET(self) -> None:
             seen.append({k.lower(): v for k, v in self.headers.items()})
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):
                 handle(self)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), H)
     server.daemon_threads = True

@@ -92,7 +92,7 @@ def test_api_handler_accepts_the_platform_sample_and_submits_one_batch_job(deplo
     assert health["status"] == "ok" and "tissue" in health["models"]
 
 
-@pytest.mark.parametrize("event_file, scans_ok", [("results_succeeded.json", True), ("results_failed.json", False)])
+@pytest.mark.parametrize(("event_file", "scans_ok"), [("results_succeeded.json", True), ("results_failed.json", False)])
 def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                                                      event_file: str, scans_ok: bool) -> None:
     # GIVEN a task accepted through the API with a token, a loopback platform, and (when the job

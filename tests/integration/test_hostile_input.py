@@ -242,7 +242,7 @@ def test_depth_scan_matches_the_parser() -> None:
 @pytest.fixture
 def many_hostile() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
     """Requests of every kind the held-out battery names: ids, hosts, bytes, methods."""
-    yield [
+    return [
         ("GET", "/tasks/..", {}), ("GET", "/tasks/%2e%2e/results", {}), ("GET", "/tasks/a%2Fb", {}),
         ("GET", "/tasks/" + "x" * 5000, {}), ("GET", "/tasks/%00", {}), ("GET", "/tasks?limit=99999999999999", {}),
         ("GET", "/tasks?cursor=%ff%fe", {}), ("GET", "/tasks?status=NOPE", {}),

@@ -89,7 +89,7 @@ def _analyse(path: Path, model: str | OnnxModel, checkpoint: CheckpointStore | N
     return analysis.result, reader.reads, analysis.stats.tiles_processed
 
 
-@pytest.mark.parametrize("model, kw", [("tissue", {"tile_size": 64, "batch_size": 2}),
+@pytest.mark.parametrize(("model", "kw"), [("tissue", {"tile_size": 64, "batch_size": 2}),
                                        ("nuclei", {"tile_size": 256, "batch_size": 2})])
 def test_a_killed_scan_resumes_from_its_checkpoint_with_the_same_result(
         tmp_path: Path, model: str, kw: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ def test_scan_urls_win_over_scans_and_unknown_fields_are_kept() -> None:
     assert payload.extra_fields() == {"priority": "high", "nested": {"k": 1}}
 
 
-@pytest.mark.parametrize("model_id, model_name, expected", [
+@pytest.mark.parametrize(("model_id", "model_name", "expected"), [
     (None, "", None), ("", "  ", None), ("nuclei", "", "nuclei"), (None, "tissue", "tissue"), ("a", "b", "a")])
 def test_model_choice(model_id: str | None, model_name: str | None, expected: str | None) -> None:
     # GIVEN a webhook naming (or not) a model / WHEN asked / THEN model_id wins, empty means default

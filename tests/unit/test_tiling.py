@@ -110,7 +110,7 @@ def test_grid_overlap_and_scale_place_read_windows() -> None:
     assert (first.x, first.y) == (-16, -16) and (second.x, second.y) == (80, -16)
     assert grid.model_downsample == 2.0
     # AND an overlap that leaves no core is refused
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not fit"):
         grid_over_tissue(0, (100, 100), 1.0, 16, None, 1.0, overlap=8)
 
 

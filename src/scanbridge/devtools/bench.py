@@ -79,11 +79,7 @@ def build_bench_conv_model(width: int = 32, seed: int = 0) -> bytes:
 
     c1, c2 = width, 2 * width
     shared_inits, nodes = tissue_score_graph()  # the tissue test of the built-in `tissue` model, as a logit
-    inits = shared_inits + [
-        const("eps", 1e-3),
-        weight("w1", c1, 3, 3), weight("w2", c2, c1, 3), weight("w3", c2, c2, 3), weight("w4", c2, c2, 3),
-        weight("w5", 1, c2, 1),
-    ]
+    inits = [*shared_inits, const("eps", 0.001), weight("w1", c1, 3, 3), weight("w2", c2, c1, 3), weight("w3", c2, c2, 3), weight("w4", c2, c2, 3), weight("w5", 1, c2, 1)]
     nodes += [
         helper.make_node("AveragePool", ["score"], ["score8"], kernel_shape=[8, 8], strides=[8, 8]),
         # the convolutional trunk: /2, /4, /8, then a 3x3 and a 1x1 head

@@ -99,5 +99,5 @@ def changes(previous: Task | None, current: Task) -> list[dict[str, Any]]:
             events.append(scan_event(current, scan))
     if previous is None or previous.status != current.status:
         status = status_event(current, previous.status if previous is not None else None)
-        events = events + [status] if current.status.is_terminal else [status] + events
+        events = [*events, status] if current.status.is_terminal else [status, *events]
     return events

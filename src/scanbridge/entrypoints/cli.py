@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
@@ -356,7 +356,7 @@ def make_slide(
                               truth_json=truth_json)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """`dev bench --device`: as SCANBRIDGE_DEVICE."""
 
     auto = "auto"

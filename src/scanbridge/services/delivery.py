@@ -253,7 +253,7 @@ class DeliveryService:
             stored = ScanResult.model_validate(json.loads(raw)) if raw is not None else None
             stored_code = ((stored.results or {}).get("error") or {}).get("code") if stored else None
             if stored is not None and (scan.status == ScanStatus.SUCCEEDED or
-                                       scan.status == ScanStatus.FAILED and stored_code == scan.error_code):
+                                       (scan.status == ScanStatus.FAILED and stored_code == scan.error_code)):
                 scans.append(stored)  # a failure stored by the worker keeps its qcFailReasons and QC report
             else:
                 scans.append(failure_result(sid, scan.error_code or WorkerFailedError.code,

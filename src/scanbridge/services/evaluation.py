@@ -10,7 +10,7 @@ algorithm (scipy.optimize.linear_sum_assignment) maximising the number of pairs 
 among those, their IoU (cellpose's `_true_positive` cost). Then
 
 - ap50 = TP / (TP + FP + FN) (cellpose's "average precision" at one threshold; 1.0 when both are empty)
-- jaccard = |pred foreground ∩ gt foreground| / |pred foreground ∪ gt foreground| (1.0 when both empty)
+- jaccard = |pred foreground AND gt foreground| / |pred foreground OR gt foreground| (1.0 when both empty)
 - mean_matched_iou = the mean IoU of the TP pairs (None without any)
 """
 

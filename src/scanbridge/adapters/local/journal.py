@@ -128,8 +128,8 @@ def _same_kms_key(key_id: str | None, material: bytes | None) -> Iterator[None]:
     if key_id is None or material is None:
         yield
         return
-    with mock.patch("moto.kms.models.generate_key_id", lambda *_a, **_k: key_id), \
-            mock.patch("moto.kms.models.generate_master_key", lambda: material):
+    with mock.patch("moto.kms.models.generate_key_id", return_value=key_id), \
+            mock.patch("moto.kms.models.generate_master_key", return_value=material):
         yield
 
 

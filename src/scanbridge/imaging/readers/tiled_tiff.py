@@ -13,6 +13,7 @@ file handle under a lock.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -146,10 +147,8 @@ class TiledPyramid:
 
     def close(self) -> None:
         """Close the file and drop the cache."""
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass
         with self._lock:
             self._cache.clear()
             self._cache_bytes = 0
