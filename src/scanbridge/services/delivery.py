@@ -308,12 +308,12 @@ class DeliveryService:
         return now - updated > UNLEASED_STALE_S
 
     def _timeout_for(self, attempt: int) -> float:
-        return min(self._max_timeout, self._timeout * 2 ** max(0, attempt - 1))
+        return float(min(self._max_timeout, self._timeout * 2 ** max(0, attempt - 1)))
 
     def _delay_after(self, attempt: int) -> float:
         """Exponential backoff with jitter: about backoff_s * 2^(attempt-1), capped at max_backoff_s."""
         base = min(self._max_backoff, self._backoff * 2 ** max(0, attempt - 1))
-        return min(self._max_backoff, base * (0.5 + random.random()))
+        return float(min(self._max_backoff, base * (0.5 + random.random())))
 
     def _claim_try(self, task_id: str, after: int | None = None, force: bool = False) -> Task | None:
         """Claim the next try (a lease past its timeout) when it is due (or `force`: any DELIVERING task), or,

@@ -69,7 +69,7 @@ def as_labels(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     if arr.dtype == np.bool_:
         from skimage.measure import label
 
-        return np.asarray(label(arr, connectivity=1), dtype=np.int64)
+        return np.asarray(label(arr, connectivity=1), dtype=np.int64)  # type: ignore[no-untyped-call]
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
             raise ValidationError(f"{name} must hold integer labels (0 = background)")
@@ -199,10 +199,11 @@ def rasterise(objects: list[list[list[np.ndarray]]], origin: tuple[int, int], sh
     for i, obj in enumerate(objects, start=1):
         for rings in obj:
             ext = rings[0]
-            rr, cc = draw_polygon(ext[:, 1] - 0.5 - oy, ext[:, 0] - 0.5 - ox, shape=shape)
+            rr, cc = draw_polygon(ext[:, 1] - 0.5 - oy, ext[:, 0] - 0.5 - ox, shape=shape)  # type: ignore[no-untyped-call]
             labels[rr, cc] = i
             for hole in rings[1:]:
-                hr, hc = draw_polygon(hole[:, 1] - 0.5 - oy, hole[:, 0] - 0.5 - ox, shape=shape)
+                hr, hc = draw_polygon(hole[:, 1] - 0.5 - oy, hole[:, 0] - 0.5 - ox,  # type: ignore[no-untyped-call]
+                                      shape=shape)
                 sel = labels[hr, hc] == i
                 labels[hr[sel], hc[sel]] = 0
     return labels
