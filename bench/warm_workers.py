@@ -1,6 +1,6 @@
 """Fixed cost per task: tiny tasks through `scanbridge serve` with fresh workers and with warm spares, side by side.
 
-    python bench/warm_workers.py [--slide ../shared/fixtures/small.svs] [--tasks 5] [--warm 0 1] [--settle 8]
+    python bench/warm_workers.py [--slide ../shared/fixtures/small.svs] [--tasks 5] [--warm 0 1] [--settle 8] [--gap 1]
 
 For each SCANBRIDGE_WARM_WORKERS value it starts a real `scanbridge serve` (moto, local launcher) with a
 loopback platform serving the slide, waits `--settle` seconds (spares import the stack), then sends
@@ -27,7 +27,7 @@ from scanbridge.devtools.stack import serve_subprocess
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "small.svs"
 
 
-def run(slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float) -> dict[str, Any]:
+def run(slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float, gap_s: float) -> dict[str, Any]:
     """`tasks` sequential tiny tasks through one serve with SCANBRIDGE_WARM_WORKERS=warm."""
     tmp = Path(tempfile.mkdtemp(prefix=f"scanbridge-warm{warm}-"))
     times: list[float] = []
@@ -44,7 +44,7 @@ def run(slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float) -
                 httpx.post(f"{url}/webhook", json=body, timeout=30).raise_for_status()
                 platform.wait_for_posts(i + 1, timeout_s=timeout_s)
                 times.append(round(time.monotonic() - t0, 2))
-                time.sleep(1.0)  # the spare's replacement warms up between two tasks, as between webhooks
+                time.sleep(gap_s)  # between two webhooks (a taken spare's replacement warms up meanwhile)
     return {"task_s": times, "median_s": round(statistics.median(times), 2), "max_s": max(times)}
 
 
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--warm", type=int, nargs="+", default=[0, 1])
     p.add_argument("--settle", type=float, default=8.0, help="seconds between serve's start and the first webhook")
+    p.add_argument("--gap", type=float, default=1.0, help="seconds between a results POST and the next webhook")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each results POST")
     args = p.parse_args(argv)
-    rows = {f"warm_workers={w}": run(args.slide, w, args.tasks, args.settle, args.timeout) for w in args.warm}
+    rows = {f"warm_workers={w}": run(args.slide, w, args.tasks, args.settle, args.timeout, args.gap) for w in args.warm}
     print(json.dumps({"slide": str(args.slide), **rows}))
     return 0
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,65 +75,89 @@ def test_shutdown_stops_workers_without_retrying_them(tmp_path: Path) -> None:
     assert not done.is_set() and finished == []
 
 
-# A stand-in for `worker --warm` (no task store here): blocks on one JSON line, writes to the log it names.
-WARM = [sys.executable, "-c", (
-    "import json, os, sys\n"
-    "order = sys.stdin.readline()\n"
-    "if not order.strip(): sys.exit(0)\n"
-    "o = json.loads(order)\n"
-    "with open(o['log'], 'a') as f: f.write(f\"warm {os.getpid()} ran {o['task_id']}\\n\")\n")]
+def _warm(body: str) -> list[str]:
+    """A warm-worker server (the real fork server) whose task is `body` (Python; `order` is the task's order)."""
+    return [sys.executable, "-c", ("import sys, time\nfrom scanbridge.adapters.local.forkserver import serve_forks\n"
+            f"def run(order):\n    {body}\n    return 0\nserve_forks(run)\n")]
 
 
-def _wait_for(predicate: object, timeout_s: float = 10) -> None:
+def _wait_for(predicate: Callable[[], object], timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.02)
     raise AssertionError("timed out")
 
 
-def test_warm_spare_serves_a_task_and_a_killed_spare_is_replaced(tmp_path: Path) -> None:
-    # GIVEN a launcher keeping one warm spare
+def test_warm_worker_serves_a_task_and_a_killed_server_is_replaced(tmp_path: Path) -> None:
+    # GIVEN a launcher with warm workers on (a fresh `worker_cmd` would sleep 60 s)
     finished: list[tuple[str, bool, str | None]] = []
-    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=SLEEPER, warm_cmd=WARM,
+    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=SLEEPER,
+                                warm_cmd=_warm("print('ran', order['task_id'], flush=True)"),
                                 on_finished=lambda t, ok, r: finished.append((t, ok, r)))
     try:
         assert launcher.warm_up(1) == 1
-        _wait_for(lambda: len(launcher.spare_pids()) == 1)
-        first = launcher.spare_pids()[0]
-        # WHEN the spare is killed before any task arrives
+        _wait_for(lambda: launcher.warm_pids())
+        first = launcher.warm_pids()[0]
+        # WHEN the warm server is killed before any task arrives
         os.kill(first, signal.SIGKILL)
-        # THEN a fresh spare replaces it
-        _wait_for(lambda: launcher.spare_pids() not in ([], [first]))
-        spare = launcher.spare_pids()[0]
-        # AND WHEN a task is submitted, the spare (not a fresh `worker_cmd`, which would sleep 60 s) runs it,
+        # THEN a fresh one replaces it
+        _wait_for(lambda: launcher.warm_pids() not in ([], [first]))
+        # AND WHEN a task is submitted, a process forked from it runs the task to the end
         job_id = launcher.submit("task-1")
         _wait_for(lambda: len(finished) == 1)
         assert finished == [("task-1", True, None)]
-        # its output is the job's log,
-        assert (tmp_path / f"{job_id}.log").read_text() == f"warm {spare} ran task-1\n"
-        # and another spare is started for the next task
-        _wait_for(lambda: len(launcher.spare_pids()) == 1 and launcher.spare_pids()[0] != spare)
+        # with its output in the job's log
+        text = (tmp_path / f"{job_id}.log").read_text().splitlines()
+        assert text[0].startswith("warm worker ") and text[0].endswith(" took task task-1")
+        assert text[1:] == ["ran task-1"]
+        assert int(text[0].split()[2]) not in (first, *launcher.warm_pids())  # its own process
     finally:
         launcher.shutdown()
 
 
-def test_task_given_to_a_dead_spare_is_not_lost(tmp_path: Path) -> None:
-    # GIVEN a launcher whose only spare was SIGKILLed just before a task came (the pool has not noticed yet)
+def test_warm_worker_is_killed_retried_and_its_deadline_kept(tmp_path: Path) -> None:
+    # GIVEN warm workers that hang, a launcher that retries killed workers once, and a 3 s deadline
     finished: list[tuple[str, bool, str | None]] = []
-    cold = [sys.executable, "-c", "import sys; print('cold ran', sys.argv[-1])"]
-    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=cold, warm_cmd=WARM, retries=0,
+    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=SLEEPER, retries=1, task_timeout_s=3,
+                                warm_cmd=_warm("time.sleep(60)"),
                                 on_finished=lambda t, ok, r: finished.append((t, ok, r)))
     try:
         launcher.warm_up(1)
-        _wait_for(lambda: len(launcher.spare_pids()) == 1)
-        os.kill(launcher.spare_pids()[0], signal.SIGKILL)
-        # WHEN a task is submitted
+        _wait_for(lambda: launcher.warm_pids())
         job_id = launcher.submit("task-2")
-        _wait_for(lambda: len(finished) == 1)
-        # THEN it runs to the end in a live worker (a fresh one, or the dead spare's replacement), with its log
-        assert finished == [("task-2", True, None)]
-        assert "ran task-2" in (tmp_path / f"{job_id}.log").read_text()
+        pid = _wait_for_worker(launcher, job_id)
+        assert pid not in launcher.warm_pids()
+        # WHEN its worker is SIGSTOPped and then killed as hung (the reaper's call), with a retry
+        os.kill(pid, signal.SIGSTOP)
+        assert launcher.kill(job_id, "hung", retry=True)
+        # THEN another forked worker runs it
+        _wait_for(lambda: launcher.pids().get(job_id) not in (None, pid))
+        assert launcher.warm_pids()  # the server stayed up
+        # AND past the deadline that one is killed and the job ends for good with the reason
+        _wait_for(lambda: finished, timeout_s=15)
+        assert finished[0][0] == "task-2" and finished[0][1] is False
+        assert "SCANBRIDGE_TASK_TIMEOUT_S" in (finished[0][2] or "")
+        assert not _alive(pid)
+    finally:
+        launcher.shutdown()
+
+
+def test_task_goes_to_a_fresh_worker_when_the_warm_server_is_gone(tmp_path: Path) -> None:
+    # GIVEN a launcher whose warm server keeps failing at start (it exits 3 at once)
+    finished: list[tuple[str, bool, str | None]] = []
+    cold = [sys.executable, "-c", "import sys; print('cold ran', sys.argv[-1])"]
+    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=cold, retries=0,
+                                warm_cmd=[sys.executable, "-c", "raise SystemExit(3)"],
+                                on_finished=lambda t, ok, r: finished.append((t, ok, r)))
+    try:
+        launcher.warm_up(1)
+        # WHEN a task is submitted
+        job_id = launcher.submit("task-3")
+        _wait_for(lambda: finished)
+        # THEN it is not lost: a fresh worker runs it
+        assert finished == [("task-3", True, None)]
+        assert (tmp_path / f"{job_id}.log").read_text() == "cold ran task-3\n"
     finally:
         launcher.shutdown()

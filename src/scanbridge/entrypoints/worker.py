@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -57,52 +56,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_main() -> int:
-    """A warm spare of the local launcher: build the container and import the readers and onnxruntime,
-    then block on one line `{"task_id": ..., "log": PATH}` from stdin; point stdout/stderr at PATH (the
-    task's job log) and run that one task, then exit (one task per process). EOF first: exit 0, no task."""
+    """The local launcher's warm-worker server (adapters/local/forkserver.py): build the container and
+    import the readers, onnxruntime and the artifact writers once, then fork one process per task read
+    from stdin (`{"task_id": ..., "log": PATH}`). Nothing here starts a thread or a connection: every
+    forked worker starts from the same clean state. Returns at EOF once its workers have ended."""
+    from scanbridge.adapters.local.forkserver import serve_forks
+
     container = bootstrap()
     build_processing(container)  # imports the readers, numpy and onnxruntime (the worker's start-up cost)
-    rehearse(container.settings.default_model)
-    line = sys.stdin.buffer.readline()
-    if not line.strip():
-        return 0
-    started = time.monotonic()
-    order = json.loads(line)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(str(order["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)  # the launcher's pipe is done with
-    os.close(null)
-    print(f"warm worker {os.getpid()} took task {order['task_id']}", flush=True)  # the launcher's sign it started
-    return run_task(str(order["task_id"]), None, container, started)
+    prepare()
+
+    def run(order: dict[str, object]) -> int:
+        return run_task(str(order["task_id"]), None, container, time.monotonic())
+
+    return serve_forks(run)
 
 
-def rehearse(model: str) -> float:
-    """Run a tiny synthetic slide through the default model and every artifact, in memory (best effort):
-    the lazy imports and caches a first scan pays (highdicom's standard tables alone ~0.4 s) are paid
-    here, before the task. Nothing is stored; returns the seconds it took."""
-    import tempfile
-    from pathlib import Path
-
-    started = time.monotonic()
+def prepare() -> None:
+    """What a first scan would pay in the warm server instead (best effort, no threads): the artifact
+    modules' lazy imports and highdicom's DICOM standard tables (~1.2 s together here)."""
     try:
-        from scanbridge.adapters.local.memory import MemoryArtifactStore
-        from scanbridge.devtools.synth import make_slide
-        from scanbridge.inference.runner import Analyzer, ModelLoader
-        from scanbridge.services.artifacts import ScanArtifactWriter
+        import highdicom
+        from highdicom import _standard_utils
 
-        with tempfile.TemporaryDirectory(prefix="scanbridge-warm-") as folder:
-            slide = Path(folder) / "rehearsal.svs"
-            make_slide(slide, 256, 256, tissue_fraction=0.5)
-            result, _ = Analyzer(ModelLoader(device="cpu"))("rehearsal", [slide], model, lambda done, total: None)
-            ScanArtifactWriter(MemoryArtifactStore())("rehearsal", "rehearsal", [slide], result)
-    except Exception as exc:  # noqa: BLE001 - only a warm-up: the task runs the same code for real
-        print(f"warm-up rehearsal skipped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-    return time.monotonic() - started
+        import scanbridge.imaging.readers
+        import scanbridge.inference.overlay
+        import scanbridge.services.artifacts
+        import scanbridge.services.exports  # noqa: F401
+
+        for table in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+            getattr(_standard_utils, table, lambda: None)()
+        del highdicom
+    except Exception as exc:  # noqa: BLE001 - only a warm-up: the task imports the same for real
+        print(f"warm-up skipped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
 def run_task(task_id: str, scan_index: int | None, container: Container, started: float) -> int:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
-import json
 import logging
 import os
 import shutil
@@ -15,7 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
+from scanbridge.adapters.local.forkserver import ForkServer
 from scanbridge.adapters.local.lifetime import bound_command
 from scanbridge.domain.task import new_job_id
 
@@ -55,6 +57,16 @@ def work_dir_name(task_id: str) -> str:
 OnFinished = Callable[[str, bool, "str | None"], object]
 
 
+class WorkerProcess(Protocol):
+    """A worker the launcher waits for: a `subprocess.Popen` or a warm server's `ForkedWorker`."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 class LocalJobLauncher:
     """Runs `python -m scanbridge.entrypoints.worker --task-id ID`; calls `on_finished` when it exits.
 
@@ -65,11 +77,12 @@ class LocalJobLauncher:
     job's deadline over all its attempts: past it the worker is killed and not retried. When a job has
     ended for good its downloads under `work_dir/<task>` are removed.
 
-    `warm_up(n)` keeps n spare workers started ahead (`worker --warm`: the stack already imported, blocked on
-    stdin); a job's attempt takes one (its task id and log path written to its stdin) instead of paying the
-    start-up, or starts a fresh worker when none is there. Each spare serves one task and exits, so crash
-    isolation, retries, kills, deadlines and PR_SET_PDEATHSIG are the same as for a fresh worker. Spares are
-    extra idle processes on top of the `max_workers` running ones (SCHED_IDLE, memory only).
+    `warm_up(1)` starts a warm-worker server (`worker --warm`, forkserver.py: the stack imported once, never
+    running a task itself); each attempt then gets a process forked from it instead of paying the start-up,
+    or a fresh worker when the server is not there. A forked worker runs one task and exits, in its own
+    process group, dying with the server (which dies with this process), so crash isolation, retries, kills,
+    deadlines and the logs are the same as for a fresh worker; at most `max_workers` run at once. The server
+    is one extra idle process (SCHED_IDLE, memory only).
     """
 
     def __init__(self, *, max_workers: int, log_dir: Path, on_finished: OnFinished | None = None,
@@ -82,7 +95,7 @@ class LocalJobLauncher:
         self._log_dir = log_dir
         self._on_finished = on_finished
         self._env = env
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, WorkerProcess] = {}
         self._cancelled: set[str] = set()
         self._reasons: dict[str, str] = {}
         self._queued: dict[str, float] = {}  # job id -> when submitted, in submission order
@@ -99,8 +112,7 @@ class LocalJobLauncher:
         self._worker_cmd = worker_cmd or bound_command("scanbridge.entrypoints.worker")
         # the spare's command: the real worker's --warm mode unless the tests replace the worker
         self._warm_cmd = warm_cmd or (None if worker_cmd else [*self._worker_cmd, "--warm"])
-        self._warm_target = 0
-        self._spares: deque[subprocess.Popen[bytes]] = deque()
+        self._server: ForkServer | None = None
         self._warm_cond = threading.Condition(self._lock)
         self._warm_thread: threading.Thread | None = None
 
@@ -194,15 +206,15 @@ class LocalJobLauncher:
             code = self._attempt(task_id, job_id, log_path, began, proc)
             with self._lock:
                 stopped = job_id in self._reasons or job_id in self._cancelled or self._closing
-            # a spare killed before it read the task wrote nothing to the task's log (a warm worker's first act
-            # is a line there): that was no attempt, the task goes to the next worker
+            # a warm worker killed before it began (its server killed) wrote nothing to the task's log (its first
+            # act is a line there): that was no attempt, the task goes to the next worker
             if code >= 0 or stopped or log_path.stat().st_size > size:
                 return code
-            log.warning("warm worker %d died before it took the task; another one runs it", proc.pid,
+            log.warning("warm worker %d died before it began the task; another one runs it", proc.pid,
                         extra={"task_id": task_id})
 
     def _attempt(self, task_id: str, job_id: str, log_path: Path, began: float,
-                 proc: subprocess.Popen[bytes] | None) -> int:
+                 proc: WorkerProcess | None) -> int:
         """One worker run of the job: `proc` (a spare already given the task) or a fresh worker; its exit code."""
         if proc is None:
             with open(log_path, "ab") as out:
@@ -227,87 +239,86 @@ class LocalJobLauncher:
             return proc.wait()
 
     def warm_up(self, count: int) -> int:
-        """Keep `count` spare workers started ahead (SCANBRIDGE_WARM_WORKERS); returns how many it keeps
-        (0 when off, or when the worker command was replaced without a `warm_cmd`)."""
+        """Switch the warm workers on (SCANBRIDGE_WARM_WORKERS >= 1: one fork server) or leave them off (0);
+        returns 1 when on (0 also when the worker command was replaced without a `warm_cmd`)."""
         if count <= 0 or self._warm_cmd is None:
             return 0
         with self._lock:
             if self._closing:
                 return 0
-            self._warm_target = count
-            self._warm_cond.notify_all()
             if self._warm_thread is None:
-                # spares are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the thread
-                # that started a child ends, so it must outlive them (it ends at shutdown)
+                # the server is started from this one long-lived thread: PR_SET_PDEATHSIG fires when the thread
+                # that started a child ends, so it must outlive the server (it ends at shutdown)
                 self._warm_thread = threading.Thread(target=self._keep_warm, name="warm-pool", daemon=True)
                 self._warm_thread.start()
-        return count
+        return 1
 
-    def spare_pids(self) -> list[int]:
-        """The warm spares waiting for a task (for operators and tests)."""
+    def warm_pids(self) -> list[int]:
+        """The warm-worker server's pid while it runs (for operators and tests)."""
         with self._lock:
-            return [p.pid for p in self._spares if p.poll() is None]
+            server = self._server
+        return [server.pid] if server is not None and server.alive() else []
 
-    def _take_spare(self, task_id: str, log_path: Path) -> subprocess.Popen[bytes] | None:
-        """A live spare, given `task_id` and its log path; None when there is none (start a fresh worker)."""
-        order = (json.dumps({"task_id": task_id, "log": str(log_path)}) + "\n").encode()
-        while True:
-            with self._lock:
-                if not self._spares or self._closing:
-                    return None
-                proc = self._spares.popleft()
-                self._warm_cond.notify_all()  # the pool starts its replacement
-            if proc.poll() is not None:
-                continue  # died while waiting (killed): the next one, the task is not lost
-            try:
-                assert proc.stdin is not None
-                proc.stdin.write(order)
-                proc.stdin.close()
-            except OSError:  # it died between the poll and the write
-                proc.wait()
-                continue
-            log.info("warm worker %d takes the task", proc.pid, extra={"task_id": task_id})
-            return proc
+    def _take_spare(self, task_id: str, log_path: Path) -> WorkerProcess | None:
+        """A worker forked for `task_id` by the warm server; None when there is none (start a fresh worker)."""
+        with self._lock:
+            server = None if self._closing else self._server
+        if server is None or not server.alive():
+            return None
+        worker = server.start(task_id, log_path)
+        if worker is not None:
+            log.info("warm worker %d takes the task", worker.pid, extra={"task_id": task_id})
+        else:
+            with self._warm_cond:
+                self._warm_cond.notify_all()  # it is gone: the pool starts another
+        return worker
 
     def _keep_warm(self) -> None:
-        """The warm pool's thread: replace each spare taken or dead; back off, then stop, when they crash."""
+        """The warm pool's thread: keep one live fork server; back off, then give up, when it keeps crashing."""
         failures = 0
         while True:
             with self._lock:
                 while True:
-                    for dead in [p for p in self._spares if p.poll() is not None]:
-                        self._spares.remove(dead)
-                        if (dead.returncode or 0) > 0:  # it failed on its own (not killed): count it
-                            failures += 1
-                            log.warning("a warm worker exited with code %d before any task", dead.returncode)
-                    if self._closing or failures >= 5 or len(self._spares) < self._warm_target:
+                    server = self._server
+                    if self._closing or server is None or not server.alive():
+                        break
+                    if server.stopped():  # SIGSTOPped: the ends of its workers would go unreported
                         break
                     self._warm_cond.wait(timeout=1.0)
                 if self._closing:
+                    self._server = None
+                    if server is not None:
+                        server.stop()
                     return
+            if server is not None:
+                if server.alive():  # stopped: kill it; its workers die with it and are retried
+                    log.warning("the warm-worker server %d is stopped; replacing it", server.pid)
+                    server.stop(signal.SIGKILL)
+                code = server.wait_exit()
+                if code > 0:  # it failed on its own (not killed): count it
+                    failures += 1
+                    log.warning("the warm-worker server exited with code %d", code)
             if failures >= 5:
                 log.error("warm workers keep failing at start; tasks start fresh workers from now on")
-                with self._lock:
-                    self._warm_target = 0
                 return
             if failures:
                 time.sleep(min(30.0, 0.5 * 2 ** failures))
             try:
                 self._log_dir.mkdir(parents=True, exist_ok=True)
-                with open(self._log_dir / "warm-workers.log", "ab") as out:
-                    assert self._warm_cmd is not None
-                    proc = subprocess.Popen(self._warm_cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                            env=self._env or dict(os.environ), start_new_session=True)
-                yield_cpu(proc.pid)
+                assert self._warm_cmd is not None
+                fresh = ForkServer(self._warm_cmd, env=self._env or dict(os.environ),
+                                   log_path=self._log_dir / "warm-workers.log", nice=yield_cpu)
             except Exception:
-                log.exception("could not start a warm worker")
+                log.exception("could not start the warm-worker server")
                 failures += 1
+                with self._lock:
+                    self._server = None
                 continue
             with self._lock:
+                self._server = fresh
                 if self._closing:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    fresh.stop()
                     return
-                self._spares.append(proc)
 
     def is_alive(self, job_id: str) -> bool:
         """Whether the worker of `job_id` is running now."""
@@ -388,15 +399,15 @@ class LocalJobLauncher:
         tasks whose worker it stopped (they resume when the stack starts again)."""
         with self._lock:
             self._closing = True
-            procs = [*self._procs.values(), *self._spares]
-            self._spares.clear()
+            procs = list(self._procs.values())
+            server, self._server = self._server, None
             self._warm_cond.notify_all()
             stopped = [self._task_of[job] for job in self._active if job in self._task_of]
         for proc in procs:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        if server is not None:
+            server.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)
         return sorted(stopped)

@@ -1,0 +1,229 @@
+"""A fork server for the local launcher's warm workers: one process imports the stack once, then forks a
+fresh child per task (crash-isolated: each task is its own process, forked from a process that never ran one).
+
+Protocol over the server's pipes (one line each): the launcher writes `{"task_id": ..., "log": PATH}` to its
+stdin; the server forks, answers `started PID` on its stdout, and `exit PID CODE` when that child ends (CODE
+as `Popen.returncode`: negative for a signal). The child puts itself in its own process group (the launcher
+`killpg`s it, as a fresh worker), asks for SIGKILL when the server dies (the server itself dies with
+`scanbridge serve`: lifetime.py), points stdout/stderr at PATH, runs the task and `_exit`s. The server never
+starts a thread, so forking it is safe. EOF on stdin: the server exits once its children have.
+Hand-written rather than `multiprocessing`'s forkserver: that one needs picklable callables and gives no
+pid before the child runs, nor the launcher's per-task log and process-group semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scanbridge.adapters.local.lifetime import die_with_parent
+
+log = logging.getLogger(__name__)
+
+#: How long an order waits for the server's `started` answer (it may still be importing) before the server
+#: is taken for hung: it is killed and the task starts a fresh worker.
+START_TIMEOUT_S = 120.0
+
+
+def serve_forks(run: Callable[[dict[str, Any]], int], stdin_fd: int = 0) -> int:
+    """The server's loop: fork `run(order)` per order line; report `started`/`exit`. Returns after EOF
+    once its children have ended. Reads the raw fd (a buffered reader would hide lines from select)."""
+    out = sys.stdout
+    me = os.getpid()
+    children: set[int] = set()
+    pending = b""
+    open_input = True
+    while open_input or children:
+        if open_input and select.select([stdin_fd], [], [], 0.05)[0]:
+            data = os.read(stdin_fd, 65536)
+            open_input = bool(data)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                order = json.loads(line)
+                pid = os.fork()
+                if pid == 0:  # the task's process
+                    _child(run, order, me)
+                with contextlib.suppress(OSError):  # as the child does: no window where killpg(pid) finds no group
+                    os.setpgid(pid, pid)
+                children.add(pid)
+                print(f"started {pid}", file=out, flush=True)
+        elif not open_input:
+            time.sleep(0.05)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                children.clear()
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", file=out, flush=True)
+    return 0
+
+
+def _child(run: Callable[[dict[str, Any]], int], order: dict[str, Any], server: int) -> None:
+    """In the forked child: own process group, die with the server, output to the task's log, run, exit."""
+    code = 70
+    try:
+        os.setpgid(0, 0)
+        die_with_parent(server)
+        fd = os.open(str(order["log"]), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        print(f"warm worker {os.getpid()} took task {order['task_id']}", flush=True)
+        code = run(order)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # noqa: BLE001 - whatever happens, this process must not return to the loop
+        with contextlib.suppress(Exception):
+            print(f"warm worker failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            # no interpreter teardown: everything is stored and logged, and the server's state is not ours
+            os._exit(code)
+
+
+class ForkedWorker:
+    """The launcher's handle on one forked child: `pid`, `poll()`, `wait(timeout)`, `returncode` as Popen's."""
+
+    def __init__(self, pid: int, args: list[str]) -> None:
+        self.pid = pid
+        self.args = args
+        self.returncode: int | None = None
+        self._done = threading.Event()
+
+    def poll(self) -> int | None:
+        """The exit code once the server has reported it, else None."""
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the child's end is reported (subprocess.TimeoutExpired past `timeout`)."""
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def ended(self, code: int) -> None:
+        """Record the child's exit code (from the server, or -SIGKILL when the server is gone)."""
+        if self.returncode is None:
+            self.returncode = code
+            self._done.set()
+
+
+class ForkServer:
+    """Runs the fork server `cmd` (its own session, idle priority) and hands out `ForkedWorker`s."""
+
+    def __init__(self, cmd: list[str], *, env: dict[str, str], log_path: Path,
+                 nice: Callable[[int], object] = lambda pid: None) -> None:
+        with open(log_path, "ab") as err:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                          env=env, start_new_session=True)
+        nice(self._proc.pid)  # before it forks anything: its children inherit the scheduling policy
+        self._args = cmd
+        self._order_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._children: dict[int, ForkedWorker] = {}
+        self._started: list[ForkedWorker] = []
+        self._answer = threading.Condition(self._lock)
+        self._gone = False
+        threading.Thread(target=self._read, name="fork-server-reader", daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        """The server's own pid."""
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        """Whether the server still runs (and answers)."""
+        with self._lock:
+            return not self._gone and self._proc.poll() is None
+
+    def start(self, task_id: str, log_path: Path) -> ForkedWorker | None:
+        """Fork a child for `task_id` writing to `log_path`; None when the server is gone or hung (killed)."""
+        order = (json.dumps({"task_id": task_id, "log": str(log_path)}) + "\n").encode()
+        with self._order_lock:
+            with self._lock:
+                if self._gone:
+                    return None
+                self._started.clear()
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.write(order)
+                self._proc.stdin.flush()
+            except OSError:
+                return None
+            with self._lock:
+                if not self._answer.wait_for(lambda: self._started or self._gone, timeout=START_TIMEOUT_S):
+                    log.warning("the warm-worker server did not answer in %g s; killing it", START_TIMEOUT_S)
+                    self._gone = True
+                if self._gone or not self._started:
+                    self.stop(signal.SIGKILL)
+                    return None
+                return self._started.pop()
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        """Its exit code once it has ended (SIGKILLed past `timeout`)."""
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+            return self._proc.wait()
+
+    def stopped(self) -> bool:
+        """Whether the server is stopped (SIGSTOP: state T in /proc); its children's ends would go unreported."""
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[-1].split()[:1] == ["T"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the server's process group (its children are in their own groups and die with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            parts = raw.decode(errors="replace").split()
+            with self._lock:
+                if len(parts) == 2 and parts[0] == "started" and parts[1].isdigit():
+                    child = ForkedWorker(int(parts[1]), self._args)
+                    self._children[child.pid] = child
+                    self._started.append(child)
+                    self._answer.notify_all()
+                elif len(parts) == 3 and parts[0] == "exit" and parts[1].isdigit():
+                    ended = self._children.pop(int(parts[1]), None)
+                    if ended is not None:
+                        ended.ended(int(parts[2]))
+        self._proc.wait()
+        with self._lock:
+            self._gone = True
+            orphans = list(self._children.values())
+            self._children.clear()
+            self._answer.notify_all()
+        for child in orphans:  # they got SIGKILL with the server (PR_SET_PDEATHSIG): killed, so retried
+            child.ended(-signal.SIGKILL)
