@@ -220,7 +220,9 @@ class ScanArtifactWriter:
                 jobs.append(("crops.zip",
                              lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
             if self._dicom:
-                body = json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True)))
+                # the FeatureCollection built once above, not again (a streamed result would build it per dump)
+                body = {**json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True,
+                                                                  exclude={"geojson"}))), "geojson": geojson}
                 metadata = {**meta.to_json(), **extra}
                 for fmt, name in exports.DICOM_ARTIFACTS.items():
                     if fmt == "dicom-source" and source:
