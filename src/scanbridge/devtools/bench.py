@@ -11,7 +11,8 @@ On one slide and one model, in one process:
   hardware's bare model throughput the whole pipeline delivers (issue #9's GPU target: >= 0.80).
 
 Peak resident memory (`peak_rss_mb`) is the process's high-water mark during the pipeline (reset before each
-phase where Linux allows it; every phase's in `phase_peak_rss_mb`, the naive loop's full-slide canvas included).
+phase where Linux allows it, from a collected and trimmed heap; every phase's in `phase_peak_rss_mb`, the
+naive loop's full-slide canvas included).
 Besides the built-in models, ``--model bench-conv`` is a small fixed-weight convolutional net (built here
 with the onnx helper, nothing downloaded) whose output is still a tissue probability, heavy enough that
 the device matters; ``bench-resnet50`` is a ResNet-50-class net built the same way (devtools/resnet.py;
@@ -22,6 +23,9 @@ working CUDA: exit 3, DEVICE_UNAVAILABLE); the report names the provider, the ba
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import math
 import os
@@ -129,6 +133,12 @@ def load_model(name: str, *, prefer_gpu: bool = True, intra_op_threads: int = 0,
                      intra_op_threads=intra_op_threads, device=device, tensorrt=tensorrt, cache_dir=cache_dir)
 
 
+def _malloc_trim() -> None:
+    """glibc's malloc_trim(0): free heap pages back to the OS (nothing elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakRss:
     """The process's resident-memory high-water mark, resettable per phase on Linux."""
 
@@ -145,8 +155,12 @@ class PeakRss:
             return False
 
     def reset(self) -> None:
-        """Start a new phase (no-op where the mark cannot be reset)."""
+        """Start a new phase (no-op where the mark cannot be reset), from a trimmed heap: what earlier phases
+        freed is collected and handed back to the OS first, so each phase's mark counts its own memory
+        (without it the pipeline's mark swung by ±50 MiB from run to run with what the model phases left)."""
         if self.resettable:
+            gc.collect()
+            _malloc_trim()
             self._reset()
 
     def mb(self) -> float:
