@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scanbridge.adapters.local.forkserver import TITLE_ROOM
 from scanbridge.adapters.local.launcher import LocalJobLauncher
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -78,7 +79,7 @@ def test_shutdown_stops_workers_without_retrying_them(tmp_path: Path) -> None:
 def _warm(body: str) -> list[str]:
     """A warm-worker server (the real fork server) whose task is `body` (Python; `order` is the task's order)."""
     return [sys.executable, "-c", ("import sys, time\nfrom scanbridge.adapters.local.forkserver import serve_forks\n"
-            f"def run(order):\n    {body}\n    return 0\nserve_forks(run)\n")]
+            f"def run(order):\n    {body}\n    return 0\nserve_forks(run)\n"), "--title-room", TITLE_ROOM]
 
 
 def _wait_for(predicate: Callable[[], object], timeout_s: float = 10) -> None:
@@ -129,6 +130,9 @@ def test_warm_worker_is_killed_retried_and_its_deadline_kept(tmp_path: Path) -> 
         job_id = launcher.submit("task-2")
         pid = _wait_for_worker(launcher, job_id)
         assert pid not in launcher.warm_pids()
+        # AND it shows the command line a fresh worker would have (ps / pgrep -f find it by its task)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        assert [a.decode() for a in cmdline] == [*SLEEPER, "--task-id", "task-2"]
         # WHEN its worker is SIGSTOPped and then killed as hung (the reaper's call), with a retry
         os.kill(pid, signal.SIGSTOP)
         assert launcher.kill(job_id, "hung", retry=True)

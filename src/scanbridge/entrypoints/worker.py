@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--task-id")
     group.add_argument("--warm", action="store_true",
                        help="local warm pool: import everything, then read one JSON line {task_id, log} from stdin")
+    parser.add_argument("--title-room", default="", help=argparse.SUPPRESS)  # --warm: room for set_cmdline
     parser.add_argument("--scan-index", type=int, default=None,
                         help="process only this scan (sorted by id); Batch array children get AWS_BATCH_JOB_ARRAY_INDEX")
     args = parser.parse_args(argv)

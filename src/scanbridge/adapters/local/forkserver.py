@@ -14,6 +14,7 @@ pid before the child runs, nor the launcher's per-task log and process-group sem
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -89,6 +90,8 @@ def _child(run: Callable[[dict[str, Any]], int], order: dict[str, Any], server: 
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
+        if order.get("argv"):
+            set_cmdline([str(a) for a in order["argv"]])
         print(f"warm worker {os.getpid()} took task {order['task_id']}", flush=True)
         code = run(order)
     except SystemExit as exc:
@@ -104,6 +107,28 @@ def _child(run: Callable[[dict[str, Any]], int], order: dict[str, Any], server: 
         finally:
             # no interpreter teardown: everything is stored and logged, and the server's state is not ours
             os._exit(code)
+
+
+#: Room the server's own command line leaves for its workers' (`set_cmdline`): an argument of spaces.
+TITLE_ROOM = " " * 240
+
+
+def set_cmdline(argv: list[str]) -> bool:
+    """Show `argv` as this process's command line (/proc/PID/cmdline, ps, pgrep -f), as a fresh worker's
+    would read, so operators and tests find a task's worker by `--task-id ID`. Linux: the kernel reads the
+    original argv area (arg_start..arg_end in /proc/self/stat), rewritten here in place, truncated to it.
+    Hand-written (~10 lines) rather than the setproctitle package, which is not a dependency."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # fields 48 and 49 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return False
+    room = end - start
+    if room <= 1:
+        return False
+    data = b"\0".join(a.encode() for a in argv)[: room - 1]
+    ctypes.memmove(start, data + b"\0" * (room - len(data)), room)
+    return True
 
 
 class ForkedWorker:
@@ -161,9 +186,10 @@ class ForkServer:
         with self._lock:
             return not self._gone and self._proc.poll() is None
 
-    def start(self, task_id: str, log_path: Path) -> ForkedWorker | None:
-        """Fork a child for `task_id` writing to `log_path`; None when the server is gone or hung (killed)."""
-        order = (json.dumps({"task_id": task_id, "log": str(log_path)}) + "\n").encode()
+    def start(self, task_id: str, log_path: Path, argv: list[str] | None = None) -> ForkedWorker | None:
+        """Fork a child for `task_id` writing to `log_path` (shown as `argv`, see `set_cmdline`); None when
+        the server is gone or hung (then killed)."""
+        order = (json.dumps({"task_id": task_id, "log": str(log_path), "argv": argv or []}) + "\n").encode()
         with self._order_lock:
             with self._lock:
                 if self._gone:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from scanbridge.adapters.local.forkserver import ForkServer
+from scanbridge.adapters.local.forkserver import TITLE_ROOM, ForkServer
 from scanbridge.adapters.local.lifetime import bound_command
 from scanbridge.domain.task import new_job_id
 
@@ -111,7 +111,7 @@ class LocalJobLauncher:
         self._clock = clock
         self._worker_cmd = worker_cmd or bound_command("scanbridge.entrypoints.worker")
         # the spare's command: the real worker's --warm mode unless the tests replace the worker
-        self._warm_cmd = warm_cmd or (None if worker_cmd else [*self._worker_cmd, "--warm"])
+        self._warm_cmd = warm_cmd or (None if worker_cmd else [*self._worker_cmd, "--warm", "--title-room", TITLE_ROOM])
         self._server: ForkServer | None = None
         self._warm_cond = threading.Condition(self._lock)
         self._warm_thread: threading.Thread | None = None
@@ -265,7 +265,7 @@ class LocalJobLauncher:
             server = None if self._closing else self._server
         if server is None or not server.alive():
             return None
-        worker = server.start(task_id, log_path)
+        worker = server.start(task_id, log_path, [*self._worker_cmd, "--task-id", task_id])
         if worker is not None:
             log.info("warm worker %d takes the task", worker.pid, extra={"task_id": task_id})
         else:
