@@ -131,8 +131,12 @@ def test_warm_worker_is_killed_retried_and_its_deadline_kept(tmp_path: Path) -> 
         pid = _wait_for_worker(launcher, job_id)
         assert pid not in launcher.warm_pids()
         # AND it shows the command line a fresh worker would have (ps / pgrep -f find it by its task)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        assert [a.decode() for a in cmdline] == [*SLEEPER, "--task-id", "task-2"]
+        def shown() -> list[str]:
+            return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
+
+        _wait_for(lambda: shown() == [*SLEEPER, "--task-id", "task-2"])  # set by the child as it starts
+        if hasattr(os, "SCHED_IDLE"):  # and yields the CPU to the API, as a fresh worker
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         # WHEN its worker is SIGSTOPped and then killed as hung (the reaper's call), with a retry
         os.kill(pid, signal.SIGSTOP)
         assert launcher.kill(job_id, "hung", retry=True)
