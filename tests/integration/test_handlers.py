@@ -60,6 +60,15 @@ def deployed(aws: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     get_settings.cache_clear()
 
 
+def _accept_with_token(api: ModuleType, token: str = "header.payload.signature") -> None:
+    """The platform's sample webhook, with a task JWT, accepted through the API function (202)."""
+    event = _event("api_webhook.json")
+    body = json.loads(event["body"])
+    body["jwt_token"] = token
+    event["body"] = json.dumps(body)
+    assert api.handler(event, None)["statusCode"] == 202
+
+
 def _reset_handlers() -> None:
     """Forget the containers the handler modules cache per Lambda container (one per test here)."""
     from scanbridge.entrypoints import lambda_api, lambda_results, lambda_webhook
@@ -101,11 +110,7 @@ def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], m
         monkeypatch.setenv("SCANBRIDGE_PLATFORM_URL", platform.base_url)
         get_settings.cache_clear()
         api, results = _load_function("api"), _load_function("results")
-        event = _event("api_webhook.json")
-        body = json.loads(event["body"])
-        body["jwt_token"] = "header.payload.signature"
-        event["body"] = json.dumps(body)
-        assert api.handler(event, None)["statusCode"] == 202
+        _accept_with_token(api)
         from scanbridge.bootstrap import bootstrap
         from scanbridge.services.common import update_task
         from scanbridge.services.processing import scan_result_key

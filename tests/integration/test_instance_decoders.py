@@ -43,12 +43,7 @@ def _analyse(path: Path, spec: dict[str, Any], data: bytes) -> ScanAnalysis:
 
 def _interior(truth: synth.SlideTruth) -> np.ndarray:
     """Mask of the truth nuclei whose whole disc is tissue (the renderer clips the others)."""
-    mask = truth.tissue_mask(1)
-    keep = []
-    for n in truth.nuclei:
-        ring = [(n.cx + (n.r + 1) * math.cos(a), n.cy + (n.r + 1) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 16)]
-        keep.append(all(0 <= x < truth.width and 0 <= y < truth.height and mask[int(y), int(x)] for x, y in ring))
-    return np.array(keep)
+    return truth.whole_nuclei()
 
 
 def _truth_labels(truth: synth.SlideTruth) -> np.ndarray:

@@ -48,11 +48,7 @@ def _match(found: np.ndarray, truth: np.ndarray, radius: float = 3.0) -> np.ndar
 
 def _interior(truth: synth.SlideTruth) -> np.ndarray:
     """Truth nuclei whose whole disc lies in tissue (the renderer clips the others at the tissue edge)."""
-    mask = truth.tissue_mask(1)
-    keep = []
-    for n in truth.nuclei:
-        ring = [(n.cx + (n.r + 1) * math.cos(a), n.cy + (n.r + 1) * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 16)]
-        keep.append(all(0 <= x < truth.width and 0 <= y < truth.height and mask[int(y), int(x)] for x, y in ring))
+    keep = truth.whole_nuclei()
     return np.array([[n.cx, n.cy] for n, k in zip(truth.nuclei, keep, strict=True) if k])
 
 

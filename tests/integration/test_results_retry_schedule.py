@@ -12,7 +12,12 @@ from scanbridge.config import get_settings
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.status import TaskStatus
 from tests.conftest import EVENTS, REPO
-from tests.integration.test_handlers import _event, _load_function, deployed  # noqa: F401 - the fixture
+from tests.integration.test_handlers import (  # noqa: F401 - deployed: the fixture
+    _accept_with_token,
+    _event,
+    _load_function,
+    deployed,
+)
 from tests.integration.test_template import CfnLoader
 
 
@@ -35,11 +40,7 @@ def test_a_delivery_that_failed_its_burst_is_retried_by_the_scheduled_event(
         monkeypatch.setenv("SCANBRIDGE_DELIVERY_ATTEMPTS", "2")
         get_settings.cache_clear()
         api, results = _load_function("api"), _load_function("results")
-        event = _event("api_webhook.json")
-        body = json.loads(event["body"])
-        body["jwt_token"] = "header.payload.signature"
-        event["body"] = json.dumps(body)
-        assert api.handler(event, None)["statusCode"] == 202
+        _accept_with_token(api)
         tid = "dGFzazoxODU4MzU="
         # WHEN the job's state change arrives: both tries fail
         out = results.handler(_event("results_failed.json"), None)

@@ -95,6 +95,16 @@ class SlideTruth:
         start, end = _row_spans(_blob_array(self.blobs), float(downsample), 0, h, 0, w)
         return _spans_to_mask(start, end, w)
 
+    def whole_nuclei(self) -> BoolArray:
+        """Per nucleus: whether its whole disc (radius + 1 px) lies in tissue (the renderer clips the others)."""
+        mask = self.tissue_mask(1)
+        angles = np.linspace(0, 2 * math.pi, 16)
+        keep = []
+        for n in self.nuclei:
+            ring = [(n.cx + (n.r + 1) * math.cos(a), n.cy + (n.r + 1) * math.sin(a)) for a in angles]
+            keep.append(all(0 <= x < self.width and 0 <= y < self.height and mask[int(y), int(x)] for x, y in ring))
+        return np.array(keep, dtype=bool)
+
     @property
     def positive_count(self) -> int:
         """Return the number of DAB-positive nuclei."""

@@ -179,7 +179,14 @@ def _outline2(image: np.ndarray) -> np.ndarray:
     contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     p = max(contours, key=len).reshape(-1, 2)
     if len(p) == 1:
-        return 2 * p + _LONE_PIXEL
+        return np.asarray(2 * p + _LONE_PIXEL)
+    return edge_ring(p)[::-1]  # scikit-image's orientation
+
+
+def edge_ring(p: np.ndarray) -> np.ndarray:
+    """An OpenCV pixel chain (k, 2) as its ring of pixel-edge middles, in doubled pixel-centre coordinates."""
+    if len(p) == 1:
+        return np.asarray(2 * p + _LONE_PIXEL)
     step = np.empty_like(p)
     np.subtract(p[1:], p[:-1], out=step[:-1])
     np.subtract(p[0], p[-1], out=step[-1])
@@ -187,8 +194,7 @@ def _outline2(image: np.ndarray) -> np.ndarray:
     pair = np.empty_like(code)
     pair[1:] = code[:-1] * 8 + code[1:]
     pair[0] = code[-1] * 8 + code[0]
-    ring = (2 * p[:, None, :] + _EDGE_OFFSETS[pair])[_EDGE_USED[pair]]
-    return ring[::-1]  # scikit-image's orientation
+    return np.asarray((2 * p[:, None, :] + _EDGE_OFFSETS[pair])[_EDGE_USED[pair]])
 
 
 def measure_nuclei(labels: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,

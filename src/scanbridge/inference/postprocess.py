@@ -11,7 +11,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
 # the chain-code -> pixel-edge-middle table the nucleus outlines use (one way to outline a mask)
-from scanbridge.inference.nuclei import _CODE, _EDGE_OFFSETS, _EDGE_USED, _LONE_PIXEL
+from scanbridge.inference.nuclei import edge_ring
 
 
 def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
@@ -60,22 +60,8 @@ def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
         lo, hi = p.min(axis=0), p.max(axis=0)
         if lo[0] == 0 and lo[1] == 0 and hi[0] == w - 1 and hi[1] == h - 1:
             continue  # the frame's own outer border
-        rings.append(_edge_ring(p) * 0.5 - 1.5)  # doubled, padded pixel centres -> mask pixel edges
+        rings.append(edge_ring(p) * 0.5 - 1.5)  # doubled, padded pixel centres -> mask pixel edges
     return rings
-
-
-def _edge_ring(p: np.ndarray) -> np.ndarray:
-    """An OpenCV pixel chain (k, 2) as its ring of pixel-edge middles, in doubled pixel-centre coordinates."""
-    if len(p) == 1:
-        return np.asarray(2 * p + _LONE_PIXEL)
-    step = np.empty_like(p)
-    np.subtract(p[1:], p[:-1], out=step[:-1])
-    np.subtract(p[0], p[-1], out=step[-1])
-    code = _CODE[step[:, 0] + 3 * step[:, 1] + 4]
-    pair = np.empty_like(code)
-    pair[1:] = code[:-1] * 8 + code[1:]
-    pair[0] = code[-1] * 8 + code[0]
-    return np.asarray((2 * p[:, None, :] + _EDGE_OFFSETS[pair])[_EDGE_USED[pair]])
 
 
 def _nest(rings: list[np.ndarray]) -> list[Polygon]:
