@@ -110,7 +110,7 @@ class LocalJobLauncher:
         self._work_dir = work_dir
         self._clock = clock
         self._worker_cmd = worker_cmd or bound_command("scanbridge.entrypoints.worker")
-        # the spare's command: the real worker's --warm mode unless the tests replace the worker
+        # the warm server's command: the real worker's --warm mode unless the tests replace the worker
         self._warm_cmd = warm_cmd or (None if worker_cmd else [*self._worker_cmd, "--warm", "--title-room", TITLE_ROOM])
         self._server: ForkServer | None = None
         self._warm_cond = threading.Condition(self._lock)
@@ -198,9 +198,9 @@ class LocalJobLauncher:
 
     def _spawn(self, task_id: str, job_id: str, log_path: Path, began: float) -> int:
         open(log_path, "ab").close()  # the job's log exists from its start, as with a fresh worker
-        while True:
+        for tries in range(3):
             size = log_path.stat().st_size
-            proc = self._take_spare(task_id, log_path)
+            proc = self._take_spare(task_id, log_path) if tries < 2 else None  # then a fresh worker
             if proc is None:
                 return self._attempt(task_id, job_id, log_path, began, None)
             code = self._attempt(task_id, job_id, log_path, began, proc)
@@ -212,6 +212,7 @@ class LocalJobLauncher:
                 return code
             log.warning("warm worker %d died before it began the task; another one runs it", proc.pid,
                         extra={"task_id": task_id})
+        raise AssertionError("unreachable: the last try starts a fresh worker")
 
     def _attempt(self, task_id: str, job_id: str, log_path: Path, began: float,
                  proc: WorkerProcess | None) -> int:
