@@ -144,6 +144,7 @@ class PeakRss:
 
     def __init__(self) -> None:
         self.resettable = self._reset()
+        self.start: float | None = None  # RSS in MiB when the current phase began
 
     @staticmethod
     def _reset() -> bool:
@@ -162,16 +163,25 @@ class PeakRss:
             gc.collect()
             _malloc_trim()
             self._reset()
+        self.start = self._status("VmRSS:")
 
-    def mb(self) -> float:
-        """Peak RSS in MiB since the last reset (VmHWM), else since start (ru_maxrss)."""
+    @staticmethod
+    def _status(key: str) -> float | None:
+        """A /proc/self/status figure in MiB (None off Linux)."""
         try:
             with open("/proc/self/status") as fh:
                 for line in fh:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(key):
                         return int(line.split()[1]) / 1024.0
         except OSError:
             pass
+        return None
+
+    def mb(self) -> float:
+        """Peak RSS in MiB since the last reset (VmHWM), else since start (ru_maxrss)."""
+        hwm = self._status("VmHWM:")
+        if hwm is not None:
+            return hwm
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
 
@@ -336,6 +346,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     bare_s = bare_onnxruntime(path, grid, model, batch=batch)
 
     rss.reset()
+    pipeline_start = rss.start
     reader = open_scan([path])
     try:
         t0 = time.perf_counter()
@@ -397,6 +408,8 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         # design); without a resettable mark, the process's
         "peak_rss_mb": round(phases["pipeline"] if rss.resettable else max([rss.mb(), *phases.values()]), 1),
         "phase_peak_rss_mb": {k: round(v, 1) for k, v in phases.items()},
+        # RSS when the pipeline began (what the earlier phases left): peak_rss_mb - this is the pipeline's own
+        "pipeline_start_rss_mb": round(pipeline_start, 1) if pipeline_start is not None else None,
         "rss_resettable": rss.resettable,
         "result_regions": next((v for k, v in results.items() if k.endswith("_regions")), None),
         "result_fraction": next((v for k, v in results.items() if k.endswith("_fraction")), None),

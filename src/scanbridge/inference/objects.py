@@ -500,6 +500,12 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         summary["Note"] = f"{count:,} nuclei: outlines left out of the GeoJSON (limit {MAX_POLYGONS:,})"
     summary["Model"] = f"{spec.name} v{spec.version}"
     results["report"] = {"summary": summary, "rois": None}
+    return _scan_result(scan_id, results, features)
+
+
+def _scan_result(scan_id: str, results: dict[str, Any],
+                 features: FeatureSpool | list[dict[str, Any]]) -> ScanResult:
+    """A StreamedScanResult over a spool, else a ScanResult holding the features' list."""
     if isinstance(features, FeatureSpool):
         return StreamedScanResult.from_spool(scan_id, results, features)
     return ScanResult(scanId=scan_id, results=results, geojson={"type": "FeatureCollection", "features": features})
