@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scanbridge.domain.models import ModelSpec
+from scanbridge.domain.results import QcFinding, ScanResult
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
+
+if TYPE_CHECKING:  # numpy is not in the API Lambda's layer: annotations only
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -112,3 +118,130 @@ class DeadLetterQueue(Protocol):
 
     def send(self, message: dict[str, Any]) -> None:
         """Park one message (never the token or the results body: those stay in the stores)."""
+
+
+# --- the worker's steps (services/processing.py) ----------------------------------------------
+
+
+class Fetcher(Protocol):
+    """Downloads a scan's files (imaging.fetch.SafeFetcher)."""
+
+    def fetch_all(self, urls: list[str], dest_dir: Path) -> list[Path]:
+        """Every file, in order."""
+
+
+class ScanAnalyzer(Protocol):
+    """Runs one model over one scan's files."""
+
+    def __call__(self, scan_id: str, paths: list[Path], model_name: str,
+                 progress: Callable[[int, int], None], *, checkpoint: Any = None) -> tuple[ScanResult, dict[str, Any]]:
+        """The scan's result and its reader metadata (resuming from `checkpoint`, an inference.resume
+        CheckpointStore, when one is given)."""
+
+
+class QcOutcome(Protocol):
+    """What a quality-control run found (imaging.qc.QcReport fits)."""
+
+    @property
+    def failures(self) -> list[QcFinding]:
+        """The failed checks."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Every check, JSON-ready (stored as results.qc)."""
+
+
+class ScanQc(Protocol):
+    """Opens a downloaded scan and runs the quality checks (imaging.qc.qc_scan); raises ScanErrors."""
+
+    def __call__(self, paths: list[Path]) -> QcOutcome:
+        """The checks' outcome."""
+
+
+class ArtifactWriter(Protocol):
+    """Stores a succeeded scan's artifacts (services.artifacts.ScanArtifactWriter); never raises."""
+
+    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
+        """Extra entries for the scan's metadata.json (e.g. the DICOM source's key attributes)."""
+
+
+# --- the model registry (services/models.py) and where the worker's models come from ----------
+
+
+class ModelRegistry(Protocol):
+    """Where uploaded models live (DynamoDB + S3; in memory locally).
+
+    >>> registry.put_onnx("my-model", "2", data); registry.put_spec(spec, {"sha256": ...})
+    >>> registry.get_spec("my-model").version   # '2'
+    """
+
+    def list_specs(self) -> list[ModelSpec]:
+        """Every registered spec, by name."""
+
+    def get_spec(self, name: str) -> ModelSpec | None:
+        """The registered spec of `name`, or None."""
+
+    def file_info(self, name: str) -> dict[str, Any] | None:
+        """Facts recorded with the spec (sha256, size_bytes, onnx_key, updated_at...), or None."""
+
+    def put_spec(self, spec: ModelSpec, info: dict[str, Any]) -> None:
+        """Store `spec` (replacing any) with facts about its file."""
+
+    def delete_spec(self, name: str) -> bool:
+        """Remove the spec; False when there was none."""
+
+    def put_onnx(self, name: str, version: str, data: bytes) -> str:
+        """Store the ONNX file; returns its key."""
+
+    def get_onnx(self, name: str, version: str) -> bytes | None:
+        """The ONNX file, or None."""
+
+    def delete_onnx(self, name: str) -> int:
+        """Remove every version of the model's files; returns how many."""
+
+
+class ModelSource(Protocol):
+    """Where registered (non built-in) models come from: services.models.ModelService fits."""
+
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of `name`; raises ModelNotFoundError."""
+
+    def onnx_bytes(self, name: str, version: str) -> bytes:
+        """The ONNX file of `name` at `version`; raises ModelNotFoundError."""
+
+
+# --- what a launcher may tell the queries and the reaper; where a scan's checkpoints live ----------
+
+
+class QueueView(Protocol):
+    """A launcher that knows its own queue (the local one)."""
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start; None when not waiting."""
+
+    def queue_eta_s(self, job_id: str) -> float | None:
+        """Seconds until the job should start, None when unknown."""
+
+
+class Liveness(Protocol):
+    """What a launcher may tell the reaper about a job (the local one does; Batch has its own events)."""
+
+    def last_seen(self, job_id: str) -> float | None:
+        """Epoch seconds of the launcher's own latest sign of life of the job, None when unknown."""
+
+    def is_alive(self, job_id: str) -> bool:
+        """Whether a process of the job exists."""
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        """Kill the job's process (stopped ones too); `retry`: start it again when attempts are left."""
+
+
+class CheckpointStore(Protocol):
+    """Where one scan's checkpoint parts live (services.checkpoints.ArtifactCheckpoints fits)."""
+
+    interval_s: float
+
+    def parts(self, fingerprint: str) -> list[dict[str, np.ndarray]]:
+        """Every stored part of `fingerprint`, in the order they were saved."""
+
+    def save(self, fingerprint: str, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Store part number `index`."""

@@ -243,3 +243,9 @@ class WorkerFailedError(ScanbridgeError):
     """The worker process ended without writing results."""
 
     code = "WORKER_FAILED"
+
+
+class TaskCancelledError(ScanbridgeError):
+    """The task was cancelled while the worker ran."""
+
+    code = "TASK_CANCELLED"

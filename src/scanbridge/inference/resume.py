@@ -17,29 +17,18 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from scanbridge.domain.models import ModelSpec
 from scanbridge.imaging.tiling import Tile, TileGrid
+from scanbridge.ports import CheckpointStore
 
 log = logging.getLogger(__name__)
 
 Cell = tuple[int, int]  # (row, col)
 T = TypeVar("T")
-
-
-class CheckpointStore(Protocol):
-    """Where one scan's checkpoint parts live (services.checkpoints.ArtifactCheckpoints fits)."""
-
-    interval_s: float
-
-    def parts(self, fingerprint: str) -> list[dict[str, np.ndarray]]:
-        """Every stored part of `fingerprint`, in the order they were saved."""
-
-    def save(self, fingerprint: str, index: int, arrays: dict[str, np.ndarray]) -> None:
-        """Store part number `index`."""
 
 
 def grid_fingerprint(grid: TileGrid, spec: ModelSpec) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from scanbridge.domain.errors import ModelNotFoundError
 from scanbridge.domain.models import ModelSpec
@@ -17,16 +17,7 @@ from scanbridge.inference.pipeline import ProgressFn
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS
-
-
-class ModelSource(Protocol):
-    """Where registered (non built-in) models come from: services.models.ModelService fits."""
-
-    def spec(self, name: str) -> ModelSpec:
-        """The spec of `name`; raises ModelNotFoundError."""
-
-    def onnx_bytes(self, name: str, version: str) -> bytes:
-        """The ONNX file of `name` at `version`; raises ModelNotFoundError."""
+from scanbridge.ports import ModelSource
 
 
 class ModelLoader:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import pydantic
 
@@ -24,6 +24,7 @@ from scanbridge.domain.errors import (
     ValidationError,
 )
 from scanbridge.domain.models import OUTPUT_KEYS, Label, ModelSpec, Normalisation
+from scanbridge.ports import ModelRegistry
 
 Validator = Callable[[ModelSpec, bytes], dict[str, Any]]
 
@@ -33,37 +34,6 @@ IO_FIELDS = frozenset({"input_name", "input_size", "input_dtype", "input_layout"
                        "background_labels", "mpp"})
 FROZEN_FIELDS = frozenset({"name", "version", "builtin"})
 
-
-class ModelRegistry(Protocol):
-    """Where uploaded models live (DynamoDB + S3; in memory locally).
-
-    >>> registry.put_onnx("my-model", "2", data); registry.put_spec(spec, {"sha256": ...})
-    >>> registry.get_spec("my-model").version   # '2'
-    """
-
-    def list_specs(self) -> list[ModelSpec]:
-        """Every registered spec, by name."""
-
-    def get_spec(self, name: str) -> ModelSpec | None:
-        """The registered spec of `name`, or None."""
-
-    def file_info(self, name: str) -> dict[str, Any] | None:
-        """Facts recorded with the spec (sha256, size_bytes, onnx_key, updated_at...), or None."""
-
-    def put_spec(self, spec: ModelSpec, info: dict[str, Any]) -> None:
-        """Store `spec` (replacing any) with facts about its file."""
-
-    def delete_spec(self, name: str) -> bool:
-        """Remove the spec; False when there was none."""
-
-    def put_onnx(self, name: str, version: str, data: bytes) -> str:
-        """Store the ONNX file; returns its key."""
-
-    def get_onnx(self, name: str, version: str) -> bytes | None:
-        """The ONNX file, or None."""
-
-    def delete_onnx(self, name: str) -> int:
-        """Remove every version of the model's files; returns how many."""
 
 
 def default_validator() -> Validator:

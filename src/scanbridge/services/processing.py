@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 from scanbridge.domain.errors import (
     NoPlatformCredentialsError,
     ScanbridgeError,
     ScanStorageFullError,
+    TaskCancelledError,
     TaskTokenExpiredError,
     is_disk_full,
 )
@@ -34,7 +35,14 @@ from scanbridge.domain.results import (
 )
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import Progress, Task, utcnow
-from scanbridge.ports import ArtifactStore, TaskStore
+from scanbridge.ports import (
+    ArtifactStore,
+    ArtifactWriter,
+    Fetcher,
+    ScanAnalyzer,
+    ScanQc,
+    TaskStore,
+)
 from scanbridge.services.common import update_task
 
 log = logging.getLogger(__name__)
@@ -53,53 +61,6 @@ def scan_metadata_key(task_id: str, scan_id: str) -> str:
 def checkpoint_prefix(task_id: str, scan_id: str) -> str:
     """Where a scan's checkpoints live (one folder per model version and tile grid, parts inside)."""
     return f"tasks/{task_id}/scans/{scan_id}/checkpoints/"
-
-
-class TaskCancelledError(ScanbridgeError):
-    """The task was cancelled while the worker ran."""
-
-    code = "TASK_CANCELLED"
-
-
-class Fetcher(Protocol):
-    """Downloads a scan's files (imaging.fetch.SafeFetcher)."""
-
-    def fetch_all(self, urls: list[str], dest_dir: Path) -> list[Path]:
-        """Every file, in order."""
-
-
-class ScanAnalyzer(Protocol):
-    """Runs one model over one scan's files."""
-
-    def __call__(self, scan_id: str, paths: list[Path], model_name: str,
-                 progress: Callable[[int, int], None], *, checkpoint: Any = None) -> tuple[ScanResult, dict[str, Any]]:
-        """The scan's result and its reader metadata (resuming from `checkpoint`, an inference.resume
-        CheckpointStore, when one is given)."""
-
-
-class QcOutcome(Protocol):
-    """What a quality-control run found (imaging.qc.QcReport fits)."""
-
-    @property
-    def failures(self) -> list[QcFinding]:
-        """The failed checks."""
-
-    def to_json(self) -> dict[str, Any]:
-        """Every check, JSON-ready (stored as results.qc)."""
-
-
-class ScanQc(Protocol):
-    """Opens a downloaded scan and runs the quality checks (imaging.qc.qc_scan); raises ScanErrors."""
-
-    def __call__(self, paths: list[Path]) -> QcOutcome:
-        """The checks' outcome."""
-
-
-class ArtifactWriter(Protocol):
-    """Stores a succeeded scan's artifacts (services.artifacts.ScanArtifactWriter); never raises."""
-
-    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
-        """Extra entries for the scan's metadata.json (e.g. the DICOM source's key attributes)."""
 
 
 class ProcessingService:

@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, TaskNotFoundError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import is_valid_id
-from scanbridge.ports import ArtifactStore, TaskPage, TaskStore
+from scanbridge.ports import ArtifactStore, QueueView, TaskPage, TaskStore
 from scanbridge.services.delivery import posted_key
 from scanbridge.services.processing import scan_metadata_key
 
 #: QUEUED tasks counted at most when the launcher has no queue of its own (AWS): past it, "at least"
 MAX_COUNTED_QUEUED = 1000
-
-
-class QueueView(Protocol):
-    """A launcher that knows its own queue (the local one)."""
-
-    def queue_position(self, job_id: str) -> int | None:
-        """1 for the next job to start; None when not waiting."""
-
-    def queue_eta_s(self, job_id: str) -> float | None:
-        """Seconds until the job should start, None when unknown."""
 
 
 class QueryService:

@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol, Self, cast
+from typing import Self, cast
 
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
-from scanbridge.ports import TaskStore
+from scanbridge.ports import Liveness, TaskStore
 from scanbridge.services.common import update_task
 from scanbridge.services.delivery import DeliveryService
 
@@ -58,19 +58,6 @@ class Heartbeat:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-class Liveness(Protocol):
-    """What a launcher may tell the reaper about a job (the local one does; Batch has its own events)."""
-
-    def last_seen(self, job_id: str) -> float | None:
-        """Epoch seconds of the launcher's own latest sign of life of the job, None when unknown."""
-
-    def is_alive(self, job_id: str) -> bool:
-        """Whether a process of the job exists."""
-
-    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
-        """Kill the job's process (stopped ones too); `retry`: start it again when attempts are left."""
 
 
 def _epoch(iso: str | None) -> float | None:
