@@ -17,7 +17,11 @@ from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model, overvi
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_class_grid, run_grid
-from scanbridge.inference.postprocess import heatmap_feature, mask_to_polygons, polygon_feature
+from scanbridge.inference.postprocess import (
+    heatmap_feature,
+    mask_to_polygons,
+    region_features,
+)
 from scanbridge.inference.regions import region_result, tissue_pixels
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
@@ -192,17 +196,7 @@ def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, pr
     if um2_per_px and spec.outputs.get("min_region_um2"):
         min_area_px = float(spec.outputs["min_region_um2"]) / um2_per_px
     polygons = mask_to_polygons(prob >= threshold, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
-    features: list[dict[str, Any]] = []
-    total_px = 0.0
-    for poly in polygons:
-        area_px = float(poly.area)
-        total_px += area_px
-        measurements = {"Area px^2": area_px}
-        if um2_per_px:
-            measurements["Area µm^2"] = area_px * um2_per_px
-            measurements["Area mm^2"] = area_px * um2_per_px / 1e6
-        features.append(polygon_feature(poly, annotation_type=class_name.lower(), class_name=class_name,
-                                        colour=colour, measurements=measurements))
+    features, total_px = region_features(polygons, class_name=class_name, colour=colour, um2_per_px=um2_per_px)
     levels = list(spec.outputs.get("contour_levels", []))
     if levels:
         colours = list(spec.outputs.get("contour_colors", ["#ffffff"] * len(levels)))

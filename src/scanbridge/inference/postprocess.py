@@ -154,6 +154,24 @@ def geometry_feature(geometry: dict[str, Any], bbox: list[float], *, annotation_
     return {"type": "Feature", "id": str(uuid.uuid4()), "bbox": bbox, "geometry": geometry, "properties": props}
 
 
+def region_features(polygons: list[Polygon], *, class_name: str, colour: str,
+                    um2_per_px: float | None) -> tuple[list[dict[str, Any]], float]:
+    """One annotation Feature per region polygon (area in px², and in µm² / mm² with a pixel size), and
+    the regions' total area in level-0 px²."""
+    features: list[dict[str, Any]] = []
+    total_px = 0.0
+    for poly in polygons:
+        area_px = float(poly.area)
+        total_px += area_px
+        measurements = {"Area px^2": area_px}
+        if um2_per_px:
+            measurements["Area µm^2"] = area_px * um2_per_px
+            measurements["Area mm^2"] = area_px * um2_per_px / 1e6
+        features.append(polygon_feature(poly, annotation_type=class_name.lower(), class_name=class_name,
+                                        colour=colour, measurements=measurements))
+    return features, total_px
+
+
 def heatmap_feature(levels: list[float], colours: list[str], polygons_per_level: list[list[Polygon]]) -> dict[str, Any]:
     """The platform's heat map: one GeometryCollection of Polygons, a colour per contour level."""
     geometries: list[dict[str, Any]] = []

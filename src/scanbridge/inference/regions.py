@@ -18,7 +18,12 @@ import numpy as np
 
 from scanbridge.domain.results import ScanResult
 from scanbridge.inference.pipeline import ClassTileMap
-from scanbridge.inference.postprocess import heatmap_feature, hex_to_rgb, mask_to_polygons, polygon_feature
+from scanbridge.inference.postprocess import (
+    heatmap_feature,
+    hex_to_rgb,
+    mask_to_polygons,
+    region_features,
+)
 from scanbridge.inference.session import OnnxModel
 
 DEFAULT_LEVELS = (0.5, 0.75, 0.9)  # heat map contour levels when the spec's outputs name none
@@ -54,16 +59,9 @@ def region_result(scan_id: str, model: OnnxModel, cmap: ClassTileMap, *, map_ds:
         mask = drop_small(labels == channel, min_area_px / (map_ds * map_ds))
         polygons = mask_to_polygons(mask, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
         del mask
-        area_px = 0.0
-        for poly in polygons:
-            a = float(poly.area)
-            area_px += a
-            measurements = {"Area px^2": a}
-            if um2_per_px:
-                measurements["Area µm^2"] = a * um2_per_px
-                measurements["Area mm^2"] = a * um2_per_px / 1e6
-            features.append(polygon_feature(poly, annotation_type=name.lower(), class_name=name, colour=label.color,
-                                            measurements=measurements))
+        class_features, area_px = region_features(polygons, class_name=name, colour=label.color,
+                                                  um2_per_px=um2_per_px)
+        features.extend(class_features)
         prob = cmap.prob_array(channel, h_map, w_map)
         per_level = [mask_to_polygons(drop_small(prob >= round(lv * 255), min_area_px / (map_ds * map_ds)), map_ds,
                                       bounds, min_area=min_area_px, simplify=map_ds) for lv in levels]
