@@ -145,10 +145,13 @@ def test_workers_die_with_the_process_that_launched_them(tmp_path: Path) -> None
             f"l = LocalJobLauncher(max_workers=1, log_dir=Path({str(tmp_path)!r}), "
             "worker_cmd=bound_command('tests.integration.sleeper')); j = l.submit('t'); "
             "[time.sleep(0.05) for _ in range(200) if not l.pids()]; print(l.pids()[j], flush=True); time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2])
+    repo = Path(__file__).resolve().parents[2]
+    # the worker runs with `python -P` (no cwd on sys.path): PYTHONPATH lets it import the test sleeper
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=repo, env=env)
     assert parent.stdout is not None
     worker = int(parent.stdout.readline())
+    time.sleep(0.5)  # past its start-up: a worker that failed to start would be gone by now
     assert _state(worker) not in ("gone", "Z")
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
