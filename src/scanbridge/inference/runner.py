@@ -75,8 +75,9 @@ class ModelLoader:
         key = (spec.name, spec.version)
         with self._lock:
             if key not in self._models:
+                # the device resolved once for the loader (one probe, one log line), not again per model
                 self._models[key] = OnnxModel(spec, data(), intra_op_threads=self._threads,
-                                              device=self.requested_device, tensorrt=self._tensorrt,
+                                              device=self.device, tensorrt=self._tensorrt,
                                               cache_dir=self._cache_dir)
             return self._models[key]
 
