@@ -16,12 +16,14 @@ Routing (content only, never file names):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom import uid as dcm_uid
@@ -34,6 +36,9 @@ from scanbridge.domain.errors import (
     is_disk_full,
 )
 from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, best_level, with_sane_mpp
+
+if TYPE_CHECKING:
+    from scanbridge.imaging.readers.tiled_tiff import TiledLevel
 
 __all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan"]
 
@@ -157,50 +162,59 @@ def _open_tiff(path: Path) -> ScanReader:
     """OpenSlide for what it reads whole (SVS, page pyramids), regions from the compressed tiles where
     imagecodecs decodes them; the tifffile reader for what OpenSlide refuses or sees as one level
     (SubIFD / OME pyramids, WebP, JPEG 2000, JPEG XL, zstd, stripped images)."""
-    from scanbridge.imaging.readers.openslide_reader import OpenSlideReader, unsupported_tiff_reason
-    from scanbridge.imaging.readers.tiff_reader import TiffFileReader, ome_mpp
-    from scanbridge.imaging.readers.tiled_tiff import open_pyramid
+    from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+    from scanbridge.imaging.readers.tiff_reader import TiffFileReader
 
-    reason = unsupported_tiff_reason(path)
-    if reason:
-        raise UnsupportedFormatError(reason)
-    levels, is_ome = _tifffile_levels(path)
+    facts = _tiff_facts(path)  # one tifffile pass for every decision below
+    if facts.reason:
+        raise UnsupportedFormatError(facts.reason)
     try:
         reader = OpenSlideReader(path)
     except UnsupportedFormatError:
         return TiffFileReader(path)
     except CorruptScanError:
-        if levels == 0:  # tifffile cannot parse it either
+        if facts.levels == 0:  # tifffile cannot parse it either
             raise
         return TiffFileReader(path)  # e.g. WebP / JPEG 2000 tiles that OpenSlide's libtiff lacks
-    if levels > len(reader.metadata.level_dimensions):  # SubIFD / OME pyramid: OpenSlide sees level 0 only
+    if facts.levels > len(reader.metadata.level_dimensions):  # SubIFD / OME pyramid: OpenSlide sees level 0
         reader.close()
         return TiffFileReader(path)
-    if reader.metadata.mpp is None and is_ome:  # OME-TIFF keeps its pixel size in XML, which OpenSlide ignores
-        import tifffile
+    if reader.metadata.mpp is None and facts.ome_mpp:  # OME-TIFF keeps its pixel size in XML, which OpenSlide ignores
+        reader.metadata = dataclasses.replace(reader.metadata, mpp=facts.ome_mpp)
+    from scanbridge.imaging.readers.tiled_tiff import pyramid_from
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                mpp = ome_mpp(tif.ome_metadata)
-        except (tifffile.TiffFileError, ValueError, OSError):
-            mpp = None
-        if mpp:
-            reader.metadata = dataclasses.replace(reader.metadata, mpp=mpp)
-    tiles = open_pyramid(path, reader.metadata.level_dimensions)
+    tiles = pyramid_from(path, facts.candidates, reader.metadata.level_dimensions)
     if tiles is not None:
         reader.use_tiles(tiles)
     return reader
 
 
-def _tifffile_levels(path: Path) -> tuple[int, bool]:
-    """(levels of tifffile's first series, whether it is OME-TIFF); (0, False) when tifffile cannot parse it."""
+@dataclasses.dataclass
+class _TiffFacts:
+    reason: str | None = None  # an unknown compression
+    levels: int = 0  # of tifffile's first series; 0 when tifffile cannot parse the file
+    ome_mpp: tuple[float, float] | None = None
+    candidates: dict[tuple[int, int], TiledLevel] = dataclasses.field(default_factory=dict)  # by size
+
+
+def _tiff_facts(path: Path) -> _TiffFacts:
+    """What tifffile sees in the file, read once."""
     import tifffile
 
+    from scanbridge.imaging.readers.openslide_reader import unknown_compression
+    from scanbridge.imaging.readers.tiff_reader import ome_mpp
+    from scanbridge.imaging.readers.tiled_tiff import tile_candidates
+
+    errors = (tifffile.TiffFileError, ValueError, OSError, IndexError)
     try:
         with tifffile.TiffFile(path) as tif:
-            return len(tif.series[0].levels), bool(tif.is_ome)
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError):
-        return 0, False
+            facts = _TiffFacts(reason=unknown_compression(tif), levels=len(tif.series[0].levels),
+                               ome_mpp=ome_mpp(tif.ome_metadata) if tif.is_ome else None)
+            with contextlib.suppress(*errors):  # no tile path then; OpenSlide still decides
+                facts.candidates = tile_candidates(tif)
+            return facts
+    except errors:
+        return _TiffFacts()
 
 
 def _open_dicom(paths: list[Path]) -> ScanReader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openslide
@@ -31,12 +32,20 @@ def unsupported_tiff_reason(path: Path) -> str | None:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            for page in tif.pages:
-                code = int(getattr(page, "compression", 1))
-                if code not in {int(c) for c in tifffile.COMPRESSION}:
-                    return f"the TIFF uses compression {code}, which no reader supports"
+            return unknown_compression(tif)
     except (tifffile.TiffFileError, ValueError, OSError):
         return None
+
+
+def unknown_compression(tif: Any) -> str | None:
+    """`unsupported_tiff_reason` for an open TiffFile."""
+    import tifffile
+
+    known = {int(c) for c in tifffile.COMPRESSION}
+    for page in tif.pages:
+        code = int(getattr(page, "compression", 1))
+        if code not in known:
+            return f"the TIFF uses compression {code}, which no reader supports"
     return None
 
 

@@ -110,7 +110,7 @@ class TiffFileReader:
             raise CorruptScanError(f"the TIFF cannot be parsed: {exc}") from exc
         self._cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
-        self._tiles: TiledPyramid | None = open_pyramid(path, tuple(dims))
+        self._tiles: TiledPyramid | None = open_pyramid(path, tuple(dims), self._tif)
         w0, h0 = dims[0]
         is_ome = bool(self._tif.is_ome)
         mpp = ome_mpp(self._tif.ome_metadata) if is_ome else None

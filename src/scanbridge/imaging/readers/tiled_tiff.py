@@ -91,8 +91,8 @@ class TiledLevel:
 class TiledPyramid:
     """Level regions decoded from compressed tiles, tiles cached (LRU, CACHE_BYTES)."""
 
-    def __init__(self, path: Path, pages: list[Any]) -> None:
-        self.levels = [TiledLevel(p) for p in pages]
+    def __init__(self, path: Path, levels: list[TiledLevel]) -> None:
+        self.levels = levels
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
@@ -154,23 +154,38 @@ class TiledPyramid:
             self._cache_bytes = 0
 
 
-def open_pyramid(path: Path, level_dimensions: tuple[tuple[int, int], ...]) -> TiledPyramid | None:
-    """A TiledPyramid whose level i is the tiled page of size level_dimensions[i], or None when some level
-    has no such decodable page (the caller then keeps its own decoder for every level)."""
+def tile_candidates(tif: Any) -> dict[tuple[int, int], TiledLevel]:
+    """An open TiffFile's decodable tiled pages by (width, height), read while the file is open: the first
+    series' levels (SubIFD / OME pyramids), then every top-level page (what OpenSlide calls levels;
+    tifffile files an SVS level it takes for a thumbnail under another series)."""
+    pages: list[Any] = [lv.keyframe for lv in tif.series[0].levels]
+    pages += [p for p in tif.pages if getattr(p, "is_tiled", False)]
+    candidates: dict[tuple[int, int], TiledLevel] = {}
+    for page in pages:
+        size = (int(page.imagewidth), int(page.imagelength))
+        if size not in candidates and decodable(page):
+            candidates[size] = TiledLevel(page)
+    return candidates
+
+
+def pyramid_from(path: Path, candidates: dict[tuple[int, int], TiledLevel],
+                 level_dimensions: tuple[tuple[int, int], ...]) -> TiledPyramid | None:
+    """A TiledPyramid whose level i is the candidate of size level_dimensions[i], or None when some level
+    has none (the caller then keeps its own decoder for every level)."""
+    chosen = [candidates.get((int(d[0]), int(d[1]))) for d in level_dimensions]
+    if any(level is None for level in chosen):
+        return None
+    return TiledPyramid(path, [level for level in chosen if level is not None])
+
+
+def open_pyramid(path: Path, level_dimensions: tuple[tuple[int, int], ...], tif: Any = None) -> TiledPyramid | None:
+    """`pyramid_from` for a file (`tif`: the caller's open TiffFile of it, else it is opened here)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            candidates: dict[tuple[int, int], Any] = {}
-            # the first series' levels (SubIFD / OME pyramids), then every top-level page (what OpenSlide
-            # calls levels; tifffile files an SVS level it takes for a thumbnail under another series)
-            pages: list[Any] = [lv.keyframe for lv in tif.series[0].levels]
-            pages += [p for p in tif.pages if getattr(p, "is_tiled", False)]
-            for page in pages:
-                candidates.setdefault((int(page.imagewidth), int(page.imagelength)), page)
-            chosen = [candidates.get((int(d[0]), int(d[1]))) for d in level_dimensions]
-            if any(p is None or not decodable(p) for p in chosen):
-                return None
-            return TiledPyramid(path, chosen)
+        if tif is not None:
+            return pyramid_from(path, tile_candidates(tif), level_dimensions)
+        with tifffile.TiffFile(path) as opened:
+            return pyramid_from(path, tile_candidates(opened), level_dimensions)
     except (tifffile.TiffFileError, ValueError, OSError, IndexError):
         return None
