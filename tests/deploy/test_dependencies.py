@@ -7,16 +7,15 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata as md
-import importlib.util
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from packaging.requirements import Requirement
 
 from tests.conftest import REPO
+from tests.deploy.conftest import _load_generator
 
 SRC = REPO / "src" / "scanbridge"
 
@@ -39,15 +38,7 @@ NOT_IN_LAYER = {"numpy", "scipy", "onnxruntime", "onnxruntime-gpu", "onnx", "ope
                 "boto3", "botocore", "pyyaml", "playwright", "cfn-lint"}
 
 
-def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("layer_requirements", REPO / "scripts" / "layer_requirements.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-GEN = _generator()
+GEN = _load_generator()  # scripts/layer_requirements.py, loaded as the layer's Makefile runs it
 
 
 def declared(extra: str | None) -> set[str]:
