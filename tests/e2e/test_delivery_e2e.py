@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -41,7 +42,14 @@ def test_results_reach_a_platform_that_comes_back_and_the_worker_slot_is_not_hel
                 break
             time.sleep(0.3)
         assert all(s == "DELIVERING" for s in states.values()), states
-        waiting = httpx.get(f"{url}/tasks/down-1").json()["delivery"]
+        # (the first task's burst of two tries may still be running when the second turns DELIVERING: the
+        # warm worker pool makes the second task fast; wait, bounded, for the burst to be recorded)
+        waiting: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            waiting = httpx.get(f"{url}/tasks/down-1").json()["delivery"]
+            if waiting.get("attempts", 0) >= 2 and waiting.get("next_attempt_at"):
+                break
+            time.sleep(0.2)
         assert waiting["attempts"] >= 2 and waiting["next_attempt_at"] and "unreachable" in waiting["last_error"]
         # WHEN the platform comes back
         with platform_on(Platform(port=port)) as platform:
