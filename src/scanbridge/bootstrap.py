@@ -183,7 +183,9 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
     return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
                              work_dir=s.data_dir / "work", check_model=check_task, artifact_writer=writer,
                              qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
-                             has_api_key=bool(s.platform_api_key), public_url=s.public_url,
+                             # a token-less task needs the platform API key only where there is a platform to post to (a worker on
+                             # Batch is not given the platform URL: the results step checks there)
+                             has_api_key=bool(s.platform_api_key) or not s.platform_url, public_url=s.public_url,
                              scan_parallelism=s.scan_parallelism,
                              checkpoints=overrides.get("checkpoints", _checkpoints(container.artifacts, s)))
 

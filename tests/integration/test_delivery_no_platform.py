@@ -86,3 +86,45 @@ def test_a_configured_platform_is_still_posted_to() -> None:
     # WHEN the job ends / THEN the delivery was tried and failed: a configured platform is never skipped
     task = container.delivery.on_job_finished(task_id, True)
     assert task.status == TaskStatus.DELIVERY_FAILED and task.delivery.skipped is None and task.delivery.attempts == 1
+
+
+def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed() -> None:
+    # GIVEN a bridge with no platform URL and no platform API key (`scanbridge serve` as it starts), and a
+    # token-less webhook (what `scanbridge submit` sends) for a real scan on a loopback file server
+    from scanbridge.bootstrap import build_processing
+    from scanbridge.devtools.local_platform import FakePlatform
+    from scanbridge.domain.webhook import WebhookPayload
+    from tests.conftest import fixture_path
+
+    container, _tasks, _artifacts = _container(Settings(platform_url="", platform_api_key=""))
+    with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
+        container.settings.allowed_scan_hosts = fake.netloc
+        container.intake.accept(WebhookPayload.model_validate(
+            {"task_id": "t-submit", "scans": {"1": fake.url_for("boxes")}, "model": "tissue"}))
+        # WHEN the worker runs and the job ends
+        processed = build_processing(container).run("t-submit")
+        task = container.delivery.on_job_finished("t-submit", True)
+    # THEN the scan was downloaded and analysed (not failed NO_PLATFORM_CREDENTIALS before any download)
+    assert fake.downloads == ["boxes"]
+    assert processed.error_code is None and processed.scans["1"].status == ScanStatus.SUCCEEDED, processed
+    # AND the task is COMPLETED with its results kept, nothing posted
+    assert task.status == TaskStatus.COMPLETED and task.delivery.skipped == "no platform configured"
+    assert container.queries.results("t-submit")["scanResults"][0]["geojson"]["features"]
+
+
+def test_a_platform_without_credentials_still_fails_a_token_less_task_before_any_download() -> None:
+    # GIVEN a platform URL but no API key, and a token-less webhook
+    from scanbridge.bootstrap import build_processing
+    from scanbridge.devtools.local_platform import FakePlatform
+    from scanbridge.domain.webhook import WebhookPayload
+    from tests.conftest import fixture_path
+
+    container, _tasks, _artifacts = _container(Settings(platform_url="http://127.0.0.1:9", platform_api_key=""))
+    with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
+        container.settings.allowed_scan_hosts = fake.netloc
+        container.intake.accept(WebhookPayload.model_validate(
+            {"task_id": "t-nokey", "scans": {"1": fake.url_for("boxes")}, "model": "tissue"}))
+        # WHEN the worker runs / THEN it fails the task at once: the results could never be posted
+        processed = build_processing(container).run("t-nokey")
+    assert fake.downloads == []
+    assert processed.error_code == "NO_PLATFORM_CREDENTIALS"
