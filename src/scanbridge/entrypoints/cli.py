@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import typer
 
-from scanbridge.entrypoints.client import DEFAULT_FILES_PORT, DEFAULT_URL
+from scanbridge.client import DEFAULT_FILES_PORT, DEFAULT_URL
 
 if TYPE_CHECKING:
+    from scanbridge.client import BridgeClient, LocalFileServer
     from scanbridge.inference.session import OnnxModel
 
 #: the built-in models (inference/zoo.py BUILTINS) and the bench's own (devtools/bench.py BENCH_MODELS),
@@ -41,7 +42,7 @@ dev = typer.Typer(help="developer tools: synthetic slides and images, the bench,
                   context_settings=CONTEXT)
 app.add_typer(dev, name="dev")
 
-# Options the client commands share (`mcp`, `submit`, `tasks`: entrypoints/client.py)
+# Options the client commands share (`mcp`, `submit`, `tasks`: built on the SDK, scanbridge/client/)
 ApiKey = Annotated[str | None, typer.Option(
     "--api-key", envvar="SCANBRIDGE_API_KEY", show_envvar=False,
     help="a tenant API key or the admin token (default $SCANBRIDGE_API_KEY)")]
@@ -306,11 +307,79 @@ def submit(
     webhook_secret: WebhookSecret = None,
     files_port: FilesPort = DEFAULT_FILES_PORT,
 ) -> int:
-    """`scanbridge submit`."""
-    from scanbridge.entrypoints.client import submit_main
+    """`scanbridge submit`: exit 0 accepted (with `--wait`: COMPLETED), 1 another end, 2 refused or
+    unreachable, 3 timed out."""
+    from scanbridge.client import BridgeClient, ClientError, LocalFileServer, is_url
 
-    return submit_main(inputs, url=url, api_key=api_key, webhook_secret=webhook_secret, files_port=files_port,
-                       model=model, wait=wait, timeout=timeout, task_id=task_id, company_id=company_id)
+    missing = [v for v in inputs if not is_url(v) and not Path(v).is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}")
+        return 2
+    files = LocalFileServer(port=files_port) if any(not is_url(v) for v in inputs) else None
+    with BridgeClient(url, api_key=api_key, webhook_secret=webhook_secret) as bridge:
+        try:
+            return _submit(bridge, files, inputs, model=model, wait=wait, timeout=timeout, task_id=task_id,
+                           company_id=company_id)
+        except ClientError as exc:
+            print(f"error: {exc}")
+            return 2
+        finally:
+            if files is not None:
+                files.stop()
+
+
+def _submit(bridge: BridgeClient, files: LocalFileServer | None, inputs: list[str], *, model: str, wait: bool,
+            timeout: float, task_id: str, company_id: str) -> int:
+    """`submit` once the bridge is open: check it takes our files and serve them, send, follow (see `submit`)."""
+    from scanbridge.client import (
+        TERMINAL,
+        ClientError,
+        build_webhook,
+        downloaded,
+        follow,
+        is_url,
+        scan_ids,
+        summarize_results,
+    )
+
+    if files is not None:
+        try:
+            allowed = bridge.allowed_scan_hosts()
+        except ClientError as exc:
+            print(f"error: cannot read {bridge.base_url}/config/available: {exc}")
+            return 2
+        if files.netloc not in allowed:
+            print(f"error: the bridge does not allow scans from {files.netloc}. Restart it with "
+                  f"SCANBRIDGE_ALLOWED_SCAN_HOSTS={','.join([*allowed, files.netloc])} (or pass --files-port "
+                  "with a port it lists)")
+            return 2
+        try:
+            files.start()
+        except OSError as exc:
+            print(f"error: cannot serve local files on {files.netloc}: {exc}")
+            return 2
+    urls = [v if is_url(v) or files is None else files.add(Path(v)) for v in inputs]
+    accepted = bridge.submit(build_webhook(dict(zip(scan_ids(inputs), urls, strict=True)), model=model,
+                                           task_id=task_id, company_id=company_id))
+    task_id = accepted["task_id"]
+    print(json.dumps({"task_id": task_id, "status": accepted["status"], "created": accepted["created"]}))
+    if not wait:
+        if files is not None:
+            print(f"serving {sum(not is_url(v) for v in inputs)} local file(s) from {files.netloc} until the "
+                  "worker has them")
+            follow(bridge, task_id, timeout_s=timeout, out=print, until=downloaded)
+        return 0
+    task = follow(bridge, task_id, timeout_s=timeout, out=print)
+    if task["status"] not in TERMINAL:
+        print(f"timed out after {timeout:.0f} s; the task is {task['status']}")
+        return 3
+    try:
+        summary: dict[str, Any] = summarize_results(bridge.results(task_id))
+    except ClientError as exc:
+        summary = {"results": exc.code}
+    print(json.dumps({"task_id": task_id, "status": task["status"], "error_code": task.get("error_code"),
+                      **summary}, indent=2))
+    return 0 if task["status"] == "COMPLETED" else 1
 
 
 @app.command(help="list a running bridge's tasks with status and progress")
@@ -322,10 +391,24 @@ def tasks(
     limit: Annotated[int, typer.Option("--limit", help="at most this many tasks, newest first")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON page")] = False,
 ) -> int:
-    """`scanbridge tasks`."""
-    from scanbridge.entrypoints.client import tasks_main
+    """`scanbridge tasks`: the running bridge's tasks, newest first (a table, or JSON with --json)."""
+    from scanbridge.client import BridgeClient, ClientError
 
-    return tasks_main(url=url, api_key=api_key, status=status, limit=limit, as_json=as_json)
+    with BridgeClient(url, api_key=api_key) as bridge:
+        try:
+            page = bridge.tasks(status=status, limit=limit)
+        except ClientError as exc:
+            print(f"error: {exc}")
+            return 2
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(f"{'TASK':40} {'STATUS':16} {'PROGRESS':>8}  {'STEP':18} {'MODEL':12} CREATED")
+    for t in page["tasks"]:
+        p = t.get("progress") or {}
+        print(f"{t['task_id'][:40]:40} {t['status']:16} {p.get('percent', 0.0):7.1f}%  "
+              f"{str(p.get('step', ''))[:18]:18} {str(t.get('model') or '')[:12]:12} {t['created_at']}")
+    return 0
 
 
 @dev.command("make-slide", help="write a synthetic Aperio-style slide with known tissue (and nuclei)")

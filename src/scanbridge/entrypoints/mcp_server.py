@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 
-from scanbridge.entrypoints.client import (
+from scanbridge.client import (
     BridgeClient,
     ClientError,
     LocalFileServer,
