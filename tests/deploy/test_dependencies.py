@@ -20,7 +20,8 @@ from tests.deploy.conftest import _load_generator
 SRC = REPO / "src" / "scanbridge"
 
 #: entry point -> the extra whose install must be able to import it (module-level imports, followed)
-ENTRY_POINTS = {
+ENTRY_POINTS: dict[str, str | None] = {
+    "scanbridge.client": None,  # the client SDK: the base install (httpx) is enough
     "scanbridge.entrypoints.lambda_api": "api",
     "scanbridge.entrypoints.lambda_webhook": "api",
     "scanbridge.entrypoints.lambda_results": "api",
@@ -83,6 +84,21 @@ def _imports(path: Path) -> tuple[list[str], list[str]]:
     return top, lazy
 
 
+def _own_closure(entry: str) -> set[str]:
+    """The scanbridge modules `import entry` runs (module-level imports, followed)."""
+    seen: set[str] = set()
+    stack = [entry]
+    while stack:
+        module = stack.pop()
+        if module in seen or module not in MODULES:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        stack.extend(".".join(parts[:i]) for i in range(2, len(parts)))
+        stack.extend(n for n in _imports(MODULES[module])[0] if n.startswith("scanbridge."))
+    return seen
+
+
 def _third_party(name: str) -> str | None:
     top = name.split(".")[0]
     return None if top in sys.stdlib_module_names or top in ("scanbridge", "") else top
@@ -128,6 +144,15 @@ def test_what_an_entry_point_imports_is_declared_in_its_extra(entry: str, extra:
     # THEN each third-party package is a direct requirement of base + that extra
     missing = {name: sorted(mods) for name, mods in closure.items() if not distributions(name) & allowed}
     assert not missing, f"imported when {entry} loads but not declared in [{extra}]: {missing}"
+
+
+@pytest.mark.parametrize("entry", sorted(e for e, extra in ENTRY_POINTS.items() if extra in ("api", "worker")
+                                          and e != "scanbridge.entrypoints.cli"))
+def test_the_deployed_entry_points_load_no_dev_tools_and_no_client(entry: str) -> None:
+    # GIVEN what the Lambdas, the worker and MHS load when they start
+    loaded = _own_closure(entry)
+    # THEN nothing of devtools/ (the stand-in platform, generators, the bench) nor the client SDK and its file server
+    assert not {m for m in loaded if m.startswith(("scanbridge.devtools", "scanbridge.client"))}, sorted(loaded)
 
 
 def test_every_import_of_src_is_declared_somewhere() -> None:
