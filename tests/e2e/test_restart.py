@@ -6,14 +6,15 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from scanbridge.client.files import LoopbackServer
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.devtools.stack import ServeProcess
 from tests.conftest import SAMPLE_WEBHOOK, fixture_path
@@ -23,45 +24,32 @@ pytestmark = pytest.mark.e2e
 TERMINAL = ("COMPLETED", "FAILED", "DELIVERY_FAILED", "CANCELLED")
 
 
-class GatedScans:
+class GatedScans(LoopbackServer):
     """Serves one file on loopback; the first `held` downloads wait (headers unsent) until `gate` is set."""
 
     def __init__(self, path: Path, held: int = 1) -> None:
+        super().__init__()
         self.gate = threading.Event()
         self.requests = 0
-        data = path.read_bytes()
-        outer = self
+        self.held = held
+        self.data = path.read_bytes()
+        self.start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                outer.requests += 1
-                if outer.requests <= held:
-                    outer.gate.wait(60)
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the worker that asked is gone
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.netloc = f"127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        self.requests += 1
+        if self.requests <= self.held:
+            self.gate.wait(60)
+        with suppress(OSError):  # the worker that asked is gone
+            self.reply(request, 200, self.data)
 
     def url(self) -> str:
         """The scan's URL."""
-        return f"http://{self.netloc}/scan.tiff"
+        return f"{self.base_url}/scan.tiff"
 
     def close(self) -> None:
         """Release held requests and stop."""
         self.gate.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self.stop()
 
 
 @contextmanager

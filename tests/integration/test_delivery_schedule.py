@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -21,6 +17,7 @@ from scanbridge.adapters.local.memory import (
     MemoryTaskStore,
 )
 from scanbridge.adapters.platform_http import HttpPlatformClient
+from scanbridge.client.files import LoopbackServer
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import ScanState, Task
 from scanbridge.ports import PlatformResponse
@@ -28,50 +25,25 @@ from scanbridge.services.delivery import DeliveryService, delivery_id_for, poste
 from scanbridge.services.reaper import Reaper
 
 
-@dataclass
-class Platform:
+class Platform(LoopbackServer):
     """A loopback results endpoint: `script` says, per POST, (seconds to wait, status); then 200."""
 
-    script: list[tuple[float, int]] = field(default_factory=list)
-    posts: list[dict[str, Any]] = field(default_factory=list)
-    port: int = 0
+    def __init__(self, script: list[tuple[float, int]] | None = None, port: int = 0) -> None:
+        super().__init__(port=port)
+        self.script = list(script or [])
+        self.posts: list[dict[str, Any]] = []
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
-
-@contextmanager
-def platform_on(platform: Platform) -> Iterator[Platform]:
-    """Serve `platform` on its port (0: a free one) until the block ends."""
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *_a: object) -> None:
-            return
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-            wait, status = platform.script.pop(0) if platform.script else (0.0, 200)
-            platform.posts.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
-                                   "status": status})
-            time.sleep(wait)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", platform.port), H)
-    server.daemon_threads = True
-    platform.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield platform
-    finally:
-        server.shutdown()
-        server.server_close()
+    def handle_post(self, request: BaseHTTPRequestHandler) -> None:
+        body = json.loads(request.rfile.read(int(request.headers.get("Content-Length") or 0)))
+        wait, status = self.script.pop(0) if self.script else (0.0, 200)
+        self.posts.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body,
+                           "status": status})
+        time.sleep(wait)
+        self.reply(request, status, b"{}")
 
 
 def free_port() -> int:
@@ -125,7 +97,7 @@ def _wait_for(tasks: MemoryTaskStore, task_id: str, status: TaskStatus, timeout:
 def test_a_flaky_platform_gets_one_delivery_id_on_every_retry(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN a platform that answers 503, then 502, then 200
-    with platform_on(Platform(script=[(0.0, 503), (0.0, 502)])) as platform:
+    with Platform(script=[(0.0, 503), (0.0, 502)]) as platform:
         _running_task(tasks, secrets)
         delivery = _service(tasks, artifacts, secrets, platform.url)
         # WHEN the job ends
@@ -158,7 +130,7 @@ def test_a_platform_down_for_a_while_gets_the_results_after_a_restart(stores: An
     restarted = _service(tasks, artifacts, secrets, f"http://127.0.0.1:{port}", clock=clock, max_backoff_s=120.0)
     assert restarted.deliver_due(wait=True) == []
     # WHEN the platform is back and the next try's time has come
-    with platform_on(Platform(port=port)) as platform:
+    with Platform(port=port) as platform:
         clock.now = task.delivery.next_attempt_at + 0.1
         due = restarted.deliver_due(wait=True)
     # THEN exactly one POST, with the same delivery id, and the task ends with its delivery recorded
@@ -174,7 +146,7 @@ def test_a_platform_down_for_a_while_gets_the_results_after_a_restart(stores: An
 def test_the_retry_window_ends_in_delivery_failed_and_a_dead_letter(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN a platform that keeps answering 503 and a 60 s retry window
-    with platform_on(Platform(script=[(0.0, 503)] * 20)) as platform:
+    with Platform(script=[(0.0, 503)] * 20) as platform:
         _running_task(tasks, secrets)
         clock = Clock()
         letters = MemoryDeadLetterQueue()
@@ -198,7 +170,7 @@ def test_the_retry_window_ends_in_delivery_failed_and_a_dead_letter(stores: Any)
 def test_a_slow_platform_is_not_a_failure_and_sees_duplicates_with_one_id(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN a platform that answers its first POST only after 1.5 s (the bridge's first timeout: 1 s)
-    with platform_on(Platform(script=[(1.5, 200)])) as platform:
+    with Platform(script=[(1.5, 200)]) as platform:
         _running_task(tasks, secrets)
         delivery = _service(tasks, artifacts, secrets, platform.url, timeout_s=1.0, max_timeout_s=8.0)
         # WHEN delivered
@@ -214,7 +186,7 @@ def test_a_slow_platform_is_not_a_failure_and_sees_duplicates_with_one_id(stores
 def test_deliveries_run_in_the_background_without_holding_the_caller(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN a platform that takes 1 s to answer
-    with platform_on(Platform(script=[(1.0, 200)])) as platform:
+    with Platform(script=[(1.0, 200)]) as platform:
         _running_task(tasks, secrets)
         delivery = _service(tasks, artifacts, secrets, platform.url, timeout_s=5.0)
         # WHEN the launcher reports the job's end (from its worker slot)
@@ -231,7 +203,7 @@ def test_deliveries_run_in_the_background_without_holding_the_caller(stores: Any
 def test_a_successful_redelivery_ends_completed(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN a task with one analysed scan whose delivery failed (503 on every try, no retry window)
-    with platform_on(Platform(script=[(0.0, 503)] * 3)) as platform:
+    with Platform(script=[(0.0, 503)] * 3) as platform:
         task = _running_task(tasks, secrets)
         tasks.replace(task.model_copy(update={"scans": {"s1": task.scans["s1"].model_copy(update={
             "status": ScanStatus.SUCCEEDED, "error_code": None, "error_message": None})}}), expected_version=0)
@@ -264,7 +236,7 @@ def test_delivering_without_progress_is_retried_by_the_reaper(stores: Any) -> No
     stuck = tasks.get("t-deliver")
     assert stuck is not None and stuck.status == TaskStatus.DELIVERING and stuck.delivery.attempts == 1
     # AND a retried event does nothing while the try's lease runs
-    with platform_on(Platform()) as platform:
+    with Platform() as platform:
         delivery = _service(tasks, artifacts, secrets, platform.url, clock=clock)
         assert delivery.on_job_finished("t-deliver", True).status == TaskStatus.DELIVERING
         reaper = Reaper(tasks, delivery, stale_after_s=60, clock=clock)
@@ -287,7 +259,7 @@ def test_a_restart_tries_every_delivering_task_at_once(stores: Any) -> None:
     dying = DeliveryService(tasks, artifacts, secrets, _DiesMidPost(), timeout_s=2.0, retry_window_s=3600.0)
     with pytest.raises(SystemExit):
         dying.on_job_finished("t-deliver", True)
-    with platform_on(Platform()) as platform:
+    with Platform() as platform:
         restarted = _service(tasks, artifacts, secrets, platform.url)
         # WHEN the local stack starts again: an ordinary pass leaves the lease alone, a restart pass does not
         assert restarted.deliver_due(wait=True) == []
@@ -308,7 +280,7 @@ def test_redeliver_tries_a_scheduled_delivery_now(stores: Any) -> None:
     waiting = delivery.on_job_finished("t-deliver", True)
     assert waiting.status == TaskStatus.DELIVERING and (waiting.delivery.next_attempt_at or 0) > time.time() + 60
     # WHEN an operator redelivers it with the platform back
-    with platform_on(Platform(port=port)) as platform:
+    with Platform(port=port) as platform:
         done = delivery.redeliver("t-deliver")
     # THEN it is tried at once and ends, with one POST
     assert done.status == TaskStatus.FAILED and done.delivery.status_code == 200 and len(platform.posts) == 1
@@ -317,7 +289,7 @@ def test_redeliver_tries_a_scheduled_delivery_now(stores: Any) -> None:
 def test_background_bursts_wait_on_timers_not_on_the_delivery_threads(stores: Any) -> None:
     tasks, artifacts, secrets = stores
     # GIVEN one delivery thread, a platform that answers 503 to the first task's first try, and two tasks
-    with platform_on(Platform(script=[(0.0, 503)])) as platform:
+    with Platform(script=[(0.0, 503)]) as platform:
         for tid in ("t-a", "t-b"):
             _running_task(tasks, secrets, tid)
         delivery = _service(tasks, artifacts, secrets, platform.url, backoff_s=2.0, max_backoff_s=5.0,

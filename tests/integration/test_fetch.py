@@ -112,34 +112,27 @@ def test_connection_errors_are_retried_then_reported(tmp_path: Path) -> None:
 def test_redirects_are_rechecked_hop_by_hop(tmp_path: Path) -> None:
     # GIVEN a listed loopback server that redirects to the metadata service, to a private address, and to
     # another loopback port that is not listed
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from scanbridge.client.files import LoopbackServer
 
     targets = {"/meta": "http://169.254.169.254/latest/meta-data/", "/private": "https://10.1.2.3/scan",
                "/other": "http://127.0.0.1:1/scan"}
     hits: list[str] = []
 
-    class Redirector(BaseHTTPRequestHandler):
-        def log_message(self, *_a: object) -> None:
-            return
+    class Redirector(LoopbackServer):
+        def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+            hits.append(request.path)
+            request.send_response(302)
+            request.send_header("Location", targets[request.path])
+            request.send_header("Content-Length", "0")
+            request.end_headers()
 
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(302)
-            self.send_header("Location", targets[self.path])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with Redirector() as server:
+        port = server.port
         fetcher = SafeFetcher(FetchPolicy(allowed_hosts=[f"127.0.0.1:{port}", "*.amazonaws.com"], attempts=1))
         # WHEN each is fetched / THEN the hop is refused before any connection to it, nothing is written
         for path in targets:
             with pytest.raises(ScanUrlForbiddenError):
                 fetcher.fetch(f"http://127.0.0.1:{port}{path}", tmp_path / "x")
         assert sorted(hits) == sorted(targets) and list(tmp_path.iterdir()) == []
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -3,45 +3,41 @@
 from __future__ import annotations
 
 import gzip
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
+from scanbridge.client.files import LoopbackServer
 from scanbridge.domain.errors import ScanContentEncodingError, ScanDownloadTimeoutError, ScanTooLargeError
 from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
 
 
+class Scripted(LoopbackServer):
+    """Answers every GET with `handle` (HTTP/1.1: chunked bodies allowed); records each request's headers."""
+
+    protocol_version = "HTTP/1.1"
+
+    def __init__(self, handle: Handler) -> None:
+        super().__init__()
+        self.handle = handle
+        self.seen: list[dict[str, str]] = []
+
+    def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        self.handle(request)
+
+
 @contextmanager
 def serving(handle: Handler) -> Iterator[tuple[str, list[dict[str, str]]]]:
     """A loopback server answering every GET with `handle`; yields its base URL and each request's headers."""
-    seen: list[dict[str, str]] = []
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *_a: object) -> None:
-            return
-
-        def do_GET(self) -> None:
-            seen.append({k.lower(): v for k, v in self.headers.items()})
-            with suppress(BrokenPipeError, ConnectionResetError):
-                handle(self)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with Scripted(handle) as server:
+        yield server.base_url, server.seen
 
 
 def _policy(base: str, **kw: float) -> FetchPolicy:

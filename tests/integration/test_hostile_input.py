@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -20,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from scanbridge.adapters.platform_http import HttpPlatformClient, results_url
 from scanbridge.bootstrap import Container
+from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.webhook import is_valid_id
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.webhook_common import json_too_deep
@@ -203,30 +202,14 @@ def test_no_task_id_changes_the_results_path(task_id: str) -> None:
 
 
 def test_a_dot_dot_id_is_posted_to_its_own_results_path() -> None:
-    # GIVEN a loopback platform that records the paths it is POSTed to
-    paths: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            paths.append(self.path)
-            self.rfile.read(int(self.headers.get("content-length", "0")))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = HttpPlatformClient(f"http://127.0.0.1:{server.server_address[1]}")
+    # GIVEN the stand-in platform, which records the path of each POST it takes
+    with FakePlatform() as platform:
+        client = HttpPlatformClient(platform.base_url)
         # WHEN results for ".." and "." are posted (ids the intake refuses; the client encodes them anyway)
         for tid in ("..", "."):
             assert client.post_results(tid, {"scanResults": []}, "bearer").status_code == 200
-    finally:
-        server.shutdown()
     # THEN each went to /api/v3/external/results/<encoded id>, never to /api/v3/external(/results)
-    assert paths == ["/api/v3/external/results/%2E%2E", "/api/v3/external/results/%2E"]
+    assert [p.path for p in platform.posts] == ["/api/v3/external/results/%2E%2E", "/api/v3/external/results/%2E"]
 
 
 def test_depth_scan_matches_the_parser() -> None:
