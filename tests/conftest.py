@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -28,15 +28,19 @@ SAMPLE_WEBHOOK: dict[str, Any] = {
 }
 
 
+def unavailable(message: str) -> NoReturn:
+    """What a test needs is not on this machine: the test fails under CI (CI=true: a clean clone must not
+    silently skip tests), and is skipped on a developer's checkout."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def fixture_path(name: str) -> Path:
-    """A file of ../shared/fixtures. Missing: the test fails under CI (CI=true: a clean clone must not
-    silently skip tests), and is skipped on a developer's checkout without shared/ beside it."""
+    """A file of ../shared/fixtures; missing, see `unavailable` (a checkout without shared/ beside it)."""
     path = FIXTURES / name
     if not path.exists():
-        message = f"fixture {name} not found at {path} (the real scan files live in ../shared/fixtures)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"fixture {name} not found at {path} (the real scan files live in ../shared/fixtures)")
     return path
 
 
