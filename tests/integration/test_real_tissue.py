@@ -9,12 +9,19 @@ grid and counted cell by cell: about 30 nuclei (16 in the gland, 14 in the strom
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scanbridge.devtools import real_images as real
+from scanbridge.imaging.readers.memory import MemoryReader
+from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.inference import stains
+from scanbridge.inference.objects import run_objects, scan_stain_vectors
+from scanbridge.inference.runner import ModelLoader
+from scanbridge.inference.session import OnnxModel
 from scanbridge.services.evaluation import evaluate_masks
 from tests.conftest import fixture_path
 
@@ -83,6 +90,50 @@ def test_nuclei_on_real_skin_are_few() -> None:
     # WHEN the nuclei model runs / THEN the count is within twice the eye's 15-30
     run = real.run_builtin("nuclei", rgb, mpp)
     assert 10 <= run.count <= 60, run.count
+
+
+class RecordingModel(OnnxModel):
+    """The real nuclei model, recording the optional inputs of every run (a fake's bookkeeping, real inference)."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.__dict__.update(model.__dict__)
+        self.fed: list[dict[str, np.ndarray]] = []
+
+    def run(self, batch: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        self.fed.append({k: np.array(v) for k, v in (inputs or {}).items()})
+        return super().run(batch, inputs)
+
+
+def test_the_nuclei_model_gets_one_stain_matrix_per_scan_estimated_from_its_tissue(ihc_nuclei: real.Run) -> None:
+    # GIVEN the real IHC colon image (haematoxylin and DAB, no eosin) in 128-px tiles (so several batches)
+    image = real.ihc_image()
+    reader = MemoryReader(image, mpp=real.IHC_MPP)
+    model = RecordingModel(ModelLoader(prefer_gpu=False).load("nuclei"))
+    # WHEN the nuclei model runs over it
+    run = run_objects(reader, model, tissue_mask(image), 1.0, tile_size=128, overlap=32, batch_size=4, min_tissue=0.0)
+    # THEN every batch was fed the same matrix: the scan's Macenko estimate (haematoxylin + DAB), not the reference
+    assert len(model.fed) >= 4
+    matrices = [f[stains.STAIN_INPUT] for f in model.fed]
+    assert all(np.array_equal(m, matrices[0]) for m in matrices)
+    assert run.stain_vectors is not None and run.stain_vectors.method == "macenko"
+    assert run.stain_vectors.second == "DAB"
+    np.testing.assert_array_equal(matrices[0], scan_stain_vectors(reader, run.grid).deconvolution)
+    assert not np.allclose(matrices[0], stains.HED_FROM_RGB, atol=0.05)
+    # AND the scan's result reports it (method, vectors, angles from the reference) and its summary says so
+    sv = ihc_nuclei.results["stain_vectors"]
+    assert sv["method"] == "macenko" and sv["second_stain"] == "DAB"
+    assert 0 < sv["angle_from_reference_deg"]["Hematoxylin"] <= stains.MAX_ANGLE_DEG
+    assert ihc_nuclei.results["report"]["summary"]["Stain vectors"].startswith("estimated from the scan (Macenko")
+
+
+def test_the_one_purple_skin_tile_keeps_the_reference_vectors_and_says_why() -> None:
+    # GIVEN the real H&E skin tile, where nuclei, cytoplasm and collagen are shades of one purple
+    rgb, _ = real.skin_tile(fixture_path("thirdparty/vips_pyramid_jpeg.tif").parents[1])
+    # WHEN its stain vectors are estimated as the nuclei model's run does
+    est = stains.estimate_from_tiles([rgb])
+    # THEN the "eosin" direction lies nearer the haematoxylin reference: the reference vectors, with the reason
+    assert est.method == "reference" and "nearer the Hematoxylin reference" in est.reason
+    np.testing.assert_array_equal(est.vectors, stains.RGB_FROM_HED)
 
 
 def test_real_images_need_no_download() -> None:

@@ -31,7 +31,7 @@ from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
-from scanbridge.inference import ihc
+from scanbridge.inference import ihc, stains
 from scanbridge.inference.instances import (
     Decoder,
     WindowObject,
@@ -41,7 +41,7 @@ from scanbridge.inference.instances import (
     output_problems,
 )
 from scanbridge.inference.nuclei import Nucleus
-from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
+from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles, read_tile
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
 from scanbridge.inference.resume import CheckpointStore, TileResume
 from scanbridge.inference.session import OnnxModel
@@ -72,6 +72,7 @@ class ObjectRun:
     stats: PipelineStats
     grid: TileGrid
     post_s: float = 0.0  # CPU seconds of the per-tile post-processing, summed over its threads
+    stain_vectors: stains.StainVectors | None = None  # the scan's, when the model takes them
 
 
 def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
@@ -201,6 +202,8 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                                 f"model's output (output_crop x output_downsample = {reach})",
                                 details={"problems": ["tile_overlap smaller than the output crop"]})
     stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]
+    vectors = scan_stain_vectors(reader, grid) if stains.STAIN_INPUT in model.optional_inputs else None
+    inputs = {stains.STAIN_INPUT: vectors.deconvolution} if vectors is not None else None
     extra_names = output_names(spec)
     batch = max(1, batch_size or model.batch_size_for(size))
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
@@ -225,7 +228,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         def flush() -> None:
             n = len(batch_tiles)
             t0 = time.perf_counter()
-            outputs = model.run(buffer[:n])
+            outputs = model.run(buffer[:n], inputs)
             stats.infer_s += time.perf_counter() - t0
             first = model.primary_output(outputs)
             if stats.batches == 0:
@@ -267,7 +270,16 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         objects = _merged(objects, decoder.config.nms_iou)
     stats.wall_s = time.perf_counter() - started
     objects.sort(key=lambda o: (o.y, o.x))
-    return ObjectRun(objects=objects, stats=stats, grid=grid, post_s=post_s[0])
+    return ObjectRun(objects=objects, stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
+
+
+def scan_stain_vectors(reader: ScanReader, grid: TileGrid) -> stains.StainVectors:
+    """The scan's stain vectors, once per scan: Macenko's estimate from up to `stains.SAMPLE_TILES` of the
+    grid's tissue tiles, spread over the grid and read at the model's resolution (the reference vectors
+    when the estimate is implausible). Every tile of the scan is then deconvolved with the same matrix.
+    The sample is taken from the whole grid, so a resumed scan gets the same estimate."""
+    picked = [grid.tiles[i] for i in stains.spread(len(grid.tiles))]
+    return stains.estimate_from_tiles([read_tile(reader, grid, tile) for tile in picked])
 
 
 def _merged(objects: list[SlideObject], iou: float) -> list[SlideObject]:
@@ -491,6 +503,9 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         ihc_results, ihc_summary = ihc.summary_figures([o.measurements for o in objs])
         results.update(ihc_results)
         summary.update(ihc_summary)
+    stain_results, stain_summary = _stain_figures(run.stain_vectors)
+    results.update(stain_results)
+    summary.update(stain_summary)
     summary["Nuclei density"] = (f"{_fmt(density, 0)} /mm² of tissue" if density is not None
                                  else "n/a (scan has no pixel size)")
     summary["Tissue area"] = f"{tissue_mm2:.3f} mm²" if tissue_mm2 is not None else "n/a (scan has no pixel size)"
@@ -501,6 +516,14 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     summary["Model"] = f"{spec.name} v{spec.version}"
     results["report"] = {"summary": summary, "rois": None}
     return _scan_result(scan_id, results, features)
+
+
+def _stain_figures(vectors: stains.StainVectors | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The scan's stain vectors as results (`stain_vectors`) and a summary line; nothing when the model
+    took none."""
+    if vectors is None:
+        return {}, {}
+    return {"stain_vectors": vectors.to_json()}, {"Stain vectors": vectors.summary()}
 
 
 def _scan_result(scan_id: str, results: dict[str, Any],

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,13 @@ class OnnxModel:
         return np.ascontiguousarray(x)
 
     @functools.cached_property
+    def optional_inputs(self) -> frozenset[str]:
+        """Inputs a run may feed besides the image: the graph's other inputs and its overridable
+        initialisers (a built-in graph's `stain_deconvolution`, inference/stains.py)."""
+        names = {i.name for i in self.session.get_inputs()} | {i.name for i in self.session.get_overridable_initializers()}
+        return frozenset(names - {self.spec.input_name})
+
+    @functools.cached_property
     def static_batch(self) -> int | None:
         """The input's fixed batch size (a `torch.onnx.export` default is 1), or None when it is dynamic."""
         for inp in self.session.get_inputs():
@@ -171,38 +179,45 @@ class OnnxModel:
         """The output the spec names (`output_name`), else the graph's first output."""
         return outputs[self.spec.output_name] if self.spec.output_name in outputs else next(iter(outputs.values()))
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, batch: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every output of the model for one batch, by name (the spec's output activation applied).
 
-        A static-batch export gets the batch in chunks of its fixed size, the last one padded with
-        zero tiles, and the outputs joined back and trimmed to the batch; a dynamic batch runs whole.
+        `inputs`: values for `optional_inputs` (the same for every tile of the batch, e.g. a scan's stain
+        matrix); a name the graph does not take is an InferenceError. A static-batch export gets the
+        batch in chunks of its fixed size, the last one padded with zero tiles, and the outputs joined
+        back and trimmed to the batch; a dynamic batch runs whole.
         """
+        extra = dict(inputs or {})
+        unknown = sorted(set(extra) - self.optional_inputs)
+        if unknown:
+            raise InferenceError(f"model {self.spec.name!r} takes no input {unknown[0]!r}")
         fixed = self.static_batch
         n = len(batch)
         if fixed is None or n == fixed:
-            return self.activate(self._run_once(batch))
+            return self.activate(self._run_once(batch, extra))
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, n, fixed):
             chunk = batch[start:start + fixed]
             if len(chunk) < fixed:
                 pad = np.zeros((fixed - len(chunk), *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            parts.append(self._run_once(chunk))
+            parts.append(self._run_once(chunk, extra))
         joined = {name: np.concatenate([p[name] for p in parts])[:n] for name in self.output_names}
         return self.activate(joined)
 
-    def _run_once(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One session run of a batch the model takes as it is; on an out-of-memory error (dynamic batch
-        only) the batch is halved, remembered in `max_batch`, and run in halves instead of failing."""
+    def _run_once(self, batch: np.ndarray, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One session run of a batch the model takes as it is (plus the `extra` inputs); on an out-of-memory
+        error (dynamic batch only) the batch is halved, remembered in `max_batch`, and run in halves
+        instead of failing."""
         n = len(batch)
         if self.max_batch and n > self.max_batch and self.static_batch is None:
-            return self._run_split(batch, self.max_batch)
+            return self._run_split(batch, self.max_batch, extra)
         x = self.prepare(batch)
         try:
             if self.io_binding:
-                outs = self._run_bound(x)
+                outs = self._run_bound(x, extra)
             else:
-                outs = self.session.run(None, {self.spec.input_name: x})
+                outs = self.session.run(None, {self.spec.input_name: x, **extra})
         except Exception as exc:  # onnxruntime raises its own untyped errors
             if n > 1 and self.static_batch is None and dev.is_out_of_memory(exc):
                 half = (n + 1) // 2
@@ -210,21 +225,22 @@ class OnnxModel:
                 log.warning("model %s: out of memory at batch %d; batches of %d from now on", self.spec.name, n,
                             self.max_batch, extra={"batch": n, "max_batch": self.max_batch})
                 self._local.__dict__.clear()  # drop the bound buffers of the batch that did not fit
-                return self._run_split(batch, self.max_batch)
+                return self._run_split(batch, self.max_batch, extra)
             raise InferenceError(f"model {self.spec.name!r} failed: {exc}") from exc
         return dict(zip(self.output_names, outs, strict=True))
 
-    def _run_split(self, batch: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    def _run_split(self, batch: np.ndarray, size: int, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch in chunks of `size` (each may halve again), outputs joined in order."""
-        parts = [self._run_once(batch[i:i + size]) for i in range(0, len(batch), size)]
+        parts = [self._run_once(batch[i:i + size], extra) for i in range(0, len(batch), size)]
         return {name: np.concatenate([p[name] for p in parts]) for name in self.output_names}
 
-    def _run_bound(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run_bound(self, x: np.ndarray, extra: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One batch through I/O binding, reusing this thread's buffers for the batch's shape: the input
         OrtValue is updated in place, the outputs land in the device buffers of the first run, and come
-        back as new host arrays (callers keep them while the next batch runs)."""
+        back as new host arrays (callers keep them while the next batch runs). The `extra` inputs (a few
+        numbers) are bound from host memory on every run."""
         bound: dict[tuple[Any, ...], tuple[Any, Any]] = self._local.__dict__.setdefault("bound", {})
-        key = (x.shape, x.dtype.str)
+        key = (x.shape, x.dtype.str, tuple(sorted(extra)))  # a binding keeps its inputs: one set per names fed
         entry = bound.get(key)
         if entry is None:
             if len(bound) >= MAX_BOUND_SHAPES:
@@ -232,6 +248,8 @@ class OnnxModel:
             binding = self.session.io_binding()
             value = self._input_value(x)
             binding.bind_ortvalue_input(self.spec.input_name, value)
+            for name, arr in extra.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
             for name in self.output_names:
                 binding.bind_output(name, self.device, self.device_id)
             self.session.run_with_iobinding(binding)
@@ -242,6 +260,8 @@ class OnnxModel:
             return [np.asarray(o) for o in outs]
         binding, value = entry
         value.update_inplace(x)
+        for name, arr in extra.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
         self.session.run_with_iobinding(binding)
         return [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
 

@@ -4,9 +4,10 @@
 test, written as an ONNX graph so it runs through exactly the same onnxruntime path as any customer
 model. Input uint8 RGB NCHW; output the tissue probability averaged over 4x4 blocks (at the spec's 2 µm/px: 8 µm per output pixel).
 
-`nuclei` and `ihc-positivity`: colour deconvolution (Ruifrok & Johnston 2001, the H-E-DAB stain
-matrix) as a 1x1 convolution over optical density, then nucleus detection the way QuPath's
-WatershedCellDetection does it, all inside the graph (see `CellDetection`): per stain, strands thinner
+`nuclei` and `ihc-positivity`: colour deconvolution as a 1x1 convolution over optical density, its
+matrix an optional graph input (the scan's own stain vectors, estimated once per scan by
+inference/stains.py; by default Ruifrok & Johnston's 2001 H-E-DAB matrix), then nucleus detection
+the way QuPath's WatershedCellDetection does it, all inside the graph (see `CellDetection`): per stain, strands thinner
 than a nucleus opened away, the local background (an 8 µm opening) subtracted, smoothed, thresholded
 in optical density above that background and cut at the seams between touching nuclei. Nuclei are
 found on haematoxylin *and* on DAB (so Ki67-positive nuclei are nuclei too); for IHC a second channel
@@ -30,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scanbridge.domain.catalog import IHC_SPEC, NUCLEI_SPEC, TISSUE_SPEC
 from scanbridge.domain.models import ModelSpec
+from scanbridge.inference.stains import HED_FROM_RGB, STAIN_INPUT
 
 OPSET = 18
 
@@ -86,10 +88,6 @@ def build_tissue_model(block: int = 4) -> bytes:
     return model.SerializeToString()
 
 
-# Ruifrok & Johnston's H-E-DAB stain vectors (rows: OD per R, G, B of one unit of each stain), as in
-# scikit-image's `rgb_from_hed`; the deconvolution matrix is its inverse.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 
 def _finish(nodes: list[onnx.NodeProto], name: str, inputs: list[onnx.ValueInfoProto],
@@ -101,11 +99,18 @@ def _finish(nodes: list[onnx.NodeProto], name: str, inputs: list[onnx.ValueInfoP
     return model.SerializeToString()
 
 
-def _deconvolution(inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
-    """image (uint8 NCHW RGB) -> stain_od (N, 3, H, W): haematoxylin, eosin, DAB densities (clipped at 0)."""
-    weights = HED_FROM_RGB.T.reshape(3, 3, 1, 1)  # conv weight [out=stain, in=rgb, 1, 1]
+def _deconvolution(inits: list[onnx.TensorProto],
+                   inputs: list[onnx.ValueInfoProto] | None = None) -> list[onnx.NodeProto]:
+    """image (uint8 NCHW RGB) -> stain_od (N, 3, H, W): haematoxylin, eosin, DAB densities (clipped at 0).
+
+    The deconvolution matrix D (stain densities = OD @ D) is the initialiser `STAIN_INPUT`, Ruifrok-Johnston's
+    inverse; with `inputs` it is declared a graph input too, so a run may feed the scan's own matrix
+    (inference/stains.py) and a run that feeds nothing gets the reference.
+    """
     inits += [_const("one", 1.0), _const("inv256", 1.0 / 256.0), _const("neg_inv_ln10", -1.0 / np.log(10.0)),
-              _const("hed_w", weights), _const("zero", 0.0)]
+              _const(STAIN_INPUT, HED_FROM_RGB), _const("hed_w_shape", [3, 3, 1, 1], np.int64), _const("zero", 0.0)]
+    if inputs is not None:
+        inputs.append(helper.make_tensor_value_info(STAIN_INPUT, TensorProto.FLOAT, [3, 3]))
     return [
         helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
         # optical density per channel (base 10, as Ruifrok's vectors): -log10((x + 1) / 256)
@@ -113,6 +118,9 @@ def _deconvolution(inits: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
         helper.make_node("Mul", ["x1", "inv256"], ["xn"]),
         helper.make_node("Log", ["xn"], ["lnx"]),
         helper.make_node("Mul", ["lnx", "neg_inv_ln10"], ["od"]),
+        # conv weight [out=stain, in=rgb, 1, 1] = D transposed
+        helper.make_node("Transpose", [STAIN_INPUT], ["hed_t"], perm=[1, 0]),
+        helper.make_node("Reshape", ["hed_t", "hed_w_shape"], ["hed_w"]),
         helper.make_node("Conv", ["od", "hed_w"], ["hed"], kernel_shape=[1, 1]),
         helper.make_node("Max", ["hed", "zero"], ["stain_od"]),
     ]
@@ -278,9 +286,11 @@ def _stain_nuclei(inits: list[onnx.TensorProto], nodes: list[onnx.NodeProto], st
     nodes.append(helper.make_node("Min", [f"{out}_above", f"{out}_peak"], [out]))
 
 
-def _nuclei_nodes(inits: list[onnx.TensorProto], p: CellDetection) -> list[onnx.NodeProto]:
-    """Deconvolution, then p_nucleus = max(haematoxylin nuclei, DAB nuclei) and p_dab (DAB above its threshold)."""
-    nodes = _deconvolution(inits)
+def _nuclei_nodes(inits: list[onnx.TensorProto], p: CellDetection,
+                  inputs: list[onnx.ValueInfoProto] | None) -> list[onnx.NodeProto]:
+    """Deconvolution (its matrix an optional input when `inputs` is given), then p_nucleus = max(haematoxylin
+    nuclei, DAB nuclei) and p_dab (DAB above its threshold)."""
+    nodes = _deconvolution(inits, inputs)
     nodes.append(_channel(inits, "stain_od", 0, "h_od"))
     nodes.append(_channel(inits, "stain_od", 2, "dab_od"))
     _stain_nuclei(inits, nodes, "h_od", "p_h", p.h_blob_um, p.h_threshold, p)
@@ -305,9 +315,10 @@ def build_nuclei_model(params: CellDetection | None = None) -> bytes:
     outs = [helper.make_tensor_value_info("nuclei_prob", TensorProto.FLOAT, ["N", 1, "H", "W"]),
             helper.make_tensor_value_info("stain_od", TensorProto.FLOAT, ["N", 3, "H", "W"])]
     inits: list[onnx.TensorProto] = []
-    nodes = _nuclei_nodes(inits, params or CellDetection())
+    inputs = [inp]
+    nodes = _nuclei_nodes(inits, params or CellDetection(), inputs)
     nodes.append(helper.make_node("Identity", ["p_nucleus"], ["nuclei_prob"]))
-    return _finish(nodes, "scanbridge_nuclei", [inp], outs, inits)
+    return _finish(nodes, "scanbridge_nuclei", inputs, outs, inits)
 
 
 def build_ihc_model(params: CellDetection | None = None) -> bytes:
@@ -317,12 +328,16 @@ def build_ihc_model(params: CellDetection | None = None) -> bytes:
     so the positive channel's mean over a nucleus is how much browner the nucleus is than the cell around
     it, an OD that `thresholds.positive` is compared with (QuPath's "Nucleus: DAB OD mean" rule, made
     relative): DAB on the membranes or in the cytoplasm around a blue nucleus never makes it positive.
+
+    It deconvolves with the reference (Ruifrok-Johnston) matrix and takes no per-scan stain vectors: fed
+    the scan's, the real IHC colon image got three positive points on brown membranes instead of one
+    (docs/built-in-models.md), so its H/DAB split stays the one its thresholds were set on.
     """
     inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 3, "H", "W"])
     outs = [helper.make_tensor_value_info("nuclei_prob", TensorProto.FLOAT, ["N", 2, "H", "W"]),
             helper.make_tensor_value_info("stain_od", TensorProto.FLOAT, ["N", 3, "H", "W"])]
     inits: list[onnx.TensorProto] = []
-    nodes = _nuclei_nodes(inits, params or CellDetection())
+    nodes = _nuclei_nodes(inits, params or CellDetection(), None)
     nodes.append(helper.make_node("Concat", ["p_nucleus", "dab_local"], ["nuclei_prob"], axis=1))
     return _finish(nodes, "scanbridge_ihc_positivity", [inp], outs, inits)
 
