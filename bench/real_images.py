@@ -7,7 +7,8 @@ image, the real H&E skin tile of ../shared/fixtures/thirdparty/, and that file's
 Per image: the classical count (rgb2hed + Otsu + watershed), the nuclei model's count, density, mean
 area, AP50 / Jaccard against the classical labels, the share of its centroids on classical nuclei and
 back, and the ihc-positivity model's positivity, the share of its positive points on classical nuclei,
-H-score and cell-compartment positivity; seconds per step on this machine's CPU.
+H-score and cell-compartment positivity, the stain vectors the nuclei model used; seconds per step on this
+machine's CPU.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ Real images that installed packages ship, nothing downloaded:
 (`skimage.data.skin()` is not usable here: it is fetched with pooch on first use, a download.)
 
 The independent method is the classical scikit-image one: `rgb2hed` haematoxylin, `threshold_otsu`,
-a distance-transform marker watershed; it shares no code with the built-in graphs.
+a distance-transform marker watershed; it shares no code with the built-in graphs. The figures also
+say which stain vectors the `nuclei` model used on each image (its per-scan Macenko estimate, or the
+reference vectors and why: inference/stains.py).
 """
 
 from __future__ import annotations
@@ -149,6 +151,12 @@ def figures(name: str, rgb: np.ndarray, mpp: float) -> dict[str, Any]:
     area_mm2 = rgb.shape[0] * rgb.shape[1] * mpp * mpp / 1e6
     out["nuclei_per_mm2_of_image"] = round(nuc.count / area_mm2, 1)
     out["nuclei_mean_area_um2"] = nuc.results.get("mean_nucleus_area_um2")
+    vectors = nuc.results.get("stain_vectors") or {}
+    out["stain_vectors"] = vectors.get("method")
+    if vectors.get("method") == "macenko":
+        out["stain_angles_deg"] = vectors.get("angle_from_reference_deg")
+    elif vectors.get("reason"):
+        out["stain_fallback"] = vectors["reason"]
     if nuc.labels is not None:
         ev = evaluate_masks(nuc.labels, ref)
         out["nuclei_vs_classical"] = {"ap50": round(ev.ap50, 3), "jaccard": round(ev.jaccard, 3),

@@ -34,7 +34,8 @@ NUCLEI_SPEC = ModelSpec(
     name="nuclei",
     version="1",
     kind="segmentation",
-    description="Nuclear segmentation as QuPath's cell detection: Ruifrok-Johnston colour deconvolution, "
+    description="Nuclear segmentation as QuPath's cell detection: colour deconvolution with the scan's stain "
+                "vectors (Macenko, once per scan; Ruifrok-Johnston when implausible), "
                 "haematoxylin and DAB optical density above a local background (opening, 8 µm), smoothed and "
                 "thresholded (built-in ONNX graph); touching nuclei split by distance-transform watershed; "
                 "6-400 µm²",

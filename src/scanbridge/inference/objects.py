@@ -503,9 +503,6 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         ihc_results, ihc_summary = ihc.summary_figures([o.measurements for o in objs])
         results.update(ihc_results)
         summary.update(ihc_summary)
-    stain_results, stain_summary = _stain_figures(run.stain_vectors)
-    results.update(stain_results)
-    summary.update(stain_summary)
     summary["Nuclei density"] = (f"{_fmt(density, 0)} /mm² of tissue" if density is not None
                                  else "n/a (scan has no pixel size)")
     summary["Tissue area"] = f"{tissue_mm2:.3f} mm²" if tissue_mm2 is not None else "n/a (scan has no pixel size)"
@@ -513,6 +510,9 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
         summary["Mean nucleus area"] = f"{mean_area:.1f} µm²"
     if not want_polygons and bool(spec.outputs.get("polygons", True)):
         summary["Note"] = f"{count:,} nuclei: outlines left out of the GeoJSON (limit {MAX_POLYGONS:,})"
+    stain_results, stain_summary = _stain_figures(run.stain_vectors)
+    results.update(stain_results)
+    summary.update(stain_summary)
     summary["Model"] = f"{spec.name} v{spec.version}"
     results["report"] = {"summary": summary, "rois": None}
     return _scan_result(scan_id, results, features)
