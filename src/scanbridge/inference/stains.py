@@ -39,8 +39,7 @@ ALPHA = 1.0  # percentile of the angles taken as each stain's direction (Macenko
 MIN_PIXELS = 5000  # stained pixels needed for an estimate
 MAX_ANGLE_DEG = 30.0  # an estimated vector this far from its reference is implausible
 SAMPLE_TILES = 16  # tissue tiles read for the estimate
-SAMPLE_STRIDE = 2  # every 2nd pixel of each row and column of a sampled tile
-MAX_SAMPLE = 1_000_000  # stained pixels kept for the eigen-decomposition (an even subsample beyond)
+MAX_SAMPLE = 200_000  # pixels used for the eigen-decomposition (a regular subsample beyond)
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
@@ -152,8 +151,9 @@ def spread(count: int, wanted: int = SAMPLE_TILES) -> list[int]:
 
 
 def estimate_from_tiles(tiles: Sequence[np.ndarray]) -> StainVectors:
-    """The stain vectors of a scan from some of its tissue tiles (RGB, model resolution), every
-    SAMPLE_STRIDE-th pixel of each."""
+    """The stain vectors of a scan from some of its tissue tiles (RGB, model resolution): every pixel of
+    a small sample, every k-th row and column of a large one (about MAX_SAMPLE pixels in all)."""
     if not tiles:
         return StainVectors(RGB_FROM_HED, "reference", reason="no tissue tile")
-    return estimate(np.concatenate([t[::SAMPLE_STRIDE, ::SAMPLE_STRIDE].reshape(-1, 3) for t in tiles]))
+    stride = max(1, math.isqrt(sum(t.shape[0] * t.shape[1] for t in tiles) // MAX_SAMPLE))
+    return estimate(np.concatenate([t[::stride, ::stride].reshape(-1, 3) for t in tiles]))
