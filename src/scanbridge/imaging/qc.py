@@ -1,4 +1,4 @@
-"""Quality control before inference: pure checks on a scan's thumbnail and tiles.
+"""Quality control before inference: pure checks on a scan's overview, tissue mask and tiles.
 
 Each check is a pure function of pixels (tested on generated images); `run_qc` reads what they need
 from an open scan (the worker's injected QC step, on the `OpenedScan` the analysis and the artifacts
@@ -91,7 +91,7 @@ class QcReport:
 
 
 def check_tissue(mask: np.ndarray, min_fraction: float) -> QcCheck:
-    """NO_TISSUE when tissue covers less than `min_fraction` of the thumbnail."""
+    """NO_TISSUE when tissue covers less than `min_fraction` of the mask (the slide)."""
     frac = round(tissue_fraction(mask), 6)
     ok = frac >= min_fraction
     msg = (f"tissue covers {percent_text(frac)} of the slide" if ok else
