@@ -143,6 +143,7 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
 def build_processing(container: Container, **overrides: Any) -> ProcessingService:
     """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it)."""
     from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
+    from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.runner import Analyzer, ModelLoader
     from scanbridge.services.processing import ProcessingService
 
@@ -181,7 +182,8 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
             return True
 
     return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
-                             work_dir=s.data_dir / "work", check_model=check_task, artifact_writer=writer,
+                             opener=overrides.get("opener") or OpenedScan.open, work_dir=s.data_dir / "work",
+                             check_model=check_task, artifact_writer=writer,
                              qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
                              # a token-less task needs the platform API key only where there is a platform to post to (a worker on
                              # Batch is not given the platform URL: the results step checks there)
@@ -202,13 +204,14 @@ def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Any:
 
 
 def _default_qc(s: Settings) -> Any:
-    """The real quality control (imaging.qc) with the settings' thresholds, or None when switched off."""
+    """The real quality control (imaging.qc, on the open scan) with the settings' thresholds, or None when
+    switched off."""
     if not s.qc_enabled:
         return None
     from functools import partial
 
-    from scanbridge.imaging.qc import QcThresholds, qc_scan
+    from scanbridge.imaging.qc import QcThresholds, run_qc
 
-    return partial(qc_scan, thresholds=QcThresholds(min_tissue_fraction=s.qc_min_tissue_fraction,
+    return partial(run_qc, thresholds=QcThresholds(min_tissue_fraction=s.qc_min_tissue_fraction,
                                                     blur_mpp=s.qc_blur_mpp, min_laplacian_var=s.qc_min_laplacian_var,
                                                     min_sharpness=s.qc_min_sharpness))

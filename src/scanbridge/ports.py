@@ -12,8 +12,10 @@ from scanbridge.domain.results import QcFinding, ScanResult
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
 
-if TYPE_CHECKING:  # numpy is not in the API Lambda's layer: annotations only
+if TYPE_CHECKING:  # numpy and the readers are not in the API Lambda's layer: annotations only
     import numpy as np
+
+    from scanbridge.imaging.scan import OpenedScan
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,21 @@ class Fetcher(Protocol):
         """Every file, in order."""
 
 
-class ScanAnalyzer(Protocol):
-    """Runs one model over one scan's files."""
+class ScanOpener(Protocol):
+    """Opens a downloaded scan once for the worker's steps (imaging.scan.OpenedScan.open); raises ScanErrors.
 
-    def __call__(self, scan_id: str, paths: list[Path], model_name: str,
+    >>> with opener(paths) as scan:  # QC, the analysis and the artifacts share its reader and tissue mask
+    ...     qc(scan); analyzer("scan-1", scan, "tissue", progress); writer("task-1", "scan-1", scan, result)
+    """
+
+    def __call__(self, paths: list[Path]) -> OpenedScan:
+        """The open scan (closed by leaving its `with` block)."""
+
+
+class ScanAnalyzer(Protocol):
+    """Runs one model over one open scan."""
+
+    def __call__(self, scan_id: str, scan: OpenedScan, model_name: str,
                  progress: Callable[[int, int], None], *, checkpoint: Any = None) -> tuple[ScanResult, dict[str, Any]]:
         """The scan's result and its reader metadata (resuming from `checkpoint`, an inference.resume
         CheckpointStore, when one is given)."""
@@ -151,17 +164,19 @@ class QcOutcome(Protocol):
 
 
 class ScanQc(Protocol):
-    """Opens a downloaded scan and runs the quality checks (imaging.qc.qc_scan); raises ScanErrors."""
+    """Runs the quality checks on an open scan (imaging.qc.run_qc); raises ScanErrors."""
 
-    def __call__(self, paths: list[Path]) -> QcOutcome:
+    def __call__(self, scan: OpenedScan) -> QcOutcome:
         """The checks' outcome."""
 
 
 class ArtifactWriter(Protocol):
-    """Stores a succeeded scan's artifacts (services.artifacts.ScanArtifactWriter); never raises."""
+    """Stores a succeeded scan's artifacts from the open scan (services.artifacts.ScanArtifactWriter);
+    never raises."""
 
-    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
-        """Extra entries for the scan's metadata.json (e.g. the DICOM source's key attributes)."""
+    def __call__(self, task_id: str, scan_id: str, scan: OpenedScan, result: ScanResult) -> dict[str, Any]:
+        """Extra entries for the scan's metadata.json (the scan's tissue figure, the DICOM source's key
+        attributes)."""
 
 
 # --- the model registry (services/models.py) and where the worker's models come from ----------

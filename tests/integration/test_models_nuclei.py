@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 from scanbridge.devtools import synth
 from scanbridge.domain.results import geojson_problems
 from scanbridge.imaging.readers import open_scan
+from scanbridge.imaging.scan import OpenedScan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.runner import Analyzer, ModelLoader
 
@@ -64,8 +65,9 @@ def test_nuclei_model_counts_and_places_every_nucleus(he_slide: tuple[Path, synt
                                                       loader: ModelLoader) -> None:
     # GIVEN an H&E-like slide (0.5 µm/px) with known nuclei of radius 3 µm
     path, truth = he_slide
-    # WHEN the worker's analyzer runs the nuclei model
-    result, metadata = Analyzer(loader)("he", [path], "nuclei", lambda done, total: None)
+    # WHEN the worker's analyzer runs the nuclei model on the scan, opened once
+    with OpenedScan.open([path]) as scan:
+        result, metadata = Analyzer(loader)("he", scan, "nuclei", lambda done, total: None)
     fc, res = result.geojson, result.results
     assert fc is not None and res is not None
     # THEN the count is within 2 % of the truth

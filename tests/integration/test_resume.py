@@ -20,6 +20,7 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.imaging.readers import open_scan
+from scanbridge.imaging.scan import OpenedScan
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.runner import ModelLoader
@@ -147,15 +148,15 @@ def test_a_changed_grid_never_resumes_from_another_grids_checkpoint(tmp_path: Pa
 
 
 class _KillableAnalyzer:
-    """The worker's analyzer (open, analyse, close) with a counting reader and a kill switch: the fault."""
+    """The worker's analyzer on the open scan, read through a counting reader, with a kill switch: the fault."""
 
     def __init__(self, kill_after: int | None) -> None:
         self.kill_after = kill_after
         self.reads = 0
 
-    def __call__(self, scan_id: str, paths: list[Path], model_name: str, progress: Callable[[int, int], None], *,
+    def __call__(self, scan_id: str, scan: OpenedScan, model_name: str, progress: Callable[[int, int], None], *,
                  checkpoint: CheckpointStore | None = None) -> tuple[ScanResult, dict[str, Any]]:
-        reader = CountingReader(open_scan(paths))
+        reader = CountingReader(scan.reader)  # the worker's open scan, read through the counter
         kill = _killer(self.kill_after)
 
         def both(done: int, total: int) -> None:
@@ -167,7 +168,6 @@ class _KillableAnalyzer:
                                     progress=both, checkpoint=checkpoint)
         finally:
             self.reads = reader.reads
-            reader.close()
         return analysis.result, analysis.metadata
 
 

@@ -13,9 +13,7 @@ import pytest
 from scanbridge.devtools import synth
 from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult, result_json_bytes
 from scanbridge.imaging.readers import open_scan
-from scanbridge.imaging.tiling import overview_tissue_mask
-from scanbridge.imaging.tissue import tissue_mask
-from scanbridge.inference.analyze import THUMBNAIL_MAX
+from scanbridge.imaging.scan import OpenedScan
 from scanbridge.inference.objects import objects_result, run_objects
 from scanbridge.inference.runner import ModelLoader
 
@@ -42,8 +40,8 @@ def test_streamed_body_equals_the_in_memory_body(ki67: Path, model_name: str, ki
     model = ModelLoader(prefer_gpu=False).load(model_name)
     reader = open_scan([ki67])
     try:
-        mask, ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)
-        run = run_objects(reader, model, mask, ds)
+        tissue = OpenedScan(reader, owned=False).tissue
+        run = run_objects(reader, model, tissue.mask, tissue.downsample)
         meta = reader.metadata
     finally:
         reader.close()

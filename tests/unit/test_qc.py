@@ -28,6 +28,8 @@ from scanbridge.imaging.qc import (
     tile_origins,
     tissue_fraction,
 )
+from scanbridge.imaging.readers.memory import MemoryReader
+from scanbridge.imaging.scan import OpenedScan
 from scanbridge.services.processing import ProcessingService, scan_result_key
 
 REASONS = {"NO_TISSUE": "no tissue", "BLURRY": "blurry", "SCAN_CORRUPT": "unreadable"}
@@ -175,14 +177,18 @@ def _service(tmp_path: Path, qc: Callable[[list[Path]], Any], *, blocks: bool = 
                                           list[str]]:
     tasks, artifacts, fetcher, analysed = MemoryTaskStore(), MemoryArtifactStore(), _Fetcher(), []
 
-    def analyzer(scan_id: str, paths: list[Path], model: str, progress: Any) -> tuple[ScanResult, dict[str, Any]]:
+    def analyzer(scan_id: str, scan: OpenedScan, model: str, progress: Any) -> tuple[ScanResult, dict[str, Any]]:
         analysed.append(scan_id)
         return ScanResult(scanId=scan_id, results={"report": {"summary": {"Tissue": "1 mm²"}, "rois": None}},
                           geojson={"type": "FeatureCollection", "features": []}), {"width": 10}
 
     tasks.create(Task(task_id="t/1", model="tissue", status=TaskStatus.QUEUED, token_ciphertext="x" if token else None,
                       scans={"s1": ScanState(scan_id="s1", urls=["https://example/s1"])}))
-    service = ProcessingService(tasks, artifacts, fetcher, analyzer, work_dir=tmp_path, check_model=lambda _m: None,
+    def opener(_paths: list[Path]) -> OpenedScan:  # the in-memory reader stands in for the downloaded file
+        return OpenedScan(MemoryReader(np.full((16, 16, 3), 200, np.uint8), mpp=0.5))
+
+    service = ProcessingService(tasks, artifacts, fetcher, analyzer, opener=opener, work_dir=tmp_path,
+                                check_model=lambda _m: None,
                                 qc=qc, qc_blocks=lambda _m: blocks, qc_fail_reasons=REASONS,
                                 has_api_key=has_api_key, public_url="https://bridge.example/")
     return service, tasks, artifacts, fetcher, analysed

@@ -130,12 +130,20 @@ def test_strip_wise_tissue_mask_equals_the_whole_image_mask() -> None:
         rgb[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (200, 120, 170)
     rgb = np.clip(rgb.astype(int) + rng.integers(-3, 4, rgb.shape), 0, 255).astype(np.uint8)
     reader = ArrayReader(rgb)
+    strips: list[int] = []
+
+    def recorded(part: np.ndarray) -> np.ndarray:
+        strips.append(part.shape[0])
+        return tissue_mask(part)
+
     # WHEN the mask is computed over level 0 in strips of ~20 rows
-    mask, ds = overview_tissue_mask(reader, 512, tissue_mask, strip_px=300 * 20)
-    # THEN it equals the mask of the whole image, and no read was larger than a strip plus its margins
+    mask, ds = overview_tissue_mask(reader, 512, recorded, strip_px=300 * 20)
+    # THEN it equals the mask of the whole image, the overview was read once, and the mask's temporaries
+    # never exceeded a strip plus its margins
     assert ds == 1.0
     np.testing.assert_array_equal(mask, tissue_mask(rgb))
-    assert max(h for _w, h in reader.reads) <= 20 + 16
+    assert reader.reads == [(300, 400)]
+    assert len(strips) == 20 and max(strips) <= 20 + 16
 
 
 def test_tile_map_stores_tiles_as_uint8_and_assembles_on_demand() -> None:

@@ -45,10 +45,10 @@ from scanbridge.devtools.resnet import build_resnet, resnet_spec
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.domain.models import Label, ModelSpec
 from scanbridge.imaging.readers import ScanReader, open_scan
-from scanbridge.imaging.tiling import TileGrid, grid_for_model, overview_tissue_mask
-from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.imaging.scan import OpenedScan
+from scanbridge.imaging.tiling import TileGrid, grid_for_model
 from scanbridge.inference import device as dev
-from scanbridge.inference.analyze import THUMBNAIL_MAX, analyze_scan, tile_min_tissue
+from scanbridge.inference.analyze import analyze_scan, tile_min_tissue
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS, OPSET, tissue_score_graph
@@ -192,7 +192,8 @@ def tissue_grid(reader: ScanReader, model: OnnxModel, *, tile_size: int | None, 
     spec, meta = model.spec, reader.metadata
     mask, thumb_ds = None, 1.0
     if tissue_only:
-        mask, thumb_ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)
+        tissue = OpenedScan(reader, owned=False).tissue  # the mask analyze_scan uses
+        mask, thumb_ds = tissue.mask, tissue.downsample
     target_ds = spec.mpp / meta.mpp[0] if (spec.mpp and meta.mpp) else 1.0
     margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
     return grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds,

@@ -20,6 +20,8 @@ from scanbridge.client import DEFAULT_FILES_PORT, DEFAULT_URL
 
 if TYPE_CHECKING:
     from scanbridge.client import BridgeClient, LocalFileServer
+    from scanbridge.domain.results import ScanResult
+    from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.session import OnnxModel
 
 #: the built-in models (inference/zoo.py BUILTINS) and the bench's own (devtools/bench.py BENCH_MODELS),
@@ -118,7 +120,7 @@ def run_scan(
     """`scanbridge run-scan`: settings (device, batch, threads) from SCANBRIDGE_*."""
     from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
-    from scanbridge.imaging.readers import open_scan
+    from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.device import default_reader_threads
     from scanbridge.inference.runner import ModelLoader
@@ -148,21 +150,19 @@ def run_scan(
         path = Path(name)
         stem = path.stem
         try:
-            with TileProgress(stem) as bar:
-                reader = open_scan([path])
-                try:
-                    analysis = analyze_scan(stem, reader, chosen, progress=bar, batch_size=settings.batch_size,
+            with OpenedScan.open([path]) as scan:  # once: the analysis and the artifacts share it
+                with TileProgress(stem) as bar:
+                    analysis = analyze_scan(stem, scan, chosen, progress=bar, batch_size=settings.batch_size,
                                             readers=readers)
-                finally:
-                    reader.close()
+                result = analysis.result
+                (folder / f"{stem}.geojson").write_text(json.dumps(result.geojson))
+                (folder / f"{stem}.result.json").write_text(
+                    json.dumps(result.model_dump(mode="json", exclude_none=True)))
+                artifacts = [] if no_artifacts else _write_artifacts(scan, stem, result, folder / f"{stem}-artifacts")
         except ScanbridgeError as exc:
             print(f"{name}: {exc.code}: {exc.message}", file=sys.stderr)
             status = 1
             continue
-        result = analysis.result
-        (folder / f"{stem}.geojson").write_text(json.dumps(result.geojson))
-        (folder / f"{stem}.result.json").write_text(json.dumps(result.model_dump(mode="json", exclude_none=True)))
-        artifacts = [] if no_artifacts else _write_artifacts(path, stem, result, folder / f"{stem}-artifacts")
         summary = (result.results or {}).get("report", {}).get("summary", {})
         print(json.dumps({"file": name, "summary": summary, "geojson": str(folder / f"{stem}.geojson"),
                           "artifacts": [str(a) for a in artifacts]}))
@@ -219,13 +219,13 @@ def _unregistered_model(onnx_path: str | None, spec_path: str | None, device: st
     return OnnxModel(spec, data, device=device)
 
 
-def _write_artifacts(path: Path, stem: str, result: object, folder: Path) -> list[Path]:
+def _write_artifacts(scan: OpenedScan, stem: str, result: ScanResult, folder: Path) -> list[Path]:
     """The same artifacts the worker stores (overlay, label mask, CSV, crops, DICOM), as files."""
     from scanbridge.adapters.local.memory import MemoryArtifactStore
     from scanbridge.services.artifacts import ScanArtifactWriter, artifact_key
 
     store = MemoryArtifactStore()
-    ScanArtifactWriter(store)("run-scan", stem, [path], result)  # type: ignore[arg-type]
+    ScanArtifactWriter(store)("run-scan", stem, scan, result)
     prefix = artifact_key("run-scan", stem, "")
     folder.mkdir(parents=True, exist_ok=True)
     written = []

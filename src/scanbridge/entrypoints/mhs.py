@@ -28,13 +28,16 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.logs import ScrubSecrets, setup_logging
+
+if TYPE_CHECKING:
+    from scanbridge.imaging.scan import OpenedScan
 
 log = logging.getLogger("scanbridge.mhs")
 
@@ -122,31 +125,25 @@ class _LogCapture(logging.Handler):
 
 @dataclass
 class _Snapshot:
-    thumbnail: Any = None
-    downsample: float = 1.0
+    """The scan the worker opened, kept for the debug overlay (its overview outlives the closed scan)."""
 
+    scan: OpenedScan | None = None
 
-class _ThumbnailFetcher:
-    """Wraps the safe fetcher: after a download, keeps a thumbnail for the debug overlay (best effort)."""
+    def open(self, paths: list[Path]) -> OpenedScan:
+        """The ScanOpener the processing uses: OpenedScan.open, remembered."""
+        from scanbridge.imaging.scan import OpenedScan
 
-    def __init__(self, inner: Any, snapshot: _Snapshot) -> None:
-        self._inner = inner
-        self._snapshot = snapshot
+        self.scan = OpenedScan.open(paths)
+        return self.scan
 
-    def fetch_all(self, urls: list[str], dest_dir: Path) -> list[Path]:
-        paths: list[Path] = self._inner.fetch_all(urls, dest_dir)
+    def thumbnail(self) -> tuple[Any, float] | None:
+        """The scan's thumbnail from the overview QC and the analysis read (None when never read)."""
+        if self.scan is None:
+            return None
         try:
-            from scanbridge.imaging.readers import open_scan
-            from scanbridge.imaging.tiling import tissue_overview
-
-            reader = open_scan(paths)
-            try:
-                self._snapshot.thumbnail, self._snapshot.downsample = tissue_overview(reader, THUMBNAIL_PX)
-            finally:
-                reader.close()
-        except Exception:  # noqa: BLE001 - the overlay is a debugging extra; QC reports unreadable scans
-            log.info("no thumbnail for the debug overlay (the scan did not open)")
-        return paths
+            return self.scan.thumbnail(THUMBNAIL_PX)
+        except ValueError:  # closed before anything read its overview (the scan failed first)
+            return None
 
 
 def _rings(geometry: dict[str, Any]) -> tuple[list[list[list[float]]], list[list[float]]]:
@@ -208,7 +205,6 @@ def run(environ: Mapping[str, str]) -> int:
     from scanbridge.bootstrap import bootstrap, build_processing
     from scanbridge.config import Settings
     from scanbridge.domain.webhook import WebhookPayload
-    from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
     from scanbridge.services.delivery import posted_key
 
     capture = _LogCapture()
@@ -243,13 +239,8 @@ def run(environ: Mapping[str, str]) -> int:
             "jwt_token": env.jwt_token or None})
         container.intake.accept(payload)
         snapshot = _Snapshot()
-        fetcher = _ThumbnailFetcher(SafeFetcher(FetchPolicy(
-            allowed_hosts=settings.scan_host_patterns(), max_bytes=settings.max_scan_bytes,
-            connect_timeout_s=settings.fetch_connect_timeout_s, read_timeout_s=settings.fetch_read_timeout_s,
-            attempts=settings.fetch_attempts, total_timeout_s=settings.download_timeout_s,
-            min_bytes_per_s=settings.download_min_bytes_per_s, rate_window_s=settings.download_rate_window_s)), snapshot)
         log.info("processing scan %s of task %s", env.scan_id, env.task_id)
-        build_processing(container, fetcher=fetcher).run(env.task_id)
+        build_processing(container, opener=snapshot.open).run(env.task_id)
         task = container.delivery.on_job_finished(env.task_id, True)
         delivered = task.delivery.delivered_at is not None
         log.info("task %s: %s (delivered: %s, platform answered %s)", env.task_id, task.status, delivered,
@@ -275,9 +266,10 @@ def _upload_debug(env: MhsEnv, body: dict[str, Any], snapshot: _Snapshot, captur
     files: dict[str, bytes] = {"results.json": json.dumps(body, indent=2).encode(),
                                "task.json": json.dumps(task, indent=2).encode()}
     scan: dict[str, Any] = next((s for s in body.get("scanResults", []) if s.get("scanId") == env.scan_id), {})
-    if snapshot.thumbnail is not None:
+    thumbnail = snapshot.thumbnail()
+    if thumbnail is not None:
         try:
-            files["overlay.png"] = overlay_png(snapshot.thumbnail, snapshot.downsample, scan.get("geojson"))
+            files["overlay.png"] = overlay_png(*thumbnail, scan.get("geojson"))
         except Exception:
             log.warning("overlay not drawn", exc_info=True)
     try:

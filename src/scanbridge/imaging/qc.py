@@ -1,8 +1,10 @@
-"""Quality control before inference: pure checks on a scan's thumbnail and tiles.
+"""Quality control before inference: pure checks on a scan's overview, tissue mask and tiles.
 
 Each check is a pure function of pixels (tested on generated images); `run_qc` reads what they need
-from a ScanReader and `qc_scan` opens the files (the worker's injected QC step). A check that cannot
-be assessed (no pixel size, scan too small) passes with `assessed=False` rather than guessing.
+from an open scan (the worker's injected QC step, on the `OpenedScan` the analysis and the artifacts
+share) and `qc_scan` opens the files first. NO_TISSUE judges the scan's one tissue mask
+(`OpenedScan.tissue`), so QC's tissue figure is the one the summary and the artifacts state. A check
+that cannot be assessed (no pixel size, scan too small) passes with `assessed=False` rather than guessing.
 
 BLURRY is judged relative to the scan's own content: the *normalised* Laplacian variance of tissue tiles
 read at `blur_mpp` (variance of the Laplacian over variance of the grey levels, both on the tile's tissue
@@ -37,8 +39,8 @@ from scanbridge.imaging.readers.base import (
     mpp_note,
     resize_rgb,
 )
-from scanbridge.imaging.tiling import tissue_overview
-from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.imaging.scan import OpenedScan
+from scanbridge.imaging.tissue import percent_text, tissue_fraction, tissue_mask
 
 NO_TISSUE = "NO_TISSUE"
 PIXEL_SIZE_UNKNOWN = "PIXEL_SIZE_UNKNOWN"  # informational: a stated pixel size outside MPP_RANGE, set aside
@@ -56,7 +58,6 @@ class QcThresholds:
     min_laplacian_var: float = 0.0  # an optional absolute floor on top (0: off)
     blur_tile_px: int = 256
     blur_max_tiles: int = 16
-    thumbnail_px: int = 1024
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,13 @@ class QcReport:
         return {"passed": not self.failures, "checks": [asdict(c) for c in self.checks]}
 
 
-def tissue_fraction(mask: np.ndarray) -> float:
-    """Share of True pixels in a boolean tissue mask (0 for an empty mask)."""
-    return float(mask.mean()) if mask.size else 0.0
-
-
 def check_tissue(mask: np.ndarray, min_fraction: float) -> QcCheck:
-    """NO_TISSUE when tissue covers less than `min_fraction` of the thumbnail."""
-    frac = tissue_fraction(mask)
+    """NO_TISSUE when tissue covers less than `min_fraction` of the mask (the slide)."""
+    frac = round(tissue_fraction(mask), 6)
     ok = frac >= min_fraction
-    msg = (f"tissue covers {frac * 100:.2f} % of the slide" if ok else
-           f"no tissue found: tissue covers {frac * 100:.2f} % of the slide (minimum {min_fraction * 100:.2f} %)")
-    return QcCheck(NO_TISSUE, ok, round(frac, 6), min_fraction, msg)
+    msg = (f"tissue covers {percent_text(frac)} of the slide" if ok else
+           f"no tissue found: tissue covers {percent_text(frac)} of the slide (minimum {percent_text(min_fraction)})")
+    return QcCheck(NO_TISSUE, ok, frac, min_fraction, msg)
 
 
 def laplacian_variance(rgb: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -188,12 +184,12 @@ def read_tile_at_mpp(reader: ScanReader, origin: tuple[int, int], tile_l0: float
     return resize_rgb(rgb, (out_px, out_px))
 
 
-def run_qc(reader: ScanReader, thresholds: QcThresholds | None = None) -> QcReport:
-    """Run every check on an open scan."""
+def run_qc(scan: OpenedScan, thresholds: QcThresholds | None = None) -> QcReport:
+    """Run every check on an open scan (its shared overview and tissue mask)."""
     th = thresholds or QcThresholds()
-    meta = reader.metadata
-    thumb, ds = tissue_overview(reader, th.thumbnail_px)  # a whole small level: bounded memory
-    mask = tissue_mask(thumb)
+    reader, meta = scan.reader, scan.metadata
+    thumb, _ = scan.overview()
+    mask, ds = scan.tissue.mask, scan.tissue.downsample
     report = QcReport(thumbnail=thumb, thumbnail_downsample=ds)
     note = mpp_note(meta)
     if note:  # not a failure: the scan is analysed without a pixel size (readers.base.with_sane_mpp)
@@ -221,10 +217,5 @@ def run_qc(reader: ScanReader, thresholds: QcThresholds | None = None) -> QcRepo
 
 def qc_scan(paths: Sequence[Path], thresholds: QcThresholds | None = None) -> QcReport:
     """Open the scan's files, run the checks, close it (raises the readers' ScanErrors)."""
-    from scanbridge.imaging.readers import open_scan
-
-    reader = open_scan(list(paths))
-    try:
-        return run_qc(reader, thresholds)
-    finally:
-        reader.close()
+    with OpenedScan.open(list(paths)) as scan:
+        return run_qc(scan, thresholds)

@@ -152,24 +152,24 @@ def tissue_overview(reader: ScanReader, max_side: int) -> tuple[np.ndarray, floa
 
 def overview_tissue_mask(reader: ScanReader, max_side: int, mask_fn: Callable[[np.ndarray], np.ndarray], *,
                          strip_px: int = STRIP_PX) -> tuple[np.ndarray, float]:
-    """The tissue mask of the overview level and its downsample, computed strip by strip.
+    """The tissue mask of the overview (`tissue_overview`) and its downsample (see `strip_mask`)."""
+    rgb, ds = tissue_overview(reader, max_side)
+    return strip_mask(rgb, mask_fn, strip_px=strip_px), ds
 
-    `mask_fn` (e.g. `tissue_mask`) runs on horizontal strips of about `strip_px` pixels that overlap
-    their neighbours by STRIP_MARGIN rows (only each strip's own rows are kept), so the RGB and float
-    temporaries never exceed one strip: peak memory is the boolean mask plus a constant.
+
+def strip_mask(rgb: np.ndarray, mask_fn: Callable[[np.ndarray], np.ndarray], *,
+               strip_px: int = STRIP_PX) -> np.ndarray:
+    """`mask_fn` (e.g. `tissue_mask`) of an RGB overview, computed strip by strip.
+
+    It runs on horizontal strips of about `strip_px` pixels that overlap their neighbours by STRIP_MARGIN
+    rows (only each strip's own rows are kept), so its float temporaries never exceed one strip: peak
+    memory is the overview and the boolean mask plus a constant.
     """
-    meta = reader.metadata
-    level = overview_level(meta.level_dimensions, max_side)
-    if level is None:
-        thumb, ds = reader.thumbnail(max_side)
-        return mask_fn(thumb), ds
-    w, h = meta.level_dimensions[level]
-    ds = float(meta.level_downsamples[level])
+    h, w = rgb.shape[:2]
     rows = max(8, strip_px // max(w, 1))
     mask = np.zeros((h, w), dtype=bool)
     for y0 in range(0, h, rows):
         top, bottom = max(0, y0 - STRIP_MARGIN), min(h, y0 + rows + STRIP_MARGIN)
-        strip = reader.read_region((0, round(top * ds)), level, (w, bottom - top))
-        part = mask_fn(strip)
+        part = mask_fn(rgb[top:bottom])
         mask[y0:min(h, y0 + rows)] = part[y0 - top:y0 - top + min(rows, h - y0)]
-    return mask, ds
+    return mask

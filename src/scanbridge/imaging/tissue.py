@@ -1,4 +1,5 @@
-"""Tissue detection on a thumbnail: optical density or saturation above background, cleaned up."""
+"""Tissue detection on a thumbnail: optical density or saturation above background, cleaned up; the
+share it covers and how reports write it."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def tissue_mask(rgb: np.ndarray, *, min_od: float = 0.4, min_saturation: float =
         keep[1:] = sizes >= min_area_px
         mask = keep[labels]
     return np.asarray(mask, dtype=bool)
+
+
+def tissue_fraction(mask: np.ndarray) -> float:
+    """Share of True pixels in a boolean tissue mask (0 for an empty mask)."""
+    return float(mask.mean()) if mask.size else 0.0
+
+
+def percent_text(fraction: float) -> str:
+    """A tissue share as every report writes it ('10.94 %'): QC's message, the summary, the artifacts."""
+    return f"{fraction * 100:.2f} %"

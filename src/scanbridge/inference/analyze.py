@@ -1,4 +1,10 @@
-"""One scan through one model: tissue mask, tile grid, pipeline, post-processing, result body."""
+"""One scan through one model: tissue mask, tile grid, pipeline, post-processing, result body.
+
+The tissue mask is the scan's one (`OpenedScan.tissue`, shared with QC and the artifacts), and every
+result states the tissue figure from it, whatever the model: "Tissue area" and "Tissue fraction" in the
+summary, `tissue_area_mm2` and `tissue_fraction` in the results (for the built-in tissue model too: its
+outlines are its own, the figure is the scan's).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ from scanbridge.domain.errors import TooManyTilesError
 from scanbridge.domain.models import REGION_KINDS, ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader, mpp_note, series_note
-from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model, overview_tissue_mask
-from scanbridge.imaging.tissue import tissue_mask
+from scanbridge.imaging.scan import OpenedScan, ScanTissue
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model
+from scanbridge.imaging.tissue import percent_text
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_class_grid, run_grid
 from scanbridge.inference.postprocess import (
@@ -22,11 +29,10 @@ from scanbridge.inference.postprocess import (
     mask_to_polygons,
     region_features,
 )
-from scanbridge.inference.regions import region_result, tissue_pixels
+from scanbridge.inference.regions import region_result
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 
-THUMBNAIL_MAX = 2048
 # Region kinds measure each class's area: a tissue edge dropped with its tile is area lost (the nucleus
 # models' reasoning), so their tiles run from a tenth of tissue in the core unless the spec says otherwise.
 REGION_MIN_TISSUE = 0.1
@@ -48,27 +54,49 @@ def _fmt_area(mm2: float | None) -> str:
     return "n/a (scan has no pixel size)" if mm2 is None else f"{mm2:.3f} mm²"
 
 
-def analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
+def analyze_scan(scan_id: str, scan: OpenedScan | ScanReader, model: OnnxModel, *, tile_size: int | None = None,
                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
                  overlap: int | None = None, max_tiles: int | None = None,
                  min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
-    """`_analyze_scan`, whose summary then says when the scan's stated pixel size was set aside as implausible
-    (readers.base.with_sane_mpp: no µm or mm² figure comes from it) and which DICOM series were ignored."""
-    analysis = _analyze_scan(scan_id, reader, model, tile_size=tile_size, batch_size=batch_size, readers=readers,
-                             progress=progress, overlap=overlap, max_tiles=max_tiles, min_tissue=min_tissue,
-                             checkpoint=checkpoint)
-    notes = {"Pixel size": mpp_note(reader.metadata), "DICOM series": series_note(reader.metadata)}
+    """`_analyze_scan` on the open scan (a bare reader gets its own overview and mask, and stays open),
+    whose summary then states the scan's tissue figure, says when its stated pixel size was set aside as
+    implausible (readers.base.with_sane_mpp: no µm or mm² figure comes from it) and which DICOM series
+    were ignored."""
+    opened = scan if isinstance(scan, OpenedScan) else OpenedScan(scan, owned=False)
+    analysis = _analyze_scan(scan_id, opened, model, tile_size=tile_size,
+                             batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
+                             max_tiles=max_tiles, min_tissue=min_tissue, checkpoint=checkpoint)
     results = analysis.result.results
-    for label, note in notes.items():
-        if note and results is not None:
-            report = results.setdefault("report", {})
-            report["summary"] = {**(report.get("summary") or {}), label: note}
+    if results is not None:
+        _state_tissue(results, opened.tissue)
+        meta = opened.metadata
+        for label, note in {"Pixel size": mpp_note(meta), "DICOM series": series_note(meta)}.items():
+            if note:
+                report = results.setdefault("report", {})
+                report["summary"] = {**(report.get("summary") or {}), label: note}
     return analysis
 
 
-def _analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_size: int | None = None,
-                  batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
-                  overlap: int | None = None, max_tiles: int | None = None,
+def _state_tissue(results: dict[str, Any], tissue: ScanTissue) -> None:
+    """The scan's tissue figure in `results` and its summary (after "Tissue area" where the decoder put
+    one, replacing any other tissue figure: one per scan)."""
+    area = tissue.area_mm2
+    results["tissue_area_mm2"] = area
+    results["tissue_fraction"] = tissue.fraction
+    report = results.setdefault("report", {})
+    figure = {"Tissue area": _fmt_area(area), "Tissue fraction": percent_text(tissue.fraction)}
+    summary: dict[str, Any] = {}
+    for key, value in (report.get("summary") or {}).items():
+        if key not in figure:
+            summary[key] = value
+        elif key == "Tissue area":
+            summary.update(figure)
+    report["summary"] = {**summary, **figure}  # placed where "Tissue area" was, else at the end
+
+
+def _analyze_scan(scan_id: str, scan: OpenedScan, model: OnnxModel, *,
+                  tile_size: int | None = None, batch_size: int | None = None, readers: int = 2,
+                  progress: ProgressFn | None = None, overlap: int | None = None, max_tiles: int | None = None,
                   min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
 
@@ -82,17 +110,18 @@ def _analyze_scan(scan_id: str, reader: ScanReader, model: OnnxModel, *, tile_si
     if max_tiles is not None:
         progress = _tile_limit(max_tiles, progress)
     spec = model.spec
-    meta = reader.metadata
+    reader, meta = scan.reader, scan.metadata
     width, height = meta.dimensions
-    mask, thumb_ds = overview_tissue_mask(reader, THUMBNAIL_MAX, tissue_mask)  # strip by strip: flat memory
+    tissue = scan.tissue  # the scan's one mask: computed now unless QC did
+    mask, thumb_ds = tissue.mask, tissue.downsample
     t_mask = time.perf_counter()
     if spec.kind in OBJECT_KINDS:
-        return _analyze_objects(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, tile_size=tile_size,
+        return _analyze_objects(scan_id, reader, model, tissue, t0=t0, t_mask=t_mask, tile_size=tile_size,
                                 batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
                                 min_tissue=tile_min_tissue(spec, min_tissue), checkpoint=checkpoint)
 
     if spec.kind in REGION_KINDS:
-        return _analyze_regions(scan_id, reader, model, mask, thumb_ds, t0=t0, t_mask=t_mask, batch_size=batch_size,
+        return _analyze_regions(scan_id, reader, model, tissue, t0=t0, t_mask=t_mask, batch_size=batch_size,
                                 readers=readers, progress=progress, overlap=overlap,
                                 min_tissue=tile_min_tissue(spec, min_tissue), checkpoint=checkpoint)
 
@@ -138,23 +167,23 @@ def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
     return guarded
 
 
-def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
+def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, tissue: ScanTissue, *,
                      t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int,
                      progress: ProgressFn | None, overlap: int | None, min_tissue: float,
                      checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Segmentation / detection kinds: overlapping tiles, objects kept once (inference/objects.py)."""
     meta = reader.metadata
-    run = run_objects(reader, model, mask, mask_ds, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                      readers=readers, progress=progress, min_tissue=min_tissue, checkpoint=checkpoint)
+    run = run_objects(reader, model, tissue.mask, tissue.downsample, tile_size=tile_size, overlap=overlap,
+                      batch_size=batch_size, readers=readers, progress=progress, min_tissue=min_tissue,
+                      checkpoint=checkpoint)
     t_run = time.perf_counter()
-    tissue_mm2 = float(mask.sum()) * mask_ds * mask_ds * meta.mpp[0] * meta.mpp[1] / 1e6 if meta.mpp else None
-    result = objects_result(scan_id, model, run, bounds=meta.dimensions, mpp=meta.mpp, tissue_mm2=tissue_mm2)
+    result = objects_result(scan_id, model, run, bounds=meta.dimensions, mpp=meta.mpp, tissue_mm2=tissue.area_mm2)
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run,
                "object_post_cpu_s": run.post_s}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=run.stats, timings=timings)
 
 
-def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, mask: np.ndarray, mask_ds: float, *,
+def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, tissue: ScanTissue, *,
                      t0: float, t_mask: float, batch_size: int | None, readers: int, progress: ProgressFn | None,
                      overlap: int | None, min_tissue: float, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Region kinds: a class map per tile (tile-classification: tiles side by side, one class each;
@@ -171,15 +200,15 @@ def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, mask: n
     else:
         margin = int(spec.outputs.get("tile_overlap", 0)) if overlap is None else overlap
         margin -= margin % spec.output_downsample
-    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, spec.input_size, mask, mask_ds,
-                          overlap=margin, min_tissue=min_tissue)
+    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, target_ds, spec.input_size, tissue.mask,
+                          tissue.downsample, overlap=margin, min_tissue=min_tissue)
     cmap, stats = run_class_grid(reader, model, grid, batch_size=batch_size, readers=readers, progress=progress,
                                  checkpoint=checkpoint)
     t_run = time.perf_counter()
     per_map_px = grid.stride if spec.kind == "tile-classification" else spec.output_downsample
     map_ds = grid.model_downsample * per_map_px
     result = region_result(scan_id, model, cmap, map_ds=map_ds, bounds=(width, height), mpp=meta.mpp,
-                           tissue_px=tissue_pixels(mask, mask_ds))
+                           tissue_px=tissue.area_px)
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, map_downsample=map_ds, timings=timings)
 

@@ -98,8 +98,3 @@ def drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
     keep[0] = False  # the background component
     return np.asarray(keep[comp])
-
-
-def tissue_pixels(mask: np.ndarray, mask_ds: float) -> float:
-    """The tissue mask's area in level-0 pixels."""
-    return float(mask.sum()) * mask_ds * mask_ds

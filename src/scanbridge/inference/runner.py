@@ -1,16 +1,15 @@
-"""The worker's analyzer: open a scan, run a (cached) model over it, close it."""
+"""The worker's analyzer: run a (cached) model over the scan the worker opened once."""
 
 from __future__ import annotations
 
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scanbridge.domain.errors import ModelNotFoundError
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
-from scanbridge.imaging.readers import open_scan
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.pipeline import ProgressFn
@@ -18,6 +17,9 @@ from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS
 from scanbridge.ports import ModelSource
+
+if TYPE_CHECKING:
+    from scanbridge.imaging.scan import OpenedScan
 
 
 class ModelLoader:
@@ -83,7 +85,7 @@ class ModelLoader:
 
 
 class Analyzer:
-    """A ScanAnalyzer: scan files + model name -> ScanResult and reader metadata."""
+    """A ScanAnalyzer: an open scan + model name -> ScanResult and reader metadata."""
 
     def __init__(self, loader: ModelLoader, *, tile_size: int | None = None, batch_size: int | None = None,
                  readers: int | None = None, max_tiles: int | None = None,
@@ -97,15 +99,11 @@ class Analyzer:
         self._batch = batch_size
         self.readers = readers or dev.default_reader_threads()
 
-    def __call__(self, scan_id: str, paths: list[Path], model_name: str,
+    def __call__(self, scan_id: str, scan: OpenedScan, model_name: str,
                  progress: ProgressFn, *, checkpoint: CheckpointStore | None = None) -> tuple[ScanResult, dict[str, Any]]:
-        """Open the scan, analyse it (resuming from `checkpoint`), close it."""
+        """Analyse the open scan (its shared tissue mask; resuming from `checkpoint`)."""
         model = self.loader.load(model_name)
-        reader = open_scan(paths)
-        try:
-            analysis = analyze_scan(scan_id, reader, model, tile_size=self._tile_size, batch_size=self._batch,
-                                    readers=self.readers, progress=progress, max_tiles=self._max_tiles,
-                                    min_tissue=self._min_tissue, checkpoint=checkpoint)
-        finally:
-            reader.close()
+        analysis = analyze_scan(scan_id, scan, model, tile_size=self._tile_size, batch_size=self._batch,
+                                readers=self.readers, progress=progress, max_tiles=self._max_tiles,
+                                min_tissue=self._min_tissue, checkpoint=checkpoint)
         return analysis.result, analysis.metadata

@@ -1,6 +1,7 @@
 """Per-scan artifacts: what the worker stores beside each result, and what the API lists and serves.
 
-Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingService), under
+Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingService) from the scan the
+worker opened once (its reader, its shared overview, a ZIP's already unpacked files), under
 `tasks/{task_id}/scans/{scan_id}/artifacts/{file}` in the ArtifactStore:
 
 - `overlay.png`     the thumbnail with outlines / points / heat map drawn (inference/overlay.py)
@@ -11,7 +12,8 @@ Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingServ
 - `annotations.dcm` / `segmentation.dcm`  the DICOM ANN and SEG exports (services/exports.py)
 - `source.dcm`  SVS/TIFF scans: the synthetic VL WSI source (blank pixels) that ANN and SEG reference
 
-The API serves them itself (`GET /tasks/{id}/artifacts/{scan_id}/{file}`): presigned S3 links are
+The scan's metadata.json gets the tissue figure the artifacts were drawn with (`tissue`: the scan's one
+tissue mask, the figure QC and the summary state). The API serves them itself (`GET /tasks/{id}/artifacts/{scan_id}/{file}`): presigned S3 links are
 not reachable from a browser in local mode (moto listens on loopback inside the stack).
 The writer imports the readers, numpy and highdicom lazily: the API side imports this module too.
 """
@@ -23,13 +25,16 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from scanbridge.domain.errors import NotFoundError
 from scanbridge.domain.results import ScanResult
 from scanbridge.ports import ArtifactStore
 from scanbridge.services.queries import QueryService
+
+if TYPE_CHECKING:
+    from scanbridge.imaging.scan import OpenedScan
 
 log = logging.getLogger(__name__)
 
@@ -112,22 +117,8 @@ class ArtifactService:
 
 
 def dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
-    """DICOM JSON of the scan's level-0 image header when the scan is DICOM (None otherwise); the files
-    of a ZIP are read too (unpacked with the same guards as for reading), so a ZIP scan is referenced as
-    the instances it holds."""
-    import tempfile
-    import zipfile
-
-    from scanbridge.imaging.archive import safe_extract
-
-    with tempfile.TemporaryDirectory(prefix="scanbridge-dicom-source-") as tmp:
-        files: list[Path] = []
-        for n, path in enumerate(paths):
-            files.extend(safe_extract(path, Path(tmp) / str(n)) if zipfile.is_zipfile(path) else [path])
-        return _dicom_source_header(files)
-
-
-def _dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
+    """DICOM JSON of the scan's level-0 image header when the scan is DICOM (None otherwise); `paths` are
+    the files the reader reads (a ZIP's unpacked entries: a ZIP scan is referenced as the instances it holds)."""
     import pydicom
 
     from scanbridge.services.exports import dicom_header_json
@@ -156,8 +147,9 @@ class ScanArtifactWriter:
 
     Never raises: an artifact that cannot be made is logged and left out (the scan's result stands).
 
-    >>> writer("task-1", "scan-7", [Path("scan.svs")], result)
-    {}
+    >>> with OpenedScan.open([Path("scan.svs")]) as scan:
+    ...     writer("task-1", "scan-7", scan, result)
+    {'tissue': {'fraction': 0.1094, 'percent': '10.94 %', 'area_mm2': 1.2, 'mask_downsample': 16.0}}
     """
 
     def __init__(self, artifacts: ArtifactStore, *, max_crops: int = 200, dicom: bool = True) -> None:
@@ -165,11 +157,9 @@ class ScanArtifactWriter:
         self._max_crops = max_crops
         self._dicom = dicom
 
-    def __call__(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
-        """Open the scan again, draw and store every artifact."""
-        from scanbridge.imaging.readers import open_scan
-
-        extra: dict[str, Any] = {}
+    def __call__(self, task_id: str, scan_id: str, scan: OpenedScan, result: ScanResult) -> dict[str, Any]:
+        """Draw and store every artifact from the open scan."""
+        extra: dict[str, Any] = {"tissue": scan.tissue.to_json()}
         geojson = result.geojson or {"type": "FeatureCollection", "features": []}
 
         def put(name: str, make: Any) -> None:
@@ -183,54 +173,45 @@ class ScanArtifactWriter:
                 self._artifacts.put(artifact_key(task_id, scan_id, name), data, content_type(name))
 
         try:
-            source = dicom_source_header(paths)
+            source = dicom_source_header(scan.files)
         except Exception:
             log.warning("DICOM source header not read", exc_info=True, extra={"task_id": task_id})
             source = None
         if source:
             extra["dicom_source"] = source
-        try:
-            reader = open_scan(paths)
-        except Exception:
-            log.warning("artifacts skipped: the scan did not open again", exc_info=True,
-                        extra={"task_id": task_id, "scan_id": scan_id})
-            return extra
-        try:
-            from scanbridge.inference import overlay
-            from scanbridge.services import exports
+        from scanbridge.inference import overlay
+        from scanbridge.services import exports
 
-            meta = reader.metadata
-            width, height = meta.dimensions
-            objects = exports.object_features(geojson)
+        reader, meta = scan.reader, scan.metadata
+        width, height = meta.dimensions
+        objects = exports.object_features(geojson)
 
-            def overlay_png() -> bytes:
-                thumb, ds = reader.thumbnail(OVERLAY_MAX_SIDE)
-                return overlay.render_overlay(thumb, ds, geojson)
+        def overlay_png() -> bytes:
+            thumb, ds = scan.thumbnail(OVERLAY_MAX_SIDE)  # from the scan's one overview
+            return overlay.render_overlay(thumb, ds, geojson)
 
-            def labels() -> bytes:
-                d = exports.seg_downsample(width, height, MASK_MAX_SIDE)
-                size = (-(-width // d), -(-height // d))
-                mask = exports.rasterize(objects, list(range(1, len(objects) + 1)), size, d)
-                return overlay.npy_bytes(mask.astype("int32"))
+        def labels() -> bytes:
+            d = exports.seg_downsample(width, height, MASK_MAX_SIDE)
+            size = (-(-width // d), -(-height // d))
+            mask = exports.rasterize(objects, list(range(1, len(objects) + 1)), size, d)
+            return overlay.npy_bytes(mask.astype("int32"))
 
-            jobs: list[tuple[str, Any]] = [("overlay.png", overlay_png), ("labels.npy", labels),
-                                           ("objects.csv", lambda: exports.features_csv(geojson))]
-            cells = [f for f in objects if overlay.is_cell_feature(f)]
-            if cells:
-                jobs.append(("crops.zip",
-                             lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
-            if self._dicom:
-                # the FeatureCollection built once above, not again (a streamed result would build it per dump)
-                body = {**json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True,
-                                                                  exclude={"geojson"}))), "geojson": geojson}
-                metadata = {**meta.to_json(), **extra}
-                for fmt, name in exports.DICOM_ARTIFACTS.items():
-                    if fmt == "dicom-source" and source:
-                        continue  # a DICOM scan's own files are its source
-                    jobs.append((name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id)))
-            # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
-            with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:
-                list(pool.map(lambda job: put(*job), jobs))
-        finally:
-            reader.close()
+        jobs: list[tuple[str, Any]] = [("overlay.png", overlay_png), ("labels.npy", labels),
+                                       ("objects.csv", lambda: exports.features_csv(geojson))]
+        cells = [f for f in objects if overlay.is_cell_feature(f)]
+        if cells:
+            jobs.append(("crops.zip",
+                         lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
+        if self._dicom:
+            # the FeatureCollection built once above, not again (a streamed result would build it per dump)
+            body = {**json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True,
+                                                              exclude={"geojson"}))), "geojson": geojson}
+            metadata = {**meta.to_json(), **extra}
+            for fmt, name in exports.DICOM_ARTIFACTS.items():
+                if fmt == "dicom-source" and source:
+                    continue  # a DICOM scan's own files are its source
+                jobs.append((name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id)))
+        # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
+        with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:
+            list(pool.map(lambda job: put(*job), jobs))
         return extra

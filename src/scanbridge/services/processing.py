@@ -1,4 +1,7 @@
-"""Processing (the worker): fetch each scan, run the model, store each scan's result.
+"""Processing (the worker): fetch each scan, open it once, run QC and the model, store its result.
+
+Each scan is opened once (the injected `ScanOpener`): QC, the analysis and the artifacts share that
+open scan, its overview and its tissue mask, and it is closed (a ZIP's folder removed) when they are done.
 
 Every failure of one scan is caught, coded and stored as that scan's result; the task's other
 scans still run. Task-level failures (expired token, unknown model) fail every scan before any
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from scanbridge.domain.errors import (
@@ -40,10 +43,14 @@ from scanbridge.ports import (
     ArtifactWriter,
     Fetcher,
     ScanAnalyzer,
+    ScanOpener,
     ScanQc,
     TaskStore,
 )
 from scanbridge.services.common import update_task
+
+if TYPE_CHECKING:
+    from scanbridge.imaging.scan import OpenedScan
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ class ProcessingService:
     storage_retry_s: tuple[float, ...] = (5.0, 30.0)
 
     def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, fetcher: Fetcher, analyzer: ScanAnalyzer,
-                 *, work_dir: Path, check_model: Callable[[str], None],
+                 *, opener: ScanOpener, work_dir: Path, check_model: Callable[[str], None],
                  clock: Callable[[], float] = time.time, progress_interval_s: float = 1.0,
                  artifact_writer: ArtifactWriter | None = None,
                  qc: ScanQc | None = None, qc_blocks: Callable[[str], bool] = lambda _model: True,
@@ -93,6 +100,7 @@ class ProcessingService:
         self._artifact_writer = artifact_writer
         self._artifacts = artifacts
         self._fetcher = fetcher
+        self._open = opener
         self._analyzer = analyzer
         self._work_dir = work_dir
         self._check_model = check_model
@@ -187,44 +195,9 @@ class ProcessingService:
                        started_at=utcnow(), progress=Progress(step="downloading", percent=0.0))
         try:
             paths = self._fetcher.fetch_all(list(scan.urls), workdir)
-            t_fetched = self._clock()
-            findings, qc_json = self._run_qc(task_id, scan_id, paths)
-            t_qc = self._clock()
-            if findings and self._qc_blocks(task.model or ""):
-                self._qc_failed(task_id, scan_id, findings, qc_json)
-                return
-            self._set_scan(task_id, scan_id, TaskStatus.RUNNING, status=ScanStatus.RUNNING,
-                           progress=Progress(step="analysing", percent=5.0))
-            last = [0.0]
-
-            def progress(done: int, total: int) -> None:
-                now = self._clock()
-                if done < total and now - last[0] < self._interval:
-                    return
-                last[0] = now
-                elapsed = now - started
-                eta = elapsed / done * (total - done) if done else None
-                self._set_scan(task_id, scan_id, status=ScanStatus.RUNNING, progress=Progress(
-                    step="inference", percent=round(5.0 + 90.0 * done / max(total, 1), 1),
-                    tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
-
-            resume = {"checkpoint": self._checkpoints(task_id, scan_id)} if self._checkpoints else {}
-            result, metadata = self._analyzer(scan_id, paths, task.model or "", progress, **resume)
-            t_analysed = self._clock()
-            if qc_json is not None:
-                result = with_qc_findings(result, findings, self._qc_map, qc_json)
-            metadata = {**metadata, **self._write_artifacts(task_id, scan_id, paths, result)}
-            timings = {"download_s": t_fetched - started, "qc_s": t_qc - t_fetched, "analyse_s": t_analysed - t_qc,
-                       "artifacts_s": self._clock() - t_analysed}
-            self._artifacts.put(scan_metadata_key(task_id, scan_id), json.dumps(metadata).encode(),
-                                "application/json")
-            self._store_result(task_id, result)
-            final = self._tasks.get(task_id)
-            tiles = final.scans[scan_id].progress if final else Progress()
-            self._set_scan(task_id, scan_id, status=ScanStatus.SUCCEEDED, finished_at=utcnow(),
-                           progress=tiles.model_copy(update={"step": "done", "percent": 100.0, "eta_s": 0.0}))
-            log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id,
-                                             **{k: round(v, 3) for k, v in timings.items()}})
+            timings = {"download_s": self._clock() - started}
+            with self._open(paths) as opened:  # once: QC, the analysis and the artifacts share it
+                self._analyse(task, scan_id, opened, started, timings)
         except (TaskCancelledError, ScanStorageFullError):
             raise  # _run_scan stops, or tries the scan again
         except OSError as exc:
@@ -241,22 +214,67 @@ class ProcessingService:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _write_artifacts(self, task_id: str, scan_id: str, paths: list[Path], result: ScanResult) -> dict[str, Any]:
+    def _analyse(self, task: Task, scan_id: str, opened: OpenedScan, started: float,
+                 timings: dict[str, float]) -> None:
+        """QC, the model and the artifacts on the open scan; its result and metadata stored."""
+        task_id = task.task_id
+        t_opened = self._clock()
+        timings["open_s"] = t_opened - started - timings["download_s"]
+        findings, qc_json = self._run_qc(task_id, scan_id, opened)
+        t_qc = self._clock()
+        timings["qc_s"] = t_qc - t_opened
+        if findings and self._qc_blocks(task.model or ""):
+            self._qc_failed(task_id, scan_id, findings, qc_json)
+            return
+        self._set_scan(task_id, scan_id, TaskStatus.RUNNING, status=ScanStatus.RUNNING,
+                       progress=Progress(step="analysing", percent=5.0))
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = self._clock()
+            if done < total and now - last[0] < self._interval:
+                return
+            last[0] = now
+            elapsed = now - started
+            eta = elapsed / done * (total - done) if done else None
+            self._set_scan(task_id, scan_id, status=ScanStatus.RUNNING, progress=Progress(
+                step="inference", percent=round(5.0 + 90.0 * done / max(total, 1), 1),
+                tiles_done=done, tiles_total=total, eta_s=round(eta, 1) if eta is not None else None))
+
+        resume = {"checkpoint": self._checkpoints(task_id, scan_id)} if self._checkpoints else {}
+        result, metadata = self._analyzer(scan_id, opened, task.model or "", progress, **resume)
+        t_analysed = self._clock()
+        timings["analyse_s"] = t_analysed - t_qc
+        if qc_json is not None:
+            result = with_qc_findings(result, findings, self._qc_map, qc_json)
+        metadata = {**metadata, **self._write_artifacts(task_id, scan_id, opened, result)}
+        timings["artifacts_s"] = self._clock() - t_analysed
+        self._artifacts.put(scan_metadata_key(task_id, scan_id), json.dumps(metadata).encode(),
+                            "application/json")
+        self._store_result(task_id, result)
+        final = self._tasks.get(task_id)
+        tiles = final.scans[scan_id].progress if final else Progress()
+        self._set_scan(task_id, scan_id, status=ScanStatus.SUCCEEDED, finished_at=utcnow(),
+                       progress=tiles.model_copy(update={"step": "done", "percent": 100.0, "eta_s": 0.0}))
+        log.info("scan analysed", extra={"task_id": task_id, "scan_id": scan_id,
+                                         **{k: round(v, 3) for k, v in timings.items()}})
+
+    def _write_artifacts(self, task_id: str, scan_id: str, opened: OpenedScan, result: ScanResult) -> dict[str, Any]:
         if self._artifact_writer is None:
             return {}
         try:
-            return self._artifact_writer(task_id, scan_id, paths, result) or {}
+            return self._artifact_writer(task_id, scan_id, opened, result) or {}
         except Exception:  # artifacts are extras: the scan's result stands without them
             log.exception("artifacts failed", extra={"task_id": task_id, "scan_id": scan_id})
             return {}
 
     def _run_qc(self, task_id: str, scan_id: str,
-                paths: list[Path]) -> tuple[list[QcFinding], dict[str, Any] | None]:
+                opened: OpenedScan) -> tuple[list[QcFinding], dict[str, Any] | None]:
         """The quality checks' failures and report (none when QC is off); a ScanError fails the scan."""
         if self._qc is None:
             return [], None
         self._set_scan(task_id, scan_id, progress=Progress(step="quality control", percent=3.0))
-        outcome = self._qc(paths)
+        outcome = self._qc(opened)
         findings = list(outcome.failures)
         if findings:
             log.warning("quality control failed: %s", ", ".join(f.code for f in findings),

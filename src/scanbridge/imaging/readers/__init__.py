@@ -12,6 +12,10 @@ Routing (content only, never file names):
   OpenSlide decodes a subset of these syntaxes (OPENSLIDE_DICOM_SYNTAXES): tests use it as the reference.
 - ZIP: unpacked with guards (`imaging.archive`) into a temporary folder, then treated as above;
   the folder goes away when the reader is closed.
+
+Every reader is a context manager: `with open_scan(paths) as reader:` closes it (and removes a ZIP's
+folder) on exit. `open_scan_files` also says which files the reader reads (a ZIP's unpacked entries), so
+nothing needs to unpack the archive again.
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ from scanbridge.domain.errors import (
     UnsupportedFormatError,
     is_disk_full,
 )
-from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, best_level, with_sane_mpp
+from scanbridge.imaging.readers.base import ClosingReader, ScanMetadata, ScanReader, best_level, with_sane_mpp
 
 if TYPE_CHECKING:
     from scanbridge.imaging.readers.tiled_tiff import TiledLevel
 
-__all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan"]
+__all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan", "open_scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ def detect_format(path: Path) -> str:
     return "unknown"
 
 
-class _OwnedFolders:
+class _OwnedFolders(ClosingReader):
     """A reader that removes the folders it was unpacked into when closed."""
 
     def __init__(self, inner: ScanReader, folders: list[Path]) -> None:
@@ -93,6 +97,12 @@ class _OwnedFolders:
 
 def open_scan(paths: Sequence[Path]) -> ScanReader:
     """Open a scan made of one or more files with the reader that fits their content."""
+    return open_scan_files(paths)[0]
+
+
+def open_scan_files(paths: Sequence[Path]) -> tuple[ScanReader, list[Path]]:
+    """`open_scan`, and the files the scan is made of once its ZIPs are unpacked (they live until the
+    reader is closed)."""
     if not paths:
         raise UnsupportedFormatError("the scan has no files")
     folders: list[Path] = []
@@ -119,11 +129,12 @@ def open_scan(paths: Sequence[Path]) -> ScanReader:
         log.warning("unexpected error opening a scan", exc_info=True)
         raise CorruptScanError(f"the scan cannot be opened: {type(exc).__name__}: {exc}") from exc
     reader.metadata = with_sane_mpp(reader.metadata)  # an implausible pixel size is an unknown one
+    unpacked = [p for p, _ in files]
     if folders:
         owned = _OwnedFolders(reader, folders)
         owned.metadata = reader.metadata
-        return owned
-    return reader
+        return owned, unpacked
+    return reader, unpacked
 
 
 def _detect(path: Path) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -39,7 +39,8 @@ class ScanMetadata:
 
 
 class ScanReader(Protocol):
-    """A whole-slide (or single) image: levels, metadata and RGB regions."""
+    """A whole-slide (or single) image: levels, metadata and RGB regions; a context manager that closes
+    the file on exit (`with open_scan(paths) as reader:`, as openslide-python's `with OpenSlide(path)`)."""
 
     metadata: ScanMetadata
 
@@ -54,6 +55,27 @@ class ScanReader(Protocol):
 
     def close(self) -> None:
         """Release the file."""
+
+    def __enter__(self) -> Self:
+        """The reader itself."""
+
+    def __exit__(self, *exc: object) -> None:
+        """close()."""
+
+
+class ClosingReader:
+    """What every reader class inherits: `with reader:` closes it on exit."""
+
+    def close(self) -> None:
+        """Release the file (nothing to release here)."""
+
+    def __enter__(self) -> Self:
+        """The reader itself."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the reader."""
+        self.close()
 
 
 #: plausible pixel sizes (µm/px): from beyond the best optical microscopes to coarse overview scans. A file

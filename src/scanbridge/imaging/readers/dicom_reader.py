@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
 from scanbridge.imaging.readers.base import (
     SERIES_IGNORED,
+    ClosingReader,
     ScanMetadata,
     best_level,
     resize_rgb,
@@ -212,7 +213,7 @@ def open_dicom_series(paths: Sequence[Path]) -> DicomReader:
     return DicomReader(instances)
 
 
-class DicomReader:
+class DicomReader(ClosingReader):
     """A ScanReader over DICOM instances read with pydicom; decoding with imagecodecs."""
 
     def __init__(self, instances: list[DicomInstance]) -> None:

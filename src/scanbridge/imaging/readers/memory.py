@@ -12,13 +12,13 @@ import io
 import numpy as np
 
 from scanbridge.domain.errors import ValidationError
-from scanbridge.imaging.readers.base import ScanMetadata, resize_rgb, thumbnail_size
+from scanbridge.imaging.readers.base import ClosingReader, ScanMetadata, resize_rgb, thumbnail_size
 
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "TIFF": "tiff"}
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-class MemoryReader:
+class MemoryReader(ClosingReader):
     """A ScanReader over an RGB uint8 (h, w, 3) array: one level, `mpp` optional (µm per pixel)."""
 
     def __init__(self, rgb: np.ndarray, *, mpp: float | None = None, fmt: str = "memory") -> None:

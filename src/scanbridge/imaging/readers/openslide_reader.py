@@ -15,7 +15,7 @@ import numpy as np
 import openslide
 
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
-from scanbridge.imaging.readers.base import ScanMetadata, rgba_to_rgb
+from scanbridge.imaging.readers.base import ClosingReader, ScanMetadata, rgba_to_rgb
 from scanbridge.imaging.readers.tiled_tiff import TiledPyramid
 
 
@@ -49,7 +49,7 @@ def unknown_compression(tif: Any) -> str | None:
     return None
 
 
-class OpenSlideReader:
+class OpenSlideReader(ClosingReader):
     """A ScanReader over openslide.OpenSlide; native errors become scanbridge errors."""
 
     def __init__(self, path: Path, *, format: str = "openslide") -> None:

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
-from scanbridge.imaging.readers.base import ScanMetadata, best_level, resize_rgb, thumbnail_size
+from scanbridge.imaging.readers.base import (
+    ClosingReader,
+    ScanMetadata,
+    best_level,
+    resize_rgb,
+    thumbnail_size,
+)
 from scanbridge.imaging.readers.tiled_tiff import TiledPyramid, open_pyramid
 
 MAX_LEVEL_BYTES = 2 * 1024**3  # the whole level is decoded into memory: refuse what cannot fit
@@ -88,7 +94,7 @@ def to_rgb8(arr: np.ndarray, axes: str) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
-class TiffFileReader:
+class TiffFileReader(ClosingReader):
     """A ScanReader over tifffile: tiled levels read tile by tile, untiled ones decoded whole and kept."""
 
     def __init__(self, path: Path) -> None:
