@@ -65,6 +65,10 @@ def test_heat_map_parts_and_class_names() -> None:
     # WHEN its parts are walked / THEN each member polygon comes out, flattened, in order
     assert [gj.exteriors(p) for p in gj.parts(heat)] == [[SQUARE], [FAR]]
     assert list(gj.parts({"type": "Point", "coordinates": [1, 1]})) == [{"type": "Point", "coordinates": [1, 1]}]
+    # AND a heat map's members come with their contour level (geometry_levels; 0 where it has none)
+    leveled = {**named, "properties": {**named["properties"], "geometry_levels": [2]}}
+    assert gj.is_heatmap(named) and not gj.is_heatmap(typed)
+    assert [(lv, gj.exteriors(p)) for lv, p in gj.heatmap_parts(leveled)] == [(2, [SQUARE]), (0, [FAR])]
     # AND the class is the classification's name, else the annotation type, else "object"
     assert [gj.class_name(f) for f in (named, typed, bare)] == ["Tumour", "mitosis", "object"]
     assert gj.geometry(bare) == {} and gj.properties(bare) == {} and gj.geometry_type(bare) is None

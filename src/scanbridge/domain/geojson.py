@@ -69,6 +69,19 @@ def parts(geom: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield geom
 
 
+def is_heatmap(feature: Mapping[str, Any]) -> bool:
+    """Whether the feature is the platform's heat map (a GeometryCollection of contour polygons)."""
+    return geometry_type(feature) == "GeometryCollection"
+
+
+def heatmap_parts(feature: Mapping[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(contour level, member geometry) of each member of a heat map; the level indexes the feature's
+    `contour_levels` / `contour_colors` (`geometry_levels[i]`, 0 when missing)."""
+    levels = properties(feature).get("geometry_levels") or []
+    for i, member in enumerate(parts(geometry(feature))):
+        yield (int(levels[i]) if i < len(levels) else 0), member
+
+
 def polygons(geom: Mapping[str, Any]) -> list[PolygonRings]:
     """The polygons of a Polygon / MultiPolygon, each `[exterior, *holes]` ([] for any other type)."""
     kind, coords = geom.get("type"), geom.get("coordinates") or []

@@ -150,7 +150,7 @@ def geojson_problems(fc: dict[str, Any], width: int | None = None, height: int |
         geometry = gj.geometry(feature)
         if geometry.get("type") == "MultiPolygon" and len(geometry.get("coordinates", [])) == 1:
             problems.append(f"{where}: a single polygon must be a Polygon")
-        if geometry.get("type") == "GeometryCollection":
+        if gj.is_heatmap(feature):
             colours = props.get("contour_colors")
             if not isinstance(colours, list) or not all(isinstance(c, str) for c in colours):
                 problems.append(f"{where}: heat map without properties.contour_colors")

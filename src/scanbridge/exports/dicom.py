@@ -210,11 +210,9 @@ def annotation_groups(geojson: dict[str, Any] | None) -> list[_Group]:
         geometry = gj.geometry(f)
         measurements = {k: float(v) for k, v in (props.get("measurements") or {}).items()
                         if isinstance(v, (int, float))}
-        if geometry.get("type") == "GeometryCollection":  # the platform's heat map
+        if gj.is_heatmap(f):
             levels = props.get("contour_levels") or []
-            geometry_levels = props.get("geometry_levels") or []
-            for i, g in enumerate(gj.parts(geometry)):
-                lv = geometry_levels[i] if i < len(geometry_levels) else 0
+            for lv, g in gj.heatmap_parts(f):
                 name = f"heatmap >= {levels[lv]}" if lv < len(levels) else f"heatmap level {lv}"
                 for ring in gj.exteriors(g):
                     gr = group(name, "POLYGON")

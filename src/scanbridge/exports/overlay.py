@@ -100,16 +100,12 @@ def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any]
     features = list(gj.features(geojson))
     out = base.convert("RGBA")
     for f in features:  # heat maps first, translucent, under the outlines
-        props = gj.properties(f)
-        geometry = gj.geometry(f)
-        if geometry.get("type") != "GeometryCollection":
+        if not gj.is_heatmap(f):
             continue
-        colours = props.get("contour_colors") or []
-        levels = props.get("geometry_levels") or []
+        colours = gj.properties(f).get("contour_colors") or []
         layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
-        for i, g in enumerate(gj.parts(geometry)):
-            lv = levels[i] if i < len(levels) else 0
+        for lv, g in gj.heatmap_parts(f):
             colour = _rgb(colours[lv] if lv < len(colours) else "#ff0000", (255, 0, 0))
             for ring in gj.rings(g)[:1]:
                 if len(ring) >= 3:
