@@ -196,8 +196,8 @@ def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Any:
     """(task_id, scan_id) -> the scan's CheckpointStore (resumable scans), or None when switched off."""
     if s.checkpoint_interval_s <= 0:
         return None
+    from scanbridge.domain.storage_keys import checkpoint_prefix
     from scanbridge.services.checkpoints import ArtifactCheckpoints
-    from scanbridge.services.processing import checkpoint_prefix
 
     return lambda task_id, scan_id: ArtifactCheckpoints(artifacts, checkpoint_prefix(task_id, scan_id),
                                                         interval_s=s.checkpoint_interval_s)

@@ -13,9 +13,9 @@ from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import ScanState, Task
-from scanbridge.services.delivery import NO_PLATFORM, posted_key
-from scanbridge.services.processing import scan_result_key
+from scanbridge.services.delivery import NO_PLATFORM
 
 
 def _finished_task(tasks: MemoryTaskStore, artifacts: MemoryArtifactStore, *, statuses: dict[str, ScanStatus]) -> str:

@@ -19,9 +19,10 @@ from scanbridge.adapters.local.memory import (
 from scanbridge.adapters.platform_http import HttpPlatformClient
 from scanbridge.client.files import LoopbackServer
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import posted_key
 from scanbridge.domain.task import ScanState, Task
 from scanbridge.ports import PlatformResponse
-from scanbridge.services.delivery import DeliveryService, delivery_id_for, posted_key
+from scanbridge.services.delivery import DeliveryService, delivery_id_for
 from scanbridge.services.reaper import Reaper
 
 

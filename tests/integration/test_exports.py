@@ -19,7 +19,7 @@ from scanbridge.bootstrap import Container, build_processing
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http.app import create_app
-from scanbridge.services.exports import seg_downsample
+from scanbridge.exports.raster import seg_downsample
 from tests.conftest import fixture_path
 
 

@@ -112,8 +112,8 @@ def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], m
         api, results = _load_function("api"), _load_function("results")
         _accept_with_token(api)
         from scanbridge.bootstrap import bootstrap
+        from scanbridge.domain.storage_keys import scan_result_key
         from scanbridge.services.common import update_task
-        from scanbridge.services.processing import scan_result_key
         c = bootstrap()
         tid = "dGFzazoxODU4MzU="
         if scans_ok:

@@ -19,10 +19,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.storage_keys import posted_key
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.local_stack import free_port
 from scanbridge.services.common import update_task
-from scanbridge.services.delivery import posted_key
 from tests.conftest import RecordingLauncher, fixture_path
 from tests.integration.test_live import served
 

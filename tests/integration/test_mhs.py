@@ -12,11 +12,13 @@ from pathlib import Path
 
 import jwt
 import pytest
+from PIL import Image
 
 from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.results import geojson_problems, qupath_problems
 from scanbridge.entrypoints.mhs import MhsEnv, api_base_url, run
+from scanbridge.exports.overlay import MIN_OVERLAY_SIDE
 from tests.conftest import fixture_path
 
 REASONS = json.dumps({"NO_TISSUE": "no tissue", "BLURRY": "blurry", "SCAN_CORRUPT": "unreadable"})
@@ -57,10 +59,14 @@ def test_api_key_pair_scan_results_and_debug_zip(tmp_path: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(uploads[0].data)) as zf:
         names = set(zf.namelist())
         assert {"overlay.png", "log.txt", "results.json"} <= names
-        assert zf.read("overlay.png").startswith(b"\x89PNG")
+        overlay = Image.open(io.BytesIO(zf.read("overlay.png")))
         assert json.loads(zf.read("results.json")) == post.body
         log_text = zf.read("log.txt").decode()
     assert "processing scan 8823846" in log_text
+    # AND the overlay is the artifacts' one (exports/overlay.py): the 300x250 scan scaled up pixel-sharp
+    # to at least MIN_OVERLAY_SIDE, with the legend's white box in the top-left corner
+    assert overlay.format == "PNG" and max(overlay.size) >= MIN_OVERLAY_SIDE
+    assert overlay.convert("RGB").getpixel((3, 3)) == (255, 255, 255)
     # AND the secret and the token never appear in any output
     for text in (proc.stdout, proc.stderr, log_text):
         assert "key-secret-123" not in text and fake.issued_tokens[0] not in text

@@ -9,7 +9,7 @@ import tifffile
 from PIL import Image
 
 from scanbridge.domain.catalog import NUCLEI_SPEC
-from scanbridge.inference.overlay import MIN_COLOUR_DISTANCE, render_overlay, stain_colours, visible_colour
+from scanbridge.exports.overlay import MIN_COLOUR_DISTANCE, render_overlay, stain_colours, visible_colour
 from tests.conftest import fixture_path
 
 

@@ -18,6 +18,7 @@ from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus
+from scanbridge.domain.storage_keys import checkpoint_prefix, scan_result_key
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.scan import OpenedScan
@@ -26,7 +27,6 @@ from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.runner import ModelLoader
 from scanbridge.inference.session import OnnxModel
 from scanbridge.services.checkpoints import ArtifactCheckpoints
-from scanbridge.services.processing import checkpoint_prefix, scan_result_key
 
 LOADER = ModelLoader(prefer_gpu=False)
 

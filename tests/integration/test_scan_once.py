@@ -15,13 +15,13 @@ from scanbridge.devtools import synth
 from scanbridge.devtools.dicom_synth import zip_files
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.status import ScanStatus
+from scanbridge.domain.storage_keys import scan_result_key
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.imaging import archive, readers
 from scanbridge.imaging import scan as scan_module
 from scanbridge.imaging.qc import NO_TISSUE
 from scanbridge.imaging.tissue import percent_text
 from scanbridge.services.artifacts import artifact_key
-from scanbridge.services.processing import scan_result_key
 from tests.conftest import fixture_path
 
 SERIES = [fixture_path(f"thirdparty/wsidicomizer_series/level{i}.dcm") for i in range(4)]

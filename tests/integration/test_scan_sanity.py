@@ -16,10 +16,10 @@ from scanbridge.bootstrap import Container, build_processing
 from scanbridge.devtools.dicom_synth import write_wsi_series, zip_files
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.status import ScanStatus
+from scanbridge.domain.storage_keys import scan_result_key
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.readers.base import MPP_REJECTED
-from scanbridge.services.processing import scan_result_key
 
 
 def _slide(path: Path, dpi: float) -> Path:

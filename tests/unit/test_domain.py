@@ -97,3 +97,14 @@ def test_geojson_problems_finds_each_broken_rule() -> None:
     problems = geojson_problems(fc, 100, 100)
     # THEN exactly the four broken features are named
     assert [p.split(":")[0] for p in problems] == ["feature 1", "feature 2", "feature 3", "feature 4"]
+
+
+def test_geojson_problems_check_every_ring_of_a_multipolygon() -> None:
+    # GIVEN a MultiPolygon whose second polygon's ring is not closed
+    closed = [[[0, 0], [10, 0], [10, 10], [0, 0]]]
+    open_ring = [[[20, 20], [30, 20], [30, 30], [20, 21]]]
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"annotation_type": "tissue"},
+         "geometry": {"type": "MultiPolygon", "coordinates": [closed, open_ring]}}]}
+    # WHEN checked / THEN the open ring is named (only Polygon rings were checked before)
+    assert geojson_problems(fc, 100, 100) == ["feature 0: a ring is not closed"]

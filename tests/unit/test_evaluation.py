@@ -138,6 +138,21 @@ def test_geojson_is_rasterised_with_pixel_centres_at_half_integers() -> None:
     assert d.sum() == 400 - 100 and not d[5:15, 5:15].any()
 
 
+
+def test_a_hole_leaves_an_earlier_object_under_it() -> None:
+    # GIVEN a small square, then a ring-shaped object whose hole lies exactly over it
+    small = [[20, 20], [30, 20], [30, 30], [20, 30], [20, 20]]
+    outer = [[10, 10], [40, 10], [40, 40], [10, 40], [10, 10]]
+    hole = [[15, 15], [35, 15], [35, 35], [15, 35], [15, 15]]
+    objects = geojson_objects(_fc([{"type": "Feature", "properties": {},
+                                    "geometry": {"type": "Polygon", "coordinates": rings}}
+                                   for rings in ([small], [outer, hole])]))
+    # WHEN rasterised, the ring second (on top)
+    labels = rasterise(objects, (0, 0), (50, 50))
+    # THEN the small square keeps all its pixels (the hole paints nothing) and the ring has only its own
+    assert int((labels == 1).sum()) == 10 * 10
+    assert int((labels == 2).sum()) == 30 * 30 - 20 * 20
+
 def test_two_geojson_sets_share_one_grid_and_points_are_not_objects() -> None:
     # GIVEN discs far from the origin as gt, the same discs 1 px off as pred, and a MultiPoint feature
     centres = [(1000.0 + 30 * i, 2000.0 + 20 * (i % 3)) for i in range(12)]

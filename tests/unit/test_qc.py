@@ -16,6 +16,7 @@ from scanbridge.devtools import synth
 from scanbridge.domain.errors import CorruptScanError
 from scanbridge.domain.results import QcFinding, ScanResult, qc_reasons, qupath_problems
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import scan_result_key
 from scanbridge.domain.task import ScanState, Task
 from scanbridge.imaging.qc import (
     BLURRY,
@@ -30,7 +31,7 @@ from scanbridge.imaging.qc import (
 )
 from scanbridge.imaging.readers.memory import MemoryReader
 from scanbridge.imaging.scan import OpenedScan
-from scanbridge.services.processing import ProcessingService, scan_result_key
+from scanbridge.services.processing import ProcessingService
 
 REASONS = {"NO_TISSUE": "no tissue", "BLURRY": "blurry", "SCAN_CORRUPT": "unreadable"}
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from skimage.draw import polygon as sk_polygon
 
-from scanbridge.services.exports import rasterize
+from scanbridge.exports.raster import feature_shapes, rasterize
 
 
 def _feature(*rings: list[list[float]]) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def test_random_polygons_match_scikit_image_off_the_pixel_grid() -> None:
         ring = np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)]) + 0.013
         d = float(rng.choice([1.0, 2.0, 4.0]))
         # WHEN rasterised at downsample d
-        got = rasterize([_feature(ring.tolist())], [1], (100, 80), d)
+        got = rasterize(feature_shapes([_feature(ring.tolist())]), (100, 80), values=[1], downsample=d)
         # THEN exactly the pixels scikit-image's point-in-polygon fill sets are set
         want = np.zeros((80, 100), np.uint32)
         xy = ring / d - 0.5
@@ -40,8 +40,19 @@ def test_holes_are_cleared_and_later_features_win() -> None:
     hole = [[25.1, 25.1], [35.1, 25.1], [35.1, 35.1], [25.1, 35.1]]
     other = [[45.1, 45.1], [60.1, 45.1], [60.1, 60.1], [45.1, 60.1]]
     # WHEN both are rasterised at level 0 with values 7 and 9
-    out = rasterize([_feature(outer, hole), _feature(other)], [7, 9], (70, 70), 1.0)
+    out = rasterize(feature_shapes([_feature(outer, hole), _feature(other)]), (70, 70), values=[7, 9])
     # THEN the ring is 7, the hole 0, the overlap 9 (later on top), and the areas are the pixel counts
     assert out[15, 15] == 7 and out[30, 30] == 0 and out[47, 47] == 9 and out[5, 5] == 0
     assert int((out == 7).sum()) == 40 * 40 - 10 * 10 - 5 * 5
     assert int((out == 9).sum()) == 15 * 15
+
+
+def test_an_origin_and_a_downsample_place_the_grid_on_level_0() -> None:
+    # GIVEN a square far from the origin of level 0
+    ring = np.array([[1000.3, 2000.3], [1040.3, 2000.3], [1040.3, 2040.3], [1000.3, 2040.3]])
+    # WHEN rasterised on a grid whose pixel (0, 0) is at (992, 1992), at level 0 and at downsample 4
+    full = rasterize([[[ring]]], (64, 64), origin=(992, 1992), dtype=np.int32)
+    quarter = rasterize([[[ring]]], (16, 16), origin=(992, 1992), downsample=4.0)
+    # THEN the level-0 grid has it at rows/cols 8..47, and the downsampled grid is the same square 4x smaller
+    assert full.dtype == np.int32 and np.array_equal(np.argwhere(full)[[0, -1]], [[8, 8], [47, 47]])
+    assert np.array_equal(np.argwhere(quarter)[[0, -1]], [[2, 2], [11, 11]])

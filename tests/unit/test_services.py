@@ -13,11 +13,10 @@ from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.errors import ResultsNotReadyError, TaskNotFoundError, ValidationError
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.common import update_task
-from scanbridge.services.delivery import posted_key
-from scanbridge.services.processing import scan_result_key
 from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher, ScriptedPlatform
 
 

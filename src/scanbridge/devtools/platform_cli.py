@@ -21,6 +21,7 @@ from typing import Any
 
 from scanbridge.adapters.platform_http import PCHAR
 from scanbridge.devtools.local_platform import FakePlatform, ReceivedPost
+from scanbridge.domain import geojson as gj
 from scanbridge.domain.results import geojson_problems, qupath_problems
 
 
@@ -152,10 +153,10 @@ def format_report(post: ReceivedPost, problems: list[str]) -> str:
         url = (scan.get("results") or {}).get("external_url")
         if url:
             lines.append(f"    external_url: {url}")
-        features = (scan.get("geojson") or {}).get("features") or []
+        features = list(gj.features(scan.get("geojson")))
         kinds: dict[str, int] = {}
         for f in features:
-            kind = f"{(f.get('geometry') or {}).get('type')}/{(f.get('properties') or {}).get('annotation_type')}"
+            kind = f"{gj.geometry_type(f)}/{gj.properties(f).get('annotation_type')}"
             kinds[kind] = kinds.get(kind, 0) + 1
         lines.append(f"    geojson: {len(features)} features" +
                      (" (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")" if kinds else ""))

@@ -93,6 +93,7 @@ class Run:
 
 def run_builtin(model: str, rgb: np.ndarray, mpp: float) -> Run:
     """Run a built-in model through the worker's own analyze_scan on an in-memory image."""
+    from scanbridge.domain import geojson as gj
     from scanbridge.imaging.readers.memory import MemoryReader
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.runner import ModelLoader
@@ -100,23 +101,23 @@ def run_builtin(model: str, rgb: np.ndarray, mpp: float) -> Run:
 
     reader = MemoryReader(rgb, mpp=mpp)
     analysis = analyze_scan("real", reader, ModelLoader(prefer_gpu=False).load(model), min_tissue=0.0)
-    fc = analysis.result.geojson or {"features": []}
+    features = list(gj.features(analysis.result.geojson))
     results = analysis.result.results or {}
     xy: list[tuple[float, float]] = []
     pos: list[bool] = []
     labels = None
-    nuclei = [f for f in fc["features"] if f["properties"].get("annotation_type") == "nucleus"]
+    nuclei = [f for f in features if gj.properties(f).get("annotation_type") == "nucleus"]
     if nuclei:
         for f in nuclei:
-            m = f["properties"]["measurements"]
+            m = gj.properties(f)["measurements"]
             xy.append((m["Centroid X px"], m["Centroid Y px"]))
             pos.append(False)
         labels = rasterise(geojson_objects({"type": "FeatureCollection", "features": nuclei}), (0, 0), rgb.shape[:2])
     else:
-        for f in fc["features"]:
-            kind = f["properties"].get("annotation_type")
+        for f in features:
+            kind = gj.properties(f).get("annotation_type")
             if kind in ("positive", "negative"):
-                for x, y in f["geometry"]["coordinates"]:
+                for x, y in gj.points(gj.geometry(f)):
                     xy.append((x, y))
                     pos.append(kind == "positive")
     return Run(model=model, count=int(results.get("nuclei_count", len(xy))),

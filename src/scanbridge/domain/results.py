@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scanbridge.domain import geojson as gj
+
 
 class ScanResult(BaseModel):
     """One scan's result as the platform takes it."""
@@ -102,9 +104,9 @@ def qupath_problems(fc: dict[str, Any]) -> list[str]:
     map of numbers; NaN/Infinity are not JSON.
     """
     problems: list[str] = []
-    for i, feature in enumerate(fc.get("features", [])):
+    for i, feature in enumerate(gj.features(fc)):
         where = f"feature {i}"
-        props = feature.get("properties") or {}
+        props = gj.properties(feature)
         if "id" in feature:
             try:
                 uuid.UUID(str(feature["id"]))
@@ -132,54 +134,32 @@ def qupath_problems(fc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _positions(geometry: dict[str, Any]) -> list[list[float]]:
-    kind = geometry.get("type")
-    coords = geometry.get("coordinates")
-    if kind == "Point":
-        return [coords]  # type: ignore[list-item]
-    if kind in ("MultiPoint", "LineString"):
-        return list(coords or [])
-    if kind in ("Polygon", "MultiLineString"):
-        return [p for ring in coords or [] for p in ring]
-    if kind == "MultiPolygon":
-        return [p for poly in coords or [] for ring in poly for p in ring]
-    if kind == "GeometryCollection":
-        return [p for g in geometry.get("geometries", []) for p in _positions(g)]
-    raise ValueError(f"unknown geometry type {kind!r}")
-
-
 def geojson_problems(fc: dict[str, Any], width: int | None = None, height: int | None = None) -> list[str]:
     """Every way `fc` breaks the platform's GeoJSON rules (empty when it follows them)."""
     problems: list[str] = []
     if fc.get("type") != "FeatureCollection":
         return ["not a FeatureCollection"]
-    for i, feature in enumerate(fc.get("features", [])):
+    for i, feature in enumerate(gj.features(fc)):
         where = f"feature {i}"
         if feature.get("type") != "Feature":
             problems.append(f"{where}: type is not Feature")
             continue
-        props = feature.get("properties") or {}
+        props = gj.properties(feature)
         if not isinstance(props.get("annotation_type"), str):
             problems.append(f"{where}: properties.annotation_type missing")
-        geometry = feature.get("geometry") or {}
+        geometry = gj.geometry(feature)
         if geometry.get("type") == "MultiPolygon" and len(geometry.get("coordinates", [])) == 1:
             problems.append(f"{where}: a single polygon must be a Polygon")
-        rings: list[list[list[float]]] = []
-        if geometry.get("type") == "Polygon":
-            rings = geometry.get("coordinates", [])
-        elif geometry.get("type") == "GeometryCollection":
-            for g in geometry.get("geometries", []):
-                if g.get("type") == "Polygon":
-                    rings.extend(g.get("coordinates", []))
+        if gj.is_heatmap(feature):
             colours = props.get("contour_colors")
             if not isinstance(colours, list) or not all(isinstance(c, str) for c in colours):
                 problems.append(f"{where}: heat map without properties.contour_colors")
-        for ring in rings:
+        for ring in (r for part in gj.parts(geometry) for r in gj.rings(part)):
             if len(ring) < 4 or ring[0] != ring[-1]:
                 problems.append(f"{where}: a ring is not closed")
                 break
         try:
-            positions = _positions(geometry)
+            positions = gj.positions(geometry)
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
             continue

@@ -222,7 +222,8 @@ def _unregistered_model(onnx_path: str | None, spec_path: str | None, device: st
 def _write_artifacts(scan: OpenedScan, stem: str, result: ScanResult, folder: Path) -> list[Path]:
     """The same artifacts the worker stores (overlay, label mask, CSV, crops, DICOM), as files."""
     from scanbridge.adapters.local.memory import MemoryArtifactStore
-    from scanbridge.services.artifacts import ScanArtifactWriter, artifact_key
+    from scanbridge.domain.storage_keys import artifact_key
+    from scanbridge.services.artifacts import ScanArtifactWriter
 
     store = MemoryArtifactStore()
     ScanArtifactWriter(store)("run-scan", stem, scan, result)

@@ -146,49 +146,6 @@ class _Snapshot:
             return None
 
 
-def _rings(geometry: dict[str, Any]) -> tuple[list[list[list[float]]], list[list[float]]]:
-    kind, coords = geometry.get("type"), geometry.get("coordinates") or []
-    if kind == "Polygon":
-        return list(coords), []
-    if kind == "MultiPolygon":
-        return [ring for poly in coords for ring in poly], []
-    if kind == "MultiPoint":
-        return [], list(coords)
-    if kind == "Point":
-        return [], [coords]
-    if kind == "GeometryCollection":
-        rings: list[list[list[float]]] = []
-        points: list[list[float]] = []
-        for g in geometry.get("geometries", []):
-            r, p = _rings(g)
-            rings += r
-            points += p
-        return rings, points
-    return [], []
-
-
-def overlay_png(thumbnail: Any, downsample: float, geojson: dict[str, Any] | None) -> bytes:
-    """The thumbnail with every feature's outlines (and points) drawn in its class colour, as PNG."""
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(thumbnail).convert("RGB")
-    draw = ImageDraw.Draw(img)
-    for feature in (geojson or {}).get("features", []):
-        props = feature.get("properties") or {}
-        colour = tuple((props.get("classification") or {}).get("color") or (0, 200, 0))
-        rings, points = _rings(feature.get("geometry") or {})
-        for ring in rings:
-            xy = [(x / downsample, y / downsample) for x, y in ring]
-            if len(xy) >= 2:
-                draw.line(xy, fill=colour, width=2)
-        for x, y in points:
-            cx, cy = x / downsample, y / downsample
-            draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), outline=colour)
-    out = io.BytesIO()
-    img.save(out, "PNG")
-    return out.getvalue()
-
-
 def debug_zip(files: dict[str, bytes]) -> bytes:
     """A ZIP of `files` (name -> bytes)."""
     out = io.BytesIO()
@@ -204,8 +161,8 @@ def run(environ: Mapping[str, str]) -> int:
     from scanbridge.adapters.platform_http import HttpPlatformClient
     from scanbridge.bootstrap import bootstrap, build_processing
     from scanbridge.config import Settings
+    from scanbridge.domain.storage_keys import posted_key
     from scanbridge.domain.webhook import WebhookPayload
-    from scanbridge.services.delivery import posted_key
 
     capture = _LogCapture()
     logging.getLogger().addHandler(capture)
@@ -269,7 +226,9 @@ def _upload_debug(env: MhsEnv, body: dict[str, Any], snapshot: _Snapshot, captur
     thumbnail = snapshot.thumbnail()
     if thumbnail is not None:
         try:
-            files["overlay.png"] = overlay_png(*thumbnail, scan.get("geojson"))
+            from scanbridge.exports.overlay import render_overlay
+
+            files["overlay.png"] = render_overlay(*thumbnail, scan.get("geojson"))
         except Exception:
             log.warning("overlay not drawn", exc_info=True)
     try:

@@ -80,10 +80,12 @@ def prepare() -> None:
         import highdicom
         from highdicom import _standard_utils
 
+        import scanbridge.exports.crops
+        import scanbridge.exports.dicom
+        import scanbridge.exports.overlay
+        import scanbridge.exports.raster
         import scanbridge.imaging.readers
-        import scanbridge.inference.overlay
-        import scanbridge.services.artifacts
-        import scanbridge.services.exports  # noqa: F401
+        import scanbridge.services.artifacts  # noqa: F401
 
         for table in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
             getattr(_standard_utils, table, lambda: None)()

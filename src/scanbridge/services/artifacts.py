@@ -4,12 +4,13 @@ Written once a scan succeeds (`ScanArtifactWriter`, injected into ProcessingServ
 worker opened once (its reader, its shared overview, a ZIP's already unpacked files), under
 `tasks/{task_id}/scans/{scan_id}/artifacts/{file}` in the ArtifactStore:
 
-- `overlay.png`     the thumbnail with outlines / points / heat map drawn (inference/overlay.py)
+- `overlay.png`     the thumbnail with outlines / points / heat map drawn (exports/overlay.py)
 - `labels.npy`      int32 label mask, level 0 downsampled by a power of two to at most 2048 px a side;
-                    value n is the n-th object row of objects.csv (0 = background)
-- `objects.csv`     one row per object feature with its measurements (services/exports.features_csv)
+                    value n is the n-th object row of objects.csv (0 = background) (exports/raster.py)
+- `objects.csv`     one row per object feature with its measurements (exports/csv.py)
 - `crops.zip`       RGBA PNG crops of cells / nuclei (first `max_crops`), when the features are cells
-- `annotations.dcm` / `segmentation.dcm`  the DICOM ANN and SEG exports (services/exports.py)
+                    (exports/crops.py)
+- `annotations.dcm` / `segmentation.dcm`  the DICOM ANN and SEG exports (exports/dicom.py)
 - `source.dcm`  SVS/TIFF scans: the synthetic VL WSI source (blank pixels) that ANN and SEG reference
 
 The scan's metadata.json gets the tissue figure the artifacts were drawn with (`tissue`: the scan's one
@@ -30,6 +31,16 @@ from urllib.parse import quote
 
 from scanbridge.domain.errors import NotFoundError
 from scanbridge.domain.results import ScanResult
+from scanbridge.domain.storage_keys import (
+    ARTIFACT_KINDS,
+    CROPS_ZIP,
+    LABELS_NPY,
+    OBJECTS_CSV,
+    OVERLAY_PNG,
+    artifact_key,
+    artifact_of,
+    scans_prefix,
+)
 from scanbridge.ports import ArtifactStore
 from scanbridge.services.queries import QueryService
 
@@ -42,17 +53,9 @@ CONTENT_TYPES = {
     "png": "image/png", "npy": "application/octet-stream", "csv": "text/csv; charset=utf-8",
     "zip": "application/zip", "dcm": "application/dicom", "json": "application/json",
 }
-KINDS = {"overlay.png": "overlay", "labels.npy": "label-mask", "objects.csv": "objects-csv",
-         "crops.zip": "cell-crops", "annotations.dcm": "dicom-ann", "segmentation.dcm": "dicom-seg",
-         "source.dcm": "dicom-source"}
 MASK_MAX_SIDE = 2048
 OVERLAY_MAX_SIDE = 1024
 ARTIFACT_THREADS = 3
-
-
-def artifact_key(task_id: str, scan_id: str, name: str) -> str:
-    """Where one scan artifact lives in the artifact store."""
-    return f"tasks/{task_id}/scans/{scan_id}/artifacts/{name}"
 
 
 def content_type(name: str) -> str:
@@ -91,17 +94,16 @@ class ArtifactService:
     def list(self, task_id: str, company_id: str | None = None, base_url: str = "") -> list[Artifact]:
         """Every artifact of the task's scans, sorted by scan then file."""
         task = self._queries.task(task_id, company_id)
-        prefix = f"tasks/{task_id}/scans/"
         found: list[Artifact] = []
-        for key in self._artifacts.list(prefix):
-            rest = key[len(prefix):]
-            scan_id, sep, file = rest.rpartition("/artifacts/")
-            if not sep or not file or "/" in file or scan_id not in task.scans:
+        for key in self._artifacts.list(scans_prefix(task_id)):
+            parsed = artifact_of(task_id, key)
+            if parsed is None or parsed[0] not in task.scans:
                 continue
+            scan_id, file = parsed
             name = f"{scan_id}/{file}"
             url = f"{base_url.rstrip('/')}/tasks/{quote(task_id, safe='')}/artifacts/" \
                   f"{quote(scan_id, safe='')}/{quote(file, safe='')}"
-            found.append(Artifact(name=name, scan_id=scan_id, file=file, kind=KINDS.get(file, "file"),
+            found.append(Artifact(name=name, scan_id=scan_id, file=file, kind=ARTIFACT_KINDS.get(file, "file"),
                                   content_type=content_type(file), url=url))
         return sorted(found, key=lambda a: (a.scan_id, a.file))
 
@@ -121,7 +123,7 @@ def dicom_source_header(paths: list[Path]) -> dict[str, Any] | None:
     the files the reader reads (a ZIP's unpacked entries: a ZIP scan is referenced as the instances it holds)."""
     import pydicom
 
-    from scanbridge.services.exports import dicom_header_json
+    from scanbridge.exports.dicom import dicom_header_json
 
     best: tuple[int, int, Any] | None = None
     for path in paths:
@@ -179,38 +181,36 @@ class ScanArtifactWriter:
             source = None
         if source:
             extra["dicom_source"] = source
-        from scanbridge.inference import overlay
-        from scanbridge.services import exports
+        from scanbridge.exports import DICOM_ARTIFACTS, crops, dicom, raster
+        from scanbridge.exports.csv import features_csv, object_features
+        from scanbridge.exports.overlay import render_overlay
 
         reader, meta = scan.reader, scan.metadata
         width, height = meta.dimensions
-        objects = exports.object_features(geojson)
+        objects = object_features(geojson)
 
         def overlay_png() -> bytes:
             thumb, ds = scan.thumbnail(OVERLAY_MAX_SIDE)  # from the scan's one overview
-            return overlay.render_overlay(thumb, ds, geojson)
+            return render_overlay(thumb, ds, geojson)
 
         def labels() -> bytes:
-            d = exports.seg_downsample(width, height, MASK_MAX_SIDE)
-            size = (-(-width // d), -(-height // d))
-            mask = exports.rasterize(objects, list(range(1, len(objects) + 1)), size, d)
-            return overlay.npy_bytes(mask.astype("int32"))
+            return raster.npy_bytes(raster.label_mask(objects, width, height, MASK_MAX_SIDE))
 
-        jobs: list[tuple[str, Any]] = [("overlay.png", overlay_png), ("labels.npy", labels),
-                                       ("objects.csv", lambda: exports.features_csv(geojson))]
-        cells = [f for f in objects if overlay.is_cell_feature(f)]
+        jobs: list[tuple[str, Any]] = [(OVERLAY_PNG, overlay_png), (LABELS_NPY, labels),
+                                       (OBJECTS_CSV, lambda: features_csv(geojson))]
+        cells = [f for f in objects if crops.is_cell_feature(f)]
         if cells:
-            jobs.append(("crops.zip",
-                         lambda: overlay.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
+            jobs.append((CROPS_ZIP,
+                         lambda: crops.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
         if self._dicom:
             # the FeatureCollection built once above, not again (a streamed result would build it per dump)
             body = {**json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True,
                                                               exclude={"geojson"}))), "geojson": geojson}
             metadata = {**meta.to_json(), **extra}
-            for fmt, name in exports.DICOM_ARTIFACTS.items():
+            for fmt, name in DICOM_ARTIFACTS.items():
                 if fmt == "dicom-source" and source:
                     continue  # a DICOM scan's own files are its source
-                jobs.append((name, lambda fmt=fmt: exports.build_dicom(fmt, body, metadata, scan_id)))
+                jobs.append((name, lambda fmt=fmt: dicom.build_dicom(fmt, body, metadata, scan_id)))
         # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
         with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:
             list(pool.map(lambda job: put(*job), jobs))

@@ -1,7 +1,7 @@
 """Scan checkpoints in the artifact store: what a retried worker resumes from (inference/resume.py).
 
 Keys: `tasks/{task_id}/scans/{scan_id}/checkpoints/{model}@{version}-{grid hash}/part-NNNNN.npz`
-(`processing.checkpoint_prefix`), one numpy savez_compressed archive per part, read back with
+(`domain/storage_keys.py`), one numpy savez_compressed archive per part, read back with
 `allow_pickle=False`.
 """
 
@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from scanbridge.domain.storage_keys import checkpoint_part_key
 from scanbridge.ports import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class ArtifactCheckpoints:
         self.interval_s = interval_s
 
     def _key(self, fingerprint: str, index: int) -> str:
-        return f"{self._prefix}{fingerprint}/part-{index:05d}.npz"
+        return checkpoint_part_key(self._prefix, fingerprint, index)
 
     def parts(self, fingerprint: str) -> list[dict[str, np.ndarray]]:
         """Every stored part of `fingerprint`, in saving order (a grid that changed has none)."""

@@ -38,10 +38,10 @@ from typing import Any
 from scanbridge.domain.errors import DeliveryError, NoPlatformCredentialsError, WorkerFailedError
 from scanbridge.domain.results import ResultsPayload, ScanResult, failure_result
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import Task, utcnow
 from scanbridge.ports import ArtifactStore, DeadLetterQueue, PlatformClient, SecretBox, TaskStore
 from scanbridge.services.common import update_task
-from scanbridge.services.processing import scan_result_key
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ UNLEASED_STALE_S = 300.0  # a DELIVERING task without a lease (claimed by an old
 def delivery_id_for(task_id: str) -> str:
     """The stable delivery id of a task's results (the same for every retry, every process, every restart)."""
     return f"msg_{uuid.uuid5(uuid.NAMESPACE_URL, f'scanbridge:results:{task_id}').hex}"
-
-
-def posted_key(task_id: str) -> str:
-    """Where the exact body posted to the platform is kept."""
-    return f"tasks/{task_id}/posted.json"
 
 
 def case_results(task: Task, scans: list[ScanResult]) -> dict[str, Any]:

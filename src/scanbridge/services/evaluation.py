@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from scanbridge.domain import geojson as gj
 from scanbridge.domain.errors import ValidationError
+from scanbridge.exports.raster import rasterize
 
 IOU_THRESHOLD = 0.5
 MAX_GRID_PIXELS = 25_000_000  # a rasterisation grid larger than this is refused (label memory)
@@ -140,29 +142,18 @@ def _match(pi: np.ndarray, gi: np.ndarray, iou: np.ndarray, threshold: float) ->
 
 
 def _features(fc: Any, name: str) -> list[dict[str, Any]]:
-    if isinstance(fc, dict) and fc.get("type") == "Feature":
-        fc = {"type": "FeatureCollection", "features": [fc]}
-    if not isinstance(fc, dict) or fc.get("type") != "FeatureCollection" or not isinstance(fc.get("features"), list):
+    single = isinstance(fc, dict) and fc.get("type") == "Feature"
+    if not single and not (isinstance(fc, dict) and fc.get("type") == "FeatureCollection"
+                           and isinstance(fc.get("features"), list)):
         raise ValidationError(f"{name} must be a GeoJSON FeatureCollection")
-    return [f for f in fc["features"] if isinstance(f, dict)]
+    return list(gj.features(fc))
 
 
 def _polygons(feature: dict[str, Any]) -> list[list[np.ndarray]]:
     """The feature's polygons, each as [exterior ring, holes...] of (k, 2) x, y arrays; [] when not polygonal."""
-    geom = feature.get("geometry")
-    if not isinstance(geom, dict):
-        return []
-    kind, coords = geom.get("type"), geom.get("coordinates")
-    polys: Any
-    if kind == "Polygon":
-        polys = [coords]
-    elif kind == "MultiPolygon":
-        polys = coords
-    else:
-        return []
     out: list[list[np.ndarray]] = []
     try:
-        for poly in polys or []:
+        for poly in gj.polygons(gj.geometry(feature)):
             rings = [np.asarray(ring, dtype=np.float64)[:, :2] for ring in poly]
             if rings and len(rings[0]) >= 3 and all(np.all(np.isfinite(r)) for r in rings):
                 out.append(rings)
@@ -189,24 +180,10 @@ def bounds_of(objects: list[list[list[np.ndarray]]]) -> tuple[float, float, floa
 def rasterise(objects: list[list[list[np.ndarray]]], origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
     """A label mask of `shape` (h, w) whose pixel (0, 0) is at `origin` (x, y): object i gets label i + 1.
 
-    A pixel belongs to a polygon when its centre (j + 0.5) is inside; holes are cleared; a later object
-    overwrites an earlier one where they overlap.
+    A pixel belongs to a polygon when its centre (j + 0.5) is inside (`exports/raster.py`, the one
+    rasteriser); a hole leaves what lay under it; a later object overwrites an earlier one where they overlap.
     """
-    from skimage.draw import polygon as draw_polygon
-
-    labels = np.zeros(shape, dtype=np.int32)
-    ox, oy = origin
-    for i, obj in enumerate(objects, start=1):
-        for rings in obj:
-            ext = rings[0]
-            rr, cc = draw_polygon(ext[:, 1] - 0.5 - oy, ext[:, 0] - 0.5 - ox, shape=shape)  # type: ignore[no-untyped-call]
-            labels[rr, cc] = i
-            for hole in rings[1:]:
-                hr, hc = draw_polygon(hole[:, 1] - 0.5 - oy, hole[:, 0] - 0.5 - ox,  # type: ignore[no-untyped-call]
-                                      shape=shape)
-                sel = labels[hr, hc] == i
-                labels[hr[sel], hc[sel]] = 0
-    return labels
+    return rasterize(objects, (shape[1], shape[0]), origin=origin, dtype=np.int32)
 
 
 def evaluate(pred: Source, gt: Source, *, threshold: float = IOU_THRESHOLD,

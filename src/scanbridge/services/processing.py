@@ -37,6 +37,7 @@ from scanbridge.domain.results import (
     with_qc_findings,
 )
 from scanbridge.domain.status import ScanStatus, TaskStatus
+from scanbridge.domain.storage_keys import scan_metadata_key, scan_result_key
 from scanbridge.domain.task import Progress, Task, utcnow
 from scanbridge.ports import (
     ArtifactStore,
@@ -53,21 +54,6 @@ if TYPE_CHECKING:
     from scanbridge.imaging.scan import OpenedScan
 
 log = logging.getLogger(__name__)
-
-
-def scan_result_key(task_id: str, scan_id: str) -> str:
-    """Where a scan's result JSON lives in the artifact store."""
-    return f"tasks/{task_id}/scans/{scan_id}/result.json"
-
-
-def scan_metadata_key(task_id: str, scan_id: str) -> str:
-    """Where a scan's reader metadata lives in the artifact store."""
-    return f"tasks/{task_id}/scans/{scan_id}/metadata.json"
-
-
-def checkpoint_prefix(task_id: str, scan_id: str) -> str:
-    """Where a scan's checkpoints live (one folder per model version and tile grid, parts inside)."""
-    return f"tasks/{task_id}/scans/{scan_id}/checkpoints/"
 
 
 class ProcessingService:

@@ -7,11 +7,10 @@ from typing import Any, cast
 
 from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, TaskNotFoundError
 from scanbridge.domain.status import TaskStatus
+from scanbridge.domain.storage_keys import posted_key, scan_metadata_key
 from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import is_valid_id
 from scanbridge.ports import ArtifactStore, QueueView, TaskPage, TaskStore
-from scanbridge.services.delivery import posted_key
-from scanbridge.services.processing import scan_metadata_key
 
 #: QUEUED tasks counted at most when the launcher has no queue of its own (AWS): past it, "at least"
 MAX_COUNTED_QUEUED = 1000

@@ -6,11 +6,7 @@ from typing import Any
 
 from scanbridge.adapters.aws.s3 import S3ArtifactStore
 from scanbridge.domain.models import ModelSpec
-
-
-def onnx_key(name: str, version: str) -> str:
-    """Where the ONNX file of `name` at `version` lives in the bucket."""
-    return f"models/{name}/{version}.onnx"
+from scanbridge.domain.storage_keys import model_prefix, onnx_key
 
 
 class DynamoModelRegistry:
@@ -69,7 +65,7 @@ class DynamoModelRegistry:
 
     def delete_onnx(self, name: str) -> int:
         """Remove every version of the model's files; returns how many."""
-        keys = self._files.list(f"models/{name}/")
+        keys = self._files.list(model_prefix(name))
         for i in range(0, len(keys), 1000):
             self._s3.delete_objects(Bucket=self._bucket,
                                     Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})

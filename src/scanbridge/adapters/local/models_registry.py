@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from scanbridge.adapters.aws.models_registry import onnx_key
 from scanbridge.domain.models import ModelSpec
+from scanbridge.domain.storage_keys import model_prefix, onnx_key
 
 
 class MemoryModelRegistry:
@@ -61,7 +61,7 @@ class MemoryModelRegistry:
     def delete_onnx(self, name: str) -> int:
         """Remove every version of the model's files; returns how many."""
         with self._lock:
-            keys = [k for k in self._files if k.startswith(f"models/{name}/")]
+            keys = [k for k in self._files if k.startswith(model_prefix(name))]
             for k in keys:
                 del self._files[k]
         return len(keys)

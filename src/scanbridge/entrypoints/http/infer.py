@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from scanbridge.domain import geojson as gj
 from scanbridge.domain.errors import ValidationError
 from scanbridge.entrypoints.http.security import Principal, principal
 
@@ -101,8 +102,8 @@ def _loader(request: Request) -> Any:
 def _metrics(geojson: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per feature that has measurements: its id, annotation type, class and measurements."""
     rows: list[dict[str, Any]] = []
-    for feature in geojson.get("features", []):
-        props = feature.get("properties") or {}
+    for feature in gj.features(geojson):
+        props = gj.properties(feature)
         measurements = props.get("measurements")
         if not isinstance(measurements, dict) or not measurements:
             continue

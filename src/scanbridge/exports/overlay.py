@@ -1,21 +1,21 @@
-"""Pictures of a scan's results: the overlay PNG, the label mask, cell crops (worker side only).
+"""The one overlay renderer: a thumbnail with a scan's results drawn on it (`overlay.png`, the MHS debug ZIP).
 
-Everything is drawn from the scan's level-0 GeoJSON (exactly what was posted to the platform) on the
-reader's thumbnail, so the pictures and the posted results never disagree.
+Drawn from the scan's level-0 GeoJSON (exactly what was posted to the platform), so the picture and the
+posted results never disagree. Readability rules (#20): class colours too close to the scan's own stains
+(haematoxylin, eosin, DAB) are swapped for a contrasting one, outlines scale with the picture, small scans
+are scaled up pixel-sharp (nearest), and a legend names each class drawn.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import zipfile
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.domain import geojson as gj
 
 MIN_OVERLAY_SIDE = 512  # tiny scans are scaled up (nearest) so outlines stay visible
 HEATMAP_ALPHA = 0.35
@@ -24,7 +24,6 @@ HEATMAP_ALPHA = 0.35
 CONTRAST_PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 230, 118), (255, 214, 0), (0, 229, 255), (255, 109, 0), (118, 255, 3), (255, 23, 68))
 MIN_COLOUR_DISTANCE = 120.0  # RGB distance below which an outline vanishes into the stain
-CELL_TYPES = frozenset({"nucleus", "nuclei", "cell", "cells"})
 
 
 def _rgb(colour: Any, default: tuple[int, int, int] = (0, 200, 0)) -> tuple[int, int, int]:
@@ -33,16 +32,6 @@ def _rgb(colour: Any, default: tuple[int, int, int] = (0, 200, 0)) -> tuple[int,
     if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
         return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
     return default
-
-
-def _rings(geometry: dict[str, Any]) -> list[list[list[float]]]:
-    kind = geometry.get("type")
-    coords = geometry.get("coordinates") or []
-    if kind == "Polygon":
-        return list(coords)
-    if kind == "MultiPolygon":
-        return [ring for poly in coords for ring in poly]
-    return []
 
 
 def stain_colours(thumb: np.ndarray) -> np.ndarray:
@@ -108,105 +97,40 @@ def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any]
     def xy(ring: list[list[float]]) -> list[tuple[float, float]]:
         return [(x * k, y * k) for x, y in ring]
 
-    features = (geojson or {}).get("features") or []
+    features = list(gj.features(geojson))
     out = base.convert("RGBA")
     for f in features:  # heat maps first, translucent, under the outlines
-        props = f.get("properties") or {}
-        geometry = f.get("geometry") or {}
-        if geometry.get("type") != "GeometryCollection":
+        if not gj.is_heatmap(f):
             continue
-        colours = props.get("contour_colors") or []
-        levels = props.get("geometry_levels") or []
+        colours = gj.properties(f).get("contour_colors") or []
         layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
-        for i, g in enumerate(geometry.get("geometries") or []):
-            lv = levels[i] if i < len(levels) else 0
+        for lv, g in gj.heatmap_parts(f):
             colour = _rgb(colours[lv] if lv < len(colours) else "#ff0000", (255, 0, 0))
-            for ring in _rings(g)[:1]:
+            for ring in gj.rings(g)[:1]:
                 if len(ring) >= 3:
                     draw.polygon(xy(ring), fill=(*colour, int(255 * HEATMAP_ALPHA)))
         out = Image.alpha_composite(out, layer)
     draw = ImageDraw.Draw(out)
     line = max(1, round(max(out.size) / 400))
     for f in features:
-        props = f.get("properties") or {}
-        geometry = f.get("geometry") or {}
+        geometry = gj.geometry(f)
         kind = geometry.get("type")
-        classification = props.get("classification") or {}
-        name = str(classification.get("name") or props.get("annotation_type") or "object")
-        if kind not in ("Polygon", "MultiPolygon", "Point", "MultiPoint"):
+        if kind not in gj.POLYGONAL | gj.PUNCTUAL:
             continue
+        name = gj.class_name(f)
         if name not in shown:
+            classification = gj.properties(f).get("classification") or {}
             shown[name] = visible_colour(_rgb(classification.get("color")), stains, set(shown.values()))
         colour = shown[name]
-        if kind in ("Polygon", "MultiPolygon"):
-            for ring in _rings(geometry):
-                if len(ring) >= 2:  # a white halo keeps outlines visible on stain of the class's own colour
-                    draw.line(xy(ring) + xy(ring[:1]), fill=(255, 255, 255, 255), width=line + 2)
-                    draw.line(xy(ring) + xy(ring[:1]), fill=(*colour, 255), width=line)
-        elif kind in ("Point", "MultiPoint"):
-            pts = [geometry["coordinates"]] if kind == "Point" else geometry.get("coordinates") or []
-            r = max(2, line * 2)
-            for x, y in pts:
-                draw.ellipse((x * k - r, y * k - r, x * k + r, y * k + r), outline=(*colour, 255), width=line)
+        for ring in gj.rings(geometry):
+            if len(ring) >= 2:  # a white halo keeps outlines visible on stain of the class's own colour
+                draw.line(xy(ring) + xy(ring[:1]), fill=(255, 255, 255, 255), width=line + 2)
+                draw.line(xy(ring) + xy(ring[:1]), fill=(*colour, 255), width=line)
+        r = max(2, line * 2)
+        for x, y in gj.points(geometry):
+            draw.ellipse((x * k - r, y * k - r, x * k + r, y * k + r), outline=(*colour, 255), width=line)
     _legend(out, shown)
     buf = io.BytesIO()
     out.convert("RGB").save(buf, "PNG", compress_level=3)  # optimize=True: 7x the time for 7 % fewer bytes
     return buf.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """The array as a .npy file (np.load reads it back, allow_pickle not needed)."""
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def is_cell_feature(feature: dict[str, Any]) -> bool:
-    """A polygon whose annotation_type says it is a cell or nucleus."""
-    props = feature.get("properties") or {}
-    return str(props.get("annotation_type", "")).lower() in CELL_TYPES and \
-        (feature.get("geometry") or {}).get("type") in ("Polygon", "MultiPolygon")
-
-
-def cell_crops_zip(reader: ScanReader, features: list[dict[str, Any]], *, max_crops: int = 200,
-                   pad: int = 4, max_side: int = 256) -> tuple[bytes, int]:
-    """A ZIP of RGBA PNG crops (level 0, outside the outline transparent) of the first `max_crops` cells.
-
-    Also holds `index.csv` (file, object id, level-0 bbox). Returns the bytes and the crop count.
-    """
-    from skimage.draw import polygon as fill_polygon
-
-    width, height = reader.metadata.dimensions
-    buf = io.BytesIO()
-    rows = ["file,object_id,x,y,width,height"]
-    count = 0
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for f in features:
-            if count >= max_crops:
-                break
-            rings = _rings(f.get("geometry") or {})
-            if not rings:
-                continue
-            pts = np.asarray(rings[0], dtype=np.float64)
-            x0 = max(0, math.floor(pts[:, 0].min()) - pad)
-            y0 = max(0, math.floor(pts[:, 1].min()) - pad)
-            x1 = min(width, math.ceil(pts[:, 0].max()) + pad)
-            y1 = min(height, math.ceil(pts[:, 1].max()) + pad)
-            w, h = x1 - x0, y1 - y0
-            if w <= 0 or h <= 0 or max(w, h) > max_side:
-                continue
-            rgb = reader.read_region((x0, y0), 0, (w, h))
-            alpha = np.zeros((h, w), dtype=np.uint8)
-            rr, cc = fill_polygon(pts[:, 1] - y0 - 0.5, pts[:, 0] - x0 - 0.5, (h, w))
-            alpha[rr, cc] = 255
-            png = io.BytesIO()
-            Image.fromarray(np.dstack([rgb[..., :3], alpha]), "RGBA").save(png, "PNG")
-            count += 1
-            name = f"cell_{count:04d}.png"
-            zf.writestr(name, png.getvalue())
-            rows.append(f"{name},{f.get('id', '')},{x0},{y0},{w},{h}")
-        zf.writestr("index.csv", "\n".join(rows) + "\n")
-        zf.writestr("README.json", json.dumps({"crops": count, "cap": max_crops, "level": 0,
-                                               "note": "RGBA PNG; alpha 0 outside the object's outline"}))
-    return buf.getvalue(), count
