@@ -47,23 +47,6 @@ def import_probe(module: str) -> str:
             f"print(json.dumps({{'ms': ms, 'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))\n")
 
 
-class RecordingLauncher:
-    """A JobLauncher that records submissions and runs nothing; like the local launcher, it takes the job id
-    the intake stored with the task."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self._lock = threading.Lock()
-
-    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
-        with self._lock:
-            self.submitted.append(task_id)
-            return job_id or f"job-{len(self.submitted)}"
-
-    def cancel(self, job_id: str, reason: str) -> None:
-        pass
-
-
 def task_jwt() -> str:
     """A task JWT as the platform sends it (HS256 here; the bridge only reads its `exp`)."""
     import jwt
@@ -86,11 +69,24 @@ def serve_in_memory(port: int) -> None:
 
     import uvicorn
 
-    from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+    from scanbridge.adapters.local.memory import (
+        FernetSecretBox,
+        MemoryArtifactStore,
+        MemoryJobLauncher,
+        MemoryTaskStore,
+    )
     from scanbridge.bootstrap import bootstrap
     from scanbridge.config import Settings
     from scanbridge.entrypoints.http.app import create_app
     from scanbridge.entrypoints.local_stack import freeze_heap
+
+    class RecordingLauncher(MemoryJobLauncher):
+        """Records submissions and runs nothing; like the local launcher, it takes the job id the intake stored
+        with the task."""
+
+        def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
+            own = super().submit(task_id, scans)
+            return job_id or own
 
     logging.disable(logging.WARNING)
     data = Path(tempfile.mkdtemp(prefix="scanbridge-apibench-"))

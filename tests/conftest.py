@@ -10,7 +10,12 @@ from typing import Any, NoReturn
 
 import pytest
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.ports import PlatformResponse
@@ -44,23 +49,6 @@ def fixture_path(name: str) -> Path:
     return path
 
 
-class RecordingLauncher:
-    """A JobLauncher that records what was submitted and runs nothing; it names its jobs itself (like Batch)."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-        self.scans: list[int] = []
-        self.cancelled: list[str] = []
-
-    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
-        self.submitted.append(task_id)
-        self.scans.append(scans)
-        return f"job-{len(self.submitted)}"
-
-    def cancel(self, job_id: str, reason: str) -> None:
-        self.cancelled.append(job_id)
-
-
 class ScriptedPlatform:
     """A PlatformClient that answers with scripted status codes and records every POST."""
 
@@ -85,8 +73,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def launcher() -> RecordingLauncher:
-    return RecordingLauncher()
+def launcher() -> MemoryJobLauncher:
+    """A launcher that records what was submitted and runs nothing."""
+    return MemoryJobLauncher()
 
 
 @pytest.fixture
@@ -95,7 +84,7 @@ def platform() -> ScriptedPlatform:
 
 
 @pytest.fixture
-def container(settings: Settings, launcher: RecordingLauncher, platform: ScriptedPlatform) -> Container:
+def container(settings: Settings, launcher: MemoryJobLauncher, platform: ScriptedPlatform) -> Container:
     """Every service over in-memory adapters and the fakes above."""
     return bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(),
                      launcher=launcher, platform=platform, sleep=lambda _s: None)

@@ -7,6 +7,7 @@ at import time, and the API side never imports inference/ or the readers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,18 +16,22 @@ from scanbridge.config import Settings, get_settings
 from scanbridge.ports import (
     ArtifactStore,
     DeadLetterQueue,
+    Fetcher,
     JobLauncher,
-    ModelCatalog,
     PlatformClient,
     SecretBox,
     TaskStore,
 )
+from scanbridge.services.artifacts import ArtifactService
 from scanbridge.services.control import ControlService
 from scanbridge.services.delivery import DeliveryService
+from scanbridge.services.exports import ExportService
 from scanbridge.services.intake import IntakeService
+from scanbridge.services.models import ModelService
 from scanbridge.services.queries import QueryService
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # onnxruntime and the readers: the worker's (and /v1/infer's) only
+    from scanbridge.inference.runner import ModelLoader
     from scanbridge.services.processing import ProcessingService
 
 log = logging.getLogger(__name__)
@@ -42,13 +47,24 @@ class Container:
     secrets: SecretBox
     launcher: JobLauncher
     platform: PlatformClient
-    catalog: ModelCatalog
+    catalog: ModelService
     intake: IntakeService
     delivery: DeliveryService
     queries: QueryService
     control: ControlService
+    downloads: ArtifactService
+    exports: ExportService
     dead_letters: DeadLetterQueue
-    extras: dict[str, Any] = field(default_factory=dict)
+    _loader: ModelLoader | None = field(default=None, init=False, repr=False)
+    _loader_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def model_loader(self) -> ModelLoader:
+        """This process's ModelLoader for `/v1/infer`, made on first use (onnxruntime is imported then;
+        its models stay cached in it)."""
+        with self._loader_lock:
+            if self._loader is None:
+                self._loader = model_loader(self.settings, self.catalog, api=True)
+            return self._loader
 
 
 #: HTTP connections each AWS client keeps: the API's thread pool (anyio's 40 threads) plus the launcher's and
@@ -86,19 +102,15 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
     artifacts = overrides.get("artifacts") or S3ArtifactStore(clients["s3"], settings.bucket_name)
     secrets = overrides.get("secrets") or KmsSecretBox(clients["kms"], settings.kms_key_id)
     platform = overrides.get("platform") or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
-    catalog = overrides.get("catalog")
-    if catalog is None:
-        from scanbridge.services.models import ModelService
+    if "dynamodb" in clients:
+        from scanbridge.adapters.aws.models_registry import DynamoModelRegistry
 
-        if "dynamodb" in clients:
-            from scanbridge.adapters.aws.models_registry import DynamoModelRegistry
+        catalog = ModelService(DynamoModelRegistry(clients["dynamodb"], settings.models_table_name,
+                                                   clients["s3"], settings.bucket_name))
+    else:
+        from scanbridge.adapters.local.models_registry import MemoryModelRegistry
 
-            catalog = ModelService(DynamoModelRegistry(clients["dynamodb"], settings.models_table_name,
-                                                       clients["s3"], settings.bucket_name))
-        else:
-            from scanbridge.adapters.local.models_registry import MemoryModelRegistry
-
-            catalog = ModelService(MemoryModelRegistry())
+        catalog = ModelService(MemoryModelRegistry())
     dead_letters = overrides.get("dead_letters")
     if dead_letters is None:
         if settings.dead_letter_queue_url and clients:
@@ -128,45 +140,74 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
             launcher = LocalJobLauncher(max_workers=settings.max_workers, log_dir=settings.data_dir / "logs",
                                         on_finished=delivery.on_job_finished_later, retries=settings.worker_retries,
                                         task_timeout_s=settings.task_timeout_s, work_dir=settings.data_dir / "work")
-    default_for = getattr(catalog, "default_for", None)
     intake = IntakeService(tasks, launcher, secrets, default_model=settings.default_model,
                            max_scans=settings.max_scans_per_task,
-                           model_for_stain=(lambda stain: default_for(stain, fallback=settings.default_model))
-                           if default_for else None)
-    queries = QueryService(tasks, artifacts, queue=launcher)
+                           model_for_stain=lambda stain: catalog.default_for(stain, fallback=settings.default_model))
+    queries = QueryService(tasks, artifacts, launcher)
     control = ControlService(tasks, launcher, delivery, queries)
     return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
                      platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries,
-                     control=control, dead_letters=dead_letters)
+                     control=control, downloads=ArtifactService(queries, artifacts),
+                     exports=ExportService(queries, artifacts), dead_letters=dead_letters)
 
 
-def build_processing(container: Container, **overrides: Any) -> ProcessingService:
-    """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it)."""
+def in_memory(settings: Settings, **overrides: Any) -> Container:
+    """A container over in-memory stores and a launcher that starts nothing (`scanbridge mhs`: one scan, this
+    process its worker; results are still posted to the platform)."""
+    from scanbridge.adapters.local.memory import (
+        FernetSecretBox,
+        MemoryArtifactStore,
+        MemoryJobLauncher,
+        MemoryTaskStore,
+    )
+
+    defaults: dict[str, Any] = {"tasks": MemoryTaskStore(), "artifacts": MemoryArtifactStore(),
+                                "secrets": FernetSecretBox(), "launcher": MemoryJobLauncher()}
+    return bootstrap(settings, **{**defaults, **overrides})
+
+
+def safe_fetcher(s: Settings) -> Fetcher:
+    """The scan downloader with the settings' limits (allowed hosts, size, timeouts, attempts, minimum rate)."""
     from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
-    from scanbridge.imaging.scan import OpenedScan
-    from scanbridge.inference.runner import Analyzer, ModelLoader
-    from scanbridge.services.processing import ProcessingService
 
-    s = container.settings
-    fetcher = overrides.get("fetcher") or SafeFetcher(FetchPolicy(
+    return SafeFetcher(FetchPolicy(
         allowed_hosts=s.scan_host_patterns(), max_bytes=s.max_scan_bytes,
         connect_timeout_s=s.fetch_connect_timeout_s, read_timeout_s=s.fetch_read_timeout_s,
         attempts=s.fetch_attempts, total_timeout_s=s.download_timeout_s, min_bytes_per_s=s.download_min_bytes_per_s,
         rate_window_s=s.download_rate_window_s))
-    source: Any = container.catalog if hasattr(container.catalog, "onnx_bytes") else None  # registered models
-    loader = overrides.get("loader") or ModelLoader(intra_op_threads=s.intra_op_threads, source=source,
-                                                    device=s.device, tensorrt=s.tensorrt,
-                                                    cache_dir=s.data_dir / "tensorrt")
+
+
+def model_loader(s: Settings, models: ModelService | None = None, *, api: bool = False) -> ModelLoader:
+    """A ModelLoader: the built-ins, plus the registered models of `models` when given.
+
+    `api`: the API process's (`/v1/infer`): the default device and no TensorRT cache; otherwise the
+    worker's and `run-scan`'s, on SCANBRIDGE_DEVICE (with TensorRT when switched on)."""
+    from scanbridge.inference.runner import ModelLoader
+
+    if api:
+        return ModelLoader(intra_op_threads=s.intra_op_threads, source=models)
+    return ModelLoader(intra_op_threads=s.intra_op_threads, source=models, device=s.device, tensorrt=s.tensorrt,
+                       cache_dir=s.data_dir / "tensorrt")
+
+
+def build_processing(container: Container, **overrides: Any) -> ProcessingService:
+    """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it)."""
+    from scanbridge.imaging.scan import OpenedScan
+    from scanbridge.inference.runner import Analyzer
+    from scanbridge.services.processing import ProcessingService
+
+    s = container.settings
+    fetcher = overrides.get("fetcher") or safe_fetcher(s)
+    loader = overrides.get("loader") or model_loader(s, container.catalog)
     analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,
                                                        readers=s.reader_threads, max_tiles=s.max_tiles_per_scan,
                                                        min_tissue=s.tile_min_tissue)
-    check_device = getattr(loader, "check_device", None)
 
     def check_task(model: str) -> None:
         """Before any download: the device works (DEVICE_UNAVAILABLE) and the model exists (MODEL_NOT_FOUND)."""
-        if check_device is not None:
-            check_device()
+        loader.check_device()
         loader.check(model)
+
     if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
         writer = overrides["artifact_writer"]
     else:

@@ -74,7 +74,14 @@ class SecretBox(Protocol):
 
 
 class JobLauncher(Protocol):
-    """Starts the worker for a task (AWS Batch; locally a subprocess)."""
+    """Starts the worker for a task (AWS Batch; locally a subprocess) and owns its workers' lifetime.
+
+    Batch runs its own workers and has its own events: there the lifecycle calls are no-ops and the
+    questions are answered "not known" (None, False). The local launcher answers all of them.
+
+    >>> job = launcher.submit(task.task_id, scans=2, job_id=task.job_id)
+    >>> launcher.queue_position(job)   # 3 while two jobs wait before it, 0 once started; None on Batch
+    """
 
     def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
         """Start processing `task_id` (`scans` of them, in parallel where the launcher can); returns the job id.
@@ -86,6 +93,36 @@ class JobLauncher(Protocol):
 
     def cancel(self, job_id: str, reason: str) -> None:
         """Stop a job if it still runs."""
+
+    # --- lifecycle (`scanbridge serve` and the MCP local stack start and stop it) ---
+
+    def warm_up(self, count: int) -> int:
+        """Start spare workers ahead of the tasks (SCANBRIDGE_WARM_WORKERS); returns how many pools run."""
+
+    def clean_work_except(self, keep: set[str]) -> int:
+        """At start: remove the download folders of every task but `keep`; returns how many."""
+
+    def shutdown(self) -> list[str]:
+        """Stop every worker (not retried); returns the ids of the tasks whose worker it stopped."""
+
+    # --- what the queries and the reaper may learn from it ---
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to start, 0 once the job is not waiting; None when the launcher has no queue
+        of its own to tell (Batch: the queries then count the QUEUED tasks)."""
+
+    def queue_eta_s(self, job_id: str) -> float | None:
+        """Seconds until a waiting job should start; None when unknown."""
+
+    def last_seen(self, job_id: str) -> float | None:
+        """Epoch seconds of the launcher's own latest sign of life of the job, None when unknown."""
+
+    def is_alive(self, job_id: str) -> bool:
+        """Whether a process of the job exists (False when the launcher cannot tell)."""
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        """Kill the job's process (stopped ones too); `retry`: start it again when attempts are left.
+        Returns whether there was a process to kill."""
 
 
 @dataclass(frozen=True)
@@ -224,30 +261,7 @@ class ModelSource(Protocol):
         """The ONNX file of `name` at `version`; raises ModelNotFoundError."""
 
 
-# --- what a launcher may tell the queries and the reaper; where a scan's checkpoints live ----------
-
-
-class QueueView(Protocol):
-    """A launcher that knows its own queue (the local one)."""
-
-    def queue_position(self, job_id: str) -> int | None:
-        """1 for the next job to start; None when not waiting."""
-
-    def queue_eta_s(self, job_id: str) -> float | None:
-        """Seconds until the job should start, None when unknown."""
-
-
-class Liveness(Protocol):
-    """What a launcher may tell the reaper about a job (the local one does; Batch has its own events)."""
-
-    def last_seen(self, job_id: str) -> float | None:
-        """Epoch seconds of the launcher's own latest sign of life of the job, None when unknown."""
-
-    def is_alive(self, job_id: str) -> bool:
-        """Whether a process of the job exists."""
-
-    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
-        """Kill the job's process (stopped ones too); `retry`: start it again when attempts are left."""
+# --- where a scan's checkpoints live ------------------------------------------------------------
 
 
 class CheckpointStore(Protocol):

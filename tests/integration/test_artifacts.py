@@ -18,7 +18,12 @@ from shapely.geometry import shape
 
 from scanbridge.adapters.aws.provision import provision
 from scanbridge.adapters.aws.s3 import S3ArtifactStore
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import Container, bootstrap, build_processing
 from scanbridge.config import Settings
 from scanbridge.devtools.local_platform import FakePlatform
@@ -26,7 +31,7 @@ from scanbridge.domain.status import ScanStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.services.artifacts import ScanArtifactWriter
-from tests.conftest import RecordingLauncher, ScriptedPlatform, fixture_path
+from tests.conftest import ScriptedPlatform, fixture_path
 
 
 @pytest.fixture
@@ -35,7 +40,7 @@ def s3_container(aws: None, settings: Settings) -> Container:
     clients = {n: boto3.client(n, region_name="us-east-1") for n in ("dynamodb", "s3", "kms")}
     provision(settings, clients["dynamodb"], clients["s3"], clients["kms"])
     return bootstrap(settings, tasks=MemoryTaskStore(), artifacts=S3ArtifactStore(clients["s3"], settings.bucket_name),
-                     secrets=FernetSecretBox(), launcher=RecordingLauncher(), platform=ScriptedPlatform(),
+                     secrets=FernetSecretBox(), launcher=MemoryJobLauncher(), platform=ScriptedPlatform(),
                      sleep=lambda _s: None)
 
 
@@ -139,7 +144,7 @@ def test_a_failing_artifact_writer_never_fails_the_scan(container: Container) ->
 def test_artifacts_are_scoped_to_the_tenant_and_unknown_names_are_404(settings: Settings) -> None:
     # GIVEN a processed task of companyA and an API with two tenants' keys
     container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(),
-                          launcher=RecordingLauncher(), platform=ScriptedPlatform(), sleep=lambda _s: None)
+                          launcher=MemoryJobLauncher(), platform=ScriptedPlatform(), sleep=lambda _s: None)
     with FakePlatform(files={"b": fixture_path("boxes.tiff")}) as fake:
         container.settings.allowed_scan_hosts = fake.netloc
         container.intake.accept(WebhookPayload.model_validate(

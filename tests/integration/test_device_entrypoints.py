@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import bootstrap
 from scanbridge.config import Settings, get_settings
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.entrypoints import worker
 from scanbridge.inference import device as dev
-from tests.conftest import RecordingLauncher, fixture_path
+from tests.conftest import fixture_path
 from tests.integration.test_mhs import _mhs
 
 pytestmark = pytest.mark.skipif(dev.probe_cuda().ok, reason="CUDA works here: the refusal cannot be seen")
@@ -41,7 +42,7 @@ def test_worker_told_cuda_fails_the_task_before_downloading_and_the_platform_is_
                            "SCANBRIDGE_PLATFORM_API_KEY": "local-key", "SCANBRIDGE_DELIVERY_BACKOFF_S": "0"}.items():
             monkeypatch.setenv(key, value)
         get_settings.cache_clear()
-        container = bootstrap(Settings(), provision=True, launcher=RecordingLauncher())
+        container = bootstrap(Settings(), provision=True, launcher=MemoryJobLauncher())
         container.intake.accept(WebhookPayload.model_validate(
             {"task_id": "t-cuda", "scans": {"s1": fake.url_for("boxes")}, "model_name": "tissue"}))
         try:

@@ -16,13 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.adapters.platform_http import HttpPlatformClient, results_url
 from scanbridge.bootstrap import Container
 from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.webhook import is_valid_id
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.webhook_common import json_too_deep
-from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher
+from tests.conftest import SAMPLE_WEBHOOK
 
 SECRET = "whsec_" + base64.b64encode(b"a-very-secret-webhook-key-32byte").decode()
 ADMIN = "admin-token-0123456789"
@@ -53,7 +54,7 @@ def _nested(depth: int) -> str:
 
 
 def test_hostile_bodies_are_refused_in_the_envelope_and_store_nothing(secured: TestClient, container: Container,
-                                                                      launcher: RecordingLauncher) -> None:
+                                                                      launcher: MemoryJobLauncher) -> None:
     base = {**SAMPLE_WEBHOOK, "company_id": "companyA"}
     big = "x" * 900_000
     url = "https://techcyteci-preprod.s3.us-west-2.amazonaws.com/"
@@ -107,7 +108,7 @@ def test_credentials_of_any_bytes_are_a_401(secured: TestClient) -> None:
 
 
 def test_another_tenants_task_id_is_a_409_and_changes_nothing(secured: TestClient, container: Container,
-                                                             launcher: RecordingLauncher) -> None:
+                                                             launcher: MemoryJobLauncher) -> None:
     # GIVEN company A's task with its URL and token
     first = {**SAMPLE_WEBHOOK, "company_id": "companyA", "jwt_token": "a.tokenA.sig"}
     assert _post_webhook(secured, json.dumps(first).encode()).status_code == 202
@@ -152,7 +153,7 @@ def test_admin_routes_never_fail_open(container: Container, configured: dict[str
             assert "SCANBRIDGE_ADMIN_TOKEN" in resp.json()["error"]["message"]
 
 
-def test_open_local_mode_answers_loopback_hosts_only(container: Container, launcher: RecordingLauncher) -> None:
+def test_open_local_mode_answers_loopback_hosts_only(container: Container, launcher: MemoryJobLauncher) -> None:
     # GIVEN open local mode (no credential set), reached over a socket-like peer (not the in-process TestClient)
     app = create_app(container)
 

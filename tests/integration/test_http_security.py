@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.services.common import update_task
-from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher, ScriptedPlatform
+from tests.conftest import SAMPLE_WEBHOOK, ScriptedPlatform
 
 SECRET = "whsec_" + base64.b64encode(b"a-very-secret-webhook-key-32byte").decode()
 
@@ -42,7 +43,7 @@ def _body(**changes: object) -> bytes:
 
 
 def test_signed_webhook_is_accepted_and_forged_ones_store_nothing(secured: TestClient, container: Container,
-                                                                   launcher: RecordingLauncher) -> None:
+                                                                   launcher: MemoryJobLauncher) -> None:
     body = _body(company_id="companyA")
     # GIVEN a missing, a wrong, a stale (6 min) and a malformed signature
     bad = [
@@ -107,7 +108,7 @@ def test_redeliver_is_admin_only_and_posts_again(secured: TestClient, container:
     assert again.status_code == 409 and again.json()["error"]["code"] == "CONFLICT"
 
 
-def test_cancel_stops_the_job_and_tells_the_platform(container: Container, launcher: RecordingLauncher,
+def test_cancel_stops_the_job_and_tells_the_platform(container: Container, launcher: MemoryJobLauncher,
                                                      platform: ScriptedPlatform) -> None:
     # GIVEN a running task (open local mode: no keys configured)
     client = TestClient(create_app(container))

@@ -17,7 +17,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.progress import changes, task_progress
@@ -81,13 +86,14 @@ EXPECTED = [
 ]
 
 
-class DrivingLauncher:
+class DrivingLauncher(MemoryJobLauncher):
     """A JobLauncher whose 'worker' walks the task through SCRIPT, one step each time the client saw the last.
 
     Gated on what the client received (the `seen` updated_at values), so no step can be missed by timing.
     """
 
     def __init__(self, script: list[Step], gate_s: float = 10.0) -> None:
+        super().__init__()
         self.script = script
         self.gate_s = gate_s
         self.store: MemoryTaskStore | None = None
@@ -99,9 +105,6 @@ class DrivingLauncher:
         self.thread = threading.Thread(target=self._drive, args=(task_id,), daemon=True)
         self.thread.start()
         return "job-driven"
-
-    def cancel(self, job_id: str, reason: str) -> None:
-        pass
 
     def _drive(self, task_id: str) -> None:
         assert self.store is not None

@@ -17,13 +17,14 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.storage_keys import posted_key
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.local_stack import free_port
 from scanbridge.services.common import update_task
-from tests.conftest import RecordingLauncher, fixture_path
+from tests.conftest import fixture_path
 from tests.integration.test_live import served
 
 TOOLS = {"submit_scan", "get_task", "list_tasks", "cancel_task", "scan_metadata", "list_models",
@@ -57,7 +58,7 @@ def _error(result: Any) -> str:
     return text.split(": ", 1)[1] if text.startswith("Error executing tool") else text
 
 
-def test_mcp_over_http_lists_and_calls_every_tool(container: Container, launcher: RecordingLauncher) -> None:
+def test_mcp_over_http_lists_and_calls_every_tool(container: Container, launcher: MemoryJobLauncher) -> None:
     async def scenario() -> None:
         async with mcp_session(container) as mcp:
             # GIVEN the app's /mcp endpoint (open local mode) / WHEN the tools are listed

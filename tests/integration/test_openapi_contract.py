@@ -16,11 +16,16 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import bootstrap
 from scanbridge.config import Settings
 from scanbridge.entrypoints.http.app import create_app
-from tests.conftest import RecordingLauncher, ScriptedPlatform
+from tests.conftest import ScriptedPlatform
 
 _OPAQUE = {"checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "401", "403", "404", "409", "422"]}}}
 CONFIG = SchemathesisConfig.from_dict({"operations": [
@@ -30,7 +35,7 @@ CONFIG = SchemathesisConfig.from_dict({"operations": [
 ]})
 
 _container = bootstrap(Settings(platform_url="http://127.0.0.1:9", delivery_backoff_s=0.0), tasks=MemoryTaskStore(),
-                       artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(), launcher=RecordingLauncher(),
+                       artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(), launcher=MemoryJobLauncher(),
                        platform=ScriptedPlatform(), sleep=lambda _s: None)
 app = create_app(_container)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=CONFIG)

@@ -6,14 +6,19 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import bootstrap
 from scanbridge.config import Settings
 from scanbridge.entrypoints.http.app import create_app
-from tests.conftest import RecordingLauncher, ScriptedPlatform
+from tests.conftest import ScriptedPlatform
 
 _container = bootstrap(Settings(platform_url="http://127.0.0.1:9", delivery_backoff_s=0.0), tasks=MemoryTaskStore(),
-                       artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(), launcher=RecordingLauncher(),
+                       artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(), launcher=MemoryJobLauncher(),
                        platform=ScriptedPlatform(), sleep=lambda _s: None)
 app = create_app(_container)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)

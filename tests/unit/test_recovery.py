@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.common import update_task
 from scanbridge.services.recovery import recover
-from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher, ScriptedPlatform
+from tests.conftest import SAMPLE_WEBHOOK, ScriptedPlatform
 
 
 def _task(container: Container, task_id: str, status: TaskStatus | None, attempts: int = 1) -> None:
@@ -21,7 +22,7 @@ def _task(container: Container, task_id: str, status: TaskStatus | None, attempt
 
 
 def test_recover_resumes_in_flight_tasks_and_fails_those_out_of_attempts(
-        container: Container, launcher: RecordingLauncher, platform: ScriptedPlatform) -> None:
+        container: Container, launcher: MemoryJobLauncher, platform: ScriptedPlatform) -> None:
     # GIVEN a stack that died with one task queued, one running (first attempt), one running on its
     # last attempt, and one completed
     _task(container, "queued", None)
@@ -52,7 +53,7 @@ def test_recover_resumes_in_flight_tasks_and_fails_those_out_of_attempts(
     assert again.failed == ["running"] and again.resubmitted == ["queued", "unsubmitted"]
 
 
-def test_a_clean_stop_gives_back_the_attempt_recovery_counts(container: Container, launcher: RecordingLauncher) -> None:
+def test_a_clean_stop_gives_back_the_attempt_recovery_counts(container: Container, launcher: MemoryJobLauncher) -> None:
     # GIVEN a task running its first attempt when the stack is stopped cleanly
     _task(container, "interrupted", TaskStatus.RUNNING, attempts=1)
     from scanbridge.services.recovery import stopped_cleanly

@@ -8,7 +8,12 @@ import time
 import jwt
 import pytest
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.errors import ResultsNotReadyError, TaskNotFoundError, ValidationError
@@ -17,7 +22,7 @@ from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.common import update_task
-from tests.conftest import SAMPLE_WEBHOOK, RecordingLauncher, ScriptedPlatform
+from tests.conftest import SAMPLE_WEBHOOK, ScriptedPlatform
 
 
 def _payload(**changes: object) -> WebhookPayload:
@@ -31,7 +36,7 @@ def _finish_scans(container: Container, task_id: str, status: ScanStatus = ScanS
     update_task(container.tasks, task_id, change)
 
 
-def test_intake_stores_one_task_and_submits_one_job(container: Container, launcher: RecordingLauncher) -> None:
+def test_intake_stores_one_task_and_submits_one_job(container: Container, launcher: MemoryJobLauncher) -> None:
     # GIVEN the platform's sample webhook with a token
     token = jwt.encode({"exp": int(time.time()) + 3600, "sub": "task"}, "k" * 32, algorithm="HS256")
     payload = _payload(jwt_token=token, extra_thing=[1, 2])
@@ -51,7 +56,7 @@ def test_intake_stores_one_task_and_submits_one_job(container: Container, launch
     assert token not in view and task.token_ciphertext not in view and "token_ciphertext" not in view
 
 
-def test_intake_refuses_too_many_scans(container: Container, launcher: RecordingLauncher) -> None:
+def test_intake_refuses_too_many_scans(container: Container, launcher: MemoryJobLauncher) -> None:
     # GIVEN a webhook with more scans than the limit / WHEN accepted / THEN refused, nothing stored or submitted
     scans = {str(i): f"https://b.s3.amazonaws.com/{i}" for i in range(container.settings.max_scans_per_task + 1)}
     with pytest.raises(ValidationError):
@@ -60,7 +65,7 @@ def test_intake_refuses_too_many_scans(container: Container, launcher: Recording
 
 
 def test_failed_submission_leaves_task_received_for_the_redelivery(container: Container,
-                                                                     launcher: RecordingLauncher) -> None:
+                                                                     launcher: MemoryJobLauncher) -> None:
     # GIVEN a launcher that fails once
     calls = {"n": 0}
     real = launcher.submit
@@ -99,7 +104,7 @@ class CountingStore(MemoryTaskStore):
         return super().replace(task, expected_version)
 
 
-class NamingLauncher(RecordingLauncher):
+class NamingLauncher(MemoryJobLauncher):
     """A launcher that runs the job under the id its caller proposes (as the local launcher does)."""
 
     def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:

@@ -118,18 +118,17 @@ def run_scan(
         "--no-artifacts", help="write only the GeoJSON and the result")] = False,
 ) -> int:
     """`scanbridge run-scan`: settings (device, batch, threads) from SCANBRIDGE_*."""
+    from scanbridge.bootstrap import model_loader
     from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
     from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.device import default_reader_threads
-    from scanbridge.inference.runner import ModelLoader
     from scanbridge.logs import setup_logging
 
     settings = Settings()
     setup_logging("scanbridge-run-scan", settings.log_level, settings.log_format)
-    loader = ModelLoader(intra_op_threads=settings.intra_op_threads, device=settings.device,
-                         tensorrt=settings.tensorrt, cache_dir=settings.data_dir / "tensorrt")
+    loader = model_loader(settings)  # the built-ins (a file of its own comes with --onnx/--spec)
     try:  # SCANBRIDGE_DEVICE=cuda without a working CUDA stops here, before any file is read
         loader.check_device()
     except ScanbridgeError as exc:

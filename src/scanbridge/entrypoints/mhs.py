@@ -100,16 +100,6 @@ def exchange_api_key(base_url: str, key_id: str, secret: str, *, timeout_s: floa
     return token
 
 
-class _NoLauncher:
-    """A JobLauncher that starts nothing: this process is the worker."""
-
-    def submit(self, task_id: str, scans: int = 1, **_kwargs: Any) -> str:
-        return f"mhs-{task_id}"
-
-    def cancel(self, job_id: str, reason: str) -> None:
-        return None
-
-
 class _LogCapture(logging.Handler):
     """Keeps the run's log lines (secrets scrubbed) for the debug ZIP."""
 
@@ -157,9 +147,8 @@ def debug_zip(files: dict[str, bytes]) -> bytes:
 
 def run(environ: Mapping[str, str]) -> int:
     """Process the one scan the environment names and post its results; the exit status."""
-    from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
-    from scanbridge.adapters.platform_http import HttpPlatformClient
-    from scanbridge.bootstrap import bootstrap, build_processing
+    from scanbridge.adapters.local.memory import MemoryJobLauncher
+    from scanbridge.bootstrap import build_processing, in_memory
     from scanbridge.config import Settings
     from scanbridge.domain.storage_keys import posted_key
     from scanbridge.domain.webhook import WebhookPayload
@@ -187,9 +176,8 @@ def run(environ: Mapping[str, str]) -> int:
         # one scan, one run: its delivery is the burst only (nothing would run a retry scheduled for later)
         settings = settings.model_copy(update={"platform_url": base, "platform_api_key": api_key,
                                                "delivery_retry_window_s": 0.0})
-        container = bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(),
-                              secrets=FernetSecretBox(), launcher=_NoLauncher(),
-                              platform=HttpPlatformClient(base, settings.delivery_timeout_s))
+        # this process is the worker: its launcher starts nothing (the job is named after the task)
+        container = in_memory(settings, launcher=MemoryJobLauncher(lambda task_id, _n: f"mhs-{task_id}"))
         url = env.scan_file_url()
         payload = WebhookPayload.model_validate({
             "task_id": env.task_id, "scans": {env.scan_id: url}, "scan_urls": {env.scan_id: [url]},

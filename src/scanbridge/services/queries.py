@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any
 
 from scanbridge.domain.errors import NotFoundError, ResultsNotReadyError, TaskNotFoundError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.storage_keys import posted_key, scan_metadata_key
 from scanbridge.domain.task import Task
 from scanbridge.domain.webhook import is_valid_id
-from scanbridge.ports import ArtifactStore, QueueView, TaskPage, TaskStore
+from scanbridge.ports import ArtifactStore, JobLauncher, TaskPage, TaskStore
 
 #: QUEUED tasks counted at most when the launcher has no queue of its own (AWS): past it, "at least"
 MAX_COUNTED_QUEUED = 1000
@@ -19,16 +19,15 @@ MAX_COUNTED_QUEUED = 1000
 class QueryService:
     """Read-only views of tasks; a task of another tenant is reported as not found.
 
-    `queue` is the launcher: when it knows its own queue (locally) a QUEUED task's position and ETA come
-    from it; otherwise (Batch) the position is derived from the QUEUED tasks created before this one
-    and the ETA is unknown.
+    The launcher tells a QUEUED task's position and ETA when it knows its own queue (locally);
+    otherwise (Batch) the position is derived from the QUEUED tasks created before this one and the
+    ETA is unknown.
     """
 
-    def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, queue: object | None = None) -> None:
+    def __init__(self, tasks: TaskStore, artifacts: ArtifactStore, launcher: JobLauncher) -> None:
         self._tasks = tasks
         self._artifacts = artifacts
-        self._queue = cast(QueueView, queue) if hasattr(queue, "queue_position") and \
-            hasattr(queue, "queue_eta_s") else None
+        self._launcher = launcher
 
     def task(self, task_id: str, company_id: str | None = None) -> Task:
         """The task, if visible to `company_id` (None sees all); an id intake never accepts is not looked up."""
@@ -50,13 +49,12 @@ class QueryService:
         """
         if task.status != TaskStatus.QUEUED:
             return None
-        if self._queue is not None and task.job_id:
-            position = self._queue.queue_position(task.job_id)
-            if position is not None:
-                return {"position": position, "ahead": position - 1, "eta_s": self._queue.queue_eta_s(task.job_id),
-                        "basis": "launcher"}
-            # not in the launcher's queue any more: its worker is starting
+        position = self._launcher.queue_position(task.job_id) if task.job_id else None
+        if position == 0:  # not in the launcher's queue any more: its worker is starting
             return {"position": 0, "ahead": 0, "eta_s": 0.0, "basis": "launcher"}
+        if position is not None and task.job_id:
+            return {"position": position, "ahead": position - 1, "eta_s": self._launcher.queue_eta_s(task.job_id),
+                    "basis": "launcher"}
         ahead, complete = self._queued_before(task)
         return {"position": ahead + 1, "ahead": ahead, "eta_s": None,
                 "basis": "queued_tasks_created_before" if complete else "queued_tasks_created_before_at_least"}

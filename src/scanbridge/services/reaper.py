@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Self, cast
+from typing import Self
 
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
-from scanbridge.ports import Liveness, TaskStore
+from scanbridge.ports import JobLauncher, TaskStore
 from scanbridge.services.common import update_task
 from scanbridge.services.delivery import DeliveryService
 
@@ -74,30 +74,26 @@ class Reaper:
     and retried by it while attempts are left; one whose process is gone is failed as WORKER_FAILED
     through the delivery service (the platform is told once). A task active for longer than
     `task_timeout_s` since its first scan started is killed without retry, or failed the same way.
-    `is_alive` alone (no `launcher`) keeps the older rule: a silent task with a live job is left alone.
+    Without a `launcher` (only `is_alive`, or nothing) the older rule holds: a silent task with a live job
+    is left alone, and an ended one is failed.
     """
 
     def __init__(self, tasks: TaskStore, delivery: DeliveryService, *, stale_after_s: float,
-                 is_alive: Callable[[str], bool] | None = None, launcher: object | None = None,
+                 is_alive: Callable[[str], bool] | None = None, launcher: JobLauncher | None = None,
                  task_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self._tasks = tasks
         self._delivery = delivery
         self._stale = stale_after_s
-        self._launcher = launcher if all(hasattr(launcher, m) for m in ("last_seen", "kill", "is_alive")) else None
-        if is_alive is None:
-            is_alive = getattr(launcher, "is_alive", None) or (lambda _job: False)
-        self._is_alive = is_alive
+        self._launcher = launcher
+        self._is_alive = is_alive or (lambda _job: False)  # the older rule's (without a launcher)
         self._timeout = task_timeout_s if task_timeout_s and task_timeout_s > 0 else None
         self._clock = clock
-
-    def _liveness(self) -> Liveness | None:
-        return cast(Liveness, self._launcher) if self._launcher is not None else None
 
     def stale(self, task: Task) -> bool:
         """Whether `task` is active but nothing has shown life for longer than `stale_after_s`."""
         if task.status not in ACTIVE:
             return False
-        live = self._liveness()
+        live = self._launcher
         signs = [task.heartbeat_at]
         if live is not None and task.job_id:
             signs.append(live.last_seen(task.job_id))
@@ -117,7 +113,7 @@ class Reaper:
         return bool(starts) and self._clock() - min(starts) > self._timeout
 
     def _end(self, task: Task, reason: str, *, retry: bool) -> None:
-        live = self._liveness()
+        live = self._launcher
         if live is not None and task.job_id and live.is_alive(task.job_id) and \
                 live.kill(task.job_id, reason, retry=retry):
             return  # the launcher reports the job's end (or retries it)

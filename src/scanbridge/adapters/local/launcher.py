@@ -357,19 +357,20 @@ class LocalJobLauncher:
         return True
 
     def queue_position(self, job_id: str) -> int | None:
-        """1 for the next job to start, 2 after it...; None when `job_id` is not waiting."""
+        """1 for the next job to start, 2 after it...; 0 when `job_id` is not waiting (its worker is starting
+        or running, or this launcher does not hold it)."""
         with self._lock:
             for position, queued in enumerate(self._queued, start=1):
                 if queued == job_id:
                     return position
-        return None
+        return 0
 
     def queue_eta_s(self, job_id: str) -> float | None:
         """Seconds until `job_id` should start: the queue ahead of it spread over the workers, each job
         taking the mean of the last jobs' durations; None while no job has ended yet (or it is not waiting)."""
         position = self.queue_position(job_id)
         with self._lock:
-            if position is None or not self._durations:
+            if not position or not self._durations:
                 return None
             mean = sum(self._durations) / len(self._durations)
             now = self._clock()

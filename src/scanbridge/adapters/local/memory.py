@@ -1,10 +1,11 @@
-"""In-memory TaskStore, ArtifactStore and SecretBox: the same contracts, no AWS."""
+"""In-memory TaskStore, ArtifactStore, SecretBox, DeadLetterQueue and JobLauncher: the same contracts, no AWS."""
 
 from __future__ import annotations
 
 import base64
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,61 @@ class MemoryDeadLetterQueue:
                 name = f"{len(self.messages):06d}-{message.get('task_id', 'message')}.json"
                 (self._folder / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)).write_text(
                     json.dumps(message, sort_keys=True))
+
+
+class MemoryJobLauncher:
+    """A JobLauncher that records what was submitted and runs nothing: for tests, and for `scanbridge mhs`,
+    whose own process is the worker. It names its jobs itself (like Batch: `job_id_for(task_id, n)`, by
+    default `job-<n>`); its lifecycle calls are no-ops and it knows no queue or process (None, False).
+    """
+
+    def __init__(self, job_id_for: Callable[[str, int], str] | None = None) -> None:
+        self.submitted: list[str] = []
+        self.scans: list[int] = []
+        self.cancelled: list[str] = []
+        self._job_id_for = job_id_for or (lambda _task_id, n: f"job-{n}")
+        self._lock = threading.Lock()
+
+    def submit(self, task_id: str, scans: int = 1, *, job_id: str | None = None) -> str:
+        """Record the submission; returns this launcher's own job id."""
+        with self._lock:
+            self.submitted.append(task_id)
+            self.scans.append(scans)
+            return self._job_id_for(task_id, len(self.submitted))
+
+    def cancel(self, job_id: str, reason: str) -> None:
+        """Record the cancellation."""
+        with self._lock:
+            self.cancelled.append(job_id)
+
+    def warm_up(self, count: int) -> int:
+        """Nothing to start."""
+        return 0
+
+    def clean_work_except(self, keep: set[str]) -> int:
+        """Nothing downloaded here."""
+        return 0
+
+    def shutdown(self) -> list[str]:
+        """Nothing running."""
+        return []
+
+    def queue_position(self, job_id: str) -> int | None:
+        """No queue of its own."""
+        return None
+
+    def queue_eta_s(self, job_id: str) -> float | None:
+        """No queue of its own."""
+        return None
+
+    def last_seen(self, job_id: str) -> float | None:
+        """No process to have seen."""
+        return None
+
+    def is_alive(self, job_id: str) -> bool:
+        """No process runs."""
+        return False
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        """No process to kill."""
+        return False

@@ -16,8 +16,6 @@ from fastapi.responses import HTMLResponse, Response
 from scanbridge.bootstrap import Container
 from scanbridge.domain.errors import NotFoundError
 from scanbridge.entrypoints.http.security import Principal, principal
-from scanbridge.services.artifacts import ArtifactService
-from scanbridge.services.exports import ExportService
 
 Tenant = Annotated[Principal, Depends(principal)]
 ExportFormat = Literal["geojson", "csv", "dicom-ann", "dicom-seg", "dicom-source"]
@@ -37,8 +35,8 @@ def _base_url(container: Container, request: Request) -> str:
 def downloads_router(container: Container) -> APIRouter:
     """`GET /tasks/{id}/artifacts`, one artifact, and `GET /tasks/{id}/scans/{scan}/export?format=`."""
     router = APIRouter(tags=["tasks"])
-    artifacts = ArtifactService(container.queries, container.artifacts)
-    exports = ExportService(container.queries, container.artifacts)
+    artifacts = container.downloads
+    exports = container.exports
 
     @router.get("/tasks/{task_id}/artifacts")
     def list_artifacts(task_id: str, caller: Tenant, request: Request) -> dict[str, Any]:

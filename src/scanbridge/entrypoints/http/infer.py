@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -32,7 +31,6 @@ MAX_EVALUATE_BYTES = 50 * 1024 * 1024  # an /v1/evaluate body (two GeoJSONs or t
 _MULTIPART_SLACK = 64 * 1024  # boundaries and the other fields around the file
 
 router = APIRouter(prefix="/v1", tags=["inference"])
-_loader_lock = threading.Lock()
 
 _INFER_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -84,21 +82,6 @@ def _mpp(raw: Any) -> float | None:
     return value
 
 
-def _loader(request: Request) -> Any:
-    """The API process's ModelLoader, made on the first inference call (models stay cached in it)."""
-    container = request.app.state.container
-    with _loader_lock:
-        loader = container.extras.get("infer_model_loader")
-        if loader is None:
-            from scanbridge.inference.runner import ModelLoader
-
-            catalog = container.catalog
-            source = catalog if hasattr(catalog, "onnx_bytes") else None  # registered models too
-            loader = ModelLoader(intra_op_threads=container.settings.intra_op_threads, source=source)
-            container.extras["infer_model_loader"] = loader
-        return loader
-
-
 def _metrics(geojson: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per feature that has measurements: its id, annotation type, class and measurements."""
     rows: list[dict[str, Any]] = []
@@ -147,7 +130,7 @@ async def infer(model: str, request: Request, _caller: Tenant) -> dict[str, Any]
     """
     max_bytes = MAX_UPLOAD_BYTES
     _check_length(request, max_bytes + _MULTIPART_SLACK, "the upload")
-    loader = _loader(request)
+    loader = request.app.state.container.model_loader()  # made on the first call (onnxruntime imported then)
     await run_in_threadpool(loader.check, model)  # 404 before the upload is read
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ValidationError("send the image as multipart/form-data with a `file` field")

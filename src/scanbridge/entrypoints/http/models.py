@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 
 from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.models import ModelKind, ModelSpec
 from scanbridge.entrypoints.http.security import Principal, admin, principal
+from scanbridge.services.models import ModelService
 
 Tenant = Annotated[Principal, Depends(principal)]
 Admin = Annotated[Principal, Depends(admin)]
@@ -20,11 +21,8 @@ KIND_PATTERN = "^(" + "|".join(get_args(ModelKind)) + ")$"
 router = APIRouter(tags=["models"])
 
 
-def _models(request: Request) -> Any:
-    catalog = request.app.state.container.catalog
-    if not hasattr(catalog, "put"):
-        raise ValidationError("this deployment has a read-only model catalog")
-    return catalog
+def _models(request: Request) -> ModelService:
+    return cast(ModelService, request.app.state.container.catalog)
 
 
 @router.get("/models")
@@ -32,8 +30,7 @@ def list_models(request: Request, _caller: Tenant, label: str | None = None,
                 kind: Annotated[str | None, Query(pattern=KIND_PATTERN)] = None
                 ) -> dict[str, Any]:
     """Every model (built-in and registered), filtered by output label and kind."""
-    catalog = request.app.state.container.catalog
-    specs = catalog.list() if hasattr(catalog, "list") else [catalog.spec(n) for n in catalog.names()]
+    specs = _models(request).list()
     if kind:
         specs = [s for s in specs if s.kind == kind]
     if label:
@@ -53,12 +50,7 @@ def model_schema() -> dict[str, Any]:
                                                                                 "builtin or registry file facts"}})
 def describe_model(name: str, request: Request, _caller: Tenant) -> dict[str, Any]:
     """A model's spec and where its weights come from."""
-    catalog = request.app.state.container.catalog
-    if hasattr(catalog, "describe"):
-        described: dict[str, Any] = catalog.describe(name)
-        return described
-    spec: dict[str, Any] = catalog.spec(name).model_dump(mode="json")
-    return spec
+    return _models(request).describe(name)
 
 
 @router.put("/admin/models/{name}", status_code=201)
@@ -79,8 +71,7 @@ async def put_model(name: str, request: Request, _admin: Admin, config: Annotate
     from starlette.concurrency import run_in_threadpool
 
     stored = await run_in_threadpool(models.put, {**spec, "name": name}, data)
-    described: dict[str, Any] = models.describe(stored.name)
-    return described
+    return models.describe(stored.name)
 
 
 @router.patch("/admin/models/{name}")
