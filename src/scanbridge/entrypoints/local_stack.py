@@ -1,4 +1,7 @@
-"""`scanbridge serve`: the API, a moto server (DynamoDB, S3, KMS) and the local worker launcher in one tree."""
+"""The local stack: a moto server (DynamoDB, S3, KMS, SQS), the container over it and the worker launcher.
+
+`start()` starts it (`scanbridge serve` and the in-process stack of `scanbridge mcp`); `serve()` adds the API.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from scanbridge.config import get_settings
+
+if TYPE_CHECKING:
+    from scanbridge.bootstrap import Container
 
 log = logging.getLogger("scanbridge.serve")
 
@@ -127,7 +136,7 @@ class MotoProcess:
                 self._proc.kill()
 
 
-def start_moto(state_dir: Path | None = None, *, fsync: bool = False) -> tuple[Any, str]:
+def start_moto(state_dir: Path | None = None, *, fsync: bool = False) -> tuple[MotoProcess, str]:
     """A moto server on a free loopback port (keeping its state in `state_dir`); returns it and its URL."""
     server = MotoProcess(state_dir, fsync=fsync)
     return server, server.url
@@ -170,13 +179,91 @@ def run_api(app: Any, sock: socket.socket, announce: str) -> None:
     AnnouncingServer(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
+@dataclass
+class LocalStack:
+    """A started local stack: the moto server, the container over it and the reaper; `stop()` ends it."""
+
+    container: Container
+    endpoint: str  # the moto server's URL (workers reach it through SCANBRIDGE_AWS_ENDPOINT_URL)
+    moto: MotoProcess
+    reaper_stop: threading.Event
+
+    def stop(self) -> None:
+        """Stop the reaper, the workers (the tasks they ran resume at the next start) and moto."""
+        from scanbridge.services.recovery import stopped_cleanly
+
+        self.reaper_stop.set()
+        stopped = self.container.launcher.shutdown()
+        if stopped:
+            stopped_cleanly(self.container.tasks, stopped)
+        self.moto.stop()
+
+
+def start(*, durable: bool = True) -> LocalStack:
+    """Start moto, build the container over it (tables provisioned) and start the reaper and the warm workers.
+
+    `durable` (`scanbridge serve`): the state is kept as SCANBRIDGE_LOCAL_STATE says (under
+    `{data_dir}/state`), and what the last stop left in flight is resumed (its stale download folders
+    removed); otherwise (the in-process stack of `scanbridge mcp`) moto keeps it in memory only. The
+    environment is set so that the worker subprocesses reach the same moto server and data folder.
+    """
+    from scanbridge.bootstrap import bootstrap
+    from scanbridge.services.reaper import Reaper
+    from scanbridge.services.recovery import recover
+
+    get_settings.cache_clear()
+    first = get_settings()
+    data_dir = first.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = data_dir / "state" if durable and first.local_state != "memory" else None
+    moto, endpoint = start_moto(state, fsync=durable and first.local_state == "journal-fsync")
+    # Children (worker subprocesses) inherit these, so they reach the same moto server.
+    os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
+    os.environ.setdefault("SCANBRIDGE_LAUNCHER", "local")
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(key, value)
+    os.environ["SCANBRIDGE_DATA_DIR"] = str(data_dir)
+    get_settings.cache_clear()
+    settings = get_settings()
+    stop = threading.Event()
+    try:
+        container = bootstrap(settings, provision=True)
+        container.launcher.warm_up(settings.warm_workers)  # spare workers import the stack while the stack starts
+    except BaseException:
+        moto.stop()
+        raise
+    stack = LocalStack(container, endpoint, moto, stop)
+    try:
+        if not settings.platform_url:
+            log.warning("SCANBRIDGE_PLATFORM_URL is not set: results are kept here, not posted (tasks end "
+                        "COMPLETED, delivery skipped: no platform configured)")
+        if durable:
+            recovered = recover(container.tasks, container.launcher, container.delivery,
+                                max_attempts=settings.worker_retries + 1)
+            # results steps the stop cut short: their leases were the dead process's, so they are tried now
+            container.delivery.deliver_due(after_restart=True)
+            cleaned = container.launcher.clean_work_except(set(recovered.resubmitted))
+            log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers; %s; %d stale download "
+                     "folder(s) removed", endpoint, settings.data_dir, settings.max_workers, recovered.summary(),
+                     cleaned)
+        else:
+            log.info("in-process local stack: moto at %s, data in %s", endpoint, settings.data_dir)
+        reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s,
+                        launcher=container.launcher, task_timeout_s=settings.task_timeout_s)
+        threading.Thread(target=reaper.run_every, args=(max(1.0, min(settings.stale_after_s / 4, 30.0)), stop),
+                         name="reaper", daemon=True).start()
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     """Run the local stack until Ctrl-C (or SIGTERM); its state is kept under `{data_dir}/state`.
 
     The port is taken first (a busy one: a clear message, exit 1, nothing started); the URL is printed once
     the API accepts requests."""
-    from scanbridge.bootstrap import bootstrap
-    from scanbridge.config import Settings, get_settings
     from scanbridge.entrypoints.http.app import create_app
     from scanbridge.logs import setup_logging
 
@@ -188,47 +275,10 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         print(cannot_listen(host, port, exc), file=sys.stderr, flush=True)
         return 1
     port = int(listener.getsockname()[1])  # --port 0: the free port it got
-    get_settings.cache_clear()
-    first = get_settings()
-    data_dir = first.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    state = None if first.local_state == "memory" else data_dir / "state"
-    moto, endpoint = start_moto(state, fsync=first.local_state == "journal-fsync")
-    # Children (worker subprocesses) inherit these, so they reach the same moto server.
-    os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
-    os.environ.setdefault("SCANBRIDGE_LAUNCHER", "local")
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(key, value)
-    os.environ["SCANBRIDGE_DATA_DIR"] = str(data_dir)
-    get_settings.cache_clear()
-    settings: Settings = get_settings()
-    stop = threading.Event()
-    container: Any = None
+    stack: LocalStack | None = None
     try:
-        container = bootstrap(settings, provision=True)
-        warm_up = getattr(container.launcher, "warm_up", None)
-        if warm_up is not None:
-            warm_up(settings.warm_workers)  # spare workers import the stack while the stack starts
-        if not settings.platform_url:
-            log.warning("SCANBRIDGE_PLATFORM_URL is not set: results are kept here, not posted (tasks end "
-                        "COMPLETED, delivery skipped: no platform configured)")
-        from scanbridge.services.reaper import Reaper
-        from scanbridge.services.recovery import recover
-
-        recovered = recover(container.tasks, container.launcher, container.delivery,
-                            max_attempts=settings.worker_retries + 1)
-        # results steps the stop cut short: their leases were the dead process's, so they are tried now
-        container.delivery.deliver_due(after_restart=True)
-        clean = getattr(container.launcher, "clean_work_except", None)
-        cleaned = clean(set(recovered.resubmitted)) if clean else 0
-        log.info("moto (DynamoDB, S3, KMS) at %s; data in %s; up to %d workers; %s; %d stale download folder(s) "
-                 "removed", endpoint, settings.data_dir, settings.max_workers, recovered.summary(), cleaned)
-        reaper = Reaper(container.tasks, container.delivery, stale_after_s=settings.stale_after_s,
-                        launcher=container.launcher, task_timeout_s=settings.task_timeout_s)
-        threading.Thread(target=reaper.run_every, args=(max(1.0, min(settings.stale_after_s / 4, 30.0)), stop),
-                         name="reaper", daemon=True).start()
-        app = create_app(container)
+        stack = start()
+        app = create_app(stack.container)
         freeze_heap()
         # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler found before it
         # ran: the default one would end the process before the clean-up below; this one lets it run
@@ -236,14 +286,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         run_api(app, listener, f"scanbridge serving on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     finally:
         listener.close()
-        stop.set()
-        shutdown = getattr(container.launcher, "shutdown", None) if container is not None else None
-        if shutdown is not None:
-            stopped = shutdown()
-            if stopped:
-                from scanbridge.services.recovery import stopped_cleanly
-
-                stopped_cleanly(container.tasks, stopped)
-        moto.stop()
+        if stack is not None:
+            stack.stop()
         print("scanbridge stopped", flush=True)
     return 0

@@ -282,39 +282,19 @@ def run_stdio(*, url: str | None, api_key: str | None = None, webhook_secret: st
 
 
 def _local_stack(files_port: int) -> tuple[Backend, Callable[[], None]]:
-    """An in-process local stack (moto server + container + worker launcher), as `scanbridge serve` builds it."""
+    """An in-process local stack (`local_stack.start`, state in memory) that also allows our file server's port."""
     import os
 
-    from scanbridge.bootstrap import bootstrap
-    from scanbridge.config import get_settings
+    from scanbridge.config import S3_HOSTS
     from scanbridge.entrypoints.http.security import Principal
-    from scanbridge.entrypoints.local_stack import start_moto
+    from scanbridge.entrypoints.local_stack import start
 
-    moto, endpoint = start_moto()
-    os.environ["SCANBRIDGE_AWS_ENDPOINT_URL"] = endpoint
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(key, value)
     hosts = os.environ.get("SCANBRIDGE_ALLOWED_SCAN_HOSTS")
     netloc = f"127.0.0.1:{files_port}"
     if hosts is None or netloc not in hosts.split(","):  # our own loopback file server, and only that port
-        from scanbridge.config import S3_HOSTS
-
         os.environ["SCANBRIDGE_ALLOWED_SCAN_HOSTS"] = f"{hosts or S3_HOSTS},{netloc}"
-    get_settings.cache_clear()
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["SCANBRIDGE_DATA_DIR"] = str(settings.data_dir.resolve())
-    container = bootstrap(settings, provision=True)
-    log.info("in-process local stack: moto at %s, data in %s", endpoint, settings.data_dir.resolve())
-
-    def stop() -> None:
-        shutdown = getattr(container.launcher, "shutdown", None)
-        if shutdown:
-            shutdown()
-        moto.stop()
-
-    return ContainerBackend(container, Principal(company_id=None, admin=True), may_submit=True), stop
+    stack = start(durable=False)
+    return ContainerBackend(stack.container, Principal(company_id=None, admin=True), may_submit=True), stack.stop
 
 
 def tools_json(mcp: FastMCP) -> str:  # pragma: no cover - a debugging aid
