@@ -74,7 +74,7 @@ def test_queued_tasks_show_their_position_and_an_eta_once_a_job_has_ended(settin
         # AND a task that has ended has no queue
         assert container.queries.task_view("q1")["queue"] is None
     finally:
-        container.launcher.shutdown()  # type: ignore[attr-defined]
+        container.launcher.shutdown()
 
 
 def test_queue_position_without_a_launcher_queue_counts_older_queued_tasks(container: Container) -> None:
@@ -112,7 +112,7 @@ def test_a_stopped_worker_is_killed_retried_then_failed(settings: Settings, tmp_
         assert isinstance(platform, ScriptedPlatform) and [c[0] for c in platform.calls] == ["hung"]
     finally:
         stop.set()
-        container.launcher.shutdown()  # type: ignore[attr-defined]
+        container.launcher.shutdown()
 
 
 def test_a_task_past_its_deadline_is_killed_and_not_retried(settings: Settings, tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_a_task_past_its_deadline_is_killed_and_not_retried(settings: Settings, 
         assert time.monotonic() - started < 8
         assert container.launcher.pids() == {}  # type: ignore[attr-defined]
     finally:
-        container.launcher.shutdown()  # type: ignore[attr-defined]
+        container.launcher.shutdown()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
@@ -163,14 +163,14 @@ def test_live_events_carry_the_queue_position_while_queued(container: Container)
     # GIVEN three QUEUED tasks, a client following the last one's events
     import asyncio
 
-    from scanbridge.entrypoints.http.live import task_events
+    from scanbridge.entrypoints.http.events import task_events
 
     for tid in ("b1", "b2", "b3"):
         _accept(container, tid)
 
     async def follow() -> list[dict[str, Any]]:
         seen: list[dict[str, Any]] = []
-        async for event in task_events(container, "b3", None, poll_s=0.05, timeout_s=1.0):
+        async for event in task_events(container.queries, "b3", None, poll_s=0.05, timeout_s=1.0):
             if event is None:
                 continue
             seen.append(event)

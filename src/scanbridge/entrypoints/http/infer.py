@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from scanbridge.domain import geojson as gj
 from scanbridge.domain.errors import ValidationError
-from scanbridge.entrypoints.http.security import Principal, principal
-
-Tenant = Annotated[Principal, Depends(principal)]
+from scanbridge.entrypoints.http.deps import ContainerDep, Tenant
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # one image upload
 MAX_IMAGE_SIDE = 4096  # px, either side
@@ -122,7 +120,7 @@ def _infer(model: Any, data: bytes, mpp: float | None, max_side: int) -> dict[st
 
 
 @router.post("/infer/{model}", openapi_extra={"requestBody": _INFER_BODY})
-async def infer(model: str, request: Request, _caller: Tenant) -> dict[str, Any]:
+async def infer(model: str, request: Request, _caller: Tenant, container: ContainerDep) -> dict[str, Any]:
     """Run a model on one small image now: multipart `file` (PNG/JPEG/TIFF) and optional `mpp` form field.
 
     Answers `{geojson, summary, metrics}` (metrics: each object's measurements). 413 over the byte cap,
@@ -130,7 +128,7 @@ async def infer(model: str, request: Request, _caller: Tenant) -> dict[str, Any]
     """
     max_bytes = MAX_UPLOAD_BYTES
     _check_length(request, max_bytes + _MULTIPART_SLACK, "the upload")
-    loader = request.app.state.container.model_loader()  # made on the first call (onnxruntime imported then)
+    loader = container.model_loader()  # made on the first call (onnxruntime imported then)
     await run_in_threadpool(loader.check, model)  # 404 before the upload is read
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ValidationError("send the image as multipart/form-data with a `file` field")

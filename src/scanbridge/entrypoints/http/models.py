@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, cast, get_args
+from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.models import ModelKind, ModelSpec
-from scanbridge.entrypoints.http.security import Principal, admin, principal
-from scanbridge.services.models import ModelService
+from scanbridge.entrypoints.http.deps import Admin, Models, Tenant
 
-Tenant = Annotated[Principal, Depends(principal)]
-Admin = Annotated[Principal, Depends(admin)]
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 KIND_PATTERN = "^(" + "|".join(get_args(ModelKind)) + ")$"
@@ -21,16 +18,12 @@ KIND_PATTERN = "^(" + "|".join(get_args(ModelKind)) + ")$"
 router = APIRouter(tags=["models"])
 
 
-def _models(request: Request) -> ModelService:
-    return cast(ModelService, request.app.state.container.catalog)
-
-
 @router.get("/models")
-def list_models(request: Request, _caller: Tenant, label: str | None = None,
+def list_models(models: Models, _caller: Tenant, label: str | None = None,
                 kind: Annotated[str | None, Query(pattern=KIND_PATTERN)] = None
                 ) -> dict[str, Any]:
     """Every model (built-in and registered), filtered by output label and kind."""
-    specs = _models(request).list()
+    specs = models.list()
     if kind:
         specs = [s for s in specs if s.kind == kind]
     if label:
@@ -48,13 +41,13 @@ def model_schema() -> dict[str, Any]:
 
 @router.get("/models/{name}", responses={200: {"model": ModelSpec, "description": "the spec, plus `source`: "
                                                                                 "builtin or registry file facts"}})
-def describe_model(name: str, request: Request, _caller: Tenant) -> dict[str, Any]:
+def describe_model(name: str, models: Models, _caller: Tenant) -> dict[str, Any]:
     """A model's spec and where its weights come from."""
-    return _models(request).describe(name)
+    return models.describe(name)
 
 
 @router.put("/admin/models/{name}", status_code=201)
-async def put_model(name: str, request: Request, _admin: Admin, config: Annotated[str, Form()],
+async def put_model(name: str, models: Models, _admin: Admin, config: Annotated[str, Form()],
                     file: Annotated[UploadFile, File()]) -> dict[str, Any]:
     """Register a model: multipart `config` (ModelSpec JSON, see GET /models/schema) + `file` (ONNX), checked
     with onnxruntime first (422 MODEL_INVALID listing every problem, unknown keys by name)."""
@@ -67,7 +60,6 @@ async def put_model(name: str, request: Request, _admin: Admin, config: Annotate
     data = await file.read(MAX_MODEL_BYTES + 1)
     if len(data) > MAX_MODEL_BYTES:
         raise ValidationError(f"the ONNX file is larger than {MAX_MODEL_BYTES} bytes")
-    models = _models(request)
     from starlette.concurrency import run_in_threadpool
 
     stored = await run_in_threadpool(models.put, {**spec, "name": name}, data)
@@ -75,13 +67,13 @@ async def put_model(name: str, request: Request, _admin: Admin, config: Annotate
 
 
 @router.patch("/admin/models/{name}")
-def patch_model(name: str, changes: dict[str, Any], request: Request, _admin: Admin) -> dict[str, Any]:
+def patch_model(name: str, changes: dict[str, Any], models: Models, _admin: Admin) -> dict[str, Any]:
     """Change a registered model's config (not its name, version or file)."""
-    updated: dict[str, Any] = _models(request).patch(name, changes).model_dump(mode="json")
+    updated: dict[str, Any] = models.patch(name, changes).model_dump(mode="json")
     return updated
 
 
 @router.delete("/admin/models/{name}", status_code=204)
-def delete_model(name: str, request: Request, _admin: Admin) -> None:
+def delete_model(name: str, models: Models, _admin: Admin) -> None:
     """Remove a registered model and its files."""
-    _models(request).delete(name)
+    models.delete(name)
