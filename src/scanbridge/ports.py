@@ -274,3 +274,44 @@ class CheckpointStore(Protocol):
 
     def save(self, fingerprint: str, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Store part number `index`."""
+
+
+# --- the MCP tools' backend and the local launcher's workers ------------------------------------
+
+
+class McpBackend(Protocol):
+    """What the MCP tools need (entrypoints/mcp_server.py): a bridge over HTTP (the client SDK's BridgeClient)
+    or the services of an in-process container (ContainerBackend)."""
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Accept a webhook body; {task_id, status, created}."""
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """The task's public view."""
+
+    def tasks(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """{tasks, next_cursor}."""
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel; the task's public view."""
+
+    def scan_metadata(self, task_id: str, scan_id: str) -> dict[str, Any]:
+        """What the reader found in a scan."""
+
+    def results(self, task_id: str) -> dict[str, Any]:
+        """The results body posted to the platform."""
+
+    def models(self) -> dict[str, Any]:
+        """{models: [spec...]}."""
+
+
+class WorkerProcess(Protocol):
+    """A worker the launcher waits for: a `subprocess.Popen` or a warm server's `ForkedWorker`."""
+
+    pid: int
+
+    def poll(self) -> int | None:
+        """The exit code, None while it runs."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit (subprocess.TimeoutExpired past `timeout`); the exit code."""

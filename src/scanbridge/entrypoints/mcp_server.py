@@ -21,7 +21,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
@@ -35,6 +35,7 @@ from scanbridge.client import (
     scan_ids,
     summarize_results,
 )
+from scanbridge.ports import McpBackend
 
 if TYPE_CHECKING:
     from scanbridge.bootstrap import Container
@@ -46,31 +47,6 @@ INSTRUCTIONS = (
     "scanbridge runs ONNX models on whole-slide scans. submit_scan starts a task (scan URLs, or local paths "
     "when the server allows them); get_task shows status and progress (percent, step, tiles, ETA); "
     "get_results_summary reads what was posted to the platform once the task is COMPLETED.")
-
-
-class Backend(Protocol):
-    """What the tools need; over HTTP (BridgeClient) or over an in-process container."""
-
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Accept a webhook body; {task_id, status, created}."""
-
-    def task(self, task_id: str) -> dict[str, Any]:
-        """The task's public view."""
-
-    def tasks(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
-        """{tasks, next_cursor}."""
-
-    def cancel(self, task_id: str) -> dict[str, Any]:
-        """Cancel; the task's public view."""
-
-    def scan_metadata(self, task_id: str, scan_id: str) -> dict[str, Any]:
-        """What the reader found in a scan."""
-
-    def results(self, task_id: str) -> dict[str, Any]:
-        """The results body posted to the platform."""
-
-    def models(self) -> dict[str, Any]:
-        """{models: [spec...]}."""
 
 
 class ContainerBackend:
@@ -101,11 +77,11 @@ class ContainerBackend:
         return {"task_id": accepted.task.task_id, "status": str(accepted.task.status), "created": accepted.created}
 
     def task(self, task_id: str) -> dict[str, Any]:
-        """See Backend.task."""
+        """See McpBackend.task."""
         return cast(dict[str, Any], self._guard(lambda: self._c.queries.task(task_id, self._p.scope).public_view()))
 
     def tasks(self, status: str | None = None, limit: int = 50) -> dict[str, Any]:
-        """See Backend.tasks."""
+        """See McpBackend.tasks."""
         from scanbridge.domain.status import TaskStatus
 
         page = self._guard(lambda: self._c.queries.tasks(status=TaskStatus(status) if status else None,
@@ -113,24 +89,24 @@ class ContainerBackend:
         return {"tasks": [t.public_view() for t in page.tasks], "next_cursor": page.next_cursor}
 
     def cancel(self, task_id: str) -> dict[str, Any]:
-        """See Backend.cancel."""
+        """See McpBackend.cancel."""
         return cast(dict[str, Any], self._guard(lambda: self._c.control.cancel(task_id, self._p.scope).public_view()))
 
     def scan_metadata(self, task_id: str, scan_id: str) -> dict[str, Any]:
-        """See Backend.scan_metadata."""
+        """See McpBackend.scan_metadata."""
         return cast(dict[str, Any], self._guard(lambda: self._c.queries.scan_metadata(task_id, scan_id, self._p.scope)))
 
     def results(self, task_id: str) -> dict[str, Any]:
-        """See Backend.results."""
+        """See McpBackend.results."""
         return cast(dict[str, Any], self._guard(lambda: self._c.queries.results(task_id, self._p.scope)))
 
     def models(self) -> dict[str, Any]:
-        """See Backend.models."""
+        """See McpBackend.models."""
         catalog = self._c.catalog
         return {"models": [catalog.spec(n).model_dump(mode="json") for n in catalog.names()]}
 
 
-def build_mcp(backend_for: Callable[[Context[Any, Any, Any]], Backend], *,
+def build_mcp(backend_for: Callable[[Context[Any, Any, Any]], McpBackend], *,
               files: Callable[[], LocalFileServer] | None = None) -> FastMCP:
     """The FastMCP server and its tools; `files` serves local paths (None: URLs only)."""
     mcp = FastMCP("scanbridge", instructions=INSTRUCTIONS, stateless_http=True, json_response=True,
@@ -215,11 +191,11 @@ def build_mcp(backend_for: Callable[[Context[Any, Any, Any]], Backend], *,
 
 def http_server(container: Container) -> FastMCP:
     """The tools for `/mcp`: each call runs as the caller that `live.McpEndpoint` authenticated."""
-    def backend_for(ctx: Context[Any, Any, Any]) -> Backend:
+    def backend_for(ctx: Context[Any, Any, Any]) -> McpBackend:
         from scanbridge.entrypoints.http.security import Principal
 
-        state = getattr(ctx.request_context.request, "state", None)
-        principal = getattr(state, "scanbridge_principal", None) or Principal(company_id=None, admin=False)
+        request = ctx.request_context.request  # the Starlette request McpEndpoint put the caller on
+        principal = request.state.scanbridge_principal if request is not None else Principal(company_id=None)
         return ContainerBackend(container, principal, may_submit=principal.admin)
 
     return build_mcp(backend_for, files=None)
@@ -267,7 +243,7 @@ def run_stdio(*, url: str | None, api_key: str | None = None, webhook_secret: st
     stop: Callable[[], None] = lambda: None
     if url:
         client = BridgeClient(url, api_key=api_key, webhook_secret=webhook_secret)
-        backend: Backend = client
+        backend: McpBackend = client
         stop = client.close
     else:
         backend, stop = _local_stack(files_port)
@@ -281,7 +257,7 @@ def run_stdio(*, url: str | None, api_key: str | None = None, webhook_secret: st
     return 0
 
 
-def _local_stack(files_port: int) -> tuple[Backend, Callable[[], None]]:
+def _local_stack(files_port: int) -> tuple[McpBackend, Callable[[], None]]:
     """An in-process local stack (`local_stack.start`, state in memory) that also allows our file server's port."""
     import os
 

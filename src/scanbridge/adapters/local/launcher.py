@@ -15,11 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
 
 from scanbridge.adapters.local.forkserver import TITLE_ROOM, ForkServer
 from scanbridge.adapters.local.lifetime import bound_command
 from scanbridge.domain.task import new_job_id
+from scanbridge.ports import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ def work_dir_name(task_id: str) -> str:
 
 
 OnFinished = Callable[[str, bool, "str | None"], object]
-
-
-class WorkerProcess(Protocol):
-    """A worker the launcher waits for: a `subprocess.Popen` or a warm server's `ForkedWorker`."""
-
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
 
 
 class LocalJobLauncher:
