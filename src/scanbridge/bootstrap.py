@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from scanbridge.config import Settings, get_settings
@@ -22,16 +24,16 @@ from scanbridge.ports import (
     SecretBox,
     TaskStore,
 )
-from scanbridge.services.artifacts import ArtifactService
 from scanbridge.services.control import ControlService
 from scanbridge.services.delivery import DeliveryService
-from scanbridge.services.exports import ExportService
 from scanbridge.services.intake import IntakeService
 from scanbridge.services.models import ModelService
 from scanbridge.services.queries import QueryService
 
-if TYPE_CHECKING:  # onnxruntime and the readers: the worker's (and /v1/infer's) only
-    from scanbridge.inference.runner import ModelLoader
+if TYPE_CHECKING:
+    from scanbridge.inference.runner import ModelLoader  # onnxruntime: the worker's (and /v1/infer's) only
+    from scanbridge.services.artifacts import ArtifactService  # the REST API's only (the webhook Lambda's
+    from scanbridge.services.exports import ExportService  # cold start does not pay for them)
     from scanbridge.services.processing import ProcessingService
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,6 @@ class Container:
     delivery: DeliveryService
     queries: QueryService
     control: ControlService
-    downloads: ArtifactService
-    exports: ExportService
     dead_letters: DeadLetterQueue
     _loader: ModelLoader | None = field(default=None, init=False, repr=False)
     _loader_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -65,6 +65,20 @@ class Container:
             if self._loader is None:
                 self._loader = model_loader(self.settings, self.catalog, api=True)
             return self._loader
+
+    @cached_property
+    def downloads(self) -> ArtifactService:
+        """A task's artifacts for the REST API (list, one file), made on first use."""
+        from scanbridge.services.artifacts import ArtifactService
+
+        return ArtifactService(self.queries, self.artifacts)
+
+    @cached_property
+    def exports(self) -> ExportService:
+        """A scan's results as a file (GeoJSON, CSV, DICOM), made on first use."""
+        from scanbridge.services.exports import ExportService
+
+        return ExportService(self.queries, self.artifacts)
 
 
 #: HTTP connections each AWS client keeps: the API's thread pool (anyio's 40 threads) plus the launcher's and
@@ -83,25 +97,33 @@ def aws_clients(settings: Settings) -> dict[str, Any]:
     return {name: session.client(name, **kwargs) for name in ("dynamodb", "s3", "kms", "batch", "sqs")}
 
 
-def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
-    """Build the container; any adapter can be replaced by passing it by name (tasks=..., launcher=...)."""
-    settings = settings or get_settings()
-    need_aws = not all(k in overrides for k in ("tasks", "artifacts", "secrets"))
-    clients = aws_clients(settings) if need_aws else {}
-    if need_aws and overrides.pop("provision", False):
-        from scanbridge.adapters.aws.provision import provision
+def bootstrap(settings: Settings | None = None, *, tasks: TaskStore | None = None,
+              artifacts: ArtifactStore | None = None, secrets: SecretBox | None = None,
+              launcher: JobLauncher | None = None, platform: PlatformClient | None = None,
+              dead_letters: DeadLetterQueue | None = None, sleep: Callable[[float], None] = time.sleep,
+              provision: bool = False) -> Container:
+    """Build the container; any adapter can be replaced by passing it by name (tasks=..., launcher=...).
 
-        provision(settings, clients["dynamodb"], clients["s3"], clients["kms"])
+    AWS clients are made only when a store or the secret box is left to the settings; `provision` creates
+    the tables, bucket and key there first (the local stack, over moto)."""
+    settings = settings or get_settings()
+    need_aws = tasks is None or artifacts is None or secrets is None
+    clients = aws_clients(settings) if need_aws else {}
+    if need_aws and provision:
+        from scanbridge.adapters.aws.provision import provision as provision_aws
+
+        provision_aws(settings, clients["dynamodb"], clients["s3"], clients["kms"])
 
     from scanbridge.adapters.aws.dynamodb import DynamoTaskStore
     from scanbridge.adapters.aws.kms import KmsSecretBox
     from scanbridge.adapters.aws.s3 import S3ArtifactStore
     from scanbridge.adapters.platform_http import HttpPlatformClient
 
-    tasks = overrides.get("tasks") or DynamoTaskStore(clients["dynamodb"], settings.table_name)
-    artifacts = overrides.get("artifacts") or S3ArtifactStore(clients["s3"], settings.bucket_name)
-    secrets = overrides.get("secrets") or KmsSecretBox(clients["kms"], settings.kms_key_id)
-    platform = overrides.get("platform") or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
+    platform_configured = bool(settings.platform_url) or platform is not None
+    tasks = tasks or DynamoTaskStore(clients["dynamodb"], settings.table_name)
+    artifacts = artifacts or S3ArtifactStore(clients["s3"], settings.bucket_name)
+    secrets = secrets or KmsSecretBox(clients["kms"], settings.kms_key_id)
+    platform = platform or HttpPlatformClient(settings.platform_url, settings.delivery_timeout_s)
     if "dynamodb" in clients:
         from scanbridge.adapters.aws.models_registry import DynamoModelRegistry
 
@@ -111,7 +133,6 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
         from scanbridge.adapters.local.models_registry import MemoryModelRegistry
 
         catalog = ModelService(MemoryModelRegistry())
-    dead_letters = overrides.get("dead_letters")
     if dead_letters is None:
         if settings.dead_letter_queue_url and clients:
             from scanbridge.adapters.aws.sqs import SqsDeadLetterQueue
@@ -123,12 +144,11 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
             dead_letters = MemoryDeadLetterQueue(settings.data_dir / "dead-letters")
     delivery = DeliveryService(tasks, artifacts, secrets, platform, api_key=settings.platform_api_key,
                                attempts=settings.delivery_attempts, backoff_s=settings.delivery_backoff_s,
-                               dead_letters=dead_letters, sleep=overrides.get("sleep", time.sleep),
+                               dead_letters=dead_letters, sleep=sleep,
                                timeout_s=settings.delivery_timeout_s, max_timeout_s=settings.delivery_max_timeout_s,
                                retry_window_s=settings.delivery_retry_window_s,
                                max_backoff_s=settings.delivery_max_backoff_s,
-                               platform_configured=bool(settings.platform_url) or "platform" in overrides)
-    launcher = overrides.get("launcher")
+                               platform_configured=platform_configured)
     if launcher is None:
         if settings.launcher == "batch":
             from scanbridge.adapters.aws.batch import BatchJobLauncher
@@ -147,13 +167,12 @@ def bootstrap(settings: Settings | None = None, **overrides: Any) -> Container:
     control = ControlService(tasks, launcher, delivery, queries)
     return Container(settings=settings, tasks=tasks, artifacts=artifacts, secrets=secrets, launcher=launcher,
                      platform=platform, catalog=catalog, intake=intake, delivery=delivery, queries=queries,
-                     control=control, downloads=ArtifactService(queries, artifacts),
-                     exports=ExportService(queries, artifacts), dead_letters=dead_letters)
+                     control=control, dead_letters=dead_letters)
 
 
-def in_memory(settings: Settings, **overrides: Any) -> Container:
-    """A container over in-memory stores and a launcher that starts nothing (`scanbridge mhs`: one scan, this
-    process its worker; results are still posted to the platform)."""
+def in_memory(settings: Settings, *, launcher: JobLauncher | None = None) -> Container:
+    """A container over in-memory stores and (unless given) a launcher that starts nothing (`scanbridge mhs`:
+    one scan, this process its worker; results are still posted to the platform)."""
     from scanbridge.adapters.local.memory import (
         FernetSecretBox,
         MemoryArtifactStore,
@@ -161,9 +180,8 @@ def in_memory(settings: Settings, **overrides: Any) -> Container:
         MemoryTaskStore,
     )
 
-    defaults: dict[str, Any] = {"tasks": MemoryTaskStore(), "artifacts": MemoryArtifactStore(),
-                                "secrets": FernetSecretBox(), "launcher": MemoryJobLauncher()}
-    return bootstrap(settings, **{**defaults, **overrides})
+    return bootstrap(settings, tasks=MemoryTaskStore(), artifacts=MemoryArtifactStore(), secrets=FernetSecretBox(),
+                     launcher=launcher or MemoryJobLauncher())
 
 
 def safe_fetcher(s: Settings) -> Fetcher:
