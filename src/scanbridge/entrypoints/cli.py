@@ -251,7 +251,7 @@ def evaluate(
     try:
         result = score(load_source(pred), load_source(gt)).to_json()
     except (ScanbridgeError, OSError) as exc:
-        print(f"evaluate: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        print(f"evaluate: {exc.message if isinstance(exc, ScanbridgeError) else exc}", file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(result))

@@ -172,7 +172,8 @@ def run(environ: Mapping[str, str]) -> int:
                                            timeout_s=settings.delivery_timeout_s)
                 log.info("API key pair exchanged for a token")
             except (ScanbridgeError, httpx.HTTPError, ValueError) as exc:
-                log.error("API key exchange failed: %s", getattr(exc, "message", type(exc).__name__))
+                log.error("API key exchange failed: %s",
+                          exc.message if isinstance(exc, ScanbridgeError) else type(exc).__name__)
         # one scan, one run: its delivery is the burst only (nothing would run a retry scheduled for later)
         settings = settings.model_copy(update={"platform_url": base, "platform_api_key": api_key,
                                                "delivery_retry_window_s": 0.0})
