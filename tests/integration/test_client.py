@@ -15,6 +15,7 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import Container
 from scanbridge.client import TERMINAL, BridgeClient, ClientError, LocalFileServer, build_webhook
 from scanbridge.config import S3_HOSTS, Settings
@@ -23,7 +24,7 @@ from scanbridge.entrypoints.cli import main
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.local_stack import free_port
 from scanbridge.imaging.fetch import FetchPolicy, SafeFetcher
-from tests.conftest import REPO, RecordingLauncher
+from tests.conftest import REPO
 from tests.integration.test_live import served
 
 LOADED = "import json, sys; {}; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
@@ -115,7 +116,7 @@ def settings(tmp_path: Path, files_port: int) -> Settings:
                     allowed_scan_hosts=f"{S3_HOSTS},127.0.0.1:{files_port}")
 
 
-def test_bridge_client_reads_and_writes_a_real_bridge(container: Container, launcher: RecordingLauncher) -> None:
+def test_bridge_client_reads_and_writes_a_real_bridge(container: Container, launcher: MemoryJobLauncher) -> None:
     # GIVEN a bridge on a loopback port
     with served(create_app(container)) as url, BridgeClient(url) as bridge:
         # WHEN a webhook is submitted / THEN it is accepted, a job submitted, and the task readable
@@ -133,7 +134,7 @@ def test_bridge_client_reads_and_writes_a_real_bridge(container: Container, laun
     assert err.value.code == "UNREACHABLE"
 
 
-def test_submit_and_tasks_commands_against_a_real_bridge(container: Container, launcher: RecordingLauncher,
+def test_submit_and_tasks_commands_against_a_real_bridge(container: Container, launcher: MemoryJobLauncher,
                                                          files_port: int, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN a bridge that allows the files port, and a local scan

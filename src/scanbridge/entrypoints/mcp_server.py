@@ -11,7 +11,7 @@ Two ways in, the same tools (FastMCP from the `mcp` package):
   allowed here (the assistant runs on the user's machine): they are served from a loopback file server
   on `--files-port` (8902), which the bridge must list in SCANBRIDGE_ALLOWED_SCAN_HOSTS.
 
-`entrypoints/http/live.py` imports this module on the first `/mcp` request only: the API Lambda's
+`entrypoints/http/mcp.py` imports this module on the first `/mcp` request only: the API Lambda's
 import time does not pay for the `mcp` package.
 """
 
