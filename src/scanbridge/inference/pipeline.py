@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from scanbridge.domain.errors import InferenceError
-from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.imaging.readers.base import ScaledRegions, ScanReader
+from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.tiling import Tile, TileGrid
 from scanbridge.inference.resume import CheckpointStore, TileResume, map_hooks
 from scanbridge.inference.session import OnnxModel
@@ -147,13 +148,22 @@ class ClassTileMap:
 
 
 def read_tile(reader: ScanReader, grid: TileGrid, tile: Tile) -> np.ndarray:
-    """One tile (RGB, tile_size square at the model's scale, white past the edge) from the grid's level."""
-    size = grid.read_size
-    img = reader.read_region(grid.level0_origin(tile), grid.level, (size, size))
-    if size != grid.tile_size:
+    """One tile (RGB, tile_size square at the model's scale, white past the edge) from the grid's level.
+
+    When the model reads coarser than the level, a reader with a DCT path (JPEG tiles: readers.jpeg_dct)
+    decodes the window at 1/2, 1/4 or 1/8 directly; what is left of the scale is a box average/resize."""
+    size, origin = grid.read_size, grid.level0_origin(tile)
+    img = None
+    scale = dct_scale(size, grid.tile_size)
+    if scale > 1 and isinstance(reader, ScaledRegions):
+        img = reader.read_region_scaled(origin, grid.level, (size, size), scale)
+    if img is None:
+        img = reader.read_region(origin, grid.level, (size, size))
+    have = img.shape[0]
+    if have != grid.tile_size:
         pil = Image.fromarray(img)
-        factor = size // grid.tile_size
-        if factor * grid.tile_size == size:  # integer scale: box average, the fastest exact path
+        factor = have // grid.tile_size
+        if factor * grid.tile_size == have:  # integer scale: box average, the fastest exact path
             pil = pil.reduce(factor)
         else:
             pil = pil.resize((grid.tile_size, grid.tile_size), Image.Resampling.BOX)
