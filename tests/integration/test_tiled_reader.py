@@ -12,6 +12,7 @@ from scanbridge.devtools.synth import make_slide
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.readers.base import rgba_to_rgb
+from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
 from tests.conftest import fixture_path
 
 THIRDPARTY = {  # file -> (levels, codec); the same 1920 x 1440 real H&E mosaic at 0.5 µm/px
@@ -153,6 +154,27 @@ def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path:
     assert report["decode_vs_openslide"] == pytest.approx(report["openslide_decode_s"] / report["decode_only_s"], rel=0.05)
     side = report["tile_size"] * report["scale"]  # level-0 px per read window side at level 0
     assert report["decode_level0_mpx"] == pytest.approx(report["tiles_processed"] * side * side / 1e6, rel=0.02)
+    assert report["dct_scale"] == 1  # the model reads at the slide's own 0.5 µm/px: nothing to scale
+
+
+def test_bench_reports_the_dct_scale_when_the_model_reads_at_half_the_slide_resolution(tmp_path: Path) -> None:
+    # GIVEN a generated slide at 0.25 µm/px and bench-conv, which reads at 0.5 µm/px
+    from scanbridge.devtools.bench import dct_scale_used, load_model, tissue_grid
+
+    path = tmp_path / "slide.svs"
+    make_slide(path, 2048, 1536, tissue_fraction=0.5, mpp=0.25, nuclei=False, seed=1)
+    model = load_model("bench-conv", prefer_gpu=False)
+    fast = open_scan([path])
+    slow = OpenSlideReader(path)
+    try:
+        grid = tissue_grid(fast, model, tile_size=None, overlap=None)
+        # WHEN the bench asks which DCT reduction the tile path and OpenSlide alone use for its windows
+        # THEN the tile path decodes at 1/2, OpenSlide at full size
+        assert grid.scale == 2.0
+        assert dct_scale_used(fast, grid) == 2 and dct_scale_used(slow, grid) == 1
+    finally:
+        fast.close()
+        slow.close()
 
 
 def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:
