@@ -26,13 +26,14 @@ import numpy as np
 
 from scanbridge.devtools.bench import load_model, tissue_grid
 from scanbridge.imaging.readers import ScanReader, open_scan
+from scanbridge.imaging.readers.base import ClosingReader
 from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
 from scanbridge.imaging.tiling import TileGrid
 from scanbridge.inference.device import default_reader_threads
 from scanbridge.inference.pipeline import iter_tiles
 
 
-class FullSizeOnly:
+class FullSizeOnly(ClosingReader):
     """A reader seen through read_region only: the pipeline cannot ask it for a DCT-scaled region."""
 
     def __init__(self, inner: ScanReader) -> None:

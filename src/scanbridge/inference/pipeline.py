@@ -2,8 +2,8 @@
 
 OpenSlide (and the other readers' codecs) and Pillow's resize release the GIL, and so does
 onnxruntime while it runs, so reader threads (by default as many as the cores less one) and the model
-overlap in one process. Readers take
-the next tile from a shared cursor and put finished tiles on a bounded queue in *completion* order:
+overlap in one process. Readers take the next tile from a shared cursor and put finished tiles on a
+bounded queue in *completion* order:
 a batch is the first `batch_size` tiles ready, so one slow tile never stalls the model. Peak memory is
 bounded by the queue (plus one batch), not by the slide; the model's output is kept per tissue tile
 as uint8 (p * 255), so background costs nothing and tissue costs one byte per output pixel.
