@@ -88,9 +88,11 @@ class TiledLevel:
         """One tile at 1/`scale`, RGB uint8 (tile_h // scale, tile_w // scale, 3): in the DCT domain, or
         decoded at full size and box-averaged where libjpeg-turbo refuses the stream."""
         stream = jpeg_dct.with_tables(self.jpegtables, data)
-        if self.jpeg_rgb and not jpeg_dct.has_colour_marker(stream):
-            stream = jpeg_dct.mark_rgb(stream)
-        tile = jpeg_dct.decode_scaled(stream, scale, self.tile_w, self.tile_h, grey=self.samples == 1)
+        tile = None
+        if not self.jpeg_rgb:
+            tile = jpeg_dct.decode_scaled(stream, scale, self.tile_w, self.tile_h, grey=self.samples == 1)
+        elif not jpeg_dct.has_colour_marker(stream):  # a marker of its own would overrule ours: full size then
+            tile = jpeg_dct.decode_scaled(jpeg_dct.mark_rgb(stream), scale, self.tile_w, self.tile_h)
         return tile if tile is not None else reduce_rgb(self.decode(data, index), scale)
 
     def decode(self, data: bytes, index: int) -> np.ndarray:
