@@ -5,6 +5,7 @@ injected where a CPU cannot produce them."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,14 @@ import pytest
 from scanbridge.devtools import bench, synth
 from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
 from scanbridge.imaging.readers import open_scan
+from scanbridge.imaging.tiling import grid_for_model
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan
+from scanbridge.inference.pipeline import iter_tiles
 from scanbridge.inference.runner import Analyzer, ModelLoader
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.zoo import BUILTINS
+from tests.conftest import fixture_path
 
 OOM_MESSAGE = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
                "Name:'/conv1/Conv' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 "
@@ -216,8 +220,6 @@ def test_io_binding_reuses_buffers_and_hands_out_fresh_arrays() -> None:
 @pytest.mark.parametrize("name", sorted(BUILTINS))
 def test_every_result_kind_names_the_provider_it_ran_on(name: str) -> None:
     # GIVEN a built-in model of each kind on this machine's device, and a real scan
-    from tests.conftest import fixture_path
-
     spec, build = BUILTINS[name]
     model = OnnxModel(spec, build(), device="auto")
     reader = open_scan([fixture_path("boxes.tiff")])
@@ -242,6 +244,38 @@ def test_reader_threads_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     # THEN the readers are the cores less one (at least 2), and the setting wins
     assert counts == {16: 15, 4: 3, 1: 2}
     assert pinned == 5
+
+
+def test_the_pipeline_starts_as_many_reader_threads_as_the_cores_allow_unless_told(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a process allowed 6 cores (Python 3.13's process_cpu_count where it exists, else the affinity
+    # mask) and a grid of 64-px tiles over a real JPEG pyramid
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(6)))
+    monkeypatch.setattr("os.process_cpu_count", lambda: 6, raising=False)
+    reader = open_scan([fixture_path("thirdparty/vips_pyramid_jpeg.tif")])
+    meta = reader.metadata
+    grid = grid_for_model(meta.level_dimensions, meta.level_downsamples, 1.0, 64, None, 1.0)
+    names: list[str] = []
+    start = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        names.append(self.name)
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    try:
+        # WHEN every tile is read without a reader count, and then with 2
+        auto = sum(1 for _ in iter_tiles(reader, grid))
+        auto_names = sorted(n for n in names if n.startswith("tile-reader-"))
+        names.clear()
+        told = sum(1 for _ in iter_tiles(reader, grid, readers=2))
+    finally:
+        reader.close()
+    # THEN the first read ran the cores less one (5) threads, the second the 2 it was given, every tile once
+    assert dev.usable_cores() == 6 and dev.default_reader_threads() == 5
+    assert auto == told == len(grid.tiles) > 5
+    assert auto_names == [f"tile-reader-{i}" for i in range(5)]
+    assert sorted(n for n in names if n.startswith("tile-reader-")) == ["tile-reader-0", "tile-reader-1"]
 
 
 @pytest.mark.gpu

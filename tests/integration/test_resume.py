@@ -36,7 +36,7 @@ class Killed(BaseException):  # stands for the process being killed (not an erro
 
 
 class CountingReader:
-    """A ScanReader that counts read_region calls (everything else is the real reader's)."""
+    """A ScanReader that counts region reads, full-size or DCT-scaled (everything else is the real reader's)."""
 
     def __init__(self, reader: Any) -> None:
         self._reader = reader
@@ -45,6 +45,13 @@ class CountingReader:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         self.reads += 1
         return self._reader.read_region(location, level, size)
+
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """The real reader's scaled read, counted when it serves one (None: read_region follows, counted)."""
+        region = self._reader.read_region_scaled(location, level, size, scale)
+        self.reads += region is not None
+        return region
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reader, name)

@@ -12,6 +12,7 @@ from scanbridge.devtools.synth import make_slide
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.readers.base import rgba_to_rgb
+from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
 from tests.conftest import fixture_path
 
 THIRDPARTY = {  # file -> (levels, codec); the same 1920 x 1440 real H&E mosaic at 0.5 µm/px
@@ -153,6 +154,27 @@ def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path:
     assert report["decode_vs_openslide"] == pytest.approx(report["openslide_decode_s"] / report["decode_only_s"], rel=0.05)
     side = report["tile_size"] * report["scale"]  # level-0 px per read window side at level 0
     assert report["decode_level0_mpx"] == pytest.approx(report["tiles_processed"] * side * side / 1e6, rel=0.02)
+    assert report["dct_scale"] == 1  # the model reads at the slide's own 0.5 µm/px: nothing to scale
+
+
+def test_bench_reports_the_dct_scale_when_the_model_reads_at_half_the_slide_resolution(tmp_path: Path) -> None:
+    # GIVEN a generated slide at 0.25 µm/px and bench-conv, which reads at 0.5 µm/px
+    from scanbridge.devtools.bench import dct_scale_used, load_model, tissue_grid
+
+    path = tmp_path / "slide.svs"
+    make_slide(path, 2048, 1536, tissue_fraction=0.5, mpp=0.25, nuclei=False, seed=1)
+    model = load_model("bench-conv", prefer_gpu=False)
+    fast = open_scan([path])
+    slow = OpenSlideReader(path)
+    try:
+        grid = tissue_grid(fast, model, tile_size=None, overlap=None)
+        # WHEN the bench asks which DCT reduction the tile path and OpenSlide alone use for its windows
+        # THEN the tile path decodes at 1/2, OpenSlide at full size
+        assert grid.scale == 2.0
+        assert dct_scale_used(fast, grid) == 2 and dct_scale_used(slow, grid) == 1
+    finally:
+        fast.close()
+        slow.close()
 
 
 def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:
@@ -173,3 +195,63 @@ def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:
                 np.testing.assert_array_equal(reader.read_region(location, level, (90, 70)), theirs)
     finally:
         reader.close()
+
+
+def _tissue_levels() -> list[np.ndarray]:
+    """Real H&E (the thirdparty mosaic's tissue, 768 x 512) and two 2x box-averaged levels below it."""
+    reader = open_scan([fixture_path("thirdparty/vips_pyramid_jpeg.tif")])
+    try:
+        base = reader.read_region((128, 256), 0, (768, 512))
+    finally:
+        reader.close()
+    levels = [base]
+    for _ in range(2):
+        prev = levels[-1].astype(np.uint16)
+        levels.append(((prev[0::2, 0::2] + prev[1::2, 0::2] + prev[0::2, 1::2] + prev[1::2, 1::2] + 2) // 4)
+                      .astype(np.uint8))
+    return levels
+
+
+#: (tifffile compression, its arguments) -> the mean absolute difference allowed (0: lossless, exact)
+CODECS = {
+    ("zstd", None): 0.0,
+    ("jpegxl", (("lossless", True),)): 0.0,
+    ("webp", (("lossless", True),)): 0.0,
+    ("jpeg2000", (("level", 0),)): 0.0,  # reversible 5/3 wavelet
+    ("jpegxl", (("level", 90),)): 5.0,
+    ("webp", (("level", 90),)): 5.0,
+}
+
+
+@pytest.mark.parametrize("layout", ["subifds", "pages"])
+@pytest.mark.parametrize(("compression", "args"), sorted(CODECS, key=str))
+def test_tifffile_pyramids_in_every_codec_open_as_pyramids_and_decode_to_what_was_written(
+        tmp_path: Path, compression: str, args: tuple[tuple[str, object], ...] | None, layout: str) -> None:
+    # GIVEN real tissue written by tifffile as a tiled 3-level pyramid (levels in SubIFDs, or as pages) in
+    # zstd, JPEG XL, WebP or JPEG 2000 (lossless, and lossy at quality 90)
+    import tifffile
+
+    levels = _tissue_levels()
+    path = tmp_path / f"{compression}.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for i, level in enumerate(levels):
+            extra = {"subifds": len(levels) - 1} if layout == "subifds" and i == 0 else {"subfiletype": int(i > 0)}
+            tw.write(level, tile=(128, 128), compression=compression, compressionargs=dict(args or ()),
+                     photometric="rgb", metadata=None, **extra)  # type: ignore[arg-type]
+    # WHEN it is opened and each level read whole
+    reader = open_scan([path])
+    try:
+        meta = reader.metadata
+        got = [reader.read_region((0, 0), i, (lv.shape[1], lv.shape[0])) for i, lv in enumerate(levels)]
+    finally:
+        reader.close()
+    # THEN it is a 3-level pyramid decoded from its tiles, each level the pixels written (lossless) or
+    # within the codec's error (lossy; a misplaced tile or a level swap would differ by tens)
+    assert meta.level_dimensions == ((768, 512), (384, 256), (192, 128))
+    assert meta.properties["scanbridge.decoder"] == "tifffile+imagecodecs"
+    for i, (written, read) in enumerate(zip(levels, got, strict=True)):
+        diff = np.abs(written.astype(np.int16) - read.astype(np.int16))
+        if CODECS[(compression, args)] == 0.0:
+            np.testing.assert_array_equal(read, written, err_msg=f"level {i}")
+        else:
+            assert diff.mean() <= CODECS[(compression, args)], (i, diff.mean())

@@ -3,6 +3,11 @@
 On one slide and one model, in one process:
 
 - ``decode_only_s``: reading every tile the pipeline reads (same grid, reader threads and resize), no model;
+  ``decoder`` names the path (compressed tiles: ``tifffile+imagecodecs``), ``dct_scale`` the reduction JPEG
+  tiles were decoded at in the DCT domain (2, 4, 8; 1: full size) when the model reads coarser than the level;
+- ``openslide_decode_s``: the same tiles, threads and resize through OpenSlide's ``read_region`` (None where
+  OpenSlide sees other levels); ``decode_vs_openslide`` = openslide_decode_s / decode_only_s;
+  ``decode_level0_mpx``: the level-0 megapixels the tiles cover (overlaps included);
 - ``model_only_s``: the model on as many tiles, from batches decoded beforehand (no reading);
 - ``pipeline_s``: ``analyze_scan`` end to end (tissue mask, reading, inference, post-processing, result body);
 - ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1;
@@ -44,7 +49,8 @@ from onnx import TensorProto, helper, numpy_helper
 from scanbridge.devtools.resnet import build_resnet, resnet_spec
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.domain.models import Label, ModelSpec
-from scanbridge.imaging.readers import ScanReader, open_scan
+from scanbridge.imaging.readers import ScaledRegions, ScanReader, open_scan
+from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.scan import OpenedScan
 from scanbridge.imaging.tiling import TileGrid, grid_for_model
 from scanbridge.inference import device as dev
@@ -201,6 +207,19 @@ def tissue_grid(reader: ScanReader, model: OnnxModel, *, tile_size: int | None, 
                           min_tissue=tile_min_tissue(spec, min_tissue))
 
 
+def dct_scale_used(reader: ScanReader, grid: TileGrid) -> int:
+    """The DCT reduction the pipeline's reads of `grid` use (1: full-size decode), from the first tile whose
+    window the reader serves scaled (windows over a level edge may not be)."""
+    scale = dct_scale(grid.read_size, grid.tile_size)
+    if scale == 1 or not isinstance(reader, ScaledRegions):
+        return 1
+    size = (grid.read_size, grid.read_size)
+    for tile in grid.tiles[:8]:
+        if reader.read_region_scaled(grid.level0_origin(tile), grid.level, size, scale) is not None:
+            return scale
+    return 1
+
+
 def _warm_page_cache(path: Path) -> None:
     with open(path, "rb") as fh:
         while fh.read(16 * 2**20):
@@ -330,6 +349,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     try:
         meta = reader.metadata
         grid = tissue_grid(reader, model, tile_size=tile_size, overlap=overlap, min_tissue=min_tissue)
+        scaled = dct_scale_used(reader, grid)
     finally:
         reader.close()
     batch = batch_size or model.batch_size_for(grid.tile_size)
@@ -395,6 +415,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         "decode_vs_openslide": round(openslide_s / max(decode_s, 1e-9), 2) if openslide_s is not None else None,
         "decode_level0_mpx": round(len(grid.tiles) * (grid.read_size * grid.downsample) ** 2 / 1e6, 1),
         "decoder": meta.properties.get("scanbridge.decoder", meta.properties.get("scanbridge.reader", "openslide")),
+        "dct_scale": scaled,
         "model_only_s": round(model_s, 3),
         "pipeline_s": round(pipeline_s, 3),
         "tiles_per_s": round(stats.tiles_processed / max(pipeline_s, 1e-9), 1),

@@ -55,7 +55,7 @@ def _fmt_area(mm2: float | None) -> str:
 
 
 def analyze_scan(scan_id: str, scan: OpenedScan | ScanReader, model: OnnxModel, *, tile_size: int | None = None,
-                 batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
+                 batch_size: int | None = None, readers: int | None = None, progress: ProgressFn | None = None,
                  overlap: int | None = None, max_tiles: int | None = None,
                  min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """`_analyze_scan` on the open scan (a bare reader gets its own overview and mask, and stays open),
@@ -95,7 +95,7 @@ def _state_tissue(results: dict[str, Any], tissue: ScanTissue) -> None:
 
 
 def _analyze_scan(scan_id: str, scan: OpenedScan, model: OnnxModel, *,
-                  tile_size: int | None = None, batch_size: int | None = None, readers: int = 2,
+                  tile_size: int | None = None, batch_size: int | None = None, readers: int | None = None,
                   progress: ProgressFn | None = None, overlap: int | None = None, max_tiles: int | None = None,
                   min_tissue: float | None = None, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Run `model` over the tissue of one scan and build its ScanResult (level-0 GeoJSON).
@@ -168,7 +168,7 @@ def _tile_limit(max_tiles: int, progress: ProgressFn | None) -> ProgressFn:
 
 
 def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, tissue: ScanTissue, *,
-                     t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int,
+                     t0: float, t_mask: float, tile_size: int | None, batch_size: int | None, readers: int | None,
                      progress: ProgressFn | None, overlap: int | None, min_tissue: float,
                      checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Segmentation / detection kinds: overlapping tiles, objects kept once (inference/objects.py)."""
@@ -184,7 +184,7 @@ def _analyze_objects(scan_id: str, reader: ScanReader, model: OnnxModel, tissue:
 
 
 def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, tissue: ScanTissue, *,
-                     t0: float, t_mask: float, batch_size: int | None, readers: int, progress: ProgressFn | None,
+                     t0: float, t_mask: float, batch_size: int | None, readers: int | None, progress: ProgressFn | None,
                      overlap: int | None, min_tissue: float, checkpoint: CheckpointStore | None = None) -> ScanAnalysis:
     """Region kinds: a class map per tile (tile-classification: tiles side by side, one class each;
     semantic-segmentation: `outputs.tile_overlap` margins) -> regions per class (inference/regions.py).

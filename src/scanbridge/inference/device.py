@@ -229,10 +229,23 @@ def pinned_memory_info(device_id: int = 0) -> Any | None:
     return None
 
 
-def default_reader_threads() -> int:
-    """Tile reader threads: the cores this process may use, less one for the model's feeding thread (2..16)."""
+#: the most tile reader threads: past this the model, not decoding, is the limit on any machine measured
+MAX_READER_THREADS = 16
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: os.process_cpu_count (Python 3.13+: affinity and -X cpu_count),
+    else the scheduler affinity mask (Linux), else os.cpu_count."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 2
-    return max(2, min(16, cores - 1))
+        return os.cpu_count() or 2
+
+
+def default_reader_threads() -> int:
+    """Tile reader threads: the cores this process may use, less one for the model's feeding thread
+    (2..MAX_READER_THREADS); SCANBRIDGE_READER_THREADS overrides it where the worker builds its analyzer."""
+    return max(2, min(MAX_READER_THREADS, usable_cores() - 1))

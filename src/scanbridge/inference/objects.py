@@ -32,6 +32,7 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
 from scanbridge.inference import ihc, stains
+from scanbridge.inference.device import default_reader_threads
 from scanbridge.inference.instances import (
     Decoder,
     WindowObject,
@@ -178,7 +179,7 @@ def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
 
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
-                readers: int = 2, post_workers: int = 4, progress: ProgressFn | None = None,
+                readers: int | None = None, post_workers: int = 4, progress: ProgressFn | None = None,
                 min_tissue: float = DEFAULT_MIN_TISSUE, checkpoint: CheckpointStore | None = None) -> ObjectRun:
     """Run an object model over the tissue of a scan with overlapping tiles; each object found once.
 
@@ -206,6 +207,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     inputs = {stains.STAIN_INPUT: vectors.deconvolution} if vectors is not None else None
     extra_names = output_names(spec)
     batch = max(1, batch_size or model.batch_size_for(size))
+    readers = readers or default_reader_threads()
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
     total = len(grid.tiles)
     started = time.perf_counter()

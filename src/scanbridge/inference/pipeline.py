@@ -1,8 +1,9 @@
 """The tile pipeline: reader threads decode tissue tiles ahead of the model, which gets full batches.
 
 OpenSlide (and the other readers' codecs) and Pillow's resize release the GIL, and so does
-onnxruntime while it runs, so a few reader threads and the model overlap in one process. Readers take
-the next tile from a shared cursor and put finished tiles on a bounded queue in *completion* order:
+onnxruntime while it runs, so reader threads (by default as many as the cores less one) and the model
+overlap in one process. Readers take the next tile from a shared cursor and put finished tiles on a
+bounded queue in *completion* order:
 a batch is the first `batch_size` tiles ready, so one slow tile never stalls the model. Peak memory is
 bounded by the queue (plus one batch), not by the slide; the model's output is kept per tissue tile
 as uint8 (p * 255), so background costs nothing and tissue costs one byte per output pixel.
@@ -20,8 +21,10 @@ import numpy as np
 from PIL import Image
 
 from scanbridge.domain.errors import InferenceError
-from scanbridge.imaging.readers.base import ScanReader
+from scanbridge.imaging.readers.base import ScaledRegions, ScanReader
+from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.tiling import Tile, TileGrid
+from scanbridge.inference.device import default_reader_threads
 from scanbridge.inference.resume import CheckpointStore, TileResume, map_hooks
 from scanbridge.inference.session import OnnxModel
 
@@ -147,13 +150,22 @@ class ClassTileMap:
 
 
 def read_tile(reader: ScanReader, grid: TileGrid, tile: Tile) -> np.ndarray:
-    """One tile (RGB, tile_size square at the model's scale, white past the edge) from the grid's level."""
-    size = grid.read_size
-    img = reader.read_region(grid.level0_origin(tile), grid.level, (size, size))
-    if size != grid.tile_size:
+    """One tile (RGB, tile_size square at the model's scale, white past the edge) from the grid's level.
+
+    When the model reads coarser than the level, a reader with a DCT path (JPEG tiles: readers.jpeg_dct)
+    decodes the window at 1/2, 1/4 or 1/8 directly; what is left of the scale is a box average/resize."""
+    size, origin = grid.read_size, grid.level0_origin(tile)
+    img = None
+    scale = dct_scale(size, grid.tile_size)
+    if scale > 1 and isinstance(reader, ScaledRegions):
+        img = reader.read_region_scaled(origin, grid.level, (size, size), scale)
+    if img is None:
+        img = reader.read_region(origin, grid.level, (size, size))
+    have = img.shape[0]
+    if have != grid.tile_size:
         pil = Image.fromarray(img)
-        factor = size // grid.tile_size
-        if factor * grid.tile_size == size:  # integer scale: box average, the fastest exact path
+        factor = have // grid.tile_size
+        if factor * grid.tile_size == have:  # integer scale: box average, the fastest exact path
             pil = pil.reduce(factor)
         else:
             pil = pil.resize((grid.tile_size, grid.tile_size), Image.Resampling.BOX)
@@ -169,11 +181,12 @@ class _Failure:
 _DONE = object()
 
 
-def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = None, *, readers: int = 2,
+def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = None, *, readers: int | None = None,
                queue_size: int = 16, stats: PipelineStats | None = None) -> Generator[tuple[Tile, np.ndarray], None, None]:
-    """Decode `tiles` (default: the grid's) in `readers` threads; yields (tile, image) as each is ready."""
+    """Decode `tiles` (default: the grid's) in `readers` threads (None: the cores less one, see
+    device.default_reader_threads); yields (tile, image) as each is ready."""
     todo = list(grid.tiles if tiles is None else tiles)
-    n_readers = max(1, min(readers, len(todo) or 1))
+    n_readers = max(1, min(readers or default_reader_threads(), len(todo) or 1))
     ready: queue.Queue[object] = queue.Queue(maxsize=max(queue_size, 2 * n_readers))
     stop = threading.Event()
     cursor = iter(todo)
@@ -226,7 +239,7 @@ def iter_tiles(reader: ScanReader, grid: TileGrid, tiles: list[Tile] | None = No
 
 
 def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
-             readers: int = 2, progress: ProgressFn | None = None,
+             readers: int | None = None, progress: ProgressFn | None = None,
              checkpoint: CheckpointStore | None = None) -> tuple[TileMap, PipelineStats]:
     """Run the model over every tile of `grid`; returns its first output's tile cores, compactly.
 
@@ -248,7 +261,7 @@ def run_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size
 
 
 def run_class_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batch_size: int | None = None,
-                   readers: int = 2, progress: ProgressFn | None = None,
+                   readers: int | None = None, progress: ProgressFn | None = None,
                    checkpoint: CheckpointStore | None = None) -> tuple[ClassTileMap, PipelineStats]:
     """Region kinds: run the model over `grid` and keep each tile's class map (see ClassTileMap)."""
     spec = model.spec
@@ -269,7 +282,7 @@ def run_class_grid(reader: ScanReader, model: OnnxModel, grid: TileGrid, *, batc
 
 
 def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callable[[Tile, np.ndarray], None], *,
-              batch_size: int | None = None, readers: int = 2, progress: ProgressFn | None = None,
+              batch_size: int | None = None, readers: int | None = None, progress: ProgressFn | None = None,
               tiles: list[Tile] | None = None, done: int = 0,
               on_batch: Callable[[list[Tile]], None] | None = None) -> PipelineStats:
     """Run the model over every tile of `grid` in batches; hands `put` each tile's primary output.
@@ -278,6 +291,7 @@ def run_tiles(reader: ScanReader, model: OnnxModel, grid: TileGrid, put: Callabl
     `on_batch` gets each batch's tiles once `put` has them (a checkpoint's hook).
     """
     batch = max(1, batch_size or model.batch_size_for(grid.tile_size))
+    readers = readers or default_reader_threads()
     stats = PipelineStats(tiles_total=grid.total, batch_size=batch, readers=readers)
     total = len(grid.tiles)
     started = time.perf_counter()

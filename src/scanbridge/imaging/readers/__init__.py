@@ -39,12 +39,19 @@ from scanbridge.domain.errors import (
     UnsupportedFormatError,
     is_disk_full,
 )
-from scanbridge.imaging.readers.base import ClosingReader, ScanMetadata, ScanReader, best_level, with_sane_mpp
+from scanbridge.imaging.readers.base import (
+    ClosingReader,
+    ScaledRegions,
+    ScanMetadata,
+    ScanReader,
+    best_level,
+    with_sane_mpp,
+)
 
 if TYPE_CHECKING:
     from scanbridge.imaging.readers.tiled_tiff import TiledLevel
 
-__all__ = ["ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan", "open_scan_files"]
+__all__ = ["ScaledRegions", "ScanMetadata", "ScanReader", "best_level", "detect_format", "open_scan", "open_scan_files"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,13 @@ class _OwnedFolders(ClosingReader):
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """See ScanReader.read_region."""
         return self._inner.read_region(location, level, size)
+
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """See ScaledRegions.read_region_scaled (None when the inner reader has no scaled path)."""
+        if not isinstance(self._inner, ScaledRegions):
+            return None
+        return self._inner.read_region_scaled(location, level, size, scale)
 
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """See ScanReader.thumbnail."""

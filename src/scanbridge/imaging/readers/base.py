@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -78,6 +78,17 @@ class ClosingReader:
         self.close()
 
 
+@runtime_checkable
+class ScaledRegions(Protocol):
+    """A reader that can decode a region straight at a fraction of its size (JPEG's DCT-domain scaling)."""
+
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """The region `read_region(location, level, size)` covers, decoded at 1/`scale`: RGB uint8
+        (h // scale, w // scale, 3); None where this reader cannot for that region (the caller then reads it
+        at full size and resizes)."""
+
+
 #: plausible pixel sizes (µm/px): from beyond the best optical microscopes to coarse overview scans. A file
 #: that states one outside (a 72-dpi TIFF says 352.8 µm/px) has, for us, no pixel size.
 MPP_RANGE = (0.05, 10.0)
@@ -143,6 +154,16 @@ def thumbnail_size(dimensions: tuple[int, int], max_size: int) -> tuple[int, int
     w, h = dimensions
     scale = max(w / max_size, h / max_size, 1.0)
     return max(1, int(w / scale)), max(1, int(h / scale))
+
+
+def reduce_rgb(arr: np.ndarray, factor: int) -> np.ndarray:
+    """An RGB uint8 array box-averaged over `factor` x `factor` blocks (Pillow's reduce: a partial last
+    block averages the pixels it has)."""
+    if factor == 1:
+        return arr
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(arr), "RGB").reduce(factor))
 
 
 def resize_rgb(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -22,6 +22,7 @@ from pydicom import uid as dcm_uid
 from pydicom.dataset import Dataset
 
 from scanbridge.domain.errors import CorruptScanError, ScanbridgeError, UnsupportedFormatError
+from scanbridge.imaging.readers.base import reduce_rgb
 
 NATIVE_SYNTAXES = frozenset({
     dcm_uid.ImplicitVRLittleEndian, dcm_uid.ExplicitVRLittleEndian, dcm_uid.ExplicitVRBigEndian,
@@ -34,6 +35,8 @@ JPEGLS_SYNTAXES = frozenset({dcm_uid.JPEGLSLossless, dcm_uid.JPEGLSNearLossless}
 J2K_SYNTAXES = frozenset({dcm_uid.JPEG2000Lossless, dcm_uid.JPEG2000, dcm_uid.HTJ2KLossless,
                           dcm_uid.HTJ2KLosslessRPCL, dcm_uid.HTJ2K})
 RLE_SYNTAXES = frozenset({dcm_uid.RLELossless})
+#: photometric interpretations whose JPEG baseline frames decode at a DCT scale like at full size
+DCT_PHOTOMETRICS = frozenset({"MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"})
 SUPPORTED_SYNTAXES = NATIVE_SYNTAXES | JPEG_SYNTAXES | JPEGLS_SYNTAXES | J2K_SYNTAXES | RLE_SYNTAXES
 
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as a little-endian uint32
@@ -217,6 +220,29 @@ class FrameStore:
         except Exception as exc:  # codec errors come in many types
             raise CorruptScanError(f"DICOM frame {index} cannot be decoded ({self.syntax.name}): {exc}",
                                    details={"file": self.path.name}) from exc
+
+    @property
+    def dct_scalable(self) -> bool:
+        """Whether frames decode at 1/2, 1/4, 1/8 in the DCT domain to what `frame` gives, box-averaged:
+        8-bit JPEG baseline, grey or colour (RGB / YBR_FULL / YBR_FULL_422)."""
+        lay = self.layout
+        return (self.syntax == dcm_uid.JPEGBaseline8Bit and lay.bits_allocated == 8 and lay.samples in (1, 3)
+                and lay.photometric in DCT_PHOTOMETRICS)
+
+    def frame_scaled(self, index: int, scale: int) -> np.ndarray:
+        """Frame `index` at 1/`scale`, RGB uint8 (rows // scale, columns // scale, 3): in the DCT domain
+        where `dct_scalable`, otherwise decoded whole and box-averaged."""
+        from scanbridge.imaging.readers import jpeg_dct
+
+        lay = self.layout
+        if self.dct_scalable and scale in jpeg_dct.DCT_SCALES and not lay.rows % scale and not lay.columns % scale:
+            data = self.frame_data(index)
+            if lay.photometric == "RGB" and not jpeg_dct.has_colour_marker(data):
+                data = jpeg_dct.mark_rgb(data)  # as _jpeg_rgb_aware decides for the full-size decode
+            tile = jpeg_dct.decode_scaled(data, scale, lay.columns, lay.rows, grey=lay.samples == 1)
+            if tile is not None:
+                return tile
+        return reduce_rgb(self.frame(index), scale)
 
     # -- decoding ----------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from scanbridge.imaging.readers.base import (
     thumbnail_size,
 )
 from scanbridge.imaging.readers.dicom_frames import IN_MEMORY_SYNTAXES, FrameStore, read_header
+from scanbridge.imaging.readers.jpeg_dct import splits_edge_block
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ASSOCIATED_NAMES = {"THUMBNAIL": "thumbnail", "LABEL": "label", "OVERVIEW": "macro"}
@@ -218,7 +219,7 @@ class DicomReader(ClosingReader):
 
     def __init__(self, instances: list[DicomInstance]) -> None:
         wsi = [i for i in instances if i.is_wsi]
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._instances: list[DicomInstance] = []
         self.associated: dict[str, DicomInstance] = {}
@@ -292,34 +293,65 @@ class DicomReader(ClosingReader):
 
     # -- pixels ------------------------------------------------------------------------------------
 
-    def _frame(self, inst: DicomInstance, index: int) -> np.ndarray:
-        key = (id(inst), index)
+    def _frame(self, inst: DicomInstance, index: int, scale: int = 1) -> np.ndarray:
+        key = (id(inst), index, scale)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        tile = inst.frames().frame(index)
+        store = inst.frames()
+        tile = store.frame(index) if scale == 1 else store.frame_scaled(index, scale)
         with self._lock:
             self._cache[key] = tile
             while len(self._cache) > _CACHE_FRAMES:
                 self._cache.popitem(last=False)
         return tile
 
-    def _read_level(self, level: Level, lx: int, ly: int, w: int, h: int) -> np.ndarray:
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
+    def _read_level(self, level: Level, lx: int, ly: int, w: int, h: int, scale: int = 1) -> np.ndarray:
+        """The level rectangle at (lx, ly), w x h, white outside; with `scale` (dividing lx, ly, w, h and
+        every frame's position and size) from frames decoded at 1/scale (read_region_scaled checks it)."""
+        s = scale
+        out = np.full((h // s, w // s, 3), 255, dtype=np.uint8)
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + w, level.width), min(ly + h, level.height)
         if x0 >= x1 or y0 >= y1:
             return out
         for inst, frame, tx, ty in level.tiles_in(x0, y0, x1, y1):
-            tile = self._frame(inst, frame)
+            tile = self._frame(inst, frame, s)
             sx0, sy0 = max(x0, tx), max(y0, ty)
-            sx1 = min(x1, tx + tile.shape[1], level.width)
-            sy1 = min(y1, ty + tile.shape[0], level.height)
+            sx1 = min(x1, tx + tile.shape[1] * s)
+            sy1 = min(y1, ty + tile.shape[0] * s)
             if sx0 < sx1 and sy0 < sy1:
-                out[sy0 - ly:sy1 - ly, sx0 - lx:sx1 - lx] = tile[sy0 - ty:sy1 - ty, sx0 - tx:sx1 - tx]
+                out[(sy0 - ly) // s:(sy1 - ly) // s, (sx0 - lx) // s:(sx1 - lx) // s] = \
+                    tile[(sy0 - ty) // s:(sy1 - ty) // s, (sx0 - tx) // s:(sx1 - tx) // s]
         return out
+
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """See base.ScaledRegions: JPEG baseline frames decoded at 1/scale in the DCT domain; None for other
+        syntaxes, when the region or a frame is not aligned to `scale`, or the region runs past a level edge
+        that splits a block."""
+        if not 0 <= level < len(self.levels):
+            return None
+        lv = self.levels[level]
+        w, h = int(size[0]), int(size[1])
+        ds = self.metadata.level_downsamples[level]
+        lx, ly = math.floor(location[0] / ds), math.floor(location[1] / ds)
+        if lv.tile_w % scale or lv.tile_h % scale or lx % scale or ly % scale or w % scale or h % scale or w <= 0 \
+                or h <= 0 or splits_edge_block(lx, w, lv.width, scale) or splits_edge_block(ly, h, lv.height, scale) \
+                or not all(p.frames().dct_scalable for p in lv.parts):
+            return None
+        if lv.sparse is not None:  # TILED_SPARSE frames sit anywhere: every one touched must be aligned
+            tiles = lv.tiles_in(max(lx, 0), max(ly, 0), min(lx + w, lv.width), min(ly + h, lv.height))
+            if any(tx % scale or ty % scale for _inst, _frame, tx, ty in tiles):
+                return None
+        try:
+            return self._read_level(lv, lx, ly, w, h, scale)
+        except ScanbridgeError:
+            raise
+        except Exception as exc:
+            raise CorruptScanError(f"the scan's image data cannot be decoded: {exc}") from exc
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 (h, w, 3) at `level`, top-left at level-0 `location`; outside the image is white."""

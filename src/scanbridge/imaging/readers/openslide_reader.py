@@ -2,7 +2,8 @@
 
 OpenSlide gives the metadata, associated images and thumbnail; where every level is a tiled TIFF page
 that imagecodecs decodes (JPEG, deflate, ...), regions are decoded from the compressed tiles instead
-(imaging/readers/tiled_tiff.py: several times faster, pixel-identical at integer level coordinates).
+(imaging/readers/tiled_tiff.py: several times faster, pixel-identical at integer level coordinates), and
+JPEG tiles decode at 1/2, 1/4 or 1/8 in the DCT domain when the model reads coarser (read_region_scaled).
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ class OpenSlideReader(ClosingReader):
         except openslide.OpenSlideError as exc:
             raise CorruptScanError(f"the scan's image data cannot be decoded: {exc}") from exc
         return rgba_to_rgb(np.asarray(region))
+
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """See base.ScaledRegions: JPEG tiles decoded at 1/scale (None without the tile path: OpenSlide
+        decodes at full size only)."""
+        if self.tiles is None or not 0 <= level < len(self.metadata.level_downsamples):
+            return None
+        ds = self.metadata.level_downsamples[level]
+        return self.tiles.read_scaled(level, round(location[0] / ds), round(location[1] / ds), int(size[0]),
+                                      int(size[1]), scale)
 
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """Thumbnail read from the best level (decoding errors are SCAN_CORRUPT)."""

@@ -165,6 +165,15 @@ class TiffFileReader(ClosingReader):
             out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = img[y0:y1, x0:x1]
         return out
 
+    def read_region_scaled(self, location: tuple[int, int], level: int, size: tuple[int, int],
+                           scale: int) -> np.ndarray | None:
+        """See base.ScaledRegions: JPEG tiles decoded at 1/scale (None for other codecs and untiled levels)."""
+        if self._tiles is None or not 0 <= level < len(self._levels):
+            return None
+        ds = self.metadata.level_downsamples[level]
+        return self._tiles.read_scaled(level, round(location[0] / ds), round(location[1] / ds), int(size[0]),
+                                       int(size[1]), scale)
+
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """An RGB thumbnail no larger than max_size, and its downsample from level 0."""
         w, h = self.metadata.dimensions

@@ -6,6 +6,8 @@ read with `os.pread` (thread-safe, no shared file position) and decoded by tifff
 (imagecodecs: libjpeg-turbo, libwebp, OpenJPEG, zstd, JPEG XL ...) in the calling thread, so reader
 threads decode in parallel. Decoded tiles are kept in a small LRU cache, since overlapping model windows
 read the same tiles twice. At integer level coordinates the pixels equal OpenSlide's (tests compare them).
+JPEG levels also decode a region at 1/2, 1/4 or 1/8 in the DCT domain (`read_scaled`, jpeg_dct.py) when the
+model reads coarser than the level.
 
 Hand-written rather than tifffile's zarr store: that needs zarr (not a dependency) and reads through one
 file handle under a lock.
@@ -24,11 +26,16 @@ from typing import Any
 import numpy as np
 
 from scanbridge.domain.errors import CorruptScanError
+from scanbridge.imaging.readers import jpeg_dct
+from scanbridge.imaging.readers.base import reduce_rgb
 
 CACHE_BYTES = 64 * 2**20  # decoded tiles kept per reader
 # JPEG 2000 tiles whose writer stored YCbCr itself: Aperio's 33003 and libvips' 33004 (libvips converts
 # tiles to YCbCr before encoding, as Aperio does; OpenSlide and libvips' own reader convert back); 33005 is RGB.
 YCBCR_JP2K = frozenset({33003, 33004})
+JPEG = 7
+#: photometric interpretations whose JPEG tiles decode to what the full-size path gives: grey, RGB, YCbCr
+DCT_PHOTOMETRICS = frozenset({1, 2, 6})
 
 
 def ycbcr_to_rgb(tile: np.ndarray) -> np.ndarray:
@@ -66,6 +73,27 @@ class TiledLevel:
         self.jpegtables = getattr(page, "jpegtables", None)
         self.compression = int(page.compression)
         self._decode = page.decode
+        photometric = int(page.photometric)
+        # what tifffile decides for the full-size decode (jpeg_decode_colorspace): photometric RGB without a
+        # JFIF marker is RGB in the JPEG too (Aperio), so libjpeg must be told not to convert from YCbCr
+        self.jpeg_rgb = self.compression == JPEG and photometric == 2 and not page.is_jfif
+        self.dct = (self.compression == JPEG and self.samples in (1, 3) and photometric in DCT_PHOTOMETRICS
+                    and not tuple(page.extrasamples))
+
+    def scalable(self, scale: int) -> bool:
+        """Whether tiles of this level decode at 1/`scale` in the DCT domain into whole pixels."""
+        return self.dct and scale in jpeg_dct.DCT_SCALES and not self.tile_w % scale and not self.tile_h % scale
+
+    def decode_scaled(self, data: bytes, index: int, scale: int) -> np.ndarray:
+        """One tile at 1/`scale`, RGB uint8 (tile_h // scale, tile_w // scale, 3): in the DCT domain, or
+        decoded at full size and box-averaged where libjpeg-turbo refuses the stream."""
+        stream = jpeg_dct.with_tables(self.jpegtables, data)
+        tile = None
+        if not self.jpeg_rgb:
+            tile = jpeg_dct.decode_scaled(stream, scale, self.tile_w, self.tile_h, grey=self.samples == 1)
+        elif not jpeg_dct.has_colour_marker(stream):  # a marker of its own would overrule ours: full size then
+            tile = jpeg_dct.decode_scaled(jpeg_dct.mark_rgb(stream), scale, self.tile_w, self.tile_h)
+        return tile if tile is not None else reduce_rgb(self.decode(data, index), scale)
 
     def decode(self, data: bytes, index: int) -> np.ndarray:
         """One tile as RGB uint8 (tile_h, tile_w, 3)."""
@@ -94,13 +122,13 @@ class TiledPyramid:
     def __init__(self, path: Path, levels: list[TiledLevel]) -> None:
         self.levels = levels
         self._fd = os.open(path, os.O_RDONLY)
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._lock = threading.Lock()
         self.tiles_decoded = 0
 
-    def _tile(self, level: int, index: int) -> np.ndarray:
-        key = (level, index)
+    def _tile(self, level: int, index: int, scale: int = 1) -> np.ndarray:
+        key = (level, index, scale)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -109,11 +137,11 @@ class TiledPyramid:
         lv = self.levels[level]
         count = lv.counts[index]
         if count == 0:  # a sparse tile: nothing was scanned there
-            tile = np.full((lv.tile_h, lv.tile_w, 3), 255, np.uint8)
+            tile = np.full((lv.tile_h // scale, lv.tile_w // scale, 3), 255, np.uint8)
         else:
             try:
                 data = os.pread(self._fd, count, lv.offsets[index])
-                tile = lv.decode(data, index)
+                tile = lv.decode(data, index) if scale == 1 else lv.decode_scaled(data, index, scale)
             except CorruptScanError:
                 raise
             except Exception as exc:  # codecs raise their own error types on bad data
@@ -129,21 +157,36 @@ class TiledPyramid:
                     self._cache_bytes -= old.nbytes
         return tile
 
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """RGB uint8 (h, w, 3) of `level` with top-left (x, y) in that level's pixels; white outside."""
-        lv = self.levels[level]
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
+    def read(self, level: int, x: int, y: int, w: int, h: int, scale: int = 1) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of `level` with top-left (x, y) in that level's pixels; white outside.
+
+        With `scale` (a divisor of x, y, w, h and the tile size): the same region from tiles decoded at
+        1/scale, (h // scale, w // scale, 3) (`read_scaled` checks that it applies)."""
+        lv, s = self.levels[level], scale
+        out = np.full((h // s, w // s, 3), 255, dtype=np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lv.width), min(y + h, lv.height)
         if x0 >= x1 or y0 >= y1:
             return out
         for row in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1):
             for col in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1):
-                tile = self._tile(level, row * lv.across + col)
+                tile = self._tile(level, row * lv.across + col, s)
                 tx, ty = col * lv.tile_w, row * lv.tile_h
                 sx0, sy0 = max(x0, tx), max(y0, ty)
                 sx1, sy1 = min(x1, tx + lv.tile_w), min(y1, ty + lv.tile_h)
-                out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - ty:sy1 - ty, sx0 - tx:sx1 - tx]
+                out[(sy0 - y) // s:(sy1 - y) // s, (sx0 - x) // s:(sx1 - x) // s] = \
+                    tile[(sy0 - ty) // s:(sy1 - ty) // s, (sx0 - tx) // s:(sx1 - tx) // s]
         return out
+
+    def read_scaled(self, level: int, x: int, y: int, w: int, h: int, scale: int) -> np.ndarray | None:
+        """`read(..., scale)` where the level's JPEG tiles decode at 1/scale and the region is aligned to
+        it; None otherwise (other codecs gain nothing; a region over a level edge that splits a block would
+        mix image and white in that block: the caller reads those at full size and resizes)."""
+        lv = self.levels[level]
+        if not lv.scalable(scale) or x % scale or y % scale or w % scale or h % scale or \
+                jpeg_dct.splits_edge_block(x, w, lv.width, scale) or \
+                jpeg_dct.splits_edge_block(y, h, lv.height, scale):
+            return None
+        return self.read(level, x, y, w, h, scale)
 
     def close(self) -> None:
         """Close the file and drop the cache."""
