@@ -50,7 +50,7 @@ NUCLEI_SPEC = ModelSpec(
     stains=["HE", "H&E", "Hematoxylin", "H"],
     outputs={"stain_output": "stain_od", "stain_channels": ["Hematoxylin", "Eosin", "DAB"],
              "intensity_channel": 0, "tile_overlap": 64, "nucleus_radius_um": 3.0, "min_area_um2": 6.0,
-             "max_area_um2": 400.0, "polygons": True, "min_tissue": 0.1},
+             "max_area_um2": 400.0, "polygons": True, "min_tissue": 0.1, "blob_contrast": 0.05},
     builtin=True,
 )
 

@@ -5,6 +5,10 @@ on the distance transform (markers: the distance map's local maxima, at least `m
 Coordinates here are *continuous* window coordinates: pixel (row i, col j) covers [j, j+1) x [i, i+1),
 so its centre is (j + 0.5, i + 0.5). inference/objects.py maps them to level-0 pixels.
 
+On H&E (`blob_contrast` > 0) an object is kept only when it holds a blob seed (`blob_seeds`): a point
+of the haematoxylin density darker than its surroundings in every direction, as a nucleus is and a
+collagen fibre or the flat inside of the epidermis is not.
+
 Labelling, hole filling, moments and outlines use OpenCV (C++, releases the GIL, so the object
 pipeline's post-processing threads run in parallel); per-nucleus work stays inside its bounding box.
 The outline is the one scikit-image's `find_contours(image, 0.5)` draws (a vertex at the middle of
@@ -35,6 +39,11 @@ class NucleusParams:
     smooth_sigma: float = 1.0
     split_area_px: float = 150.0  # components larger than this may be several touching nuclei
     positive_threshold: float = 0.5
+    blob_contrast: float = 0.0  # > 0: keep only objects holding a blob seed of this contrast (`blob_seeds`)
+    blob_channel: int = 0  # the stain plane the seeds are found on
+    blob_sigma_px: float = 2.0  # smoothing before the seeds are looked for
+    blob_spacing_px: int = 3  # candidate seeds are maxima over a (2 s + 1)-pixel square
+    blob_reach_px: float = 10.0  # how far each ray runs from a candidate
 
 
 @dataclass
@@ -72,8 +81,15 @@ def split_nuclei(prob: np.ndarray, params: NucleusParams) -> np.ndarray:
 def find_nuclei(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
                 positive: np.ndarray | None = None,
                 keep: tuple[float, float, float, float] | None = None) -> list[Nucleus]:
-    """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass (bounding boxes found once)."""
+    """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass (bounding boxes found once).
+
+    With `params.blob_contrast` > 0 and `stains` given, objects holding no blob seed (`blob_seeds` on stain
+    plane `blob_channel`) are left out: pieces of a carpet or a fibre, not nuclei.
+    """
     labels, boxes = _segment(prob, params)
+    if params.blob_contrast > 0 and stains is not None and len(boxes):
+        plane = np.asarray(stains[params.blob_channel], dtype=np.float32)
+        boxes = _seeded(labels, boxes, blob_seeds(plane, labels > 0, params))
     return _measure(labels, boxes, params, stains=stains, positive=positive, keep=keep)
 
 
@@ -109,6 +125,58 @@ def _segment(prob: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, list[
             crop[pieces == k] = len(boxes) + 1
             boxes.append(new_box)
     return labels, boxes
+
+
+#: the rays a candidate seed is tested along (angles 2 pi k / BLOB_RAYS), and the least ratio of a seed's
+#: weak falls (all rays but one) to its strongest
+BLOB_RAYS = 16
+BLOB_RATIO = 0.4
+
+
+def blob_seeds(plane: np.ndarray, mask: np.ndarray, params: NucleusParams) -> np.ndarray:
+    """Points (k, 2: row, col) where `plane` (a stain's optical density) holds a compact blob, inside `mask`.
+
+    A nucleus is darker than what surrounds it in every direction; a collagen fibre stays dark along its
+    axis, and the inside of a large dark region is flat. Candidates are the maxima of the plane smoothed
+    by `blob_sigma_px` (over a (2 `blob_spacing_px` + 1)-pixel square). Along each of `BLOB_RAYS` rays out
+    to `blob_reach_px`, a candidate's fall is its value minus the lowest value on the ray; it is a seed
+    when every ray but one (a touching neighbour, a gap) falls by `blob_contrast` and by `BLOB_RATIO` of
+    the strongest fall. A ray that leaves the window before its reach gives no verdict (the tile overlap
+    shows what lies beyond).
+    """
+    smooth = cv2.GaussianBlur(plane, (0, 0), params.blob_sigma_px, borderType=cv2.BORDER_REPLICATE) \
+        if params.blob_sigma_px > 0 else plane
+    side = 2 * max(1, params.blob_spacing_px) + 1
+    peak = cv2.dilate(smooth, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    rows, cols = np.nonzero((smooth >= peak) & mask)
+    if rows.size == 0:
+        return np.zeros((0, 2), dtype=np.intp)
+    angles = np.arange(BLOB_RAYS) * (2.0 * math.pi / BLOB_RAYS)
+    steps = np.arange(1.0, params.blob_reach_px + 1e-6, 0.5)
+    ys = (rows[:, None, None] + np.sin(angles)[None, :, None] * steps[None, None, :]).astype(np.float32)
+    xs = (cols[:, None, None] + np.cos(angles)[None, :, None] * steps[None, None, :]).astype(np.float32)
+    on_rays = np.empty(xs.shape, dtype=np.float32)
+    for i in range(0, len(rows), 8192):  # remap's maps stay under its 32767-row limit
+        on_rays[i:i + 8192] = cv2.remap(smooth, xs[i:i + 8192].reshape(-1, xs.shape[1] * xs.shape[2]),
+                                        ys[i:i + 8192].reshape(-1, xs.shape[1] * xs.shape[2]), cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REPLICATE).reshape(-1, *xs.shape[1:])
+    centre = smooth[rows, cols][:, None]
+    fall = np.maximum(centre - on_rays.min(axis=2), 0.0)  # (k, rays)
+    h, w = plane.shape
+    end_x, end_y = xs[:, :, -1], ys[:, :, -1]
+    unseen = (end_x < 0) | (end_x > w - 1) | (end_y < 0) | (end_y > h - 1)  # the window ends first: no verdict
+    strongest = np.where(unseen, 0.0, fall).max(axis=1)
+    fall[unseen] = np.inf
+    second_weakest = np.partition(fall, 1, axis=1)[:, 1]
+    ok = (second_weakest >= params.blob_contrast) & (second_weakest >= BLOB_RATIO * strongest)
+    return np.column_stack([rows[ok], cols[ok]])
+
+
+def _seeded(labels: np.ndarray, boxes: list[Box | None], seeds: np.ndarray) -> list[Box | None]:
+    """`boxes` with None for every label that holds none of the seeds (so it is not measured)."""
+    held = np.zeros(len(boxes) + 1, dtype=bool)
+    held[labels[seeds[:, 0], seeds[:, 1]]] = True
+    return [box if held[lab] else None for lab, box in enumerate(boxes, start=1)]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -267,4 +335,9 @@ def params_for(outputs: dict[str, Any], thresholds: dict[str, float], model_mpp:
         smooth_sigma=max(0.5, 0.15 * radius_px),
         split_area_px=1.3 * math.pi * radius_px * radius_px,
         positive_threshold=float(thresholds.get("positive", 0.5)),
+        blob_contrast=float(outputs.get("blob_contrast", 0.0)),
+        blob_channel=int(outputs.get("intensity_channel", 0)),
+        blob_sigma_px=1.0 / model_mpp,
+        blob_spacing_px=max(1, round(1.5 / model_mpp)),
+        blob_reach_px=(float(outputs.get("nucleus_radius_um", 3.0)) + 2.0) / model_mpp,
     )

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -204,6 +204,10 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                                 details={"problems": ["tile_overlap smaller than the output crop"]})
     stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]
     vectors = scan_stain_vectors(reader, grid) if stains.STAIN_INPUT in model.optional_inputs else None
+    if vectors is not None and vectors.second == "DAB" and decoder.params.blob_contrast > 0:
+        # H-DAB: nuclei are found on haematoxylin and DAB as they are (QuPath too detects on another image
+        # for H-DAB than for H&E); the blob-seed test is for H&E, where collagen is as purple as a nucleus
+        decoder.params = replace(decoder.params, blob_contrast=0.0)
     inputs = {stains.STAIN_INPUT: vectors.deconvolution} if vectors is not None else None
     extra_names = output_names(spec)
     batch = max(1, batch_size or model.batch_size_for(size))
