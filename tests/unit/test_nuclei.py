@@ -12,7 +12,14 @@ from scipy import ndimage
 from skimage import measure
 
 from scanbridge.domain.catalog import BUILTIN_SPECS, BuiltinCatalog, default_model_for
-from scanbridge.inference.nuclei import NucleusParams, measure_nuclei, params_for, split_nuclei
+from scanbridge.inference.nuclei import (
+    NucleusParams,
+    blob_seeds,
+    find_nuclei,
+    measure_nuclei,
+    params_for,
+    split_nuclei,
+)
 from scanbridge.inference.zoo import HED_FROM_RGB, build_ihc_model, build_nuclei_model
 
 COLOURS = {"glass": (240, 240, 240), "stroma": (232, 150, 192), "dark_stroma": (186, 120, 154),
@@ -162,6 +169,60 @@ def test_outlines_are_scikit_images_contours_through_pixel_edge_middles() -> Non
             x, y = n.contour[:, 0], n.contour[:, 1]
             poly_area = abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
             assert n.area - n.perimeter / 4 <= poly_area < n.area
+
+
+def _blurred(shape: tuple[int, int], discs: list[tuple[float, float, float]], strokes: list[tuple[int, int, int, int]],
+             *, od: float = 0.6, base: float = 0.3) -> np.ndarray:
+    """A haematoxylin plane: `base` OD, discs and 3-px strokes (x0, y0, x1, y1) at `od`, blurred like an image."""
+    import cv2
+
+    plane = np.full(shape, base, np.float32)
+    plane[_discs(shape, discs) > 0] = od
+    for x0, y0, x1, y1 in strokes:
+        cv2.line(plane, (x0, y0), (x1, y1), od, thickness=5)
+    return ndimage.gaussian_filter(plane, 0.7)
+
+
+def test_blob_seeds_are_on_nuclei_not_on_fibres_or_inside_dark_regions() -> None:
+    # GIVEN a pale-background plane with a round nucleus, an oval one (7 x 3 µm), a long fibre (5 px wide),
+    # a bent fibre and a large dark region (20 x 20 µm), at 0.5 µm/px; the mask is everything above the base
+    p = params_for(BUILTIN_SPECS["nuclei"].outputs, {}, 0.5)
+    plane = _blurred((120, 160), [(20.0, 20.0, 5.0)], [(70, 100, 150, 100), (20, 60, 60, 60), (60, 60, 60, 100)])
+    plane[10:50, 100:140] = 0.6
+    yy, xx = np.mgrid[0:120, 0:160]
+    oval = ((xx + 0.5 - 60) / 7.0) ** 2 + ((yy + 0.5 - 25) / 3.0) ** 2 <= 1.0
+    plane[oval] = 0.6
+    # WHEN seeds are looked for
+    seeds = blob_seeds(plane, plane > 0.35, p)
+    # THEN each nucleus has seeds within 2 px of its centre (a flat top may hold several), and every seed is
+    # on a nucleus: none on the fibres or in the region
+    centres = np.array([(20.0, 20.0), (60.0, 25.0)])
+    d = np.hypot(seeds[:, 1, None] + 0.5 - centres[:, 0], seeds[:, 0, None] + 0.5 - centres[:, 1])
+    assert (d.min(axis=0) <= 2.0).all() and (d.min(axis=1) <= 2.0).all(), seeds
+    # AND a nucleus as pale as an IHC counterstain (0.15 OD over 0.05) is a seed too; half that contrast is not
+    for od, found in ((0.2, True), (0.08, False)):
+        pale = _blurred((60, 60), [(30.0, 30.0, 5.0)], [], od=od, base=0.05)
+        assert (len(blob_seeds(pale, pale > 0.06, p)) > 0) is found
+
+
+def test_objects_without_a_blob_seed_or_ringed_by_glass_are_dropped() -> None:
+    # GIVEN nucleus-probability pieces: a nucleus in stroma, a fibre piece, and a nucleus-sized fragment
+    # alone on glass, with their haematoxylin plane and stain densities (stroma 0.3 OD, glass 0)
+    shape = (80, 160)
+    h = _blurred(shape, [(20.0, 40.0, 5.0)], [(60, 40, 100, 40)])
+    h[:, 120:] = 0.0
+    h[_discs(shape, [(140.0, 40.0, 5.0)]) > 0] = 0.6
+    prob = (h > 0.45).astype(np.float32)
+    stains = np.stack([h, np.zeros_like(h), np.zeros_like(h)])
+    # WHEN nuclei are found with the nuclei spec's blob test, and without it
+    spec = BUILTIN_SPECS["nuclei"]
+    p = params_for(spec.outputs, spec.thresholds, 0.5)
+    with_test = find_nuclei(prob, p, stains=stains)
+    without = find_nuclei(prob, params_for({**spec.outputs, "blob_contrast": 0.0}, spec.thresholds, 0.5), stains=stains)
+    # THEN only the nucleus in stroma stays (the fibre has no seed, the fragment's ring is all glass)
+    centres = {(round(n.cx), round(n.cy)) for n in without}
+    assert {(20, 40), (140, 40)} <= centres and any(60 <= x <= 100 for x, _ in centres)
+    assert [(round(n.cx), round(n.cy)) for n in with_test] == [(20, 40)]
 
 
 def test_params_scale_with_the_model_pixel_size() -> None:

@@ -40,7 +40,8 @@ class NucleusParams:
     split_area_px: float = 150.0  # components larger than this may be several touching nuclei
     positive_threshold: float = 0.5
     blob_contrast: float = 0.0  # > 0: keep only objects holding a blob seed of this contrast (`blob_seeds`)
-    blob_channel: int = 0  # the stain plane the seeds are found on
+    blob_channels: tuple[int, ...] = (0,)  # the stain planes seeds are found on (each on its own)
+    glass_ring_px: float = 4.0  # with blob seeds: an object whose ring this wide is mostly glass is dropped
     blob_sigma_px: float = 2.0  # smoothing before the seeds are looked for
     blob_spacing_px: int = 3  # candidate seeds are maxima over a (2 s + 1)-pixel square
     blob_reach_px: float = 10.0  # how far each ray runs from a candidate
@@ -83,13 +84,17 @@ def find_nuclei(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray |
                 keep: tuple[float, float, float, float] | None = None) -> list[Nucleus]:
     """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass (bounding boxes found once).
 
-    With `params.blob_contrast` > 0 and `stains` given, objects holding no blob seed (`blob_seeds` on stain
-    plane `blob_channel`) are left out: pieces of a carpet or a fibre, not nuclei.
+    With `params.blob_contrast` > 0 and `stains` given, objects holding no blob seed (`blob_seeds` on any of
+    the stain planes `blob_channels`) are left out, pieces of a carpet or a fibre, and so are objects whose
+    ring (`glass_ring_px` wide) is more than `MAX_GLASS_SHARE` glass: a nucleus lies in tissue, a fragment
+    of collagen torn loose lies on glass.
     """
     labels, boxes = _segment(prob, params)
     if params.blob_contrast > 0 and stains is not None and len(boxes):
-        plane = np.asarray(stains[params.blob_channel], dtype=np.float32)
-        boxes = _seeded(labels, boxes, blob_seeds(plane, labels > 0, params))
+        planes = np.asarray(stains, dtype=np.float32)
+        seeds = np.concatenate([blob_seeds(planes[c], labels > 0, params) for c in params.blob_channels])
+        boxes = _on_tissue(labels, _seeded(labels, boxes, seeds), planes.sum(axis=0) < GLASS_OD,
+                           params.glass_ring_px)
     return _measure(labels, boxes, params, stains=stains, positive=positive, keep=keep)
 
 
@@ -131,6 +136,8 @@ def _segment(prob: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, list[
 #: weak falls (all rays but one) to its strongest
 BLOB_RAYS = 16
 BLOB_RATIO = 0.4
+GLASS_OD = 0.15  # a pixel whose stain densities sum below this is glass
+MAX_GLASS_SHARE = 0.5  # of an object's ring, with blob seeds
 
 
 def blob_seeds(plane: np.ndarray, mask: np.ndarray, params: NucleusParams) -> np.ndarray:
@@ -177,6 +184,25 @@ def _seeded(labels: np.ndarray, boxes: list[Box | None], seeds: np.ndarray) -> l
     held = np.zeros(len(boxes) + 1, dtype=bool)
     held[labels[seeds[:, 0], seeds[:, 1]]] = True
     return [box if held[lab] else None for lab, box in enumerate(boxes, start=1)]
+
+
+def _on_tissue(labels: np.ndarray, boxes: list[Box | None], glass: np.ndarray, ring_px: float) -> list[Box | None]:
+    """`boxes` with None for every object whose ring (`ring_px` wide, inside the window) is more than
+    `MAX_GLASS_SHARE` glass."""
+    r = max(1, round(ring_px))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    out: list[Box | None] = []
+    for lab, box in enumerate(boxes, start=1):
+        if box is None:
+            out.append(None)
+            continue
+        r0, c0 = max(box[0].start - r, 0), max(box[1].start - r, 0)
+        crop = (slice(r0, box[0].stop + r), slice(c0, box[1].stop + r))
+        inside = (labels[crop] == lab).view(np.uint8)
+        ring = cv2.dilate(inside, disc) > inside
+        share = int(np.count_nonzero(glass[crop][ring])) / max(1, int(np.count_nonzero(ring)))
+        out.append(box if share <= MAX_GLASS_SHARE else None)
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -336,8 +362,17 @@ def params_for(outputs: dict[str, Any], thresholds: dict[str, float], model_mpp:
         split_area_px=1.3 * math.pi * radius_px * radius_px,
         positive_threshold=float(thresholds.get("positive", 0.5)),
         blob_contrast=float(outputs.get("blob_contrast", 0.0)),
-        blob_channel=int(outputs.get("intensity_channel", 0)),
+        blob_channels=_detection_channels(outputs),
+        glass_ring_px=2.0 / model_mpp,
         blob_sigma_px=1.0 / model_mpp,
         blob_spacing_px=max(1, round(1.5 / model_mpp)),
         blob_reach_px=(float(outputs.get("nucleus_radius_um", 3.0)) + 2.0) / model_mpp,
     )
+
+
+def _detection_channels(outputs: dict[str, Any]) -> tuple[int, ...]:
+    """The stain channels nuclei are found on: haematoxylin and DAB where `stain_channels` names them,
+    else `intensity_channel`."""
+    names = [str(n).lower() for n in outputs.get("stain_channels", [])]
+    found = tuple(i for i, n in enumerate(names) if n in ("hematoxylin", "haematoxylin", "dab"))
+    return found or (int(outputs.get("intensity_channel", 0)),)
