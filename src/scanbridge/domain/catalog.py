@@ -38,7 +38,8 @@ NUCLEI_SPEC = ModelSpec(
                 "vectors (Macenko, once per scan; Ruifrok-Johnston when implausible), "
                 "haematoxylin and DAB optical density above a local background (opening, 8 µm), smoothed and "
                 "thresholded (built-in ONNX graph); touching nuclei split by distance-transform watershed; "
-                "6-400 µm²",
+                "on H&E only objects holding a compact blob (darker than the tissue around it in every "
+                "direction: not a collagen fibre) kept; 6-400 µm²",
     labels=[Label(name="Nucleus", color="#3f51b5")],
     input_name="image",
     input_size=512,

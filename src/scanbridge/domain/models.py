@@ -48,10 +48,10 @@ OUTPUT_KEYS: dict[str, str] = {
     "nucleus_radius_um": "typical nucleus radius (µm), for splitting touching nuclei",
     "min_area_um2": "objects smaller than this (µm²) are dropped",
     "max_area_um2": "objects larger than this (µm²) are dropped",
-    "blob_contrast": "threshold decoder, H&E: keep only objects holding a compact blob of the intensity_channel "
-                     "stain, a point this much (OD) darker than the lowest value on at least one side of every "
-                     "axis out to nucleus_radius_um + 2 µm (a fibre or the flat inside of a dark region has "
-                     "none); not applied when the scan's stain vectors show DAB",
+    "blob_contrast": "threshold decoder, H&E: keep only objects holding a compact blob of the haematoxylin (or DAB) "
+                     "density, a point this much (OD) darker than the lowest value along every ray but one out "
+                     "to nucleus_radius_um + 2 µm (a fibre or the flat inside of a dark region has none), and "
+                     "not more than half ringed by glass; not applied when the scan's stain vectors show DAB",
     "polygons": "draw each object's outline (else points only)",
     "summary_label": "the report's name for the positivity figure",
     "hscore_thresholds": "three ascending values of the positive channel's nucleus mean for 1+ / 2+ / 3+: "
