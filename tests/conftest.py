@@ -20,6 +20,9 @@ from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.ports import PlatformResponse
 
+# CI in stages (ordered; a failed stage skips the later ones, on every xdist worker): tests/stages.py
+from tests.stages import pytest_collection_modifyitems, pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 EVENTS = REPO / "events"
@@ -102,42 +105,3 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("SCANBRIDGE_AWS_ENDPOINT_URL", raising=False)
     with mock_aws(config={"batch": {"use_docker": False}}):
         yield
-
-
-# --- CI in stages ------------------------------------------------------------------------------
-# One command (`python -m pytest`, what .ci/run and the README run) runs the stages in order: lint and
-# types, unit, integration, the deployed package, e2e. Once a stage has a failure, the later stages are
-# skipped with a message naming it (a lint error should not cost the e2e minutes); SCANBRIDGE_ALL_STAGES=1
-# runs everything regardless.
-STAGES = ("static", "unit", "integration", "deploy", "e2e")
-_failed_stage: list[str] = []
-
-
-def _stage_of(item: pytest.Item) -> str:
-    parts = Path(str(item.fspath)).resolve().relative_to(REPO / "tests").parts
-    if parts[0] in STAGES:
-        return parts[0]
-    return "static" if parts[0] == "test_static.py" else "integration"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the collected tests by stage (stable within a stage)."""
-    items.sort(key=lambda item: STAGES.index(_stage_of(item)))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """Remember the first stage with a failure."""
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if report.failed and not _failed_stage:
-        _failed_stage.append(_stage_of(item))
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip a test whose stage comes after a stage that failed."""
-    if _failed_stage and os.environ.get("SCANBRIDGE_ALL_STAGES", "") != "1":
-        failed = _failed_stage[0]
-        if STAGES.index(_stage_of(item)) > STAGES.index(failed):
-            pytest.skip(f"stage {_stage_of(item)!r} not run: stage {failed!r} has a failure "
-                        "(SCANBRIDGE_ALL_STAGES=1 runs every stage)")

@@ -27,7 +27,8 @@ import pytest
 
 from tests.conftest import FIXTURES, fixture_path
 
-pytestmark = pytest.mark.e2e
+# the blocks name fixed ports (8000, 8901, 8902): under xdist these tests share one worker, one at a time
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("documented-ports")]
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
