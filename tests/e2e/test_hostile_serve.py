@@ -60,8 +60,8 @@ def _signed(body: bytes) -> dict[str, bytes | str]:
 def test_the_hostile_battery_gets_no_5xx_and_changes_nothing(served: tuple[str, FakePlatform]) -> None:
     url, platform = served
     admin = {"Authorization": f"Bearer {ADMIN}".encode()}
-    # GIVEN company A's task (an unreachable scan URL: it fails, the platform is told)
-    first = json.dumps({**SAMPLE_WEBHOOK, "company_id": "companyA", "task_id": "t-a",
+    # GIVEN company A's task (an unreachable scan URL: it fails, the platform is told with the task's token)
+    first = json.dumps({**SAMPLE_WEBHOOK, "company_id": "companyA", "task_id": "t-a", "jwt_token": "a.a.a",
                         "scans": {"1": f"{platform.base_url}/missing"}}).encode()
     assert _request(url, "POST", "/webhook", first, _signed(first))[0] == 202
     # WHEN the battery is sent: depth, sizes, odd bytes, ids, another tenant, methods
@@ -93,5 +93,7 @@ def test_the_hostile_battery_gets_no_5xx_and_changes_nothing(served: tuple[str, 
     task = json.loads(raw)
     assert status == 200 and task["company_id"] == "companyA"
     assert task["scans"]["1"]["urls"] == [f"{platform.base_url}/missing"]
-    # AND every results POST went to a results path of its own task
-    assert all(p.path == "/api/v3/external/results/t-a" for p in platform.wait_for_posts(1, timeout_s=60))
+    # AND the platform was told once, on the results path of t-a, with company A's token: nothing the
+    # battery sent made a POST of its own
+    posts = platform.wait_for_posts(1, timeout_s=60)
+    assert [(p.path, p.authorization) for p in posts] == [("/api/v3/external/results/t-a", "Bearer a.a.a")], posts
