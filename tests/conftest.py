@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -105,3 +106,29 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("SCANBRIDGE_AWS_ENDPOINT_URL", raising=False)
     with mock_aws(config={"batch": {"use_docker": False}}):
         yield
+
+
+# --- files made once per run ----------------------------------------------------------------------
+
+
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this run that every xdist worker shares (the workers' basetemps' parent), else the basetemp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def busy_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic 4096 x 4096 slide at 0.5 µm/px, half tissue, with nuclei: it keeps a worker running the nuclei
+    model busy for a while. Made once per run (the first worker to need it makes it, under a lock)."""
+    from scanbridge.devtools import synth
+
+    path = run_folder(tmp_path_factory) / "busy.svs"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            part = path.with_suffix(".part.svs")
+            synth.make_slide(part, 4096, 4096, tissue_fraction=0.5, seed=2, mpp=0.5)
+            part.rename(path)
+    return path
+

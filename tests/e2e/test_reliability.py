@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform
 from tests.conftest import SAMPLE_WEBHOOK, fixture_path
 from tests.e2e.test_local_stack import _wait_terminal, start_stack
@@ -48,11 +47,9 @@ def test_fifty_concurrent_redeliveries_make_one_task_one_job_one_post(tmp_path: 
         assert TOKEN not in log.read_text(errors="replace"), log
 
 
-def test_killed_worker_is_retried_and_cancel_stops_work(tmp_path: Path) -> None:
-    # GIVEN a slide big enough to keep a worker busy for a few seconds
-    slide = tmp_path / "big.svs"
-    synth.make_slide(slide, 12000, 12000, tissue_fraction=0.5, seed=1, mpp=0.25, nuclei=False)
-    with FakePlatform(files={"big": slide, "small": fixture_path("boxes.tiff")}) as platform, \
+def test_killed_worker_is_retried_and_cancel_stops_work(tmp_path: Path, busy_slide: Path) -> None:
+    # GIVEN a slide that keeps the nuclei model busy for a while
+    with FakePlatform(files={"big": busy_slide, "small": fixture_path("boxes.tiff")}) as platform, \
             start_stack(platform, tmp_path) as url:
         # WHEN its worker is killed with SIGKILL while it runs
         httpx.post(f"{url}/webhook", json={"task_id": "kill-me", "jwt_token": TOKEN,
@@ -64,7 +61,7 @@ def test_killed_worker_is_retried_and_cancel_stops_work(tmp_path: Path) -> None:
         assert task["status"] == "COMPLETED", task
         assert [p.task_id for p in platform.posts] == ["kill-me"]
         # WHEN a long task is cancelled
-        httpx.post(f"{url}/webhook", json={"task_id": "cancel-me", "jwt_token": TOKEN,
+        httpx.post(f"{url}/webhook", json={"task_id": "cancel-me", "jwt_token": TOKEN, "model_name": "nuclei",
                                           "scans": {"s": platform.url_for("big")}})
         pid = _worker_pid("cancel-me")
         started = time.monotonic()

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scanbridge.devtools import synth
 from scanbridge.devtools.local_platform import FakePlatform
 from tests.e2e.test_local_stack import _wait_terminal, start_stack
 from tests.e2e.test_reliability import TOKEN, _worker_pid
@@ -20,11 +19,9 @@ from tests.e2e.test_reliability import TOKEN, _worker_pid
 pytestmark = pytest.mark.e2e
 
 
-def test_a_worker_killed_mid_scan_resumes_from_the_tiles_it_finished(tmp_path: Path) -> None:
+def test_a_worker_killed_mid_scan_resumes_from_the_tiles_it_finished(tmp_path: Path, busy_slide: Path) -> None:
     # GIVEN a slide that keeps the nuclei model busy for a while, and a stack checkpointing every 0.5 s
-    slide = tmp_path / "s.svs"
-    synth.make_slide(slide, 6000, 6000, tissue_fraction=0.5, seed=2, mpp=0.5)
-    with FakePlatform(files={"s": slide}) as platform, \
+    with FakePlatform(files={"s": busy_slide}) as platform, \
             start_stack(platform, tmp_path, {"SCANBRIDGE_CHECKPOINT_INTERVAL_S": "0.5",
                                              "SCANBRIDGE_QC_ENABLED": "false"}) as url:
         httpx.post(f"{url}/webhook", json={"task_id": "resume-me", "jwt_token": TOKEN, "model_name": "nuclei",
