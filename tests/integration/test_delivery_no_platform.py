@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -78,17 +79,20 @@ def test_no_platform_url_with_every_scan_failed_ends_failed_not_delivery_failed(
     assert stored == container.queries.results(task_id) and stored["scanResults"][0]["results"]["error"]["code"] == "SCAN_CORRUPT"
 
 
-def test_a_configured_platform_is_still_posted_to() -> None:
-    # GIVEN a platform URL that refuses connections (nothing listens on port 9 of loopback)
+def test_a_configured_platform_is_still_posted_to(tmp_path: Path) -> None:
+    # GIVEN a platform URL that refuses connections (nothing listens on port 9 of loopback); the dead letter
+    # of the failed delivery goes under tmp_path (not the checkout's .scanbridge, which xdist workers share)
     container, tasks, artifacts = _container(Settings(platform_url="http://127.0.0.1:9", platform_api_key="k",
-                                                      delivery_attempts=1, delivery_retry_window_s=0))
+                                                      delivery_attempts=1, delivery_retry_window_s=0,
+                                                      data_dir=tmp_path / "data"))
     task_id = _finished_task(tasks, artifacts, statuses={"s1": ScanStatus.SUCCEEDED})
     # WHEN the job ends / THEN the delivery was tried and failed: a configured platform is never skipped
     task = container.delivery.on_job_finished(task_id, True)
     assert task.status == TaskStatus.DELIVERY_FAILED and task.delivery.skipped is None and task.delivery.attempts == 1
+    assert [p.name for p in (tmp_path / "data" / "dead-letters").iterdir()] == ["000001-t-alone.json"]
 
 
-def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed() -> None:
+def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed(tmp_path: Path) -> None:
     # GIVEN a bridge with no platform URL and no platform API key (`scanbridge serve` as it starts), and a
     # token-less webhook (what `scanbridge submit` sends) for a real scan on a loopback file server
     from scanbridge.bootstrap import build_processing
@@ -96,7 +100,8 @@ def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed() ->
     from scanbridge.domain.webhook import WebhookPayload
     from tests.conftest import fixture_path
 
-    container, _tasks, _artifacts = _container(Settings(platform_url="", platform_api_key=""))
+    container, _tasks, _artifacts = _container(Settings(platform_url="", platform_api_key="",
+                                                        data_dir=tmp_path / "data"))
     with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
         container.settings.allowed_scan_hosts = fake.netloc
         container.intake.accept(WebhookPayload.model_validate(
@@ -112,14 +117,15 @@ def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed() ->
     assert container.queries.results("t-submit")["scanResults"][0]["geojson"]["features"]
 
 
-def test_a_platform_without_credentials_still_fails_a_token_less_task_before_any_download() -> None:
+def test_a_platform_without_credentials_still_fails_a_token_less_task_before_any_download(tmp_path: Path) -> None:
     # GIVEN a platform URL but no API key, and a token-less webhook
     from scanbridge.bootstrap import build_processing
     from scanbridge.devtools.local_platform import FakePlatform
     from scanbridge.domain.webhook import WebhookPayload
     from tests.conftest import fixture_path
 
-    container, _tasks, _artifacts = _container(Settings(platform_url="http://127.0.0.1:9", platform_api_key=""))
+    container, _tasks, _artifacts = _container(Settings(platform_url="http://127.0.0.1:9", platform_api_key="",
+                                                        data_dir=tmp_path / "data"))
     with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
         container.settings.allowed_scan_hosts = fake.netloc
         container.intake.accept(WebhookPayload.model_validate(
