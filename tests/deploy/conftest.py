@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import importlib.metadata as md
@@ -83,8 +84,18 @@ def _source_hash(py_version: str) -> str:
 
 
 def build_layer(py_version: str, out_root: Path) -> Path:
-    """The layer built by its Makefile for `py_version` (cached under out_root by source hash); its python/."""
+    """The layer built by its Makefile for `py_version` (cached under out_root by source hash); its python/.
+
+    One build at a time per source state (a lock file beside it): the xdist workers that need the layer
+    together wait for the first one's build instead of each running pip.
+    """
     target = out_root / f"py{py_version}-{_source_hash(py_version)}"
+    with open(f"{target}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_layer(py_version, out_root, target)
+
+
+def _build_layer(py_version: str, out_root: Path, target: Path) -> Path:
     if (target / "built.ok").exists():
         return target / "python"
     work = Path(tempfile.mkdtemp(prefix="layer-", dir=out_root))

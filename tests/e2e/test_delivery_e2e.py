@@ -15,7 +15,7 @@ from scanbridge.services.delivery import delivery_id_for
 from tests.conftest import fixture_path
 from tests.e2e.test_local_stack import _wait_terminal
 from tests.e2e.test_reliability import TOKEN
-from tests.integration.test_delivery_schedule import Platform, free_port, platform_on
+from tests.integration.test_delivery_schedule import Platform, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def test_results_reach_a_platform_that_comes_back_and_the_worker_slot_is_not_hel
             time.sleep(0.2)
         assert waiting["attempts"] >= 2 and waiting["next_attempt_at"] and "unreachable" in waiting["last_error"]
         # WHEN the platform comes back
-        with platform_on(Platform(port=port)) as platform:
+        with Platform(port=port) as platform:
             done = {tid: _wait_terminal(url, tid, timeout_s=60) for tid in ("down-1", "down-2")}
             time.sleep(4)  # a retry after the success would show up here
     # THEN each task completed with exactly one POST, carrying its stable delivery id
