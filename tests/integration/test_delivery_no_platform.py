@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
+from scanbridge.adapters.local.memory import (
+    FernetSecretBox,
+    MemoryArtifactStore,
+    MemoryJobLauncher,
+    MemoryTaskStore,
+)
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.results import ScanResult
@@ -35,8 +40,10 @@ def _finished_task(tasks: MemoryTaskStore, artifacts: MemoryArtifactStore, *, st
 
 def _container(settings: Settings) -> tuple[Container, MemoryTaskStore, MemoryArtifactStore]:
     tasks, artifacts = MemoryTaskStore(), MemoryArtifactStore()
+    # a launcher that starts nothing: the tests run the worker's processing themselves (the default local
+    # launcher would start a real worker process beside them, which fails on these in-memory stores)
     container = bootstrap(settings, tasks=tasks, artifacts=artifacts, secrets=FernetSecretBox(),
-                          sleep=lambda _s: None)
+                          launcher=MemoryJobLauncher(), sleep=lambda _s: None)
     return container, tasks, artifacts
 
 
