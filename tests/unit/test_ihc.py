@@ -39,7 +39,7 @@ def test_the_cell_ring_reads_the_membrane_not_the_nucleus() -> None:
     m = ihc.nucleus_measurements({"hscore_thresholds": [0.25, 0.45, 0.65], "cell_expansion_um": 1.5,
                                   "intensity_channel": 2}, {"cell_positive": 0.3}, 0.05, outline, stains, 0.5)
     assert m["DAB grade"] == 0 and m["Cell positive"] == 1.0 and m["Cell DAB OD mean"] > 0.6
-    results, summary = ihc.summary_figures([m, {**m, "DAB grade": 3.0, "Cell positive": 0.0}])
+    results, summary = ihc.summary_figures([m["DAB grade"], 3.0], [m["Cell positive"], 0.0])
     assert results["h_score"] == pytest.approx(150.0) and results["cell_positivity_percent"] == pytest.approx(50.0)
     assert results["grade_counts"] == {"0": 1, "1+": 0, "2+": 0, "3+": 1} and "H-score" in summary
 

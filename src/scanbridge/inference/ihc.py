@@ -77,15 +77,16 @@ def nucleus_measurements(outputs_spec: dict[str, Any], thresholds: dict[str, flo
     return out
 
 
-def summary_figures(measurements: list[dict[str, float]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Scan-level IHC figures from the nuclei's measurements: (results keys, summary lines).
+def summary_figures(dab_grades: list[float], cell_positive: list[float]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Scan-level IHC figures from the nuclei's `DAB grade` and `Cell positive` measurements (of the nuclei
+    that have them): (results keys, summary lines).
 
     H-score and the count per grade when nuclei are graded; cell positivity (the ring compartment,
     reported apart from nuclear positivity) when cells were measured.
     """
     results: dict[str, Any] = {}
     summary: dict[str, str] = {}
-    grades = [int(m["DAB grade"]) for m in measurements if "DAB grade" in m]
+    grades = [int(g) for g in dab_grades]
     score = h_score(grades)
     if score is not None:
         counts = np.bincount(np.asarray(grades, dtype=np.intp), minlength=4)
@@ -93,10 +94,9 @@ def summary_figures(measurements: list[dict[str, float]]) -> tuple[dict[str, Any
         results["grade_counts"] = {"0": int(counts[0]), "1+": int(counts[1]), "2+": int(counts[2]),
                                    "3+": int(counts[3])}
         summary["H-score"] = f"{score:.0f} (1+ {counts[1]:,}, 2+ {counts[2]:,}, 3+ {counts[3]:,})"
-    cells = [m["Cell positive"] for m in measurements if "Cell positive" in m]
-    if cells:
-        positive = int(sum(cells))
+    if cell_positive:
+        positive = int(sum(cell_positive))
         results["cell_positive_count"] = positive
-        results["cell_positivity_percent"] = round(100.0 * positive / len(cells), 3)
-        summary["Cell positivity (DAB, cytoplasm/membrane)"] = f"{100.0 * positive / len(cells):.1f} %"
+        results["cell_positivity_percent"] = round(100.0 * positive / len(cell_positive), 3)
+        summary["Cell positivity (DAB, cytoplasm/membrane)"] = f"{100.0 * positive / len(cell_positive):.1f} %"
     return results, summary

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPoint, Polygon
+from shapely.geometry import Polygon
 
 from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
@@ -42,6 +42,7 @@ from scanbridge.inference.instances import (
     output_problems,
 )
 from scanbridge.inference.nuclei import Nucleus
+from scanbridge.inference.object_table import ObjectTable, SlideObject
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles, read_tile
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
 from scanbridge.inference.resume import CheckpointStore, TileResume
@@ -53,27 +54,19 @@ MAX_POLYGONS = 200_000  # beyond this a scan's GeoJSON carries points only (coun
 
 
 @dataclass
-class SlideObject:
-    """One object in level-0 pixels (and µm where the scan has a pixel size)."""
-
-    x: float
-    y: float
-    contour: np.ndarray  # (k, 2) level-0 x, y
-    measurements: dict[str, float]
-    positive: bool | None
-    class_name: str | None = None  # the label of a typed nucleus or a detection's class
-    shape: str = "nucleus"  # "nucleus" (an outline) or "box" (a detection's box)
-
-
-@dataclass
 class ObjectRun:
-    """Every object of a scan plus what it took to find them."""
+    """Every object of a scan (column-wise; a list of SlideObjects is stored as a table) plus what it took
+    to find them."""
 
-    objects: list[SlideObject]
+    objects: ObjectTable
     stats: PipelineStats
     grid: TileGrid
     post_s: float = 0.0  # CPU seconds of the per-tile post-processing, summed over its threads
     stain_vectors: stains.StainVectors | None = None  # the scan's, when the model takes them
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.objects, ObjectTable):
+            self.objects = ObjectTable.of(self.objects)
 
 
 def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
@@ -217,16 +210,17 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     started = time.perf_counter()
     post_s = [0.0]
     resume = TileResume(checkpoint, grid, spec) if checkpoint is not None else None
-    objects: list[SlideObject] = resume.restore_objects(SlideObject) if resume else []
+    objects = ObjectTable.of(resume.restore_objects(SlideObject)) if resume else ObjectTable()
     done = len(resume.done) if resume else 0
 
-    def post(tile: Tile, outputs: dict[str, np.ndarray]) -> list[SlideObject]:
+    def post(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
-        found = _tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp, stain_names)
+        found = ObjectTable.of(_tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp,
+                                             stain_names))  # the tile's dicts go here, in the thread
         post_s[0] += time.thread_time() - t0
         return found
 
-    pending: list[Future[list[SlideObject]]] = []
+    pending: list[Future[ObjectTable]] = []
     buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
     batch_tiles: list[Tile] = []
     with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post") as pool:
@@ -275,8 +269,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     if decoder.merges_across_tiles:
         objects = _merged(objects, decoder.config.nms_iou)
     stats.wall_s = time.perf_counter() - started
-    objects.sort(key=lambda o: (o.y, o.x))
-    return ObjectRun(objects=objects, stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
+    return ObjectRun(objects=objects.sorted(), stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
 
 
 def scan_stain_vectors(reader: ScanReader, grid: TileGrid) -> stains.StainVectors:
@@ -288,59 +281,74 @@ def scan_stain_vectors(reader: ScanReader, grid: TileGrid) -> stains.StainVector
     return stains.estimate_from_tiles([read_tile(reader, grid, tile) for tile in picked])
 
 
-def _merged(objects: list[SlideObject], iou: float) -> list[SlideObject]:
+def _merged(objects: ObjectTable, iou: float) -> ObjectTable:
     """The boxes left by per-class non-maximum suppression at level 0 (copies from overlapping windows go)."""
-    if not objects:
+    if not len(objects):
         return objects
-    boxes = np.array([[o.contour[:, 0].min(), o.contour[:, 1].min(), o.contour[:, 0].max(), o.contour[:, 1].max()]
-                      for o in objects])
-    scores = np.array([o.measurements.get("Score", 0.0) for o in objects])
-    names = sorted({o.class_name or "" for o in objects})
-    classes = np.array([names.index(o.class_name or "") for o in objects])
-    return [objects[i] for i in merge_boxes(boxes, scores, classes, iou).tolist()]
+    coords, offsets = objects.contours()
+    starts = offsets[:-1]
+    boxes = np.column_stack([np.minimum.reduceat(coords, starts), np.maximum.reduceat(coords, starts)])
+    score, has_score = objects.column("Score")
+    scores = np.zeros(len(objects))
+    scores[has_score] = score
+    names = sorted({"", *objects.class_names})
+    by_id = np.array([names.index(n) for n in objects.class_names] + [names.index("")], dtype=np.int64)
+    classes = by_id[objects.class_ids]
+    return objects.take(merge_boxes(boxes, scores, classes, iou))
 
 
-def _drain(pending: list[Future[list[SlideObject]]], into: list[SlideObject], *, keep: int) -> None:
+def _drain(pending: list[Future[ObjectTable]], into: ObjectTable, *, keep: int) -> None:
     """Collect finished post-processing; block until at most `keep` are still running."""
     while len(pending) > keep or (pending and pending[0].done()):
-        into.extend(pending.pop(0).result())
+        into.add(pending.pop(0).result())
 
 
 def _fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _outlines(objs: list[SlideObject], width: int, height: int) -> list[tuple[dict[str, Any], list[float]] | None]:
-    """Each object's outline as (GeoJSON Polygon rounded to 0.01 px, bbox); None where it has no area."""
-    return list(_iter_outlines(objs, width, height))
+OUTLINE_CHUNK = 4096  # objects whose outlines are checked at once with shapely's arrays (bounded memory)
 
 
-def _iter_outlines(objs: list[SlideObject], width: int,
+def _iter_outlines(objs: ObjectTable, width: int,
                    height: int) -> Iterator[tuple[dict[str, Any], list[float]] | None]:
-    """`_outlines` one object at a time: the arrays are computed at once, each outline's lists when asked.
+    """Each object's outline as (GeoJSON Polygon rounded to 0.01 px, bbox), one at a time; None where it
+    has no area.
 
     Outlines from nuclei.py are simple rings, so most need no repair: validity, area and bounds are
-    checked for all of them at once (shapely's array functions) and their GeoJSON is written straight
-    from the coordinates. The rest (invalid, or reaching past the slide) are repaired and clipped one
-    by one.
+    checked for `OUTLINE_CHUNK` objects at once (shapely's array functions) and their GeoJSON is written
+    straight from the coordinates. The rest (invalid, or reaching past the slide) are repaired and clipped
+    one by one.
     """
-    sizes = np.fromiter((len(o.contour) for o in objs), dtype=np.intp, count=len(objs))
+    coords, offsets = objs.contours()
+    slide = shapely.box(0, 0, width, height)
+    for c0 in range(0, len(objs), OUTLINE_CHUNK):
+        c1 = min(len(objs), c0 + OUTLINE_CHUNK)
+        yield from _chunk_outlines(coords, offsets[c0:c1 + 1], width, height, slide)
+
+
+def _chunk_outlines(all_coords: np.ndarray, offsets: np.ndarray, width: int, height: int,
+                    slide: Polygon) -> Iterator[tuple[dict[str, Any], list[float]] | None]:
+    """`_iter_outlines` for the objects whose outlines lie at `offsets` in `all_coords`."""
+    count = len(offsets) - 1
+    sizes = np.diff(offsets)
     rings = np.flatnonzero(sizes >= 3)
     if rings.size == 0:
-        yield from [None] * len(objs)
+        yield from [None] * count
         return
-    coords = np.concatenate([objs[i].contour for i in rings]).astype(np.float64, copy=False)
+    span = all_coords[offsets[0]:offsets[-1]]
+    coords = (span if rings.size == count else span[np.repeat(sizes >= 3, sizes)]).astype(np.float64, copy=False)
     lengths = sizes[rings]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     polys = shapely.polygons(shapely.linearrings(coords, indices=np.repeat(np.arange(rings.size), lengths)))
     lo, hi = np.minimum.reduceat(coords, starts), np.maximum.reduceat(coords, starts)
     simple = shapely.is_valid(polys) & (shapely.area(polys) > 0) & (lo >= 0).all(axis=1) \
         & (hi[:, 0] <= width) & (hi[:, 1] <= height)
+    del polys
     rounded = np.round(coords, 2)
     boxes = np.round(np.hstack([lo, hi]), 2).tolist()
     first = _top_left(rounded, starts, lengths).tolist()
     ccw = (_signed_area2(rounded, starts, lengths) > 0).tolist()
-    slide = shapely.box(0, 0, width, height)
     nxt = 0
     for j, i in enumerate(rings.tolist()):
         yield from [None] * (i - nxt)  # objects with fewer than 3 vertices
@@ -356,11 +364,11 @@ def _iter_outlines(objs: list[SlideObject], width: int,
             ring = ring[k:] + ring[:k + 1]
             yield {"type": "Polygon", "coordinates": [ring]}, boxes[j]
             continue
-        poly = _polygon(objs[i].contour)
+        poly = _polygon(all_coords[offsets[i]:offsets[i + 1]])
         if poly is not None and not slide.contains(poly):
             poly = poly.intersection(slide)
         yield polygon_geometry(poly) if isinstance(poly, Polygon) and not poly.is_empty else None
-    yield from [None] * (len(objs) - nxt)
+    yield from [None] * (count - nxt)
 
 
 @contextmanager
@@ -422,69 +430,61 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     draw = str(spec.outputs.get("draw", "both"))
     polygons_wanted = draw != "points" if boxes_mode else bool(spec.outputs.get("polygons", True))
     want_polygons = polygons_wanted and len(objs) <= MAX_POLYGONS
-    typed = any(o.class_name is not None for o in objs)
+    class_ids = objs.class_ids
+    typed = bool((class_ids >= 0).any())
+    class_names = objs.class_names
     labels = {lab.name.lower(): lab for lab in spec.labels}
     nucleus_label = spec.labels[0] if spec.labels and not positive_mode else None
     features: FeatureSpool | list[dict[str, Any]] = FeatureSpool() if stream else []
     width, height = bounds
+    positive, is_box = objs.positive, objs.is_box
 
     with _gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
         if want_polygons:
-            for o, outline in zip(objs, _iter_outlines(objs, width, height), strict=True):
+            for i, outline in enumerate(_iter_outlines(objs, width, height)):
                 if outline is None:
                     continue
-                if o.class_name is not None:
-                    cls = labels.get(o.class_name.lower())
-                    name = o.class_name
+                box = bool(is_box[i])
+                if class_ids[i] >= 0:
+                    name = class_names[class_ids[i]]
+                    cls = labels.get(name.lower())
                     colour = cls.color if cls else "#ff0000"
                 elif positive_mode:
-                    cls = labels.get("positive" if o.positive else "negative")
-                    name = cls.name if cls else ("Positive" if o.positive else "Negative")
+                    cls = labels.get("positive" if positive[i] == 1 else "negative")
+                    name = cls.name if cls else ("Positive" if positive[i] == 1 else "Negative")
                     colour = cls.color if cls else "#ff0000"
                 else:
-                    name = nucleus_label.name if nucleus_label else ("Detection" if o.shape == "box" else "Nucleus")
+                    name = nucleus_label.name if nucleus_label else ("Detection" if box else "Nucleus")
                     colour = nucleus_label.color if nucleus_label else "#3f51b5"
-                features.append(geometry_feature(*outline, annotation_type="detection" if o.shape == "box" else "nucleus",
-                                                 class_name=name, colour=colour, measurements=o.measurements,
+                features.append(geometry_feature(*outline, annotation_type="detection" if box else "nucleus",
+                                                 class_name=name, colour=colour, measurements=objs.measurements(i),
                                                  object_type="detection"))
-    positives = [o for o in objs if o.positive]
-    negatives = [o for o in objs if o.positive is False]
+    xs, ys = np.clip(objs.x, 0.0, width), np.clip(objs.y, 0.0, height)
+    n_positive, n_negative = int((positive == 1).sum()), int((positive == 0).sum())
     if positive_mode:
-        for key, group in (("positive", positives), ("negative", negatives)):
-            if not group:
+        for key, group in (("positive", positive == 1), ("negative", positive == 0)):
+            if not group.any():
                 continue
             cls = labels.get(key)
             name = cls.name if cls else key.title()
             colour = cls.color if cls else "#ff0000"
-            pts = MultiPoint([(min(max(o.x, 0.0), width), min(max(o.y, 0.0), height)) for o in group])
-            x1, y1, x2, y2 = pts.bounds
-            features.append({
-                "type": "Feature", "id": _uuid(), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
-                "geometry": {"type": "MultiPoint", "coordinates": [[round(p.x, 2), round(p.y, 2)] for p in pts.geoms]},
-                "properties": {"annotation_type": key, "objectType": "annotation",
-                               "classification": {"name": name, "color": hex_to_rgb(colour)},
-                               "measurements": {"Num nuclei": float(len(group))}},
-            })
-    class_counts: dict[str, int] = {}
-    for o in objs:
-        if o.class_name is not None:
-            class_counts[o.class_name] = class_counts.get(o.class_name, 0) + 1
+            features.append(_points_feature(xs[group], ys[group], annotation_type=key, name=name, colour=colour,
+                                            measurements={"Num nuclei": float(group.sum())}))
+    found = class_ids[class_ids >= 0]
+    ids, first, counts = np.unique(found, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")  # the classes in the order the (sorted) objects meet them
+    class_counts = {class_names[int(ids[k])]: int(counts[k]) for k in order}
     if typed and not positive_mode and (draw != "boxes" if boxes_mode else not want_polygons):
         for name, n in class_counts.items():
-            group = [o for o in objs if o.class_name == name]
+            group = class_ids == class_names.index(name)
             cls = labels.get(name.lower())
-            pts = MultiPoint([(min(max(o.x, 0.0), width), min(max(o.y, 0.0), height)) for o in group])
-            x1, y1, x2, y2 = pts.bounds
-            features.append({
-                "type": "Feature", "id": _uuid(), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
-                "geometry": {"type": "MultiPoint", "coordinates": [[round(p.x, 2), round(p.y, 2)] for p in pts.geoms]},
-                "properties": {"annotation_type": name.lower(), "objectType": "annotation",
-                               "classification": {"name": name, "color": hex_to_rgb(cls.color if cls else "#ff0000")},
-                               "measurements": {"Num detections" if boxes_mode else "Num nuclei": float(n)}},
-            })
+            features.append(_points_feature(xs[group], ys[group], annotation_type=name.lower(), name=name,
+                                            colour=cls.color if cls else "#ff0000",
+                                            measurements={"Num detections" if boxes_mode else "Num nuclei": float(n)}))
     count = len(objs)
-    areas = [o.measurements["Area µm^2"] for o in objs if "Area µm^2" in o.measurements and o.shape == "nucleus"]
-    mean_area = float(np.mean(areas)) if areas else None
+    area, has_area = objs.column("Area µm^2")
+    areas = area[~is_box[has_area]]
+    mean_area = float(np.mean(areas)) if areas.size else None
     density = count / tissue_mm2 if tissue_mm2 else None
     summary: dict[str, str] = {"Detections" if boxes_mode else "Nuclei": f"{count:,}"}
     for name, n in sorted(class_counts.items()):
@@ -499,14 +499,15 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     if typed:
         results["class_counts"] = dict(sorted(class_counts.items()))
     if positive_mode:
-        pct = 100.0 * len(positives) / count if count else None
+        pct = 100.0 * n_positive / count if count else None
         label = str(spec.outputs.get("summary_label", "Positivity"))
         summary[label] = f"{pct:.1f} %" if pct is not None else "n/a (no nuclei)"
-        summary["Positive nuclei"] = f"{len(positives):,}"
-        summary["Negative nuclei"] = f"{len(negatives):,}"
-        results.update(positive_count=len(positives), negative_count=len(negatives),
+        summary["Positive nuclei"] = f"{n_positive:,}"
+        summary["Negative nuclei"] = f"{n_negative:,}"
+        results.update(positive_count=n_positive, negative_count=n_negative,
                        positivity_percent=round(pct, 3) if pct is not None else None)
-        ihc_results, ihc_summary = ihc.summary_figures([o.measurements for o in objs])
+        ihc_results, ihc_summary = ihc.summary_figures(objs.column("DAB grade")[0].tolist(),
+                                                       objs.column("Cell positive")[0].tolist())
         results.update(ihc_results)
         summary.update(ihc_summary)
     summary["Nuclei density"] = (f"{_fmt(density, 0)} /mm² of tissue" if density is not None
@@ -530,6 +531,20 @@ def _stain_figures(vectors: stains.StainVectors | None) -> tuple[dict[str, Any],
     if vectors is None:
         return {}, {}
     return {"stain_vectors": vectors.to_json()}, {"Stain vectors": vectors.summary()}
+
+
+def _points_feature(xs: np.ndarray, ys: np.ndarray, *, annotation_type: str, name: str, colour: str,
+                    measurements: dict[str, float]) -> dict[str, Any]:
+    """One MultiPoint annotation of object centroids (already clipped to the slide), rounded to 0.01 px."""
+    x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+    return {
+        "type": "Feature", "id": _uuid(), "bbox": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
+        "geometry": {"type": "MultiPoint",
+                     "coordinates": [[round(x, 2), round(y, 2)] for x, y in zip(xs.tolist(), ys.tolist(), strict=True)]},
+        "properties": {"annotation_type": annotation_type, "objectType": "annotation",
+                       "classification": {"name": name, "color": hex_to_rgb(colour)},
+                       "measurements": measurements},
+    }
 
 
 def _scan_result(scan_id: str, results: dict[str, Any],
