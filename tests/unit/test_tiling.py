@@ -9,6 +9,7 @@ from scanbridge.imaging.readers.base import ScanMetadata
 from scanbridge.imaging.tiling import (
     DEFAULT_MIN_TISSUE,
     Tile,
+    _tissue_cells,
     grid_for_model,
     grid_over_tissue,
     overview_tissue_mask,
@@ -81,6 +82,28 @@ def test_grid_keeps_only_cells_with_tissue() -> None:
     assert [(t.row, t.col) for t in grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0).tiles] == [(0, 0)]
     mask[0:25, 6] = False
     assert grid_over_tissue(0, (100, 100), 1.0, 25, mask, 1.0).tiles == []
+
+
+def test_grid_cells_count_tissue_as_a_per_cell_sum_does() -> None:
+    # GIVEN random masks, fractional cell sizes (cells share their edge rows) and grids past the mask
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        mask = rng.random((h, w)) < rng.random()
+        cell = float(rng.random() * 15 + 0.4)
+        rows, cols = int(np.ceil(h / cell)) + int(rng.integers(0, 3)), int(np.ceil(w / cell)) + int(rng.integers(0, 3))
+        min_tissue = float(rng.choice([0.0, 0.1, 0.25, 0.5]))
+        # WHEN the kept cells are found (from rows of the summed-area table, never the whole table)
+        kept = _tissue_cells(mask, cell, rows, cols, min_tissue)
+        # THEN they are the cells whose pixels (floor .. ceil of their edges), summed one by one, are tissue
+        # and at least min_tissue of the cell
+        for r in range(rows):
+            for c in range(cols):
+                r0, r1 = min(h, int(np.floor(r * cell))), min(h, int(np.ceil((r + 1) * cell)))
+                c0, c1 = min(w, int(np.floor(c * cell))), min(w, int(np.ceil((c + 1) * cell)))
+                tissue = int(mask[r0:r1, c0:c1].sum())
+                area = max(1, (r1 - r0) * (c1 - c0))
+                assert kept[r, c] == (tissue > 0 and tissue / area >= min_tissue), (h, w, cell, r, c)
 
 
 def test_default_grid_tracks_the_tissue_share_not_its_perimeter() -> None:
