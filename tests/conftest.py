@@ -19,6 +19,7 @@ from scanbridge.adapters.local.memory import (
 )
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
+from scanbridge.domain.results import JsonBody
 from scanbridge.ports import PlatformResponse
 
 # CI in stages (ordered; a failed stage skips the later ones, on every xdist worker): tests/stages.py
@@ -70,10 +71,10 @@ class ScriptedPlatform:
         self.calls: list[tuple[str, dict[str, Any], str]] = []
         self.delivery_ids: list[str] = []
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, *, delivery_id: str = "",
+    def post_results(self, task_id: str, body: JsonBody, bearer: str, *, delivery_id: str = "",
                      timeout_s: float | None = None) -> PlatformResponse:
         self.delivery_ids.append(delivery_id)
-        self.calls.append((task_id, json.loads(json.dumps(body)), bearer))
+        self.calls.append((task_id, body.parsed(), bearer))
         status = self.statuses.pop(0) if self.statuses else 200
         return PlatformResponse(status_code=status, body=json.dumps({"status": status}))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scanbridge.domain.models import ModelSpec
-from scanbridge.domain.results import QcFinding, ScanResult
+from scanbridge.domain.results import JsonBody, QcFinding, ScanResult
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
 
@@ -136,10 +136,11 @@ class PlatformResponse:
 class PlatformClient(Protocol):
     """Posts results to the platform."""
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, *, delivery_id: str = "",
+    def post_results(self, task_id: str, body: JsonBody, bearer: str, *, delivery_id: str = "",
                      timeout_s: float | None = None) -> PlatformResponse:
-        """POST the results body (`delivery_id`: the same Idempotency-Key / webhook-id on every retry);
-        raises DeliveryError on connection errors and timeouts (`timeout_s`: this attempt's read timeout)."""
+        """POST the results body, its JSON text as it is (`delivery_id`: the same Idempotency-Key / webhook-id
+        on every retry); raises DeliveryError on connection errors and timeouts (`timeout_s`: this attempt's
+        read timeout)."""
 
 
 class ModelCatalog(Protocol):

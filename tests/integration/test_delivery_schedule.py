@@ -18,6 +18,7 @@ from scanbridge.adapters.local.memory import (
 )
 from scanbridge.adapters.platform_http import HttpPlatformClient
 from scanbridge.client.files import LoopbackServer
+from scanbridge.domain.results import JsonBody
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.storage_keys import posted_key
 from scanbridge.domain.task import ScanState, Task
@@ -221,7 +222,7 @@ def test_a_successful_redelivery_ends_completed(stores: Any) -> None:
 class _DiesMidPost:
     """A platform client whose process dies in the middle of the POST (the fault injected)."""
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, **_kw: Any) -> PlatformResponse:
+    def post_results(self, task_id: str, body: JsonBody, bearer: str, **_kw: Any) -> PlatformResponse:
         raise SystemExit("killed mid-POST")
 
 

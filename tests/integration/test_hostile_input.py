@@ -20,6 +20,7 @@ from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.adapters.platform_http import HttpPlatformClient, results_url
 from scanbridge.bootstrap import Container
 from scanbridge.devtools.local_platform import FakePlatform
+from scanbridge.domain.results import JsonBody
 from scanbridge.domain.webhook import is_valid_id
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.entrypoints.webhook_common import json_too_deep
@@ -208,7 +209,7 @@ def test_a_dot_dot_id_is_posted_to_its_own_results_path() -> None:
         client = HttpPlatformClient(platform.base_url)
         # WHEN results for ".." and "." are posted (ids the intake refuses; the client encodes them anyway)
         for tid in ("..", "."):
-            assert client.post_results(tid, {"scanResults": []}, "bearer").status_code == 200
+            assert client.post_results(tid, JsonBody.of({"scanResults": []}), "bearer").status_code == 200
     # THEN each went to /api/v3/external/results/<encoded id>, never to /api/v3/external(/results)
     assert [p.path for p in platform.posts] == ["/api/v3/external/results/%2E%2E", "/api/v3/external/results/%2E"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from scanbridge.domain.errors import DeliveryError
+from scanbridge.domain.results import JsonBody
 from scanbridge.ports import PlatformResponse
 
 PCHAR = "!$&'()*+,;=:@"  # RFC 3986 path characters kept as they are (base64 ids keep their "=")
@@ -49,23 +49,26 @@ class HttpPlatformClient:
             self._local.client = client
         return client
 
-    def post_results(self, task_id: str, body: dict[str, Any], bearer: str, *, delivery_id: str = "",
+    def post_results(self, task_id: str, body: JsonBody, bearer: str, *, delivery_id: str = "",
                      timeout_s: float | None = None) -> PlatformResponse:
         """POST the body; returns the platform's status and (truncated) answer.
 
+        The body's chunks are sent as they are, with their Content-Length (httpx streams an iterator;
+        with the length known it sends no chunked encoding, which some platforms' front ends refuse).
         With a `delivery_id` the POST carries it as `Idempotency-Key` (Stripe) and `webhook-id` (Standard
         Webhooks, with `webhook-timestamp`), the same on every retry, so the platform can drop duplicates.
         """
         if not self._base_url:
             raise DeliveryError("SCANBRIDGE_PLATFORM_URL is not set", retryable=False)
-        headers = {"Authorization": f"Bearer {bearer}"}
+        headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json",
+                   "Content-Length": str(body.size)}
         if delivery_id:
             headers.update({"Idempotency-Key": delivery_id, "webhook-id": delivery_id,
                             "webhook-timestamp": str(int(time.time()))})
         timeout = self._timeout if timeout_s is None else httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         try:
-            resp = self._client().post(results_url(self._base_url, task_id), json=body, headers=headers,
-                                       timeout=timeout)
+            resp = self._client().post(results_url(self._base_url, task_id), content=iter(body.chunks),
+                                       headers=headers, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise DeliveryError(f"platform timed out: {type(exc).__name__}") from exc
         except httpx.TransportError as exc:

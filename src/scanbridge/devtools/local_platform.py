@@ -31,6 +31,25 @@ class ReceivedPost:
     content_type: str | None
     body: Any
     at: float
+    content_length: str | None = None  # the Content-Length header (None when sent chunked)
+    transfer_encoding: str | None = None
+
+
+def request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's body, by its Content-Length or chunked (what httpx sends for an iterator of unknown
+    length; http.server does not decode it)."""
+    if "chunked" not in (handler.headers.get("Transfer-Encoding") or "").lower():
+        return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    data = bytearray()
+    for _ in range(1 << 20):  # bounded: at most a million chunks
+        size = int(handler.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while handler.rfile.readline(1024).strip():  # trailers, then the blank line
+                pass
+            break
+        data += handler.rfile.read(size)
+        handler.rfile.readline(8)  # the CRLF after each chunk
+    return bytes(data)
 
 
 @dataclass
@@ -122,7 +141,7 @@ class FakePlatform(LocalFileServer):
 
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
         """POST /api/v3/token (a token for a known key pair) or /api/v3/external/results/<task> (recorded)."""
-        raw = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        raw = request_body(request)
         if request.path == "/api/v3/token":
             token = self._token_for(request.headers.get("Authorization"))
             answer = ({"error": "invalid_client"} if token is None else
@@ -140,6 +159,8 @@ class FakePlatform(LocalFileServer):
             self.posts.append(ReceivedPost(
                 path=request.path, task_id=request.path[len(self.RESULTS):], body=body, at=time.time(),
                 authorization=request.headers.get("Authorization"),
-                content_type=request.headers.get("Content-Type")))
+                content_type=request.headers.get("Content-Type"),
+                content_length=request.headers.get("Content-Length"),
+                transfer_encoding=request.headers.get("Transfer-Encoding")))
             status = self.responses.pop(0) if self.responses else 200
         self.reply(request, status, json.dumps({"ok": 200 <= status < 300}).encode(), "application/json")

@@ -144,6 +144,49 @@ def result_json_chunks(result: ScanResult) -> Iterator[bytes]:
     yield after
 
 
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\n\r"
+
+
+def stored_result_head(raw: bytes) -> ScanResult | None:
+    """The `scanId` and `results` of a stored result.json, read up to its `geojson` (never parsed: its
+    features stay text) -- what the results step needs of a scan besides the text it posts as it is.
+
+    `result_json_chunks` writes the fields in ScanResult's order (scanId, results, geojson, qcFailReasons);
+    None when the text is laid out otherwise (no scanId and results before geojson): parse it whole then.
+    """
+    text = raw.decode()
+    head: dict[str, Any] = {}
+    pos = _skip(text, 0)
+    if text[pos:pos + 1] != "{":
+        return None
+    pos += 1
+    while True:
+        pos = _skip(text, pos)
+        if text[pos:pos + 1] != '"':
+            return None
+        key, pos = _DECODER.raw_decode(text, pos)
+        pos = _skip(text, pos)
+        if text[pos:pos + 1] != ":" or key not in ScanResult.model_fields:
+            return None
+        if key == "geojson":
+            break
+        head[key], pos = _DECODER.raw_decode(text, _skip(text, pos + 1))
+        pos = _skip(text, pos)
+        if text[pos:pos + 1] != ",":
+            break  # the end of the object: a result without geojson
+        pos += 1
+    if "scanId" not in head or "results" not in head:
+        return None
+    return ScanResult.model_validate(head)
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _SPACE:
+        pos += 1
+    return pos
+
+
 def result_json_bytes(result: ScanResult) -> bytes:
     """`result_json_chunks` joined: the JSON text of the result (its peak is the text, not the dicts)."""
     return b"".join(result_json_chunks(result))

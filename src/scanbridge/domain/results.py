@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +34,35 @@ class ResultsPayload(BaseModel):
     def to_body(self) -> dict[str, Any]:
         """The JSON body exactly as it is posted."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True)
+class JsonBody:
+    """A JSON document as chunks of its UTF-8 text, sent and stored as they are (never parsed nor joined
+    on the way): a results body is each scan's stored result.json copied between a few bytes of its own."""
+
+    chunks: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, value: Any) -> JsonBody:
+        """`json.dumps(value)` as one chunk."""
+        return cls((json.dumps(value).encode(),))
+
+    @property
+    def size(self) -> int:
+        """The length of the text in bytes (the request's Content-Length)."""
+        return sum(len(c) for c in self.chunks)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+    def to_bytes(self) -> bytes:
+        """The whole text."""
+        return b"".join(self.chunks)
+
+    def parsed(self) -> Any:
+        """The document as Python values (json.loads)."""
+        return json.loads(self.to_bytes())
 
 
 class QcFinding(BaseModel):

@@ -193,7 +193,7 @@ def run(environ: Mapping[str, str]) -> int:
                  task.delivery.status_code)
         if env.debug_upload_url:
             raw = container.artifacts.get(posted_key(env.task_id))
-            body = json.loads(raw) if raw else container.delivery.build_body(task).to_body()
+            body = json.loads(raw) if raw else container.delivery.results_body(task).parsed()
             _upload_debug(env, body, snapshot, capture, task.public_view(), settings.delivery_timeout_s)
         print(json.dumps({"task_id": env.task_id, "scan_id": env.scan_id, "status": str(task.status),
                           "delivered": delivered, "status_code": task.delivery.status_code,

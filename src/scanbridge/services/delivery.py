@@ -36,7 +36,8 @@ from datetime import datetime
 from typing import Any
 
 from scanbridge.domain.errors import DeliveryError, NoPlatformCredentialsError, WorkerFailedError
-from scanbridge.domain.results import ResultsPayload, ScanResult, failure_result
+from scanbridge.domain.feature_spool import stored_result_head
+from scanbridge.domain.results import JsonBody, ResultsPayload, ScanResult, failure_result
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import Task, utcnow
@@ -241,19 +242,41 @@ class DeliveryService:
     # --- the body ----------------------------------------------------------------------------
 
     def build_body(self, task: Task) -> ResultsPayload:
-        """The results body: each scan's stored result, or a result that explains its failure."""
-        scans: list[ScanResult] = []
+        """The results body as models (each stored result parsed whole): `results_body(task).parsed()`."""
+        return ResultsPayload.model_validate(self.results_body(task).parsed())
+
+    def results_body(self, task: Task) -> JsonBody:
+        """The results body, as posted: each scan's stored result (its text as the worker wrote it: the
+        features are never parsed; only its head is read, for caseResults), or a result that explains its
+        failure. The same JSON as `ResultsPayload(...).to_body()` of the parsed results."""
+        heads: list[ScanResult] = []
+        texts: list[bytes] = []
         for sid, scan in task.scans.items():
             raw = self._artifacts.get(scan_result_key(task.task_id, sid))
-            stored = ScanResult.model_validate(json.loads(raw)) if raw is not None else None
-            stored_code = ((stored.results or {}).get("error") or {}).get("code") if stored else None
-            if stored is not None and (scan.status == ScanStatus.SUCCEEDED or
-                                       (scan.status == ScanStatus.FAILED and stored_code == scan.error_code)):
-                scans.append(stored)  # a failure stored by the worker keeps its qcFailReasons and QC report
+            head = text = None
+            if raw is not None:
+                head = stored_result_head(raw)
+                text = raw
+                if head is None:  # laid out otherwise: parsed whole, written as to_body writes it
+                    stored = ScanResult.model_validate(json.loads(raw))
+                    head, text = stored, json.dumps(stored.model_dump(mode="json", exclude_none=True)).encode()
+            stored_code = ((head.results or {}).get("error") or {}).get("code") if head else None
+            if head is not None and text is not None and (
+                    scan.status == ScanStatus.SUCCEEDED or
+                    (scan.status == ScanStatus.FAILED and stored_code == scan.error_code)):
+                heads.append(head)  # a failure stored by the worker keeps its qcFailReasons and QC report
+                texts.append(text)
             else:
-                scans.append(failure_result(sid, scan.error_code or WorkerFailedError.code,
-                                            scan.error_message or "the scan was not analysed"))
-        return ResultsPayload(caseResults=case_results(task, scans), scanResults=scans)
+                failed = failure_result(sid, scan.error_code or WorkerFailedError.code,
+                                        scan.error_message or "the scan was not analysed")
+                heads.append(failed)
+                texts.append(json.dumps(failed.model_dump(mode="json", exclude_none=True)).encode())
+        case = ResultsPayload(caseResults=case_results(task, heads)).to_body()["caseResults"]
+        chunks = [b'{"caseResults": ', json.dumps(case).encode(), b', "scanResults": [']
+        for i, text in enumerate(texts):
+            chunks.extend((b", ", text) if i else (text,))
+        chunks.append(b"]}")
+        return JsonBody(tuple(chunks))
 
     def _bearer(self, task: Task) -> str:
         if task.token_ciphertext:
@@ -405,7 +428,7 @@ class DeliveryService:
             assert current is not None
             return current, None
         attempt = task.delivery.attempts
-        body = self.build_body(task).to_body()
+        body = self.results_body(task)
         if not self._platform_configured:
             return self._skip(task, body), None
         try:
@@ -417,7 +440,7 @@ class DeliveryService:
         status_code, excerpt, error, retryable = self._post(task, body, bearer, attempt)
         duration = round(self._clock() - started, 3)
         if error is None:
-            self._artifacts.put(posted_key(task_id), json.dumps(body).encode(), "application/json")
+            self._artifacts.put(posted_key(task_id), body.to_bytes(), "application/json")
             log.info("results delivered", extra={"task_id": task_id, "status_code": status_code, "attempts": attempt})
             final = TaskStatus.FAILED if self._all_failed(task) else TaskStatus.COMPLETED
             return self._finish(task_id, final, delivered=True, delivery={
@@ -441,7 +464,7 @@ class DeliveryService:
         return self._finish(task_id, TaskStatus.DELIVERY_FAILED, error=(DeliveryError.code, error),
                             delivery={**record, "next_attempt_at": None}), None
 
-    def _post(self, task: Task, body: dict[str, Any], bearer: str,
+    def _post(self, task: Task, body: JsonBody, bearer: str,
               attempt: int) -> tuple[int | None, str | None, str | None, bool]:
         """One POST: (status code, excerpt, error or None on 2xx, whether the error is worth retrying)."""
         try:
@@ -458,7 +481,7 @@ class DeliveryService:
 
     def _post_final(self, task: Task) -> Task:
         """A burst of POSTs for a task whose status is already final (CANCELLED): recorded, never scheduled."""
-        body = self.build_body(task).to_body()
+        body = self.results_body(task)
         if not self._platform_configured:
             return self._skip(task, body)
         try:
@@ -475,7 +498,7 @@ class DeliveryService:
             record = {"status_code": status_code, "attempts": attempt, "last_error": error, "response_excerpt": excerpt,
                       "duration_s": round(self._clock() - started, 3), "delivery_id": task.delivery.delivery_id}
             if error is None:
-                self._artifacts.put(posted_key(task.task_id), json.dumps(body).encode(), "application/json")
+                self._artifacts.put(posted_key(task.task_id), body.to_bytes(), "application/json")
                 return self._finish(task.task_id, TaskStatus.COMPLETED, delivered=True,
                                     delivery={**record, "delivered_at": utcnow()})
             if not retryable:
@@ -487,9 +510,9 @@ class DeliveryService:
                                                                               str(record.get("last_error"))),
                             delivery=record)
 
-    def _skip(self, task: Task, body: dict[str, Any]) -> Task:
+    def _skip(self, task: Task, body: JsonBody) -> Task:
         """No platform to post to: keep the body as the task's results and end it without a POST."""
-        self._artifacts.put(posted_key(task.task_id), json.dumps(body).encode(), "application/json")
+        self._artifacts.put(posted_key(task.task_id), body.to_bytes(), "application/json")
         log.info("results kept, not posted: %s (SCANBRIDGE_PLATFORM_URL is not set)", NO_PLATFORM,
                  extra={"task_id": task.task_id})
         final = TaskStatus.FAILED if self._all_failed(task) else TaskStatus.COMPLETED
