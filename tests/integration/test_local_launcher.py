@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -169,3 +171,27 @@ def test_task_goes_to_a_fresh_worker_when_the_warm_server_is_gone(tmp_path: Path
         assert (tmp_path / f"{job_id}.log").read_text() == "cold ran task-3\n"
     finally:
         launcher.shutdown()
+
+
+def test_the_fork_server_reports_each_child_as_it_ends(tmp_path: Path) -> None:
+    # GIVEN a fork server whose task sleeps `sleep` seconds then exits with `code`
+    program = ("import time\nfrom scanbridge.adapters.local.forkserver import serve_forks\n"
+               "def run(order):\n    time.sleep(order['sleep'])\n    return order['code']\nserve_forks(run)\n")
+    server = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert server.stdin is not None and server.stdout is not None
+    # WHEN a slow task that fails (3) and a quick one that fails otherwise (4) are ordered, then stdin closes
+    for sleep, code in ((1.0, 3), (0.0, 4)):
+        order = {"task_id": f"t{code}", "log": str(tmp_path / f"t{code}.log"), "sleep": sleep, "code": code}
+        server.stdin.write(json.dumps(order).encode() + b"\n")
+        server.stdin.flush()
+    server.stdin.close()
+    lines = server.stdout.read().decode().split()
+    # THEN both are started, the quick one's end is reported first, each with its own code, and the server
+    # ends (0) once both have
+    assert server.wait(timeout=30) == 0
+    started = [int(lines[i + 1]) for i, k in enumerate(lines) if k == "started"]
+    exits = [(int(lines[i + 1]), int(lines[i + 2])) for i, k in enumerate(lines) if k == "exit"]
+    assert len(started) == 2 and [pid for pid, _ in exits] == started[::-1]
+    assert [code for _, code in exits] == [4, 3]
+    assert (tmp_path / "t3.log").read_text().startswith("warm worker")

@@ -15,7 +15,7 @@ from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.pipeline import ProgressFn
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
-from scanbridge.inference.zoo import BUILTINS
+from scanbridge.inference.zoo import BUILTINS, builtin_model_bytes
 from scanbridge.ports import ModelSource
 
 if TYPE_CHECKING:
@@ -66,8 +66,7 @@ class ModelLoader:
         self.check_device()
         self.check(name)
         if name in BUILTINS:
-            spec, build = BUILTINS[name]
-            return self._cached(spec, build)
+            return self._cached(BUILTINS[name][0], lambda: builtin_model_bytes(name))
         assert self._source is not None  # check() raised otherwise
         source = self._source
         spec = source.spec(name)

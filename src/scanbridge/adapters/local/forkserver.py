@@ -37,16 +37,30 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0
 
 
+#: Without pidfds (Linux < 5.3) a child's end is looked for this often.
+EXIT_POLL_S = 0.05
+
+
 def serve_forks(run: Callable[[dict[str, Any]], int], stdin_fd: int = 0) -> int:
     """The server's loop: fork `run(order)` per order line; report `started`/`exit`. Returns after EOF
-    once its children have ended. Reads the raw fd (a buffered reader would hide lines from select)."""
+    once its children have ended. Reads the raw fd (a buffered reader would hide lines from select).
+
+    It sleeps in `select` on stdin and on a pidfd per child, so a child's end is reported when it happens
+    (the task's results step starts then), not at the next poll; without pidfds it polls every EXIT_POLL_S.
+    """
     out = sys.stdout
     me = os.getpid()
-    children: set[int] = set()
+    children: dict[int, int | None] = {}  # pid -> its pidfd (None: polled)
     pending = b""
     open_input = True
     while open_input or children:
-        if open_input and select.select([stdin_fd], [], [], 0.05)[0]:
+        fds = [stdin_fd] if open_input else []
+        fds += [fd for fd in children.values() if fd is not None]
+        polled = any(fd is None for fd in children.values())
+        ready = select.select(fds, [], [], EXIT_POLL_S if polled or not fds else None)[0] if fds else []
+        if not fds:
+            time.sleep(EXIT_POLL_S)
+        if stdin_fd in ready:
             data = os.read(stdin_fd, 65536)
             open_input = bool(data)
             pending += data
@@ -60,21 +74,37 @@ def serve_forks(run: Callable[[dict[str, Any]], int], stdin_fd: int = 0) -> int:
                     _child(run, order, me)
                 with contextlib.suppress(OSError):  # as the child does: no window where killpg(pid) finds no group
                     os.setpgid(pid, pid)
-                children.add(pid)
+                children[pid] = _pidfd(pid)
                 print(f"started {pid}", file=out, flush=True)
-        elif not open_input:
-            time.sleep(0.05)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                children.clear()
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", file=out, flush=True)
+        _reap(children, out)
     return 0
+
+
+def _pidfd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when `pid` ends (None where the kernel has none)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _reap(children: dict[int, int | None], out: Any) -> None:
+    """Report (`exit PID CODE`) and forget every child that has ended."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            for fd in children.values():
+                if fd is not None:
+                    os.close(fd)
+            children.clear()
+            return
+        if pid == 0:
+            return
+        fd = children.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+        print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", file=out, flush=True)
 
 
 def _child(run: Callable[[dict[str, Any]], int], order: dict[str, Any], server: int) -> None:
