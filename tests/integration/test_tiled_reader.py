@@ -255,3 +255,27 @@ def test_tifffile_pyramids_in_every_codec_open_as_pyramids_and_decode_to_what_wa
             np.testing.assert_array_equal(read, written, err_msg=f"level {i}")
         else:
             assert diff.mean() <= CODECS[(compression, args)], (i, diff.mean())
+
+
+def test_only_tiles_a_window_takes_part_of_are_cached() -> None:
+    """Memory stays flat for tile-aligned models (issue #17 item 5): a tile read whole is not read again,
+    so it is not kept; a tile an overlapping window takes part of is kept for the next window."""
+    # GIVEN a real libvips JPEG pyramid (256-px tiles) opened on the compressed-tile path
+    reader = open_scan([fixture_path("thirdparty/vips_pyramid_jpeg.tif")])
+    try:
+        tiles = reader.tiles  # type: ignore[attr-defined]
+        assert tiles is not None  # OpenSlide's reader on the compressed-tile path
+        # WHEN two tile-aligned 512-px windows are read side by side (what the tissue model reads)
+        reader.read_region((0, 0), 0, (512, 512))
+        reader.read_region((512, 0), 0, (512, 512))
+        # THEN their eight tiles were decoded and none is held
+        assert tiles.tiles_decoded == 8 and len(tiles._cache) == 0  # type: ignore[attr-defined]
+        # WHEN two windows overlap by 64 px (a nuclei-style grid)
+        before = tiles.tiles_decoded
+        first = reader.read_region((1024, 0), 0, (320, 256))
+        second = reader.read_region((1280, 0), 0, (320, 256))
+        # THEN the tile both take part of was decoded once and served from the cache the second time
+        assert tiles.tiles_decoded - before == 3, tiles.tiles_decoded - before
+        np.testing.assert_array_equal(first[:, 256:], second[:, :64])
+    finally:
+        reader.close()

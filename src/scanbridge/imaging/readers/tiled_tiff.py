@@ -117,7 +117,8 @@ class TiledLevel:
 
 
 class TiledPyramid:
-    """Level regions decoded from compressed tiles, tiles cached (LRU, CACHE_BYTES)."""
+    """Level regions decoded from compressed tiles; tiles a region takes only part of are cached (LRU,
+    CACHE_BYTES): overlapping windows share them, while tile-aligned windows (the tissue model) cache nothing."""
 
     def __init__(self, path: Path, levels: list[TiledLevel]) -> None:
         self.levels = levels
@@ -127,7 +128,9 @@ class TiledPyramid:
         self._lock = threading.Lock()
         self.tiles_decoded = 0
 
-    def _tile(self, level: int, index: int, scale: int = 1) -> np.ndarray:
+    def _tile(self, level: int, index: int, scale: int = 1, *, keep: bool = True) -> np.ndarray:
+        """One decoded tile; cached only when `keep` (a region that took part of it: the rest is likely
+        read by the next, overlapping window; a tile a region covers whole is not read again)."""
         key = (level, index, scale)
         with self._lock:
             hit = self._cache.get(key)
@@ -149,7 +152,7 @@ class TiledPyramid:
                                        f"{type(exc).__name__}: {exc}") from exc
         with self._lock:
             self.tiles_decoded += 1
-            if key not in self._cache:
+            if keep and key not in self._cache:
                 self._cache[key] = tile
                 self._cache_bytes += tile.nbytes
                 while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
@@ -169,10 +172,12 @@ class TiledPyramid:
             return out
         for row in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1):
             for col in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1):
-                tile = self._tile(level, row * lv.across + col, s)
                 tx, ty = col * lv.tile_w, row * lv.tile_h
                 sx0, sy0 = max(x0, tx), max(y0, ty)
                 sx1, sy1 = min(x1, tx + lv.tile_w), min(y1, ty + lv.tile_h)
+                whole = sx0 == tx and sy0 == ty and sx1 == min(tx + lv.tile_w, lv.width) and \
+                    sy1 == min(ty + lv.tile_h, lv.height)
+                tile = self._tile(level, row * lv.across + col, s, keep=not whole)
                 out[(sy0 - y) // s:(sy1 - y) // s, (sx0 - x) // s:(sx1 - x) // s] = \
                     tile[(sy0 - ty) // s:(sy1 - ty) // s, (sx0 - tx) // s:(sx1 - tx) // s]
         return out
