@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from scanbridge.adapters.no_local_processes import NoLocalProcesses
+
 
 def job_name(task_id: str) -> str:
     """A Batch-legal job name (letters, digits, - and _; 128 chars) for a task."""
     return ("scanbridge-" + re.sub(r"[^A-Za-z0-9_-]", "_", task_id))[:128]
 
 
-class BatchJobLauncher:
+
+class BatchJobLauncher(NoLocalProcesses):
     """SubmitJob on the GPU queue with `task_id` as the only parameter.
 
     Batch owns its workers: the lifecycle calls are no-ops, and what it knows of a job (queue, liveness)
@@ -38,35 +41,3 @@ class BatchJobLauncher:
     def cancel(self, job_id: str, reason: str) -> None:
         """Terminate the job (works in every state)."""
         self._batch.terminate_job(jobId=job_id, reason=reason[:255])
-
-    def warm_up(self, count: int) -> int:
-        """Batch keeps its own compute environment warm: nothing to start."""
-        return 0
-
-    def clean_work_except(self, keep: set[str]) -> int:
-        """Batch containers download into their own disks: nothing to remove here."""
-        return 0
-
-    def shutdown(self) -> list[str]:
-        """Batch jobs outlive this process: nothing is stopped."""
-        return []
-
-    def queue_position(self, job_id: str) -> int | None:
-        """Not known here (the queries count the QUEUED tasks instead)."""
-        return None
-
-    def queue_eta_s(self, job_id: str) -> float | None:
-        """Not known here."""
-        return None
-
-    def last_seen(self, job_id: str) -> float | None:
-        """Not known here (the worker's heartbeats are in the task)."""
-        return None
-
-    def is_alive(self, job_id: str) -> bool:
-        """Not known here: False (the Batch state-change event reports the job's end)."""
-        return False
-
-    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
-        """No process of this host to kill: False (the reaper then fails the task itself)."""
-        return False

@@ -11,6 +11,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from scanbridge.adapters.no_local_processes import NoLocalProcesses
 from scanbridge.domain.errors import ValidationError
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.task import Task
@@ -130,7 +131,7 @@ class MemoryDeadLetterQueue:
                     json.dumps(message, sort_keys=True))
 
 
-class MemoryJobLauncher:
+class MemoryJobLauncher(NoLocalProcesses):
     """A JobLauncher that records what was submitted and runs nothing: for tests, and for `scanbridge mhs`,
     whose own process is the worker. It names its jobs itself (like Batch: `job_id_for(task_id, n)`, by
     default `job-<n>`); its lifecycle calls are no-ops and it knows no queue or process (None, False).
@@ -154,35 +155,3 @@ class MemoryJobLauncher:
         """Record the cancellation."""
         with self._lock:
             self.cancelled.append(job_id)
-
-    def warm_up(self, count: int) -> int:
-        """Nothing to start."""
-        return 0
-
-    def clean_work_except(self, keep: set[str]) -> int:
-        """Nothing downloaded here."""
-        return 0
-
-    def shutdown(self) -> list[str]:
-        """Nothing running."""
-        return []
-
-    def queue_position(self, job_id: str) -> int | None:
-        """No queue of its own."""
-        return None
-
-    def queue_eta_s(self, job_id: str) -> float | None:
-        """No queue of its own."""
-        return None
-
-    def last_seen(self, job_id: str) -> float | None:
-        """No process to have seen."""
-        return None
-
-    def is_alive(self, job_id: str) -> bool:
-        """No process runs."""
-        return False
-
-    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
-        """No process to kill."""
-        return False
