@@ -32,7 +32,7 @@ TISSUE_SPEC = ModelSpec(
 
 NUCLEI_SPEC = ModelSpec(
     name="nuclei",
-    version="1",
+    version="2",  # 2: stain vectors per scan and the H&E blob test (2026-12-02); a v1 checkpoint is not resumed
     kind="segmentation",
     description="Nuclear segmentation as QuPath's cell detection: colour deconvolution with the scan's stain "
                 "vectors (Macenko, once per scan; Ruifrok-Johnston when implausible), "
