@@ -15,13 +15,16 @@ from scanbridge.adapters.local.memory import (
     MemoryJobLauncher,
     MemoryTaskStore,
 )
-from scanbridge.bootstrap import Container, bootstrap
+from scanbridge.bootstrap import Container, bootstrap, build_processing
 from scanbridge.config import Settings
+from scanbridge.devtools.local_platform import FakePlatform
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import ScanState, Task
+from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.delivery import NO_PLATFORM
+from tests.conftest import fixture_path
 
 
 def _finished_task(tasks: MemoryTaskStore, artifacts: MemoryArtifactStore, *, statuses: dict[str, ScanStatus]) -> str:
@@ -99,25 +102,26 @@ def test_a_configured_platform_is_still_posted_to(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "data" / "dead-letters").iterdir()] == ["000001-t-alone.json"]
 
 
-def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed(tmp_path: Path) -> None:
-    # GIVEN a bridge with no platform URL and no platform API key (`scanbridge serve` as it starts), and a
-    # token-less webhook (what `scanbridge submit` sends) for a real scan on a loopback file server
-    from scanbridge.bootstrap import build_processing
-    from scanbridge.devtools.local_platform import FakePlatform
-    from scanbridge.domain.webhook import WebhookPayload
-    from tests.conftest import fixture_path
-
-    container, _tasks, _artifacts = _container(Settings(platform_url="", platform_api_key="",
-                                                        data_dir=tmp_path / "data"))
+def _run_token_less(settings: Settings, task_id: str) -> tuple[Container, list[str], Task]:
+    """A token-less webhook (what `scanbridge submit` sends) for the real boxes.tiff on a loopback file
+    server, accepted and run by the worker's processing: (container, files downloaded, the processed task)."""
+    container, _tasks, _artifacts = _container(settings)
     with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
         container.settings.allowed_scan_hosts = fake.netloc
         container.intake.accept(WebhookPayload.model_validate(
-            {"task_id": "t-submit", "scans": {"1": fake.url_for("boxes")}, "model": "tissue"}))
-        # WHEN the worker runs and the job ends
-        processed = build_processing(container).run("t-submit")
-        task = container.delivery.on_job_finished("t-submit", True)
+            {"task_id": task_id, "scans": {"1": fake.url_for("boxes")}, "model": "tissue"}))
+        processed = build_processing(container).run(task_id)
+    return container, list(fake.downloads), processed
+
+
+def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed(tmp_path: Path) -> None:
+    # GIVEN a bridge with no platform URL and no platform API key (`scanbridge serve` as it starts)
+    settings = Settings(platform_url="", platform_api_key="", data_dir=tmp_path / "data")
+    # WHEN a token-less task runs and its job ends
+    container, downloads, processed = _run_token_less(settings, "t-submit")
+    task = container.delivery.on_job_finished("t-submit", True)
     # THEN the scan was downloaded and analysed (not failed NO_PLATFORM_CREDENTIALS before any download)
-    assert fake.downloads == ["boxes"]
+    assert downloads == ["boxes"]
     assert processed.error_code is None and processed.scans["1"].status == ScanStatus.SUCCEEDED, processed
     # AND the task is COMPLETED with its results kept, nothing posted
     assert task.status == TaskStatus.COMPLETED and task.delivery.skipped == "no platform configured"
@@ -125,19 +129,9 @@ def test_no_platform_and_no_credentials_a_token_less_task_is_still_analysed(tmp_
 
 
 def test_a_platform_without_credentials_still_fails_a_token_less_task_before_any_download(tmp_path: Path) -> None:
-    # GIVEN a platform URL but no API key, and a token-less webhook
-    from scanbridge.bootstrap import build_processing
-    from scanbridge.devtools.local_platform import FakePlatform
-    from scanbridge.domain.webhook import WebhookPayload
-    from tests.conftest import fixture_path
-
-    container, _tasks, _artifacts = _container(Settings(platform_url="http://127.0.0.1:9", platform_api_key="",
-                                                        data_dir=tmp_path / "data"))
-    with FakePlatform(files={"boxes": fixture_path("boxes.tiff")}) as fake:
-        container.settings.allowed_scan_hosts = fake.netloc
-        container.intake.accept(WebhookPayload.model_validate(
-            {"task_id": "t-nokey", "scans": {"1": fake.url_for("boxes")}, "model": "tissue"}))
-        # WHEN the worker runs / THEN it fails the task at once: the results could never be posted
-        processed = build_processing(container).run("t-nokey")
-    assert fake.downloads == []
+    # GIVEN a platform URL but no API key
+    settings = Settings(platform_url="http://127.0.0.1:9", platform_api_key="", data_dir=tmp_path / "data")
+    # WHEN a token-less task runs / THEN it fails at once, before any download: the results could never be posted
+    _c, downloads, processed = _run_token_less(settings, "t-nokey")
+    assert downloads == []
     assert processed.error_code == "NO_PLATFORM_CREDENTIALS"

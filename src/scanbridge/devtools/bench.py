@@ -235,6 +235,11 @@ def decode_only(path: Path, grid: TileGrid, *, readers: int, queue_size: int, op
         reader: ScanReader = OpenSlideReader(path)
     else:
         reader = open_scan([path])
+    return time_reads(reader, grid, readers=readers, queue_size=queue_size)
+
+
+def time_reads(reader: ScanReader, grid: TileGrid, *, readers: int, queue_size: int) -> float:
+    """Seconds to read every tile of `grid` through `reader` in the pipeline's reader threads (closed after)."""
     try:
         t0 = time.perf_counter()
         for _tile, _img in iter_tiles(reader, grid, readers=readers, queue_size=queue_size):
