@@ -62,11 +62,10 @@ def test_platform_sample_webhook_becomes_one_valid_results_post(stack: str, plat
             "scans": {"small": platform.url_for("small")},
             "scan_urls": {"small": [platform.url_for("small")], "boxes": [platform.url_for("boxes")]}}
     # WHEN it is POSTed to the local stack
-    started = time.monotonic()
     resp = httpx.post(f"{stack}/webhook", json=body, timeout=10)
-    ack_s = time.monotonic() - started
-    # THEN it is acknowledged at once
-    assert resp.status_code == 202 and ack_s < 1.0
+    # THEN it is acknowledged before the analysis (still QUEUED/RECEIVED, not run inline); the ack's latency
+    # is measured by bench/load_webhooks.py, not timed here
+    assert resp.status_code == 202
     assert resp.json()["task_id"] == SAMPLE_WEBHOOK["task_id"] and resp.json()["status"] in ("QUEUED", "RECEIVED")
     # AND the task completes, and the platform got exactly one POST with the Bearer token
     task = _wait_terminal(stack, SAMPLE_WEBHOOK["task_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -28,11 +29,16 @@ from scanbridge.services.reaper import Reaper
 
 
 class Platform(LoopbackServer):
-    """A loopback results endpoint: `script` says, per POST, (seconds to wait, status); then 200."""
+    """A loopback results endpoint: `script` says, per POST, (seconds to wait, status); then 200.
 
-    def __init__(self, script: list[tuple[float, int]] | None = None, port: int = 0) -> None:
+    While `hold` is set up and not yet released, every POST waits for it before answering.
+    """
+
+    def __init__(self, script: list[tuple[float, int]] | None = None, port: int = 0,
+                 hold: threading.Event | None = None) -> None:
         super().__init__(port=port)
         self.script = list(script or [])
+        self.hold = hold
         self.posts: list[dict[str, Any]] = []
 
     @property
@@ -45,6 +51,8 @@ class Platform(LoopbackServer):
         self.posts.append({"headers": {k.lower(): v for k, v in request.headers.items()}, "body": body,
                            "status": status})
         time.sleep(wait)
+        if self.hold is not None:
+            self.hold.wait(timeout=30)
         self.reply(request, status, b"{}")
 
 
@@ -187,16 +195,22 @@ def test_a_slow_platform_is_not_a_failure_and_sees_duplicates_with_one_id(stores
 
 def test_deliveries_run_in_the_background_without_holding_the_caller(stores: Any) -> None:
     tasks, artifacts, secrets = stores
-    # GIVEN a platform that takes 1 s to answer
-    with Platform(script=[(1.0, 200)]) as platform:
+    # GIVEN a platform that does not answer until the test lets it
+    answer = threading.Event()
+    with Platform(hold=answer) as platform:
         _running_task(tasks, secrets)
-        delivery = _service(tasks, artifacts, secrets, platform.url, timeout_s=5.0)
+        delivery = _service(tasks, artifacts, secrets, platform.url, timeout_s=20.0)
         # WHEN the launcher reports the job's end (from its worker slot)
-        t0 = time.monotonic()
         claimed = delivery.on_job_finished_later("t-deliver", True)
-        returned_after = time.monotonic() - t0
-        # THEN the slot is free at once, and the results arrive in the background
-        assert claimed.status == TaskStatus.DELIVERING and returned_after < 0.5
+        # THEN the call has returned while the platform still holds the POST unanswered: the slot is free
+        # without waiting for the platform (a blocking delivery would not be back before `answer` is set)
+        assert not answer.is_set()
+        assert claimed.status == TaskStatus.DELIVERING
+        stored = tasks.get("t-deliver")
+        assert stored is not None and stored.status == TaskStatus.DELIVERING
+        assert stored.delivery.status_code is None and stored.delivery.last_error is None  # no attempt ended
+        answer.set()
+        # AND the results arrive in the background
         done = _wait_for(tasks, "t-deliver", TaskStatus.FAILED)
         delivery.close()
     assert done.delivery.status_code == 200 and len(platform.posts) == 1
