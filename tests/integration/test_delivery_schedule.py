@@ -15,6 +15,7 @@ from scanbridge.adapters.local.memory import (
     FernetSecretBox,
     MemoryArtifactStore,
     MemoryDeadLetterQueue,
+    MemoryJobLauncher,
     MemoryTaskStore,
 )
 from scanbridge.adapters.platform_http import HttpPlatformClient
@@ -255,7 +256,7 @@ def test_delivering_without_progress_is_retried_by_the_reaper(stores: Any) -> No
     with Platform() as platform:
         delivery = _service(tasks, artifacts, secrets, platform.url, clock=clock)
         assert delivery.on_job_finished("t-deliver", True).status == TaskStatus.DELIVERING
-        reaper = Reaper(tasks, delivery, stale_after_s=60, clock=clock)
+        reaper = Reaper(tasks, delivery, stale_after_s=60, launcher=MemoryJobLauncher(), clock=clock)
         reaper.reap()
         time.sleep(0.2)
         assert platform.posts == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from scanbridge.adapters.local.memory import MemoryJobLauncher
 from scanbridge.bootstrap import Container
 from scanbridge.domain.status import TaskStatus
 from scanbridge.domain.webhook import WebhookPayload
@@ -17,23 +18,44 @@ def _running(container: Container, task_id: str) -> None:
     update_task(container.tasks, task_id, lambda t: t.moved_to(TaskStatus.RUNNING))
 
 
-def test_reaper_fails_only_silent_tasks_whose_job_is_gone(container: Container, platform: ScriptedPlatform) -> None:
-    # GIVEN three running tasks: one beat long ago and its job is gone, one beat long ago but its job
-    # is alive, one beat just now
+class LiveJobs(MemoryJobLauncher):
+    """The in-memory launcher, told which of its jobs still have a process; it records what it is asked to kill
+    (and reports nothing itself: a killed job's end comes from the launcher later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive: set[str] = set()
+        self.killed: list[tuple[str, bool]] = []
+
+    def is_alive(self, job_id: str) -> bool:
+        return job_id in self.alive
+
+    def kill(self, job_id: str, reason: str, *, retry: bool) -> bool:
+        self.killed.append((job_id, retry))
+        return True
+
+
+def test_reaper_fails_silent_tasks_whose_job_is_gone_and_kills_silent_live_ones(
+        container: Container, platform: ScriptedPlatform) -> None:
+    # GIVEN three running tasks: one beat long ago and its job is gone, one beat long ago but its job's process
+    # is still there (hung), one beat just now
     now = [1000.0]
     for tid in ("silent", "alive", "fresh"):
         _running(container, tid)
     beat(container.tasks, "silent", clock=lambda: 100.0)
     beat(container.tasks, "alive", clock=lambda: 100.0)
     beat(container.tasks, "fresh", clock=lambda: 990.0)
-    alive_jobs = {container.tasks.get("alive").job_id}  # type: ignore[union-attr]
-    reaper = Reaper(container.tasks, container.delivery, stale_after_s=60, is_alive=lambda j: j in alive_jobs,
-                    clock=lambda: now[0])
-    # WHEN the reaper runs (twice)
+    launcher = LiveJobs()
+    hung_job = container.tasks.get("alive").job_id  # type: ignore[union-attr]
+    assert hung_job is not None
+    launcher.alive.add(hung_job)
+    reaper = Reaper(container.tasks, container.delivery, stale_after_s=60, launcher=launcher, clock=lambda: now[0])
+    # WHEN the reaper runs
     first = reaper.reap()
-    second = reaper.reap()
-    # THEN only the silent one ended, as WORKER_FAILED, with one POST to the platform
-    assert first == ["silent"] and second == []
+    # THEN the silent one with no process ended as WORKER_FAILED, with one POST to the platform; the hung one's
+    # process was killed through the launcher, with a retry (its end is the launcher's to report: still RUNNING)
+    assert sorted(first) == ["alive", "silent"]
+    assert launcher.killed == [(hung_job, True)]
     silent = container.tasks.get("silent")
     assert silent is not None and silent.status == TaskStatus.FAILED and silent.error_code == "WORKER_FAILED"
     assert [c[0] for c in platform.calls] == ["silent"]

@@ -74,18 +74,17 @@ class Reaper:
     and retried by it while attempts are left; one whose process is gone is failed as WORKER_FAILED
     through the delivery service (the platform is told once). A task active for longer than
     `task_timeout_s` since its first scan started is killed without retry, or failed the same way.
-    Without a `launcher` (only `is_alive`, or nothing) the older rule holds: a silent task with a live job
-    is left alone, and an ended one is failed.
+    A launcher with no process on this host (Batch, the in-memory one) knows no live job, so there a silent
+    task is failed.
     """
 
     def __init__(self, tasks: TaskStore, delivery: DeliveryService, *, stale_after_s: float,
-                 is_alive: Callable[[str], bool] | None = None, launcher: JobLauncher | None = None,
-                 task_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+                 launcher: JobLauncher, task_timeout_s: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._tasks = tasks
         self._delivery = delivery
         self._stale = stale_after_s
         self._launcher = launcher
-        self._is_alive = is_alive or (lambda _job: False)  # the older rule's (without a launcher)
         self._timeout = task_timeout_s if task_timeout_s and task_timeout_s > 0 else None
         self._clock = clock
 
@@ -93,17 +92,11 @@ class Reaper:
         """Whether `task` is active but nothing has shown life for longer than `stale_after_s`."""
         if task.status not in ACTIVE:
             return False
-        live = self._launcher
         signs = [task.heartbeat_at]
-        if live is not None and task.job_id:
-            signs.append(live.last_seen(task.job_id))
+        if task.job_id:
+            signs.append(self._launcher.last_seen(task.job_id))
         known = [s for s in signs if s is not None]
-        if not known:
-            return False
-        silent = self._clock() - max(known) > self._stale
-        if live is None:  # the older rule: a live job is never reaped
-            return silent and not (task.job_id and self._is_alive(task.job_id))
-        return silent
+        return bool(known) and self._clock() - max(known) > self._stale
 
     def past_deadline(self, task: Task) -> bool:
         """Whether `task` is active for longer than SCANBRIDGE_TASK_TIMEOUT_S since its first scan started."""
@@ -114,8 +107,7 @@ class Reaper:
 
     def _end(self, task: Task, reason: str, *, retry: bool) -> None:
         live = self._launcher
-        if live is not None and task.job_id and live.is_alive(task.job_id) and \
-                live.kill(task.job_id, reason, retry=retry):
+        if task.job_id and live.is_alive(task.job_id) and live.kill(task.job_id, reason, retry=retry):
             return  # the launcher reports the job's end (or retries it)
         self._delivery.on_job_finished(task.task_id, False, reason)
 
