@@ -6,6 +6,7 @@ at import time, and the API side never imports inference/ or the readers.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -17,10 +18,15 @@ from typing import TYPE_CHECKING, Any
 from scanbridge.config import Settings, get_settings
 from scanbridge.ports import (
     ArtifactStore,
+    ArtifactWriter,
+    CheckpointStore,
     DeadLetterQueue,
     Fetcher,
     JobLauncher,
     PlatformClient,
+    ScanAnalyzer,
+    ScanOpener,
+    ScanQc,
     SecretBox,
     TaskStore,
 )
@@ -208,31 +214,49 @@ def model_loader(s: Settings, models: ModelService | None = None, *, api: bool =
                        cache_dir=s.data_dir / "tensorrt")
 
 
-def build_processing(container: Container, **overrides: Any) -> ProcessingService:
-    """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it)."""
+class _Configured(enum.Enum):
+    """`build_processing`'s "not given: as the settings say" (None there means "switched off")."""
+
+    BY_SETTINGS = "by settings"
+
+
+BY_SETTINGS = _Configured.BY_SETTINGS
+Checkpoints = Callable[[str, str], CheckpointStore]  # (task_id, scan_id) -> that scan's checkpoint store
+
+
+def build_processing(container: Container, *, fetcher: Fetcher | None = None, loader: ModelLoader | None = None,
+                     analyzer: ScanAnalyzer | None = None, opener: ScanOpener | None = None,
+                     artifact_writer: ArtifactWriter | _Configured | None = BY_SETTINGS,
+                     qc: ScanQc | _Configured | None = BY_SETTINGS,
+                     checkpoints: Checkpoints | _Configured | None = BY_SETTINGS) -> ProcessingService:
+    """The worker's processing service (imports the readers and onnxruntime, so only the worker calls it).
+
+    Tests and `scanbridge mhs` replace parts; `artifact_writer`, `qc` and `checkpoints` given as None switch
+    that step off, left out they follow the settings."""
     from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.runner import Analyzer
     from scanbridge.services.processing import ProcessingService
 
     s = container.settings
-    fetcher = overrides.get("fetcher") or safe_fetcher(s)
-    loader = overrides.get("loader") or model_loader(s, container.catalog)
-    analyzer = overrides.get("analyzer") or Analyzer(loader, tile_size=None, batch_size=s.batch_size,
-                                                       readers=s.reader_threads, max_tiles=s.max_tiles_per_scan,
-                                                       min_tissue=s.tile_min_tissue)
+    fetcher = fetcher or safe_fetcher(s)
+    loader = loader or model_loader(s, container.catalog)
+    analyzer = analyzer or Analyzer(loader, tile_size=None, batch_size=s.batch_size, readers=s.reader_threads,
+                                    max_tiles=s.max_tiles_per_scan, min_tissue=s.tile_min_tissue)
+    checked_loader = loader
 
     def check_task(model: str) -> None:
         """Before any download: the device works (DEVICE_UNAVAILABLE) and the model exists (MODEL_NOT_FOUND)."""
-        loader.check_device()
-        loader.check(model)
+        checked_loader.check_device()
+        checked_loader.check(model)
 
-    if "artifact_writer" in overrides:  # None switches the per-scan artifacts off
-        writer = overrides["artifact_writer"]
-    else:
+    if artifact_writer is BY_SETTINGS:
         from scanbridge.services.artifacts import ScanArtifactWriter
 
-        writer = ScanArtifactWriter(container.artifacts)
-    qc = overrides.get("qc", _default_qc(s))  # qc=None switches quality control off
+        artifact_writer = ScanArtifactWriter(container.artifacts)
+    if qc is BY_SETTINGS:
+        qc = _default_qc(s)
+    if checkpoints is BY_SETTINGS:
+        checkpoints = _checkpoints(container.artifacts, s)
 
     def qc_blocks(model: str) -> bool:
         try:
@@ -241,17 +265,17 @@ def build_processing(container: Container, **overrides: Any) -> ProcessingServic
             return True
 
     return ProcessingService(container.tasks, container.artifacts, fetcher, analyzer,
-                             opener=overrides.get("opener") or OpenedScan.open, work_dir=s.data_dir / "work",
-                             check_model=check_task, artifact_writer=writer,
+                             opener=opener or OpenedScan.open, work_dir=s.data_dir / "work",
+                             check_model=check_task, artifact_writer=artifact_writer,
                              qc=qc, qc_blocks=qc_blocks, qc_fail_reasons=s.qc_fail_reasons,
                              # a token-less task needs the platform API key only where there is a platform to post to (a worker on
                              # Batch is not given the platform URL: the results step checks there)
                              has_api_key=bool(s.platform_api_key) or not s.platform_url, public_url=s.public_url,
                              scan_parallelism=s.scan_parallelism,
-                             checkpoints=overrides.get("checkpoints", _checkpoints(container.artifacts, s)))
+                             checkpoints=checkpoints)
 
 
-def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Any:
+def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Checkpoints | None:
     """(task_id, scan_id) -> the scan's CheckpointStore (resumable scans), or None when switched off."""
     if s.checkpoint_interval_s <= 0:
         return None
@@ -262,7 +286,7 @@ def _checkpoints(artifacts: ArtifactStore, s: Settings) -> Any:
                                                         interval_s=s.checkpoint_interval_s)
 
 
-def _default_qc(s: Settings) -> Any:
+def _default_qc(s: Settings) -> ScanQc | None:
     """The real quality control (imaging.qc, on the open scan) with the settings' thresholds, or None when
     switched off."""
     if not s.qc_enabled:

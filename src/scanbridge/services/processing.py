@@ -42,6 +42,7 @@ from scanbridge.domain.task import Progress, Task, utcnow
 from scanbridge.ports import (
     ArtifactStore,
     ArtifactWriter,
+    CheckpointStore,
     Fetcher,
     ScanAnalyzer,
     ScanOpener,
@@ -74,7 +75,7 @@ class ProcessingService:
                  qc: ScanQc | None = None, qc_blocks: Callable[[str], bool] = lambda _model: True,
                  qc_fail_reasons: dict[str, str] | None = None, has_api_key: bool = True,
                  public_url: str = "", scan_parallelism: int = 1,
-                 checkpoints: Callable[[str, str], Any] | None = None) -> None:
+                 checkpoints: Callable[[str, str], CheckpointStore] | None = None) -> None:
         self._tasks = tasks
         self._checkpoints = checkpoints  # (task_id, scan_id) -> CheckpointStore: a retried worker resumes
         self._parallel = scan_parallelism
