@@ -118,6 +118,8 @@ def test_cli_submit_wait_serves_a_local_file_and_follows_it_live(platform: FakeP
         final = json.loads(done.stdout[done.stdout.index("{\n"):])
         assert final["status"] == "COMPLETED" and final["scans"][0]["scan_id"] == "boxes"
         assert final["scans"][0]["summary"]
+        # AND it says the results reached the platform
+        assert final["delivery"] == "delivered (HTTP 200, 1 attempt(s))", final["delivery"]
         # AND `scanbridge tasks` lists it with its progress
         listed = _cli("tasks", "--url", url, "--status", "COMPLETED")
         assert listed.returncode == 0 and "cli-e2e" in listed.stdout and "100.0%" in listed.stdout

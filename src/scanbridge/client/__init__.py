@@ -19,6 +19,7 @@ from scanbridge.client.tasks import (
     TERMINAL,
     build_webhook,
     describe,
+    describe_delivery,
     downloaded,
     follow,
     is_url,
@@ -27,5 +28,5 @@ from scanbridge.client.tasks import (
 )
 
 __all__ = ["DEFAULT_FILES_PORT", "DEFAULT_URL", "TERMINAL", "BridgeClient", "ClientError", "LocalFileServer",
-           "LoopbackServer", "build_webhook", "describe", "downloaded", "follow", "is_url", "scan_ids",
-           "summarize_results"]
+           "LoopbackServer", "build_webhook", "describe", "describe_delivery", "downloaded", "follow", "is_url",
+           "scan_ids", "summarize_results"]

@@ -54,6 +54,18 @@ def summarize_results(body: dict[str, Any]) -> dict[str, Any]:
     return {"case_results": body.get("caseResults") or {}, "scans": scans}
 
 
+def describe_delivery(task: dict[str, Any]) -> str:
+    """One readable phrase for a task's results delivery (its `delivery` record), as the dashboard words it."""
+    d = task.get("delivery") or {}
+    if d.get("skipped"):
+        return f"skipped: {d['skipped']}"
+    if d.get("delivered_at"):
+        return f"delivered (HTTP {d.get('status_code')}, {d.get('attempts')} attempt(s))"
+    if d.get("last_error"):
+        return f"not delivered: {d['last_error']}"
+    return "not attempted"
+
+
 def downloaded(task: dict[str, Any]) -> bool:
     """Every scan of `task` has left PENDING/DOWNLOADING (a local file server is no longer needed)."""
     return task["status"] in TERMINAL or all(

@@ -335,6 +335,7 @@ def _submit(bridge: BridgeClient, files: LocalFileServer | None, inputs: list[st
         TERMINAL,
         ClientError,
         build_webhook,
+        describe_delivery,
         downloaded,
         follow,
         is_url,
@@ -378,7 +379,7 @@ def _submit(bridge: BridgeClient, files: LocalFileServer | None, inputs: list[st
     except ClientError as exc:
         summary = {"results": exc.code}
     print(json.dumps({"task_id": task_id, "status": task["status"], "error_code": task.get("error_code"),
-                      **summary}, indent=2))
+                      "delivery": describe_delivery(task), **summary}, indent=2))
     return 0 if task["status"] == "COMPLETED" else 1
 
 
