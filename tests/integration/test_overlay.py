@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from scanbridge.devtools import synth
 from scanbridge.domain.catalog import NUCLEI_SPEC
 from scanbridge.exports.overlay import MIN_COLOUR_DISTANCE, render_overlay, stain_colours, visible_colour
 from tests.conftest import fixture_path
@@ -44,3 +46,27 @@ def test_nucleus_outlines_stand_out_from_haematoxylin_and_carry_a_legend() -> No
     corner = png[:80, :200].reshape(-1, 3)
     for colour in (shown, (0, 230, 118)):
         assert (np.abs(corner.astype(int) - colour).sum(axis=1) < 10).sum() > 20
+
+
+def test_nucleus_outlines_stand_out_on_a_generated_slide_whose_nuclei_are_a_few_percent_of_it(tmp_path: Path) -> None:
+    # GIVEN a generated H&E slide, whose nuclei are too few pixels to move its thumbnail's colour quartiles, and
+    # its true nuclei as outlines in the built-in nucleus colour (indigo)
+    path = tmp_path / "slide.svs"
+    truth = synth.make_slide(path, 2048, 2048, tissue_fraction=0.5, mpp=0.25, seed=1)
+    thumb = tifffile.imread(path, key=1)  # the thumbnail, the second image as Aperio writes it
+    ds = truth.width / thumb.shape[1]
+    nucleus = NUCLEI_SPEC.labels[0]
+    indigo = tuple(int(nucleus.color[i:i + 2], 16) for i in (1, 3, 5))
+    geojson = {"type": "FeatureCollection", "features": [
+        _square(n.cx - n.r, n.cy - n.r, 2 * n.r, nucleus.name, list(indigo)) for n in truth.nuclei]}
+    # WHEN the overlay is drawn
+    png = np.asarray(Image.open(io.BytesIO(render_overlay(thumb, ds, geojson))).convert("RGB"))
+    # THEN the nuclei's own colour on the thumbnail is near indigo (the problem is real on this slide) ...
+    centres = np.array([(round(n.cy / ds), round(n.cx / ds)) for n in truth.nuclei])
+    stained = np.median(thumb[centres[:, 0], centres[:, 1]].astype(np.float32), axis=0)
+    assert _distance(stained, indigo) < MIN_COLOUR_DISTANCE, stained  # type: ignore[arg-type]
+    # AND the colour the outlines are drawn in (the legend's swatch) is far from it, and is what the outlines show
+    swatch = tuple(int(v) for v in png[12, 12])
+    assert _distance(stained, swatch) >= MIN_COLOUR_DISTANCE, (stained, swatch)  # type: ignore[arg-type]
+    tissue = png[200:]
+    assert (np.abs(tissue.astype(int) - swatch).sum(axis=2) < 30).sum() > 5 * len(truth.nuclei)

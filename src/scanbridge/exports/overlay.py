@@ -13,9 +13,10 @@ import math
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from scanbridge.domain import geojson as gj
+from scanbridge.inference.stains import RGB_FROM_HED
 
 MIN_OVERLAY_SIDE = 512  # tiny scans are scaled up (nearest) so outlines stay visible
 HEATMAP_ALPHA = 0.35
@@ -24,6 +25,11 @@ HEATMAP_ALPHA = 0.35
 CONTRAST_PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 230, 118), (255, 214, 0), (0, 229, 255), (255, 109, 0), (118, 255, 3), (255, 23, 68))
 MIN_COLOUR_DISTANCE = 120.0  # RGB distance below which an outline vanishes into the stain
+#: haematoxylin, eosin and DAB as transmitted light shows them at light, usual and dense staining (Ruifrok-Johnston
+#: OD vectors, 255 * 10^-OD): outlines keep clear of these on every scan, however little of it a stain covers (the
+#: nuclei of a slide are a few % of its pixels, too few to move the thumbnail's quartiles)
+REFERENCE_STAIN_RGB = np.array([255.0 * 10.0 ** (-density * od) for od in RGB_FROM_HED for density in (0.3, 0.6, 1.0)],
+                               np.float32)
 
 
 def _rgb(colour: Any, default: tuple[int, int, int] = (0, 200, 0)) -> tuple[int, int, int]:
@@ -35,16 +41,17 @@ def _rgb(colour: Any, default: tuple[int, int, int] = (0, 200, 0)) -> tuple[int,
 
 
 def stain_colours(thumb: np.ndarray) -> np.ndarray:
-    """The scan's own colours an outline must stand out from: the tissue's median and its dark (nuclear)
-    and light quartiles (k x 3 float RGB); glass (near-white) pixels are left out."""
+    """The colours an outline must stand out from (k x 3 float RGB): the scan's tissue median and its dark
+    (nuclear) and light quartiles, glass (near-white) pixels left out, then the reference stain colours
+    (REFERENCE_STAIN_RGB)."""
     rgb = thumb[..., :3].reshape(-1, 3).astype(np.float32)
     tissue = rgb[rgb.min(axis=1) < 215]
     if len(tissue) < 16:
-        return np.zeros((0, 3), np.float32)
+        return REFERENCE_STAIN_RGB
     order = np.argsort(tissue.sum(axis=1))
     n = len(order)
     picks = [order[n // 8], order[n // 4], order[n // 2], order[(3 * n) // 4]]
-    return np.stack([np.median(tissue, axis=0)] + [tissue[i] for i in picks])
+    return np.concatenate([np.stack([np.median(tissue, axis=0)] + [tissue[i] for i in picks]), REFERENCE_STAIN_RGB])
 
 
 def visible_colour(colour: tuple[int, int, int], stains: np.ndarray,
@@ -64,19 +71,21 @@ def visible_colour(colour: tuple[int, int, int], stains: np.ndarray,
 
 
 def _legend(out: Image.Image, entries: dict[str, tuple[int, int, int]]) -> None:
-    """A box in the top-left corner with a swatch and the name of each class drawn."""
+    """A box in the top-left corner with a swatch and the name of each class drawn, its text 1/40 of the
+    picture's side (readable where the picture is shown shrunk, as on the dashboard)."""
     if not entries:
         return
     draw = ImageDraw.Draw(out)
-    size = max(10, round(max(out.size) / 60))
+    size = max(12, round(max(out.size) / 40))
+    font = ImageFont.load_default(size=size)  # Pillow's bundled scalable font: nothing read from the system
     pad = size // 2
-    width = pad * 3 + size + max(int(draw.textlength(name)) for name in entries)
+    width = pad * 3 + size + max(math.ceil(draw.textlength(name, font=font)) for name in entries)
     height = pad + len(entries) * (size + pad)
     draw.rectangle((0, 0, width, height), fill=(255, 255, 255, 255), outline=(60, 60, 60, 255))
     for i, (name, colour) in enumerate(entries.items()):
         y = pad + i * (size + pad)
         draw.rectangle((pad, y, pad + size, y + size), fill=(*colour, 255), outline=(0, 0, 0, 255))
-        draw.text((pad * 2 + size, y + max(0, (size - 10) // 2)), name, fill=(0, 0, 0, 255))
+        draw.text((pad * 2 + size, y + size / 2), name, fill=(0, 0, 0, 255), font=font, anchor="lm")
 
 
 def render_overlay(thumb: np.ndarray, downsample: float, geojson: dict[str, Any] | None) -> bytes:

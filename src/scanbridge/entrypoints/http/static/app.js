@@ -163,7 +163,8 @@ function scanCard(task, scan) {
     const picture = card.querySelector(".picture");
     let img = picture.querySelector("img.overlay");
     if (!img) {
-      img = el("img", { class: "overlay", alt: `overlay of scan ${scan.scan_id}` });
+      img = el("img", { class: "overlay", alt: `overlay of scan ${scan.scan_id}`, title: "open the full-size overlay",
+                        onclick: () => window.open(img.src, "_blank") });
       picture.replaceChildren(img);
     }
     loadOverlay(task.task_id, scan.scan_id, img).catch(() => { /* not written yet: next tick */ });
