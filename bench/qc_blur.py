@@ -4,7 +4,8 @@ scans, generated and real, side by side, and the share of sharp scans the defaul
     python bench/qc_blur.py [--seeds 3]
 
 Generated: 2048 px at 0.25 µm/px, 50 % tissue, with and without nuclei, blur sigma 0/2/3 px at level 0.
-Real: the H&E mosaic of ../shared/fixtures/thirdparty/vips_pyramid_jpeg.tif (0.5 µm/px), blurred 0-3 px.
+Real: the H&E mosaic of ../shared/fixtures/thirdparty/vips_pyramid_jpeg.tif (0.5 µm/px), blurred 0-3 px, and
+every file of ../shared/fixtures/thirdparty as written (one tissue, six writers and codecs: all sharp).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from scipy import ndimage
 from scanbridge.devtools.synth import make_slide
 from scanbridge.imaging.qc import BLURRY, QcThresholds, qc_scan
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "thirdparty" / "vips_pyramid_jpeg.tif"
+THIRDPARTY = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "thirdparty"
+REAL = THIRDPARTY / "vips_pyramid_jpeg.tif"
 
 
-def _value(path: Path) -> float:
-    check = next(c for c in qc_scan([path]).checks if c.code == BLURRY)
+def _value(*paths: Path) -> float:
+    check = next(c for c in qc_scan(list(paths)).checks if c.code == BLURRY)
     return float(check.value or 0.0)
 
 
@@ -54,8 +56,11 @@ def main() -> None:
                 tifffile.imwrite(path, img, tile=(256, 256), compression="jpeg", photometric="rgb",
                                  resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
                 rows.append(("real H&E mosaic", sigma, _value(path)))
+            for written in sorted(THIRDPARTY.glob("*.tif")):
+                rows.append((written.name, 0.0, _value(written)))
+            rows.append(("wsidicomizer DICOM", 0.0, _value(*sorted((THIRDPARTY / "wsidicomizer_series").glob("*.dcm")))))
     for kind, sigma, value in rows:
-        print(f"{kind:<18} blur sigma {sigma:3.1f} px  sharpness {value:.3f}  {'BLURRY' if value < limit else 'sharp'}")
+        print(f"{kind:<24} blur sigma {sigma:3.1f} px  sharpness {value:.3f}  {'BLURRY' if value < limit else 'sharp'}")
     sharp = [v for _k, s, v in rows if s == 0]
     blurred = [v for _k, s, v in rows if s >= 2]
     print(f"threshold {limit}: sharp scans called BLURRY {sum(v < limit for v in sharp)}/{len(sharp)}; "

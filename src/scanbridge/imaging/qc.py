@@ -16,8 +16,9 @@ sharp scan of smooth, pale tissue from being called blurry, which the absolute L
 ../shared/fixtures/thirdparty); generated with nuclei blurred sigma 2 / 3 px at level 0: 0.09-0.10 /
 0.07-0.09; the real mosaic blurred sigma 1 / 2 / 3 px at 0.5 µm/px: 0.14 / 0.024 / 0.008; generated smooth
 stroma blurred sigma 2-3 px: 0.13-0.24. The default minimum (0.15) passes every sharp scan measured (false
-positives 0 of 7) and flags the blurred scans with nuclei or real detail; smooth stroma blurred by 2-3 px is
-mostly not caught: little detail, little to lose.
+positives 0 of 7; 0 of 27 with --seeds 10 and the six real files as written, docs/quality-control.md) and
+flags the blurred scans with nuclei or real detail; smooth stroma blurred by 2-3 px is mostly not caught:
+little detail, little to lose.
 """
 
 from __future__ import annotations
