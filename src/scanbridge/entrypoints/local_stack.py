@@ -95,6 +95,19 @@ MOTO_MAIN = ("from scanbridge.adapters.local.lifetime import die_with_parent; di
              "from scanbridge.entrypoints.local_stack import moto_main; moto_main()")
 
 
+class MotoStartError(RuntimeError):
+    """The moto server exited before it listened; the message is its own last word (e.g. the state folder is
+    another `serve`'s)."""
+
+
+def _last_error(log_text: str) -> str:
+    """The last line of a traceback in `log_text` (``SomeError: message``), without the exception's name."""
+    lines = [line for line in log_text.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    last = lines[-1] if lines else ""
+    name, sep, message = last.partition(": ")
+    return message if sep and name.replace(".", "").replace("_", "").isalnum() else last
+
+
 class MotoProcess:
     """A moto server in a child process (its own interpreter, so workers' traffic never holds the API's GIL)."""
 
@@ -116,8 +129,8 @@ class MotoProcess:
         deadline = time.monotonic() + 120  # a long journal takes a while to replay
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                tail = (state_dir / "moto.log").read_text(errors="replace")[-600:] if state_dir is not None else ""
-                raise RuntimeError(f"the moto server did not start{': ' + tail if tail else ''}")
+                why = _last_error((state_dir / "moto.log").read_text(errors="replace")) if state_dir else ""
+                raise MotoStartError(f"the moto server did not start{': ' + why if why else ''}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
@@ -277,7 +290,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     port = int(listener.getsockname()[1])  # --port 0: the free port it got
     stack: LocalStack | None = None
     try:
-        stack = start()
+        try:
+            stack = start()
+        except MotoStartError as exc:  # e.g. another serve's state folder: one line, no traceback, no "stopped"
+            print(f"scanbridge serve: {exc}", file=sys.stderr, flush=True)
+            return 1
         app = create_app(stack.container)
         freeze_heap()
         # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler found before it
@@ -288,5 +305,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
         listener.close()
         if stack is not None:
             stack.stop()
-        print("scanbridge stopped", flush=True)
+            print("scanbridge stopped", flush=True)
     return 0

@@ -228,7 +228,8 @@ class StateJournal:
                 if time.monotonic() > deadline:
                     os.close(fd)
                     raise RuntimeError(f"{self._dir} is in use by another scanbridge serve (one per "
-                                       "SCANBRIDGE_DATA_DIR)") from exc
+                                       "SCANBRIDGE_DATA_DIR: stop that one, or start this one from another "
+                                       "folder or with another SCANBRIDGE_DATA_DIR)") from exc
                 time.sleep(0.1)
         self._lock_fd = fd  # held until the process ends
 
