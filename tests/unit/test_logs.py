@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,13 @@ def test_json_line_keeps_the_task_id_as_a_key() -> None:
     # WHEN written as JSON  THEN it parses, and the task id is a key (the correlation id)
     body = json.loads(_emit(LambdaPowertoolsFormatter(service="t"), "finished", task_id="task-42"))
     assert body["task_id"] == "task-42" and body["message"] == "finished" and body["level"] == "WARNING"
+
+
+def test_loading_a_built_in_model_prints_nothing_raw_to_the_console() -> None:
+    # GIVEN a fresh interpreter (onnxruntime's own logger writes straight to its stderr, not through ours)
+    code = ("from scanbridge.inference.session import OnnxModel; from scanbridge.inference.zoo import BUILTINS; "
+            "spec, build = BUILTINS['nuclei']; OnnxModel(spec, build(), prefer_gpu=False)")
+    # WHEN it loads the nuclei model, whose stain matrix is an overridable initializer (onnxruntime warns on it)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    # THEN onnxruntime printed no warning of its own
+    assert ":onnxruntime:" not in out.stderr + out.stdout, out.stderr[-2000:]

@@ -79,6 +79,10 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's own warnings go to stderr, raw (ANSI colours, not our log format): the one every start
+        # printed is that the built-ins' STAIN_INPUT is an overridable initializer, which is on purpose; a
+        # device fallback is caught and logged below in words
+        options.log_severity_level = 3  # errors only
         # Spinning intra-op threads would burn the cores the tile readers need while a batch is assembled.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
