@@ -1,8 +1,9 @@
 """The quick starts typed as written: the marked blocks of the README and docs/ run in a shell, from a folder
 that has `../shared/fixtures` beside it as a checkout does, on the ports the blocks name (8000, 8901, 8902).
 
-- README "See the whole loop": the bridge in one terminal, the stand-in platform in the other; then the
-  /v1/infer + evaluate block of docs/inference-and-evaluation.md against the same bridge.
+- README "See the whole loop": the bridge in one terminal, the stand-in platform in the other, then its
+  generated slide through the nuclei model; then the /v1/infer + evaluate block of
+  docs/inference-and-evaluation.md against the same bridge.
 - docs/live-status.md: a bridge with no platform and `scanbridge submit --wait` (#20 item 2).
 """
 
@@ -106,7 +107,8 @@ def terminal_2(block: str, checkout: Path, timeout_s: float = 240) -> subprocess
 def test_the_blocks_are_marked() -> None:
     # GIVEN the README and the pages / THEN each quick start is marked, on the ports it names
     readme = quickstart_blocks((REPO / "README.md").read_text())
-    assert set(readme) == {"bridge", "platform"}
+    assert set(readme) == {"bridge", "platform", "nuclei"}
+    assert "--model nuclei" in readme["nuclei"] and "make-slide" in readme["nuclei"]
     assert "scanbridge serve" in readme["bridge"] and "SCANBRIDGE_PLATFORM_URL=http://127.0.0.1:8901" in readme["bridge"]
     assert "--send http://127.0.0.1:8000/webhook" in readme["platform"]
     assert "infer" in quickstart_blocks((REPO / "docs" / "inference-and-evaluation.md").read_text())
@@ -134,6 +136,16 @@ def test_the_whole_loop_runs_as_written(tmp_path: Path) -> None:
         lines = httpx.get(f"{URL}/tasks/{task_id}/logs").json()["lines"]
         last = [json.dumps(line) for line in lines if "worker finished task" in json.dumps(line)]
         assert len(last) == 1 and "1 of 1 scan(s) analysed; results delivery next" in last[0], lines[-5:]
+        # WHEN the README's generated-slide block runs against the same bridge
+        out = terminal_2(blocks["nuclei"], checkout)
+        # THEN the nuclei model's results meet the contract, with the nuclei as polygons, and its overlay is drawn
+        assert out.returncode == 0 and "contract: OK" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+        made = re.search(r"nuclei=(\d+)", out.stdout)
+        found = re.search(r"geojson: (\d+) features \(\d+ Polygon/nucleus\)", out.stdout)
+        assert made and found and 0.9 * int(made.group(1)) <= int(found.group(1)) <= int(made.group(1)), out.stdout
+        nuclei_task = httpx.get(f"{URL}/tasks").json()["tasks"][0]["task_id"]
+        files = httpx.get(f"{URL}/tasks/{nuclei_task}/artifacts").json()
+        assert "overlay.png" in json.dumps(files), files
         # WHEN the synchronous inference block of docs/inference-and-evaluation.md runs against the same bridge
         infer = quickstart_blocks((REPO / "docs" / "inference-and-evaluation.md").read_text())["infer"]
         out = terminal_2(infer, checkout, timeout_s=180)
