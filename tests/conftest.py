@@ -23,7 +23,8 @@ from scanbridge.domain.results import JsonBody
 from scanbridge.ports import PlatformResponse
 
 # CI in stages (ordered; a failed stage skips the later ones, on every xdist worker): tests/stages.py
-from tests.stages import pytest_collection_modifyitems, pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
+from tests import stages
+from tests.stages import pytest_runtest_makereport, pytest_runtest_setup  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -45,6 +46,22 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     cores tests/e2e took 235 s on 4 workers and 304 s on 2."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(8, 2 * cores)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests in stage order (tests/stages.py); then the tests of a module that use a module-scoped fixture
+    of that module share one xdist group, i.e. one worker, so that the fixture (a generated slide, a model) is
+    made once per run, not once on each worker that is handed one of those tests."""
+    stages.pytest_collection_modifyitems(config, items)
+    for item in items:
+        module = item.getparent(pytest.Module)
+        if module is None or item.get_closest_marker("xdist_group") is not None:
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(d.scope == "module" and d.baseid == module.nodeid for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(module.path.stem))
 
 
 def unavailable(message: str) -> NoReturn:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 SIZES = {"small": (16, 16), "boxes": (300, 250)}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def platform() -> Iterator[FakePlatform]:
     with FakePlatform(files={"small": fixture_path("small.svs"), "boxes": fixture_path("boxes.tiff")}) as p:
         yield p
@@ -40,9 +40,10 @@ def start_stack(platform: FakePlatform, tmp_path: Path, extra_env: dict[str, str
     assert "scanbridge serving on" in output and "scanbridge stopped" in output
 
 
-@pytest.fixture
-def stack(platform: FakePlatform, tmp_path: Path) -> Iterator[str]:
-    with start_stack(platform, tmp_path) as url:
+@pytest.fixture(scope="module")
+def stack(platform: FakePlatform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One stack for this module's tests (their tasks are their own; a stack costs ~4 s of CPU to start)."""
+    with start_stack(platform, tmp_path_factory.mktemp("stack")) as url:
         yield url
 
 
@@ -102,11 +103,15 @@ def test_platform_sample_webhook_becomes_one_valid_results_post(stack: str, plat
 
 
 def test_bad_webhooks_get_a_uniform_422_and_store_nothing(stack: str) -> None:
-    # GIVEN bodies that break the contract / WHEN posted / THEN 422 with the uniform error body
+    # GIVEN the stack's tasks so far (the module's other test may have run on it)
+    before = httpx.get(f"{stack}/tasks").json()["tasks"]
+    # WHEN bodies that break the contract are posted / THEN 422 with the uniform error body
     for raw in (b"not json", b"[]", b'{"task_id": "x"}'):
         resp = httpx.post(f"{stack}/webhook", content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == 422
         assert resp.json()["error"]["code"] == "VALIDATION_ERROR"
-    assert httpx.get(f"{stack}/tasks").json()["tasks"] == []
-    missing = httpx.get(f"{stack}/tasks/nope")
-    assert missing.status_code == 404 and missing.json()["error"]["code"] == "TASK_NOT_FOUND"
+    # AND nothing was stored: the listing is unchanged and the task the last body named does not exist
+    assert httpx.get(f"{stack}/tasks").json()["tasks"] == before
+    for task_id in ("x", "nope"):
+        missing = httpx.get(f"{stack}/tasks/{task_id}")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "TASK_NOT_FOUND"

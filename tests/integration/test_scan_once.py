@@ -94,7 +94,7 @@ def test_qc_the_summary_and_the_artifacts_state_one_tissue_figure(container: Con
                                                                   model: str) -> None:
     # GIVEN a real H&E mosaic (its right quarter glass) and a generated slide with 30 % tissue
     generated = tmp_path / "gen.svs"
-    truth = synth.make_slide(generated, 2048, 1536, tissue_fraction=0.3, seed=5, mpp=0.5)
+    truth = synth.make_slide(generated, 1024, 768, tissue_fraction=0.3, seed=5, mpp=0.5)
     scans = {"real": [fixture_path("thirdparty/vips_pyramid_jpeg.tif")], "gen": [generated]}
     # WHEN the worker runs `model` on both (QC on, artifacts on)
     _process(container, f"t-fig-{model}", scans, model)
