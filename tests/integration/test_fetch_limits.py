@@ -63,9 +63,10 @@ def test_a_trickle_is_cut_by_the_minimum_rate_not_by_read_timeout_times_attempts
         with pytest.raises(ScanDownloadTimeoutError) as err:
             fetcher.fetch(f"{base}/slow.svs", tmp_path / "slow")
         took = time.monotonic() - t0
-    # THEN it fails as SCAN_DOWNLOAD_TIMEOUT after about one rate window per attempt, no partial file left
+    # THEN it fails as SCAN_DOWNLOAD_TIMEOUT, cut by the rate window on each attempt (~1.5 s in all; the total
+    # cap would take 30 s, the read timeout 60 s: under 15 s is the rate window whatever the load), no partial file
     assert err.value.code == "SCAN_DOWNLOAD_TIMEOUT"
-    assert len(seen) == 3 and took < 5, (len(seen), took)
+    assert len(seen) == 3 and took < 15, (len(seen), took)
     assert list(tmp_path.iterdir()) == []
 
 

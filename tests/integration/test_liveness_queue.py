@@ -124,11 +124,12 @@ def test_a_task_past_its_deadline_is_killed_and_not_retried(settings: Settings, 
         _accept(container, "slow")
         # WHEN the deadline passes / THEN the task ends FAILED (WORKER_FAILED, the deadline named), at once,
         # with one worker start only
-        _wait(lambda: container.tasks.get("slow").status.is_terminal, timeout_s=10)  # type: ignore[union-attr]
+        _wait(lambda: container.tasks.get("slow").status.is_terminal, timeout_s=30)  # type: ignore[union-attr]
         task = container.tasks.get("slow")
         assert task is not None and task.status == TaskStatus.FAILED and task.error_code == "WORKER_FAILED"
         assert "SCANBRIDGE_TASK_TIMEOUT_S" in (task.error_message or "")
-        assert time.monotonic() - started < 8
+        # (killed by the deadline, not ended by its 60 s sleep: ~1-2 s here, under 30 s whatever the load)
+        assert time.monotonic() - started < 30
         assert container.launcher.pids() == {}  # type: ignore[attr-defined]
     finally:
         container.launcher.shutdown()
