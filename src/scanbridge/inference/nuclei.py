@@ -90,12 +90,28 @@ def find_nuclei(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray |
     of collagen torn loose lies on glass.
     """
     labels, boxes = _segment(prob, params)
-    if params.blob_contrast > 0 and stains is not None and len(boxes):
+    boxes = [box if box is not None and _may_keep(box, params, keep) else None for box in boxes]
+    if params.blob_contrast > 0 and stains is not None and any(box is not None for box in boxes):
         planes = np.asarray(stains, dtype=np.float32)
-        seeds = np.concatenate([blob_seeds(planes[c], labels > 0, params) for c in params.blob_channels])
-        boxes = _on_tissue(labels, _seeded(labels, boxes, seeds), planes.sum(axis=0) < GLASS_OD,
-                           params.glass_ring_px)
+        # only the pixels of objects that may be kept can hold a seed that matters (the rest are not measured)
+        live = np.array([False, *(box is not None for box in boxes)])
+        inside = np.flatnonzero(labels)
+        inside = inside[live[labels.ravel()[inside]]]
+        seeds = np.concatenate([_seeds_at(planes[c], inside, params) for c in params.blob_channels])
+        boxes = _on_tissue(labels, _seeded(labels, boxes, seeds), planes, params.glass_ring_px)
     return _measure(labels, boxes, params, stains=stains, positive=positive, keep=keep)
+
+
+def _may_keep(box: Box, params: NucleusParams, keep: tuple[float, float, float, float] | None) -> bool:
+    """Whether the object in `box` can be measured: its box is not smaller than the least area and its
+    centroid, which lies in [col0 + 0.5, col1 - 0.5] x [row0 + 0.5, row1 - 0.5], can fall in `keep`."""
+    row0, col0, row1, col1 = box[0].start, box[1].start, box[0].stop, box[1].stop
+    if (row1 - row0) * (col1 - col0) < params.min_area_px:
+        return False
+    if keep is None:
+        return True
+    x0, y0, x1, y1 = keep
+    return not (col1 - 0.5 < x0 or col0 + 0.5 >= x1 or row1 - 0.5 < y0 or row0 + 0.5 >= y1)
 
 
 def _segment(prob: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, list[Box | None]]:
@@ -151,13 +167,19 @@ def blob_seeds(plane: np.ndarray, mask: np.ndarray, params: NucleusParams) -> np
     the strongest fall. A ray that leaves the window before its reach gives no verdict (the tile overlap
     shows what lies beyond).
     """
+    return _seeds_at(plane, np.flatnonzero(mask), params)
+
+
+def _seeds_at(plane: np.ndarray, pixels: np.ndarray, params: NucleusParams) -> np.ndarray:
+    """`blob_seeds` among the flat indices `pixels` of `plane` (ascending): the mask given as its pixels."""
     smooth = cv2.GaussianBlur(plane, (0, 0), params.blob_sigma_px, borderType=cv2.BORDER_REPLICATE) \
         if params.blob_sigma_px > 0 else plane
     side = 2 * max(1, params.blob_spacing_px) + 1
     peak = cv2.dilate(smooth, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    rows, cols = np.nonzero((smooth >= peak) & mask)
-    if rows.size == 0:
+    picked = pixels[smooth.ravel()[pixels] >= peak.ravel()[pixels]]
+    if picked.size == 0:
         return np.zeros((0, 2), dtype=np.intp)
+    rows, cols = np.divmod(picked, plane.shape[1])
     angles = np.arange(BLOB_RAYS) * (2.0 * math.pi / BLOB_RAYS)
     steps = np.arange(1.0, params.blob_reach_px + 1e-6, 0.5)
     ys = (rows[:, None, None] + np.sin(angles)[None, :, None] * steps[None, None, :]).astype(np.float32)
@@ -186,9 +208,9 @@ def _seeded(labels: np.ndarray, boxes: list[Box | None], seeds: np.ndarray) -> l
     return [box if held[lab] else None for lab, box in enumerate(boxes, start=1)]
 
 
-def _on_tissue(labels: np.ndarray, boxes: list[Box | None], glass: np.ndarray, ring_px: float) -> list[Box | None]:
+def _on_tissue(labels: np.ndarray, boxes: list[Box | None], planes: np.ndarray, ring_px: float) -> list[Box | None]:
     """`boxes` with None for every object whose ring (`ring_px` wide, inside the window) is more than
-    `MAX_GLASS_SHARE` glass."""
+    `MAX_GLASS_SHARE` glass (stain densities `planes` (C, H, W) summing below GLASS_OD)."""
     r = max(1, round(ring_px))
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     out: list[Box | None] = []
@@ -200,7 +222,8 @@ def _on_tissue(labels: np.ndarray, boxes: list[Box | None], glass: np.ndarray, r
         crop = (slice(r0, box[0].stop + r), slice(c0, box[1].stop + r))
         inside = (labels[crop] == lab).view(np.uint8)
         ring = cv2.dilate(inside, disc) > inside
-        share = int(np.count_nonzero(glass[crop][ring])) / max(1, int(np.count_nonzero(ring)))
+        glass = planes[(slice(None), *crop)].sum(axis=0) < GLASS_OD
+        share = int(np.count_nonzero(glass[ring])) / max(1, int(np.count_nonzero(ring)))
         out.append(box if share <= MAX_GLASS_SHARE else None)
     return out
 
@@ -314,12 +337,10 @@ def _measure(labels: np.ndarray, boxes: list[Box | None], params: NucleusParams,
     for lab, box in enumerate(boxes, start=1):
         if box is None:
             continue
+        if not _may_keep(box, params, keep):
+            continue
         row0, col0 = box[0].start, box[1].start
         h, w = box[0].stop - row0, box[1].stop - col0
-        # the centroid lies in [col0 + 0.5, col0 + w - 0.5] x [row0 + 0.5, row0 + h - 0.5]
-        if h * w < params.min_area_px or col0 + w - 0.5 < x0 or col0 + 0.5 >= x1 \
-                or row0 + h - 0.5 < y0 or row0 + 0.5 >= y1:
-            continue
         image = (labels[box] == lab).view(np.uint8)
         m = cv2.moments(image, binaryImage=True)
         area = m["m00"]

@@ -138,8 +138,11 @@ def corners(ring: np.ndarray) -> np.ndarray:
     """
     if len(ring) < 4:
         return ring
-    prev, nxt = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
-    cross = (ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1]) - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0])
+    step = np.empty_like(ring)  # step[i]: from vertex i to the next (the last one closes the ring)
+    np.subtract(ring[1:], ring[:-1], out=step[:-1])
+    np.subtract(ring[0], ring[-1], out=step[-1])
+    into = np.concatenate([step[-1:], step[:-1]])  # the step arriving at each vertex
+    cross = into[:, 0] * step[:, 1] - into[:, 1] * step[:, 0]
     kept = ring[cross != 0]
     return kept if len(kept) >= 3 else ring
 
