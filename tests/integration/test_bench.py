@@ -17,7 +17,7 @@ import pytest
 
 from scanbridge.devtools import bench, synth
 from scanbridge.imaging.readers import open_scan
-from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.session import OnnxModel
 
@@ -81,6 +81,38 @@ def test_pipeline_results_do_not_depend_on_readers_or_batch_size(slide: tuple[Pa
         assert other.stats.tiles_processed == first.stats.tiles_processed
         assert _geometries(other) == _geometries(first)
         assert other.result.results["report"] == first.result.results["report"]  # type: ignore[index]
+
+
+def _features(result: Any) -> list[Any]:
+    """Every feature without its id (a fresh uuid each time)."""
+    return [{k: v for k, v in f.items() if k != "id"} for f in result.geojson["features"]]
+
+
+@pytest.mark.parametrize("name", ["nuclei", "ihc-positivity"])
+def test_the_naive_loop_gives_the_pipelines_objects(slide: tuple[Path, Path], name: str) -> None:
+    # GIVEN an object model and a slide whose nuclei all lie in its tissue
+    path, _truth = slide
+    model = bench.load_model(name, prefer_gpu=False)
+    reader = open_scan([path])
+    try:
+        # WHEN the pipeline analyses every tile with tissue (min_tissue 0: what it skips is glass) ...
+        analysis = analyze_scan("s", reader, model, min_tissue=0.0)
+        meta = reader.metadata
+    finally:
+        reader.close()
+    assert model.spec.mpp and meta.mpp
+    full = grid_for_model(meta.level_dimensions, meta.level_downsamples, model.spec.mpp / meta.mpp[0],
+                          model.spec.input_size, None, 1.0, overlap=int(model.spec.outputs["tile_overlap"]))
+    # ... and the bench's naive loop runs every tile of the slide alone, decoding each tile as it goes
+    _seconds, naive = bench.naive_objects(path, model, full, min_tissue=0.0)
+    # THEN the naive loop read every tile, the pipeline fewer, and both found the same objects, measured the same
+    assert analysis.stats.tiles_processed < len(full.tiles) == analysis.stats.tiles_total
+    assert naive.results["nuclei_count"] == analysis.result.results["nuclei_count"] > 0  # type: ignore[index]
+    assert _features(naive) == _features(analysis.result)
+    # AND the same figures (the pipeline adds the scan's tissue fraction and notes to them)
+    for key, value in naive.results.items():  # type: ignore[union-attr]
+        if key != "report":
+            assert analysis.result.results[key] == value, key  # type: ignore[index]
 
 
 def test_io_binding_path_gives_the_same_outputs(slide: tuple[Path, Path]) -> None:

@@ -10,7 +10,8 @@ On one slide and one model, in one process:
   ``decode_level0_mpx``: the level-0 megapixels the tiles cover (overlaps included);
 - ``model_only_s``: the model on as many tiles, from batches decoded beforehand (no reading);
 - ``pipeline_s``: ``analyze_scan`` end to end (tissue mask, reading, inference, post-processing, result body);
-- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1;
+- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1
+  (an object model's tiles decoded into objects and its result built, as the pipeline does: `naive_objects`);
 - ``bare_onnxruntime_s``: a plain InferenceSession (default options, same provider) on as many tiles from
   tensors prepared beforehand; ``pipeline_vs_bare`` = bare_onnxruntime_s / pipeline_s is the share of the
   hardware's bare model throughput the whole pipeline delivers (issue #9's GPU target: >= 0.80).
@@ -49,14 +50,17 @@ from onnx import TensorProto, helper, numpy_helper
 from scanbridge.devtools.resnet import build_resnet, resnet_spec
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
 from scanbridge.domain.models import Label, ModelSpec
+from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers import ScaledRegions, ScanReader, open_scan
 from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.scan import OpenedScan
 from scanbridge.imaging.tiling import TileGrid, grid_for_model
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan, tile_min_tissue
+from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects, scan_stain_vectors
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
+from scanbridge.inference.stains import STAIN_INPUT
 from scanbridge.inference.zoo import BUILTINS, OPSET, tissue_score_graph
 
 BENCH_CONV_SPEC = ModelSpec(
@@ -320,8 +324,12 @@ def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int
     return _time_tiles(lambda x: session.run(None, {name: x}), tensors, len(grid.tiles))
 
 
-def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
-    """Seconds for the usual loop: every tile of the full grid, read then run alone, pasted into float32."""
+def naive_loop(path: Path, model: OnnxModel, grid: TileGrid, *, min_tissue: float | None = None) -> float:
+    """Seconds for the usual loop: every tile of the full grid, read then run alone (batch 1); a pixel model's
+    output is pasted into a float32 canvas, an object model's objects are decoded and its result built
+    (`naive_objects`; `min_tissue` as the pipeline's, for its stain sample)."""
+    if model.spec.kind in OBJECT_KINDS:
+        return naive_objects(path, model, grid, min_tissue=min_tissue)[0]
     spec = model.spec
     out_tile = grid.stride // spec.output_downsample
     margin = grid.overlap // spec.output_downsample
@@ -336,6 +344,35 @@ def naive_loop(path: Path, model: OnnxModel, grid: TileGrid) -> float:
             r0, c0 = tile.row * out_tile, tile.col * out_tile
             canvas[r0:r0 + out_tile, c0:c0 + out_tile] = plane[margin:margin + out_tile, margin:margin + out_tile]
         return time.perf_counter() - t0
+    finally:
+        reader.close()
+
+
+def naive_objects(path: Path, model: OnnxModel, grid: TileGrid, *,
+                  min_tissue: float | None = None) -> tuple[float, ScanResult]:
+    """The usual loop for an object model, and the result it gives: what the model needs of the scan (its
+    tissue figure, stain vectors from the tissue tiles, as the pipeline estimates them), then every tile of
+    the full `grid`, background included, read by one thread and run alone (batch 1), each tile's objects
+    decoded as the pipeline does (one thread), and the same result body. Objects only the pipeline
+    keeps are those of tiles it skips, so on a slide with no objects off tissue both results are equal
+    (`min_tissue`: the pipeline's, so that the stain sample is its sample)."""
+    spec = model.spec
+    reader = open_scan([path])
+    try:
+        t0 = time.perf_counter()
+        tissue = OpenedScan(reader, owned=False).tissue
+        vectors = None
+        if STAIN_INPUT in model.optional_inputs:
+            sample = grid_for_model(reader.metadata.level_dimensions, reader.metadata.level_downsamples,
+                                    grid.model_downsample, grid.tile_size, tissue.mask, tissue.downsample,
+                                    overlap=grid.overlap, min_tissue=tile_min_tissue(spec, min_tissue))
+            vectors = scan_stain_vectors(reader, sample, readers=1)
+        run = run_objects(reader, model, None, 1.0, tile_size=grid.tile_size, overlap=grid.overlap, batch_size=1,
+                          readers=1, post_workers=1, stain_vectors=vectors)
+        meta = reader.metadata
+        result = objects_result(path.stem, model, run, bounds=meta.dimensions, mpp=meta.mpp,
+                                tissue_mm2=tissue.area_mm2)
+        return time.perf_counter() - t0, result
     finally:
         reader.close()
 
@@ -389,7 +426,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
         rss.reset()
         full = grid_for_model(meta.level_dimensions, meta.level_downsamples, grid.model_downsample,
                               grid.tile_size, None, 1.0, overlap=grid.overlap)
-        naive_s = naive_loop(path, model, full)
+        naive_s = naive_loop(path, model, full, min_tissue=min_tissue)
         phases["naive"] = rss.mb()
 
     results = analysis.result.results or {}

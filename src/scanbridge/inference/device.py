@@ -19,6 +19,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -249,3 +251,20 @@ def default_reader_threads() -> int:
     """Tile reader threads: the cores this process may use, less one for the model's feeding thread
     (2..MAX_READER_THREADS); SCANBRIDGE_READER_THREADS overrides it where the worker builds its analyzer."""
     return max(2, min(MAX_READER_THREADS, usable_cores() - 1))
+
+
+#: how far post-processing threads step back behind the model's (nice levels; Linux sets nice per thread)
+POST_NICENESS = 10
+
+
+def yield_to_model() -> None:
+    """Lower the calling thread's scheduling priority by POST_NICENESS (Linux; elsewhere nothing): the
+    model's intra-op threads then get the cores first and a post-processing thread runs on what they leave
+    (their waits between operators, the batch hand-over), instead of delaying the model's slowest shard."""
+    if not sys.platform.startswith("linux"):  # elsewhere a thread id is not what setpriority takes
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + POST_NICENESS))
+    except OSError:  # not permitted here: the thread keeps its priority
+        log.debug("post-processing thread keeps its priority")

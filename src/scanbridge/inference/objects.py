@@ -32,7 +32,7 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
 from scanbridge.inference import ihc, stains
-from scanbridge.inference.device import default_reader_threads
+from scanbridge.inference.device import default_reader_threads, yield_to_model
 from scanbridge.inference.instances import (
     Decoder,
     WindowObject,
@@ -43,7 +43,7 @@ from scanbridge.inference.instances import (
 )
 from scanbridge.inference.nuclei import Nucleus
 from scanbridge.inference.object_table import ObjectTable, SlideObject
-from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles, read_tile
+from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
 from scanbridge.inference.resume import CheckpointStore, TileResume
 from scanbridge.inference.session import OnnxModel
@@ -176,11 +176,16 @@ def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
                 readers: int | None = None, post_workers: int = 4, progress: ProgressFn | None = None,
-                min_tissue: float = DEFAULT_MIN_TISSUE, checkpoint: CheckpointStore | None = None) -> ObjectRun:
+                min_tissue: float = DEFAULT_MIN_TISSUE, checkpoint: CheckpointStore | None = None,
+                stain_vectors: stains.StainVectors | None = None) -> ObjectRun:
     """Run an object model over the tissue of a scan with overlapping tiles; each object found once.
 
     With a `checkpoint`, tiles it holds are not run again (their objects come from it) and finished
-    tiles' objects are saved to it (resume.py).
+    tiles' objects are saved to it (resume.py). `stain_vectors`: the scan's, when already estimated (a model
+    that takes them otherwise gets them from `scan_stain_vectors` on this grid).
+
+    Post-processing threads step back behind the model's (`device.yield_to_model`): they run on the cores'
+    time the model leaves, so decoding objects overlaps inference instead of slowing it.
 
     Raises ModelInvalidError when the spec's decoder is misconfigured or cannot decode the first batch.
     """
@@ -199,7 +204,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                                 f"model's output (output_crop x output_downsample = {reach})",
                                 details={"problems": ["tile_overlap smaller than the output crop"]})
     stain_names = [str(s) for s in spec.outputs.get("stain_channels", [])]
-    vectors = scan_stain_vectors(reader, grid) if stains.STAIN_INPUT in model.optional_inputs else None
+    vectors = None
+    if stains.STAIN_INPUT in model.optional_inputs:
+        vectors = stain_vectors if stain_vectors is not None else scan_stain_vectors(reader, grid, readers=readers)
     if vectors is not None and vectors.second == "DAB" and decoder.params.blob_contrast > 0:
         # H-DAB: nuclei are found on haematoxylin and DAB as they are (QuPath too detects on another image
         # for H-DAB than for H&E); the blob-seed test is for H&E, where collagen is as purple as a nucleus
@@ -226,7 +233,8 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     pending: list[Future[ObjectTable]] = []
     buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
     batch_tiles: list[Tile] = []
-    with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post",
+                            initializer=yield_to_model) as pool:
 
         def flush() -> None:
             n = len(batch_tiles)
@@ -275,13 +283,15 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     return ObjectRun(objects=objects.sorted(), stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
 
 
-def scan_stain_vectors(reader: ScanReader, grid: TileGrid) -> stains.StainVectors:
+def scan_stain_vectors(reader: ScanReader, grid: TileGrid, *, readers: int | None = None) -> stains.StainVectors:
     """The scan's stain vectors, once per scan: Macenko's estimate from up to `stains.SAMPLE_TILES` of the
     grid's tissue tiles, spread over the grid and read at the model's resolution (the reference vectors
     when the estimate is implausible). Every tile of the scan is then deconvolved with the same matrix.
-    The sample is taken from the whole grid, so a resumed scan gets the same estimate."""
+    The sample is taken from the whole grid, so a resumed scan gets the same estimate; its tiles are read
+    in the pipeline's reader threads and used in the grid's order."""
     picked = [grid.tiles[i] for i in stains.spread(len(grid.tiles))]
-    return stains.estimate_from_tiles([read_tile(reader, grid, tile) for tile in picked])
+    read = {(t.row, t.col): img for t, img in iter_tiles(reader, grid, picked, readers=readers)}
+    return stains.estimate_from_tiles([read[(t.row, t.col)] for t in picked])
 
 
 def _merged(objects: ObjectTable, iou: float) -> ObjectTable:
