@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cv2
@@ -32,6 +33,12 @@ def h_score(grades: list[int]) -> float | None:
     return float(100.0 * (counts[1] + 2 * counts[2] + 3 * counts[3]) / len(grades))
 
 
+@functools.lru_cache(maxsize=8)
+def _disc(radius: int) -> np.ndarray:
+    """The elliptical structuring element of `radius` (one per radius: a scan's rings share it)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 def ring_mean(contour: np.ndarray, plane: np.ndarray, expand_px: float) -> float | None:
     """Mean of `plane` over the ring between a nucleus outline and that outline expanded by `expand_px`.
 
@@ -48,8 +55,7 @@ def ring_mean(contour: np.ndarray, plane: np.ndarray, expand_px: float) -> float
     nucleus = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
     pts = np.round((contour - [x0 + 0.5, y0 + 0.5]) * 16).astype(np.int32)  # pixel centres at integer + 0.5
     cv2.fillPoly(nucleus, [pts], 1, lineType=cv2.LINE_8, shift=4)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    ring = cv2.dilate(nucleus, kernel) - nucleus
+    ring = cv2.dilate(nucleus, _disc(r)) - nucleus
     if not ring.any():
         return None
     return float(cv2.mean(np.ascontiguousarray(plane[y0:y1, x0:x1], dtype=np.float32), mask=ring)[0])

@@ -28,6 +28,7 @@ from shapely.geometry import Polygon
 
 from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
+from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
@@ -69,11 +70,21 @@ class ObjectRun:
             self.objects = ObjectTable.of(self.objects)
 
 
+NO_OUTLINE = np.zeros((0, 2))  # a nucleus's contour where the result draws none (`draws_outlines`)
+
+
+def draws_outlines(spec: ModelSpec) -> bool:
+    """Whether the result draws each nucleus's outline (`outputs.polygons`, default yes). Boxes always keep
+    theirs: the merge across tiles compares them."""
+    return spec.decoder == "boxes" or bool(spec.outputs.get("polygons", True))
+
+
 def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
                   l0_origin: tuple[int, int], mpp: tuple[float, float] | None,
                   stain_names: list[str]) -> list[SlideObject]:
     """One window's objects whose centroid is in the tile's core (boxes: within half the overlap of it),
-    mapped to level-0."""
+    mapped to level-0. A nucleus keeps its outline only where the result draws it (`draws_outlines`; the
+    measurements are made on the window's outline either way)."""
     step = grid.read_size / grid.tile_size * grid.downsample  # level-0 px per model px in this window
     ox, oy = l0_origin
     # The core, in global model pixels, is [col*stride, (col+1)*stride); test the level-0 centroid against
@@ -90,6 +101,7 @@ def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[st
         keep = None
     labels = decoder.spec.labels
     threshold = decoder.params.positive_threshold
+    outlines = draws_outlines(decoder.spec)
     found: list[SlideObject] = []
     for w in decoder.decode(outputs, keep=keep):
         x, y = ox + w.cx * step, oy + w.cy * step
@@ -97,8 +109,11 @@ def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[st
         if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
             continue
         n = w.nucleus
-        ring = corners(w.contour) if n is not None else w.contour
-        contour = np.column_stack([ox + ring[:, 0] * step, oy + ring[:, 1] * step])
+        if n is not None and not outlines:
+            contour = NO_OUTLINE
+        else:
+            ring = corners(w.contour) if n is not None else w.contour
+            contour = np.column_stack([ox + ring[:, 0] * step, oy + ring[:, 1] * step])
         measurements = {"Centroid X px": x, "Centroid Y px": y}
         measurements.update(_measurements(n, step, mpp, stain_names) if n is not None
                             else _box_measurements(w, step, mpp))
@@ -441,7 +456,7 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     positive_mode = spec.outputs.get("positive_channel") is not None
     boxes_mode = spec.decoder == "boxes"
     draw = str(spec.outputs.get("draw", "both"))
-    polygons_wanted = draw != "points" if boxes_mode else bool(spec.outputs.get("polygons", True))
+    polygons_wanted = draw != "points" if boxes_mode else draws_outlines(spec)
     want_polygons = polygons_wanted and len(objs) <= MAX_POLYGONS
     class_ids = objs.class_ids
     typed = bool((class_ids >= 0).any())
