@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import JsonBody, QcFinding, ScanResult
@@ -52,6 +52,10 @@ class ArtifactStore(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Store `data` under `key`, replacing what was there."""
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "application/octet-stream") -> None:
+        """Store what is left to read of the binary file `fileobj` under `key`, read in chunks (the
+        artifacts: a file written beside the data, never one bytes object); the caller closes the file."""
 
     def get(self, key: str) -> bytes | None:
         """The bytes under `key`, or None."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,6 +110,24 @@ def test_artifact_store_contract(artifact_store: Any) -> None:
     assert artifact_store.list("tasks/a/") == ["tasks/a/x.json", "tasks/a/y.bin"]
     assert artifact_store.get("tasks/b/none") is None
     assert artifact_store.url("tasks/a/x.json")
+
+
+def test_artifact_store_stores_the_rest_of_a_file_and_leaves_it_open(artifact_store: Any) -> None:
+    # GIVEN a spooled temporary file (on disk past 1 MiB) holding a 4-byte prefix, then 8 MiB + 3 bytes
+    # (past boto3's multipart threshold: S3 gets a multipart upload), read up to the end of the prefix
+    payload = bytes(range(256)) * (8 * 4096) + b"end"
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+b") as fh:
+        fh.write(b"skip" + payload)
+        fh.seek(4)
+        # WHEN it is stored from the file, beside a small one stored the same way from the start
+        artifact_store.put_file("tasks/a/big.bin", fh, "application/octet-stream")
+        # THEN the file is still the caller's (open), and the key holds exactly what was left to read
+        assert not fh.closed
+    small = io.BytesIO(b"a,b\n1,2\n")
+    artifact_store.put_file("tasks/a/small.csv", small, "text/csv")
+    assert artifact_store.get("tasks/a/big.bin") == payload
+    assert artifact_store.get("tasks/a/small.csv") == b"a,b\n1,2\n"
+    assert artifact_store.list("tasks/a/") == ["tasks/a/big.bin", "tasks/a/small.csv"]
 
 
 def test_secret_box_contract(secret_box: Any) -> None:

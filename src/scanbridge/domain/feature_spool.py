@@ -4,8 +4,9 @@ An object model's scan result can hold 100k+ features; as Python dicts each cost
 about 1 kB, on disk nothing. `FeatureSpool` takes features one by one (`json.dumps` each, one per line)
 and gives them back as text (`array_chunks`: the bytes of the JSON array exactly as `json.dumps` writes
 it) or one dict at a time (`__iter__`). `StreamedScanResult` is a ScanResult whose features live in a
-spool: `result_json_chunks` writes its stored/posted JSON without building the features' dicts, and
-reading `.geojson` (or `model_dump`) still gives the whole FeatureCollection, built on demand.
+spool: `result_json_chunks` writes its stored/posted JSON without building the features' dicts, the
+artifacts read its features one at a time (`result_features`), and reading `.geojson` (or `model_dump`)
+still gives the whole FeatureCollection, built on demand (the CLI, `/v1/infer`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
+from scanbridge.domain.geojson import FeatureSource
 from scanbridge.domain.results import ScanResult
 
 SPOOL_MEMORY_BYTES = 1 << 20  # up to 1 MiB of feature text stays in memory, the rest goes to a temporary file
@@ -116,6 +118,13 @@ class StreamedScanResult(ScanResult):
             elif key in out:
                 ordered[key] = out[key]
         return ordered
+
+
+def result_features(result: ScanResult) -> FeatureSource:
+    """Where a result's features are read from, one at a time (`geojson.features`): a streamed result's
+    spool (never built whole), else its FeatureCollection."""
+    spool = result.spool if isinstance(result, StreamedScanResult) else None
+    return spool if spool is not None else result.geojson
 
 
 def _included(name: str, kwargs: dict[str, Any]) -> bool:

@@ -4,6 +4,10 @@ Every reader of the results' GeoJSON (exports, overlay, evaluation, the platform
 functions instead of indexing `features` / `geometry` / `coordinates` itself. Coordinates are level-0
 pixels (x, y); a polygon is `[exterior, *holes]`; a heat map is a GeometryCollection of polygons
 (`parts` walks its members). Stdlib only: the API Lambda reads GeoJSON too.
+
+A `FeatureSource` is what `features` walks: a FeatureCollection (or one Feature) as dicts, or an iterable
+of features that can be walked again, such as a result's FeatureSpool (the features as JSON text, one dict
+alive at a time). Writers that need two passes (the CSV's header, then its rows) walk it twice.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ PolygonRings = list[Ring]  # exterior first, then its holes
 POLYGONAL = frozenset({"Polygon", "MultiPolygon"})
 PUNCTUAL = frozenset({"Point", "MultiPoint"})
 
+#: a FeatureCollection / Feature as dicts, or re-iterable features (a FeatureSpool, a list); None: no features
+FeatureSource = dict[str, Any] | Iterable[dict[str, Any]] | None
 
-def features(source: dict[str, Any] | Iterable[dict[str, Any]] | None) -> Iterator[dict[str, Any]]:
-    """The features of a FeatureCollection, of one Feature, or of an iterable of features (a FeatureSpool);
-    none for None or a collection without features. Entries that are not objects are skipped."""
+
+def features(source: FeatureSource) -> Iterator[dict[str, Any]]:
+    """The features of a FeatureCollection, of one Feature, or of an iterable of features (a FeatureSpool),
+    one at a time; none for None or a collection without features. Entries that are not objects are skipped."""
     if source is None:
         return
     items: Iterable[Any]

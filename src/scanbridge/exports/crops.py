@@ -6,7 +6,8 @@ import io
 import json
 import math
 import zipfile
-from typing import Any
+from collections.abc import Iterable
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -24,17 +25,15 @@ def is_cell_feature(feature: dict[str, Any]) -> bool:
         gj.geometry_type(feature) in gj.POLYGONAL
 
 
-def cell_crops_zip(reader: ScanReader, features: list[dict[str, Any]], *, max_crops: int = 200,
-                   pad: int = 4, max_side: int = 256) -> tuple[bytes, int]:
-    """A ZIP of RGBA PNG crops (level 0, outside the outline transparent) of the first `max_crops` cells.
-
-    Also holds `index.csv` (file, object id, level-0 bbox). Returns the bytes and the crop count.
-    """
+def write_cell_crops(out: IO[bytes], reader: ScanReader, features: Iterable[dict[str, Any]], *,
+                     max_crops: int = 200, pad: int = 4, max_side: int = 256) -> int:
+    """A ZIP into `out` of RGBA PNG crops (level 0, outside the outline transparent) of the first
+    `max_crops` cells of `features` (read only as far as those), with `index.csv` (file, object id,
+    level-0 bbox); returns the crop count."""
     width, height = reader.metadata.dimensions
-    buf = io.BytesIO()
     rows = ["file,object_id,x,y,width,height"]
     count = 0
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in features:
             if count >= max_crops:
                 break
@@ -60,4 +59,4 @@ def cell_crops_zip(reader: ScanReader, features: list[dict[str, Any]], *, max_cr
         zf.writestr("index.csv", "\n".join(rows) + "\n")
         zf.writestr("README.json", json.dumps({"crops": count, "cap": max_crops, "level": 0,
                                                "note": "RGBA PNG; alpha 0 outside the object's outline"}))
-    return buf.getvalue(), count
+    return count

@@ -1,11 +1,15 @@
-"""The per-object CSV (`objects.csv`, the `csv` export): one row per object feature, stdlib only."""
+"""The per-object CSV (`objects.csv`, the `csv` export): one row per object feature, stdlib only.
+
+Written row by row from a FeatureSource (a FeatureCollection or a result's spool), in two passes: the
+measurement names first (the header is their union, in the order met), then the rows.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from scanbridge.domain import geojson as gj
 
@@ -13,11 +17,12 @@ NOT_OBJECTS = frozenset({"heatmap"})  # features that are drawings, not measured
 OBJECT_GEOMETRIES = gj.POLYGONAL | gj.PUNCTUAL
 
 
-def object_features(source: dict[str, Any] | Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The features that are objects (everything but heat maps), in GeoJSON order: row n of the CSV is
-    label n of the label mask."""
-    return [f for f in gj.features(source) if gj.properties(f).get("annotation_type") not in NOT_OBJECTS
-            and gj.geometry_type(f) in OBJECT_GEOMETRIES]
+def object_features(source: gj.FeatureSource) -> Iterator[dict[str, Any]]:
+    """The features that are objects (everything but heat maps), in GeoJSON order, one at a time: row n of
+    the CSV is label n of the label mask."""
+    for f in gj.features(source):
+        if gj.properties(f).get("annotation_type") not in NOT_OBJECTS and gj.geometry_type(f) in OBJECT_GEOMETRIES:
+            yield f
 
 
 def _ring_area_centroid(ring: list[list[float]]) -> tuple[float, float, float]:
@@ -51,29 +56,37 @@ def feature_centroid(geometry: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
-def features_csv(source: dict[str, Any] | Iterable[dict[str, Any]] | None) -> bytes:
-    """One CSV row per object feature: id, label (its value in labels.npy), class, centroid, bbox, measurements."""
-    features = object_features(source)
-    names: list[str] = []
-    for f in features:
-        for key in gj.properties(f).get("measurements") or {}:
-            if key not in names:
-                names.append(key)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["object_id", "label", "annotation_type", "class", "object_type", "geometry_type",
-                     "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", *names])
-    for label, f in enumerate(features, start=1):
-        props = gj.properties(f)
-        geometry = gj.geometry(f)
-        centre = feature_centroid(geometry)
-        bbox = f.get("bbox") or _bbox(geometry)
-        measurements = props.get("measurements") or {}
-        writer.writerow([f.get("id", ""), label, props.get("annotation_type", ""), gj.class_name(f),
-                         props.get("objectType", ""), geometry.get("type", ""),
-                         *(_num(v) for v in (centre or ("", ""))), *(_num(v) for v in bbox),
-                         *(_num(measurements.get(n, "")) for n in names)])
-    return out.getvalue().encode("utf-8")
+def write_csv(out: IO[bytes], source: gj.FeatureSource) -> None:
+    """One CSV row per object feature, as UTF-8 into `out`: id, label (its value in labels.npy), class,
+    centroid, bbox, measurements. `source` is read twice (the header's measurement names, then the rows)."""
+    names: dict[str, None] = {}
+    for f in object_features(source):
+        names.update(dict.fromkeys(gj.properties(f).get("measurements") or {}))
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    try:
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["object_id", "label", "annotation_type", "class", "object_type", "geometry_type",
+                         "centroid_x", "centroid_y", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", *names])
+        for label, f in enumerate(object_features(source), start=1):
+            props = gj.properties(f)
+            geometry = gj.geometry(f)
+            centre = feature_centroid(geometry)
+            bbox = f.get("bbox") or _bbox(geometry)
+            measurements = props.get("measurements") or {}
+            writer.writerow([f.get("id", ""), label, props.get("annotation_type", ""), gj.class_name(f),
+                             props.get("objectType", ""), geometry.get("type", ""),
+                             *(_num(v) for v in (centre or ("", ""))), *(_num(v) for v in bbox),
+                             *(_num(measurements.get(n, "")) for n in names)])
+        text.flush()
+    finally:
+        text.detach()  # `out` stays open (a dropped wrapper would close it): it is the caller's
+
+
+def features_csv(source: gj.FeatureSource) -> bytes:
+    """`write_csv` as bytes (the API's `csv` export)."""
+    out = io.BytesIO()
+    write_csv(out, source)
+    return out.getvalue()
 
 
 def _num(value: Any) -> Any:

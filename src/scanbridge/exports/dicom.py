@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
 
 from scanbridge import __version__
 from scanbridge.domain import geojson as gj
@@ -192,20 +194,39 @@ def _algorithm(model: dict[str, Any]) -> Any:
 
 @dataclass
 class _Group:
+    """One ANN group as highdicom takes it, gathered one annotation at a time: each annotation's
+    coordinates as a small float64 array, each measurement as a column of float64 values (NaN where an
+    annotation has none), in the order the names were met."""
+
     label: str
     graphic_type: str  # POLYGON or POINT
-    coords: list[list[list[float]]]
-    measurements: list[dict[str, float]]
+    coords: list[Any] = field(default_factory=list)  # one (n, 2) float64 array per annotation
+    columns: dict[str, array[float]] = field(default_factory=dict)
+
+    def add(self, coords: Sequence[Sequence[float]], measurements: dict[str, float]) -> None:
+        """Append one annotation and its measurements."""
+        import numpy as np
+
+        n = len(self.coords)
+        self.coords.append(np.asarray(coords, dtype=np.float64))
+        for name, value in measurements.items():
+            if name not in self.columns:
+                self.columns[name] = array("d", [math.nan]) * n
+            self.columns[name].append(value)
+        for column in self.columns.values():
+            if len(column) == n:
+                column.append(math.nan)
 
 
-def annotation_groups(geojson: dict[str, Any] | None) -> list[_Group]:
-    """The GeoJSON as ANN groups: one per (class, POLYGON|POINT), heat map contours one group per level."""
+def annotation_groups(source: gj.FeatureSource) -> list[_Group]:
+    """The features (read once, one at a time) as ANN groups: one per (class, POLYGON|POINT), heat map
+    contours one group per level."""
     groups: dict[tuple[str, str], _Group] = {}
 
     def group(label: str, kind: str) -> _Group:
-        return groups.setdefault((label, kind), _Group(label, kind, [], []))
+        return groups.setdefault((label, kind), _Group(label, kind))
 
-    for f in gj.features(geojson):
+    for f in gj.features(source):
         props = gj.properties(f)
         geometry = gj.geometry(f)
         measurements = {k: float(v) for k, v in (props.get("measurements") or {}).items()
@@ -215,18 +236,12 @@ def annotation_groups(geojson: dict[str, Any] | None) -> list[_Group]:
             for lv, g in gj.heatmap_parts(f):
                 name = f"heatmap >= {levels[lv]}" if lv < len(levels) else f"heatmap level {lv}"
                 for ring in gj.exteriors(g):
-                    gr = group(name, "POLYGON")
-                    gr.coords.append(_open_ring(ring))
-                    gr.measurements.append({})
+                    group(name, "POLYGON").add(_open_ring(ring), {})
             continue
         for ring in gj.exteriors(geometry):
-            gr = group(gj.class_name(f), "POLYGON")
-            gr.coords.append(_open_ring(ring))
-            gr.measurements.append(measurements)
+            group(gj.class_name(f), "POLYGON").add(_open_ring(ring), measurements)
         for pt in gj.points(geometry):
-            gr = group(gj.class_name(f), "POINT")
-            gr.coords.append([pt])
-            gr.measurements.append(measurements)
+            group(gj.class_name(f), "POINT").add([pt], measurements)
     return [g for g in groups.values() if g.coords]
 
 
@@ -235,62 +250,61 @@ def _open_ring(ring: list[list[float]]) -> list[list[float]]:
     return ring[:-1] if len(ring) > 1 and ring[0] == ring[-1] else list(ring)
 
 
-def build_annotations(geojson: dict[str, Any] | None, source: Dataset, *, model: dict[str, Any],
-                      scan_id: str) -> bytes:
-    """A DICOM Microscopy Bulk Simple Annotations instance (2D, level-0 pixel coordinates) of the GeoJSON."""
+def annotations_dataset(source_features: gj.FeatureSource, source: Dataset, *, model: dict[str, Any],
+                        scan_id: str) -> Dataset:
+    """A DICOM Microscopy Bulk Simple Annotations instance (2D, level-0 pixel coordinates) of the features."""
     import highdicom as hd
     import numpy as np
 
     groups = []
-    found = annotation_groups(geojson)
+    found = annotation_groups(source_features)
     if not found:  # an ANN needs one group: the analysed scan's outline, labelled as having no findings
         w, h = float(source.TotalPixelMatrixColumns), float(source.TotalPixelMatrixRows)
-        found = [_Group("no findings", "POLYGON", [[[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]], [{}])]
+        outline = _Group("no findings", "POLYGON")
+        outline.add([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], {})
+        found = [outline]
     for number, g in enumerate(found, start=1):
         category, prop_type = _property_codes(g.label)
-        names: list[str] = []
-        for m in g.measurements:
-            names.extend(k for k in m if k not in names)
-        measurements = [hd.ann.Measurements(name=_coded(n), unit=_unit(n),
-                                            values=np.array([m.get(n, np.nan) for m in g.measurements],
-                                                            dtype=np.float64)) for n in names]
+        measurements = [hd.ann.Measurements(name=_coded(n), unit=_unit(n), values=np.asarray(column))
+                        for n, column in g.columns.items()]
         groups.append(hd.ann.AnnotationGroup(
             number=number, uid=hd.UID(), label=g.label[:64], annotated_property_category=category,
-            annotated_property_type=prop_type, graphic_type=g.graphic_type,
-            graphic_data=[np.asarray(c, dtype=np.float64) for c in g.coords],
+            annotated_property_type=prop_type, graphic_type=g.graphic_type, graphic_data=g.coords,
             algorithm_type="AUTOMATIC", algorithm_identification=_algorithm(model),
             measurements=measurements or None, description=f"{len(g.coords)} {g.label} from scanbridge"))
-    ann = hd.ann.MicroscopyBulkSimpleAnnotations(
+    return hd.ann.MicroscopyBulkSimpleAnnotations(
         source_images=[source], annotation_coordinate_type="2D", annotation_groups=groups,
         series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="scanbridge", manufacturer_model_name=str(model.get("name") or "scanbridge")[:64],
         software_versions=__version__, device_serial_number="0",
         content_description=f"scanbridge results of scan {scan_id}"[:64], content_label="SCANBRIDGE_ANN")
-    return _to_bytes(ann)
 
 
-def build_segmentation(geojson: dict[str, Any] | None, source: Dataset, *, model: dict[str, Any],
-                       scan_id: str) -> bytes:
-    """A tiled (TILED_FULL) BINARY DICOM SEG, one segment per polygon class, at a power-of-two downsample."""
+def segmentation_dataset(source_features: gj.FeatureSource, source: Dataset, *, model: dict[str, Any],
+                         scan_id: str) -> Dataset:
+    """A tiled (TILED_FULL) BINARY DICOM SEG, one segment per polygon class, at a power-of-two downsample.
+
+    The features are read once, one at a time, each drawn into its class's plane (made when the class is
+    first met); highdicom takes the planes whole."""
     import highdicom as hd
     import numpy as np
 
-    from scanbridge.exports.raster import feature_shapes, rasterize, seg_downsample
+    from scanbridge.exports.raster import fill, seg_downsample
 
     width, height = int(source.TotalPixelMatrixColumns), int(source.TotalPixelMatrixRows)
     d = seg_downsample(width, height)
     size = (math.ceil(width / d), math.ceil(height / d))
-    polygons = [f for f in object_features(geojson) if gj.geometry_type(f) in gj.POLYGONAL]
-    classes: list[str] = []
-    for f in polygons:
-        if gj.class_name(f) not in classes:
-            classes.append(gj.class_name(f))
-    if not classes:
-        classes = ["no findings"]
-    planes = np.zeros((1, size[1], size[0], len(classes)), dtype=np.uint8)
-    for i, name in enumerate(classes):
-        members = feature_shapes(f for f in polygons if gj.class_name(f) == name)
-        planes[0, :, :, i] = rasterize(members, size, values=[1] * len(members), downsample=d) > 0
+    planes: dict[str, np.ndarray] = {}
+    for f in object_features(source_features):
+        if gj.geometry_type(f) in gj.POLYGONAL:
+            name = gj.class_name(f)
+            if name not in planes:
+                planes[name] = np.zeros((size[1], size[0]), dtype=np.uint8)
+            fill(planes[name], gj.polygons(gj.geometry(f)), 1, downsample=d)
+    if not planes:
+        planes["no findings"] = np.zeros((size[1], size[0]), dtype=np.uint8)
+    classes = list(planes)
+    pixels = np.stack([planes.pop(name) for name in classes], axis=-1)[None]
     descriptions = []
     for i, name in enumerate(classes, start=1):
         category, prop_type = _property_codes(name)
@@ -301,8 +315,8 @@ def build_segmentation(geojson: dict[str, Any] | None, source: Dataset, *, model
     shared = source.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     row_mm, col_mm = (float(v) for v in shared.PixelSpacing)
     origin = source.TotalPixelMatrixOriginSequence[0]
-    seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=planes, segmentation_type="BINARY",
+    return hd.seg.Segmentation(
+        source_images=[source], pixel_array=pixels, segmentation_type="BINARY",
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="scanbridge",
         manufacturer_model_name=str(model.get("name") or "scanbridge")[:64], software_versions=__version__,
@@ -319,7 +333,6 @@ def build_segmentation(geojson: dict[str, Any] | None, source: Dataset, *, model
             pixel_matrix_position=(1, 1))],
         tile_pixel_array=True, tile_size=(min(256, size[1]), min(256, size[0])),
         dimension_organization_type="TILED_FULL", omit_empty_frames=False)
-    return _to_bytes(seg)
 
 
 def _non_ascii_text(ds: Dataset) -> bool:
@@ -335,7 +348,7 @@ def _non_ascii_text(ds: Dataset) -> bool:
 SOURCE_TILE = 4096  # px: the synthetic source instance's frame size (a 100k x 80k scan: 500 frames)
 
 
-def build_source_instance(source: Dataset) -> bytes:
+def source_instance(source: Dataset) -> Dataset:
     """The synthetic source itself as a VL Whole Slide Microscopy instance, so that the exports' references
     resolve (dcentvfy): the scan's geometry and UIDs, TILED_FULL, blank (white) pixels, every frame the
     same few hundred bytes of JPEG-LS (the scan's pixels stay in the SVS/TIFF)."""
@@ -399,24 +412,32 @@ def build_source_instance(source: Dataset) -> bytes:
     ds.PixelData = encapsulate([blank] * int(ds.NumberOfFrames), has_bot=False)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
-    return _to_bytes(ds)
+    return ds
 
 
-def _to_bytes(ds: Dataset) -> bytes:
+def _save(ds: Dataset, out: IO[bytes]) -> None:
     if _non_ascii_text(ds):  # e.g. "Area µm^2": written as UTF-8 under ISO_IR 192, not as a bare 0xB5
         ds.SpecificCharacterSet = "ISO_IR 192"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    ds.save_as(out, enforce_file_format=True)
 
 
-def build_dicom(fmt: str, result: dict[str, Any], metadata: dict[str, Any], scan_id: str) -> bytes:
-    """The `dicom-ann`, `dicom-seg` or (SVS/TIFF) `dicom-source` export of one scan's stored result + metadata."""
+def write_dicom(out: IO[bytes], fmt: str, features: gj.FeatureSource, metadata: dict[str, Any], scan_id: str, *,
+                model: dict[str, Any]) -> None:
+    """The `dicom-ann`, `dicom-seg` or (SVS/TIFF) `dicom-source` export of one scan's features (read once,
+    one at a time) and metadata, written into `out`; `model` is the result's `results.model`."""
     source = source_dataset(metadata, scan_id)
     if fmt == "dicom-source":
         if metadata.get("dicom_source"):
             raise NotFoundError(f"scan {scan_id!r} is DICOM: its own files are the source the exports reference")
-        return build_source_instance(source)
-    model = ((result.get("results") or {}).get("model") or {})
-    build = build_annotations if fmt == "dicom-ann" else build_segmentation
-    return build(result.get("geojson"), source, model=model, scan_id=scan_id)
+        _save(source_instance(source), out)
+        return
+    build = annotations_dataset if fmt == "dicom-ann" else segmentation_dataset
+    _save(build(features, source, model=model, scan_id=scan_id), out)
+
+
+def build_dicom(fmt: str, result: dict[str, Any], metadata: dict[str, Any], scan_id: str) -> bytes:
+    """`write_dicom` of one scan's stored result (a parsed result.json) + metadata, as bytes (the API)."""
+    out = io.BytesIO()
+    write_dicom(out, fmt, result.get("geojson"), metadata, scan_id,
+                model=(result.get("results") or {}).get("model") or {})
+    return out.getvalue()

@@ -7,10 +7,9 @@ one of the object's polygons (even-odd over the exterior and its holes), later o
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -29,31 +28,38 @@ def seg_downsample(width: int, height: int, max_side: int = SEG_MAX_SIDE) -> int
     return d
 
 
-def feature_shapes(features: Iterable[dict[str, Any]]) -> list[list[gj.PolygonRings]]:
-    """Each feature's polygons ([] for points, lines and heat maps), in order."""
-    return [gj.polygons(gj.geometry(f)) for f in features]
+def feature_shapes(features: Iterable[dict[str, Any]]) -> Iterator[list[gj.PolygonRings]]:
+    """Each feature's polygons ([] for points, lines and heat maps), in order, one feature at a time."""
+    for f in features:
+        yield gj.polygons(gj.geometry(f))
 
 
-def rasterize(shapes: Sequence[Shape], size: tuple[int, int], *, values: Sequence[int] | None = None,
+def rasterize(shapes: Iterable[Shape], size: tuple[int, int], *, values: Sequence[int] | None = None,
               downsample: float = 1.0, origin: tuple[float, float] = (0.0, 0.0),
               dtype: Any = np.uint32) -> np.ndarray:
     """An (h, w) mask of `size` (w, h): shape n filled with `values[n]` (default n + 1), holes left as they were.
 
-    Written here rather than taken from scikit-image (`draw.polygon` tests every pixel of the bounding
-    box against every vertex: 2 s for three tissue outlines) or OpenCV/Pillow (their fills include the
-    outline's pixels, so a mask would not match the polygons' areas).
+    `shapes` is read once, one shape at a time. Written here rather than taken from scikit-image
+    (`draw.polygon` tests every pixel of the bounding box against every vertex: 2 s for three tissue
+    outlines) or OpenCV/Pillow (their fills include the outline's pixels, so a mask would not match the
+    polygons' areas).
     """
     w, h = size
     out = np.zeros((h, w), dtype=dtype)
-    shift = np.asarray(origin, dtype=np.float64) / downsample
     for n, shape in enumerate(shapes):
-        value = values[n] if values is not None else n + 1
-        for poly in shape:
-            rings = [np.asarray(r, dtype=np.float64)[:, :2] / downsample - 0.5 - shift
-                     for r in poly if len(r) >= 3]
-            for row, c0, c1 in zip(*_spans(rings, h, w), strict=True):
-                out[row, c0:c1] = value
+        fill(out, shape, values[n] if values is not None else n + 1, downsample=downsample, origin=origin)
     return out
+
+
+def fill(out: np.ndarray, shape: Shape, value: int, *, downsample: float = 1.0,
+         origin: tuple[float, float] = (0.0, 0.0)) -> None:
+    """Draw one shape into the mask `out` (as `rasterize` draws each): its pixels set to `value`."""
+    h, w = out.shape[:2]
+    shift = np.asarray(origin, dtype=np.float64) / downsample
+    for poly in shape:
+        rings = [np.asarray(r, dtype=np.float64)[:, :2] / downsample - 0.5 - shift for r in poly if len(r) >= 3]
+        for row, c0, c1 in zip(*_spans(rings, h, w), strict=True):
+            out[row, c0:c1] = value
 
 
 def _spans(rings: list[np.ndarray], h: int, w: int) -> tuple[list[int], list[int], list[int]]:
@@ -87,16 +93,14 @@ def _spans(rings: list[np.ndarray], h: int, w: int) -> tuple[list[int], list[int
     return span_rows[keep].tolist(), c0[keep].tolist(), c1[keep].tolist()
 
 
-def label_mask(features: Sequence[dict[str, Any]], width: int, height: int, max_side: int) -> np.ndarray:
-    """The int32 label mask of `features` over a width x height scan, downsampled by a power of two to fit
-    `max_side`: feature n (from 1) is label n, 0 is background."""
+def label_mask(features: Iterable[dict[str, Any]], width: int, height: int, max_side: int) -> np.ndarray:
+    """The int32 label mask of `features` (read once, one at a time) over a width x height scan,
+    downsampled by a power of two to fit `max_side`: feature n (from 1) is label n, 0 is background."""
     d = seg_downsample(width, height, max_side)
     size = (math.ceil(width / d), math.ceil(height / d))
-    return rasterize(feature_shapes(features), size, downsample=d).astype(np.int32)
+    return rasterize(feature_shapes(features), size, downsample=d, dtype=np.int32)
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """The array as a .npy file (np.load reads it back, allow_pickle not needed)."""
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
+def write_npy(out: IO[bytes], array: np.ndarray) -> None:
+    """The array as a .npy file into `out` (np.load reads it back, allow_pickle not needed)."""
+    np.save(out, array, allow_pickle=False)

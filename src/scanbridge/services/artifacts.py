@@ -21,15 +21,18 @@ The writer imports the readers, numpy and highdicom lazily: the API side imports
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from scanbridge.domain.errors import NotFoundError
+from scanbridge.domain.feature_spool import result_features
 from scanbridge.domain.results import ScanResult
 from scanbridge.domain.storage_keys import (
     ARTIFACT_KINDS,
@@ -56,6 +59,7 @@ CONTENT_TYPES = {
 MASK_MAX_SIDE = 2048
 OVERLAY_MAX_SIDE = 1024
 ARTIFACT_THREADS = 3
+ARTIFACT_MEMORY_BYTES = 1 << 20  # an artifact's first MiB is written in memory, the rest to a temporary file
 
 
 def content_type(name: str) -> str:
@@ -160,58 +164,69 @@ class ScanArtifactWriter:
         self._dicom = dicom
 
     def __call__(self, task_id: str, scan_id: str, scan: OpenedScan, result: ScanResult) -> dict[str, Any]:
-        """Draw and store every artifact from the open scan."""
-        extra: dict[str, Any] = {"tissue": scan.tissue.to_json()}
-        geojson = result.geojson or {"type": "FeatureCollection", "features": []}
+        """Draw and store every artifact from the open scan.
 
-        def put(name: str, make: Any) -> None:
-            try:
-                data = make()
-            except Exception:  # one artifact failing must fail neither the scan nor the other artifacts
-                log.warning("artifact %s not written", name, exc_info=True,
-                            extra={"task_id": task_id, "scan_id": scan_id})
-                return
-            if data is not None:
-                self._artifacts.put(artifact_key(task_id, scan_id, name), data, content_type(name))
+        Every artifact reads the result's features one at a time from the one FeatureSource
+        (`result_features`: a streamed result's spool, never built whole), is written into a spooled
+        temporary file and stored from it (`ArtifactStore.put_file`)."""
+        extra: dict[str, Any] = {"tissue": scan.tissue.to_json()}
+        source = result_features(result)
+
+        def put(name: str, make: Callable[[IO[bytes]], bool | None]) -> None:
+            with tempfile.SpooledTemporaryFile(max_size=ARTIFACT_MEMORY_BYTES, mode="w+b") as out:
+                try:
+                    if make(out) is False:  # nothing to store (e.g. no cells to crop)
+                        return
+                except Exception:  # one artifact failing must fail neither the scan nor the other artifacts
+                    log.warning("artifact %s not written", name, exc_info=True,
+                                extra={"task_id": task_id, "scan_id": scan_id})
+                    return
+                out.seek(0)
+                self._artifacts.put_file(artifact_key(task_id, scan_id, name), out, content_type(name))
 
         try:
-            source = dicom_source_header(scan.files)
+            dicom_source = dicom_source_header(scan.files)
         except Exception:
             log.warning("DICOM source header not read", exc_info=True, extra={"task_id": task_id})
-            source = None
-        if source:
-            extra["dicom_source"] = source
+            dicom_source = None
+        if dicom_source:
+            extra["dicom_source"] = dicom_source
         from scanbridge.exports import DICOM_ARTIFACTS, crops, dicom, raster
-        from scanbridge.exports.csv import features_csv, object_features
-        from scanbridge.exports.overlay import render_overlay
+        from scanbridge.exports.csv import object_features, write_csv
+        from scanbridge.exports.overlay import write_overlay
 
         reader, meta = scan.reader, scan.metadata
         width, height = meta.dimensions
-        objects = object_features(geojson)
 
-        def overlay_png() -> bytes:
+        def overlay_png(out: IO[bytes]) -> None:
             thumb, ds = scan.thumbnail(OVERLAY_MAX_SIDE)  # from the scan's one overview
-            return render_overlay(thumb, ds, geojson)
+            write_overlay(out, thumb, ds, source)
 
-        def labels() -> bytes:
-            return raster.npy_bytes(raster.label_mask(objects, width, height, MASK_MAX_SIDE))
+        def labels(out: IO[bytes]) -> None:
+            raster.write_npy(out, raster.label_mask(object_features(source), width, height, MASK_MAX_SIDE))
 
-        jobs: list[tuple[str, Any]] = [(OVERLAY_PNG, overlay_png), (LABELS_NPY, labels),
-                                       (OBJECTS_CSV, lambda: features_csv(geojson))]
-        cells = [f for f in objects if crops.is_cell_feature(f)]
-        if cells:
-            jobs.append((CROPS_ZIP,
-                         lambda: crops.cell_crops_zip(reader, cells, max_crops=self._max_crops)[0]))
+        def cell_crops(out: IO[bytes]) -> bool:
+            cells = (f for f in object_features(source) if crops.is_cell_feature(f))
+            first = next(cells, None)
+            if first is None:
+                return False  # not a cell / nucleus result: no crops.zip
+            crops.write_cell_crops(out, reader, itertools.chain([first], cells), max_crops=self._max_crops)
+            return True
+
+        jobs: list[tuple[str, Callable[[IO[bytes]], bool | None]]] = [
+            (OVERLAY_PNG, overlay_png), (LABELS_NPY, labels), (OBJECTS_CSV, lambda out: write_csv(out, source)),
+            (CROPS_ZIP, cell_crops)]
         if self._dicom:
-            # the FeatureCollection built once above, not again (a streamed result would build it per dump)
-            body = {**json.loads(json.dumps(result.model_dump(mode="json", exclude_none=True,
-                                                              exclude={"geojson"}))), "geojson": geojson}
             metadata = {**meta.to_json(), **extra}
-            for fmt, name in DICOM_ARTIFACTS.items():
-                if fmt == "dicom-source" and source:
-                    continue  # a DICOM scan's own files are its source
-                jobs.append((name, lambda fmt=fmt: dicom.build_dicom(fmt, body, metadata, scan_id)))
-        # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL.
+            model = (result.results or {}).get("model") or {}
+
+            def dicom_file(fmt: str) -> Callable[[IO[bytes]], None]:
+                return lambda out: dicom.write_dicom(out, fmt, source, metadata, scan_id, model=model)
+
+            jobs.extend((name, dicom_file(fmt)) for fmt, name in DICOM_ARTIFACTS.items()
+                        if not (fmt == "dicom-source" and dicom_source))  # a DICOM scan's own files are its source
+        # Independent artifacts in a few threads: PNG/zlib, numpy and the readers release the GIL; each
+        # reads the features itself (the spool is safe to read from threads).
         with ThreadPoolExecutor(max_workers=ARTIFACT_THREADS, thread_name_prefix="artifact") as pool:
             list(pool.map(lambda job: put(*job), jobs))
         return extra

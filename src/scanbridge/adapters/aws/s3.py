@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
@@ -17,6 +17,11 @@ class S3ArtifactStore:
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Store `data` under `key`."""
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType=content_type)
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "application/octet-stream") -> None:
+        """Store the rest of `fileobj` under `key`: boto3's managed upload (a multipart upload past 8 MiB,
+        parts read from the file as they are sent)."""
+        self._s3.upload_fileobj(fileobj, self._bucket, key, ExtraArgs={"ContentType": content_type})
 
     def get(self, key: str) -> bytes | None:
         """The object's bytes, or None when absent."""

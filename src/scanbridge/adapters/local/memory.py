@@ -7,7 +7,7 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cryptography.fernet import Fernet
 
@@ -76,6 +76,10 @@ class MemoryArtifactStore:
         """Store `data` under `key`."""
         with self._lock:
             self._objects[key] = (bytes(data), content_type)
+
+    def put_file(self, key: str, fileobj: IO[bytes], content_type: str = "application/octet-stream") -> None:
+        """Store the rest of `fileobj` under `key` (in memory: that is where this store keeps everything)."""
+        self.put(key, fileobj.read(), content_type)
 
     def get(self, key: str) -> bytes | None:
         """The bytes, or None."""
