@@ -13,6 +13,10 @@ Set ISO_IR 192 (UTF-8), the synthetic source is a slide container (ContainerType
 annotation set with no findings holds one "no findings" group outlining the analysed scan (an ANN
 needs at least one group). highdicom, pydicom and numpy are imported inside the functions: the API
 side imports this module only to build a missing export where they are installed.
+
+The features are read once, one at a time. What is held until the file is written (highdicom builds an
+instance whole): for the ANN each annotation's coordinates (a float64 array) and measurements (a float64
+column per name), for the SEG one uint8 plane per polygon class (docs/artifacts.md).
 """
 
 from __future__ import annotations
@@ -289,18 +293,22 @@ def segmentation_dataset(source_features: gj.FeatureSource, source: Dataset, *, 
     import highdicom as hd
     import numpy as np
 
-    from scanbridge.exports.raster import fill, seg_downsample
+    from scanbridge.exports.raster import MaskFiller, seg_downsample
 
     width, height = int(source.TotalPixelMatrixColumns), int(source.TotalPixelMatrixRows)
     d = seg_downsample(width, height)
     size = (math.ceil(width / d), math.ceil(height / d))
     planes: dict[str, np.ndarray] = {}
+    fillers: dict[str, MaskFiller] = {}
     for f in object_features(source_features):
         if gj.geometry_type(f) in gj.POLYGONAL:
             name = gj.class_name(f)
             if name not in planes:
                 planes[name] = np.zeros((size[1], size[0]), dtype=np.uint8)
-            fill(planes[name], gj.polygons(gj.geometry(f)), 1, downsample=d)
+                fillers[name] = MaskFiller(planes[name], downsample=d)
+            fillers[name].add(gj.polygons(gj.geometry(f)), 1)
+    for filler in fillers.values():
+        filler.flush()
     if not planes:
         planes["no findings"] = np.zeros((size[1], size[0]), dtype=np.uint8)
     classes = list(planes)
