@@ -8,8 +8,12 @@
 | `overlay.py` | `overlay.png`: the thumbnail with the results drawn (worker artifacts, MHS debug ZIP) | numpy, Pillow |
 | `crops.py` | `crops.zip`: RGBA crops of cells / nuclei | numpy, Pillow, a ScanReader |
 
-`services/exports.py` serves them through the API; `services/artifacts.py` stores them per scan. Modules
-that need numpy are imported only where they are used: the API Lambda's layer has none.
+Each writer reads a `geojson.FeatureSource` (a FeatureCollection, or a streamed result's spool: the
+features one at a time, never a list of them) and writes into a binary file (`write_overlay`,
+`write_csv`, `write_cell_crops`, `write_dicom`, `raster.write_npy`); `render_overlay`, `features_csv` and
+`build_dicom` give the same as bytes. `services/exports.py` serves them through the API;
+`services/artifacts.py` stores them per scan. Modules that need numpy are imported only where they are
+used: the API Lambda's layer has none.
 """
 
 from __future__ import annotations
