@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from skimage.draw import polygon as sk_polygon
 
-from scanbridge.exports.raster import feature_shapes, rasterize
+from scanbridge.exports.raster import MaskFiller, feature_shapes, rasterize
 
 
 def _feature(*rings: list[list[float]]) -> dict[str, Any]:
@@ -56,3 +56,28 @@ def test_an_origin_and_a_downsample_place_the_grid_on_level_0() -> None:
     # THEN the level-0 grid has it at rows/cols 8..47, and the downsampled grid is the same square 4x smaller
     assert full.dtype == np.int32 and np.array_equal(np.argwhere(full)[[0, -1]], [[8, 8], [47, 47]])
     assert np.array_equal(np.argwhere(quarter)[[0, -1]], [[2, 2], [11, 11]])
+
+
+def test_polygons_drawn_in_batches_give_the_mask_drawn_one_by_one() -> None:
+    # GIVEN 40 overlapping random polygons (some with a hole, some two-part), each with its own value
+    rng = np.random.default_rng(7)
+    shapes = []
+    for i in range(40):
+        cx, cy = rng.uniform(5, 75, 2)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 12))))
+        ring = np.column_stack([cx + 12 * np.cos(ang), cy + 12 * np.sin(ang)]) + 0.013
+        poly = [ring.tolist(), (np.column_stack([cx + 3 * np.cos(ang), cy + 3 * np.sin(ang)]) + 0.013).tolist()] \
+            if i % 3 == 0 else [ring.tolist()]
+        shapes.append([poly, [(ring + 30).tolist()]] if i % 5 == 0 else [poly])
+    # WHEN drawn one polygon per pass, in batches of 3 polygons, and all in one pass
+    masks = []
+    for batch in (1, 3, 10_000):
+        out = np.zeros((90, 110), np.int32)
+        filler = MaskFiller(out, downsample=1.0, batch=batch)
+        for n, shape in enumerate(shapes):
+            filler.add(shape, n + 1)
+        filler.flush()
+        masks.append(out)
+    # THEN the same mask each way: later polygons on top across batch boundaries, holes cleared
+    assert np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], masks[2])
+    assert len(np.unique(masks[0])) > 20
