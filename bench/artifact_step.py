@@ -1,6 +1,6 @@
 """The worker's artifact step alone, on one kept object result: time, peak Python allocations and peak RSS.
 
-    python bench/artifact_step.py SLIDE [--model nuclei] [--cache DIR] [--reps 2] [--compare-src SRC] [--json]
+    python bench/artifact_step.py SLIDE [--model nuclei] [--cache DIR] [--reps 2] [--compare-src SRC] [--warm] [--json]
 
 The first run analyses SLIDE once (a fresh process, `analyze_scan` as the worker runs it) and keeps the
 result in `--cache` (default: beside the slide): its head (`scanId`, `results`) and its features as the
@@ -13,6 +13,9 @@ features into a FeatureSpool, and runs `ScanArtifactWriter` into a MemoryArtifac
   artifact step did before it read the spool);
 - with `--compare-src SRC` (another checkout's `src`), also `streamed@SRC`: the streamed result through
   that checkout's code (e.g. the commit before), in the same run.
+
+With `--warm` each child first runs the warm worker server's `prepare()` (imports, highdicom's tables,
+the synthetic source's blank frame), as a task forked from it has; without, it is a worker's first scan.
 
 The variants alternate, `--reps` rounds. Each child runs the step twice: once for its wall and CPU time
 (the process's, all threads) and peak RSS (VmHWM reset just before), once under tracemalloc for its peak of Python allocations (numpy's
@@ -60,8 +63,12 @@ def prepare(slide: Path, model_name: str, cache: Path) -> dict[str, Any]:
     return head
 
 
-def measure(slide: Path, cache: Path, variant: str) -> dict[str, Any]:
+def measure(slide: Path, cache: Path, variant: str, warm: bool = False) -> dict[str, Any]:
     """One variant of the artifact step in this process (run by `main` in a fresh child)."""
+    if warm:  # what a task forked from the warm worker server has made before it starts
+        from scanbridge.entrypoints.worker import prepare
+
+        prepare()
     from scanbridge.adapters.local.memory import MemoryArtifactStore
     from scanbridge.devtools.bench import PeakRss
     from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
@@ -107,12 +114,12 @@ def measure(slide: Path, cache: Path, variant: str) -> dict[str, Any]:
             "artifact_bytes": total, "files": files}
 
 
-def _child(slide: Path, cache: Path, variant: str, src: str | None) -> dict[str, Any]:
+def _child(slide: Path, cache: Path, variant: str, src: str | None, warm: bool) -> dict[str, Any]:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
     out = subprocess.run([sys.executable, str(HERE / "artifact_step.py"), str(slide), "--cache", str(cache),
-                          "--child", variant], check=False, capture_output=True, text=True, env=env,
+                          "--child", variant, *(["--warm"] if warm else [])], check=False, capture_output=True, text=True, env=env,
                          timeout=1800)
     if out.returncode:
         raise SystemExit(f"{variant} ({src or 'this checkout'}) failed:\n{out.stderr[-4000:]}")
@@ -127,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="where the kept result lives")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--compare-src", default=None, help="another checkout's src to run `streamed` through")
+    parser.add_argument("--warm", action="store_true",
+                        help="each child first runs the warm worker server's prepare() (as a forked task has)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cache = args.cache or args.slide.with_suffix(f".{args.model}-result")
     if args.child:
-        print(json.dumps(measure(args.slide, cache, args.child)))
+        print(json.dumps(measure(args.slide, cache, args.child, args.warm)))
         return 0
     head = prepare(args.slide, args.model, cache)
     variants: list[tuple[str, str | None]] = [("streamed", None), ("in_memory", None)]
@@ -141,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
     for _ in range(max(1, args.reps)):
         for name, src in variants:
-            runs[name].append(_child(args.slide, cache, name.split("@")[0], src))
+            runs[name].append(_child(args.slide, cache, name.split("@")[0], src, args.warm))
     summary = {name: {key: statistics.median(r[key] for r in reps)
                       for key in ("step_s", "step_cpu_s", "step_rss_mb", "peak_rss_mb", "traced_peak_mb")}
                for name, reps in runs.items()}
-    report = {"slide": str(args.slide), "model": args.model, "features": head["features"],
+    report = {"slide": str(args.slide), "model": args.model, "features": head["features"], "warm": args.warm,
               "median": summary, "runs": runs}
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,5 +1,6 @@
-"""The artifacts read a streamed object result's features from its spool: the same files as from the
-FeatureCollection in memory, without ever building that collection."""
+"""The artifact step's memory: the artifacts read a streamed object result's features from its spool (the
+same files as from the FeatureCollection in memory, without ever building that collection), and the warm
+worker server makes the synthetic DICOM source's blank frame before it forks."""
 
 from __future__ import annotations
 
@@ -141,3 +142,20 @@ def test_the_artifact_step_never_builds_the_feature_collection(nuclei: tuple[Ope
     growth_per_feature = (peak_full - peak_small) / (count - len(tenth))
     assert dicts_per_feature > 2000
     assert growth_per_feature < 0.35 * dicts_per_feature, (growth_per_feature, dicts_per_feature)
+
+
+def test_the_warm_server_makes_the_blank_source_frame_before_it_forks() -> None:
+    # GIVEN no blank frame made yet in this process
+    from scanbridge.entrypoints.worker import prepare
+    from scanbridge.exports.dicom import SOURCE_TILE, blank_frame
+
+    blank_frame.cache_clear()
+    # WHEN the warm worker server prepares (what its forked tasks inherit)
+    prepare()
+    # THEN the 4096² frame is made (a few hundred bytes of JPEG-LS kept), and a source instance takes it as is
+    assert blank_frame.cache_info().currsize == 1
+    frame = blank_frame(SOURCE_TILE, SOURCE_TILE)
+    assert blank_frame.cache_info().hits >= 1 and 0 < len(frame) < 10_000
+    import imagecodecs
+
+    assert (imagecodecs.jpegls_decode(frame) == 255).all()

@@ -75,8 +75,9 @@ def warm_main() -> int:
 
 def prepare() -> None:
     """What a first scan would pay in the warm server instead (best effort, no threads): the artifact
-    modules' lazy imports, highdicom's DICOM standard tables (~1.2 s together here) and the built-in
-    models' ONNX bytes (~30 ms a task for `tissue`: onnx's checker)."""
+    modules' lazy imports, highdicom's DICOM standard tables (~1.2 s together here), the built-in
+    models' ONNX bytes (~30 ms a task for `tissue`: onnx's checker) and the synthetic DICOM source's
+    blank 4096² frame (96 MiB to make, a few hundred bytes kept)."""
     try:
         import highdicom
         from highdicom import _standard_utils
@@ -87,10 +88,12 @@ def prepare() -> None:
         import scanbridge.exports.raster
         import scanbridge.imaging.readers
         import scanbridge.services.artifacts  # noqa: F401
+        from scanbridge.exports.dicom import SOURCE_TILE, blank_frame
         from scanbridge.inference.zoo import builtin_model_bytes, builtin_names
 
         for name in builtin_names():
             builtin_model_bytes(name)
+        blank_frame(SOURCE_TILE, SOURCE_TILE)
         for table in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
             getattr(_standard_utils, table, lambda: None)()
         del highdicom

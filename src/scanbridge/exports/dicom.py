@@ -21,6 +21,7 @@ column per name), for the SEG one uint8 plane per polygon class (docs/artifacts.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from array import array
@@ -356,14 +357,23 @@ def _non_ascii_text(ds: Dataset) -> bool:
 SOURCE_TILE = 4096  # px: the synthetic source instance's frame size (a 100k x 80k scan: 500 frames)
 
 
+@functools.lru_cache(maxsize=4)
+def blank_frame(rows: int, cols: int) -> bytes:
+    """A white rows x cols RGB frame as lossless JPEG-LS (a few hundred bytes), made once per process:
+    making it takes the frame's pixels and the encoder's output buffer (96 MiB for 4096², the artifact
+    step's largest allocation), so the warm worker server makes the 4096² one before it forks."""
+    import imagecodecs
+    import numpy as np
+
+    return bytes(imagecodecs.jpegls_encode(np.full((rows, cols, 3), 255, dtype=np.uint8), level=0))
+
+
 def source_instance(source: Dataset) -> Dataset:
     """The synthetic source itself as a VL Whole Slide Microscopy instance, so that the exports' references
     resolve (dcentvfy): the scan's geometry and UIDs, TILED_FULL, blank (white) pixels, every frame the
     same few hundred bytes of JPEG-LS (the scan's pixels stay in the SVS/TIFF)."""
     import datetime
 
-    import imagecodecs
-    import numpy as np
     from PIL import ImageCms
     from pydicom.dataset import Dataset as PydicomDataset
     from pydicom.dataset import FileMetaDataset
@@ -416,8 +426,7 @@ def source_instance(source: Dataset) -> Dataset:
     shared = ds.SharedFunctionalGroupsSequence[0]
     shared.WholeSlideMicroscopyImageFrameTypeSequence = [frame_type]
     shared.OpticalPathIdentificationSequence = [path_id]
-    blank = bytes(imagecodecs.jpegls_encode(np.full((rows, cols, 3), 255, dtype=np.uint8), level=0))
-    ds.PixelData = encapsulate([blank] * int(ds.NumberOfFrames), has_bot=False)
+    ds.PixelData = encapsulate([blank_frame(rows, cols)] * int(ds.NumberOfFrames), has_bot=False)
     ds["PixelData"].VR = "OB"
     ds["PixelData"].is_undefined_length = True
     return ds
