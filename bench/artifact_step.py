@@ -106,7 +106,7 @@ def measure(slide: Path, cache: Path, variant: str, warm: bool = False) -> dict[
         files = sorted(k.rsplit("/", 1)[-1] for k in store.list(""))
         del store
         if not warm:  # as the first run: a first scan makes the synthetic source's blank frame too
-            getattr(import_module("scanbridge.exports.dicom").blank_frame, "cache_clear", lambda: None)()
+            getattr(getattr(import_module("scanbridge.exports.dicom"), "blank_frame", None), "cache_clear", lambda: None)()
         tracemalloc.start()
         step()
         _, traced_peak = tracemalloc.get_traced_memory()
