@@ -263,8 +263,11 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                     raise ModelInvalidError(f"the outputs of {spec.name!r} cannot be decoded: {problems[0]}",
                                             details={"problems": problems})
             extra = {name: outputs[name] for name in extra_names if name in outputs}
-            for i, tile in enumerate(batch_tiles):  # views: each run returns new arrays, nothing overwrites them
-                tile_outputs = {spec.output_name: first[i], **{name: out[i] for name, out in extra.items()}}
+            for i, tile in enumerate(batch_tiles):
+                # copies, not views: onnxruntime's outputs live in its CPU arena, and a batch's held by the
+                # post-processing threads while the next batch runs makes the arena grow (session.py)
+                tile_outputs = {spec.output_name: np.array(first[i]),
+                                **{name: np.array(out[i]) for name, out in extra.items()}}
                 pending.append(pool.submit(post, tile, tile_outputs))
             stats.tiles_processed += n
             stats.batches += 1
