@@ -13,6 +13,8 @@ from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.imaging.readers import open_scan
 from scanbridge.imaging.readers.base import rgba_to_rgb
 from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
+from scanbridge.imaging.tiling import grid_over_tissue
+from scanbridge.inference.pipeline import read_tile
 from tests.conftest import fixture_path
 
 THIRDPARTY = {  # file -> (levels, codec); the same 1920 x 1440 real H&E mosaic at 0.5 µm/px
@@ -175,6 +177,52 @@ def test_bench_reports_the_dct_scale_when_the_model_reads_at_half_the_slide_reso
     finally:
         fast.close()
         slow.close()
+
+
+def _read_grid(path: Path, *, keep_all: bool = False) -> tuple[int, int, int]:
+    """Every window of a nuclei-style grid over level 0 of `path` (512 px, 64 px of overlap on each side),
+    read one by one in the grid's order, as the pipeline's readers take them: (tiles decoded, most tiles
+    cached at once, the level's tiles across). `keep_all`: the cache drops nothing (a tile a window takes
+    part of stays: what the 64 MiB LRU did on slides this small)."""
+    reader = open_scan([path])
+    try:
+        tiles = reader.tiles  # type: ignore[attr-defined]
+        assert tiles is not None  # the compressed-tile path
+        if keep_all:
+            tiles.row_tiles = lambda level, height: 10**9
+            tiles._forget_above = lambda level, top: None
+        grid = grid_over_tissue(0, reader.metadata.level_dimensions[0], 1.0, 512, None, 1.0, overlap=64)
+        peak = 0
+        for tile in grid.tiles:
+            read_tile(reader, grid, tile)
+            peak = max(peak, tiles.cached_tiles)
+        return tiles.tiles_decoded, peak, tiles.levels[0].across
+    finally:
+        reader.close()
+
+
+def test_the_tile_cache_keeps_one_row_of_windows_however_tall_the_slide(tmp_path: Path) -> None:
+    """Memory flat in the slide (issue #17 item 5): windows overlapping by 64 px on each side share the tiles
+    at their seams; the cache keeps at most one row of windows' tiles, and loses no reuse for it."""
+    peaks = {}
+    for height in (1024, 4096):
+        # GIVEN a generated slide 2048 px wide (256-px JPEG tiles), and 512-px windows overlapping by 64 px
+        # on each side (the nuclei model's grid: not aligned on the tiles)
+        path = tmp_path / f"slide{height}.svs"
+        make_slide(path, 2048, height, tissue_fraction=0.5, nuclei=False, seed=2)
+        # WHEN every window is read in the grid's order, and again with a cache that drops nothing
+        decoded, peak, across = _read_grid(path)
+        decoded_all, peak_all, _ = _read_grid(path, keep_all=True)
+        # THEN no more tiles were decoded than with the cache that keeps everything (each reuse still hit)
+        assert decoded == decoded_all, (height, decoded, decoded_all)
+        # AND the cache never held more than one row of windows' tiles (3 tile rows: what a 512-px window
+        # spans) plus one tile row, of the 8 tiles across
+        assert across == 8
+        assert peak <= 4 * across, (height, peak)
+        peaks[height] = (peak, peak_all)
+    # AND so it held about as much on the slide 4 times as tall, where keeping everything held 4 times as much
+    assert peaks[4096][0] <= peaks[1024][0] + across
+    assert peaks[4096][1] >= 3 * peaks[1024][1] > 2 * 4 * across
 
 
 def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:

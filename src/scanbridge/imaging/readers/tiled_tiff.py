@@ -4,8 +4,11 @@ This is the fast path of the TIFF readers. OpenSlide's `read_region` decodes thr
 each tile through cairo into an RGBA buffer, one region at a time per slide handle; here each tile is
 read with `os.pread` (thread-safe, no shared file position) and decoded by tifffile's per-page decoder
 (imagecodecs: libjpeg-turbo, libwebp, OpenJPEG, zstd, JPEG XL ...) in the calling thread, so reader
-threads decode in parallel. Decoded tiles are kept in a small LRU cache, since overlapping model windows
-read the same tiles twice. At integer level coordinates the pixels equal OpenSlide's (tests compare them).
+threads decode in parallel. Decoded tiles that a window takes only part of are kept in a small LRU cache,
+since overlapping model windows read them again: the model's grid runs row by row, so a tile is read again
+by the window on its right or in the next row, never after that; the cache drops what lies above the rows
+being read and never holds more than one row of windows' tiles (memory flat in the slide's size, the hits
+of an unbounded cache). At integer level coordinates the pixels equal OpenSlide's (tests compare them).
 JPEG levels also decode a region at 1/2, 1/4 or 1/8 in the DCT domain (`read_scaled`, jpeg_dct.py) when the
 model reads coarser than the level.
 
@@ -29,7 +32,7 @@ from scanbridge.domain.errors import CorruptScanError
 from scanbridge.imaging.readers import jpeg_dct
 from scanbridge.imaging.readers.base import reduce_rgb
 
-CACHE_BYTES = 64 * 2**20  # decoded tiles kept per reader
+CACHE_BYTES = 64 * 2**20  # decoded tiles kept per reader, at most (TiledPyramid.read bounds them tighter)
 # JPEG 2000 tiles whose writer stored YCbCr itself: Aperio's 33003 and libvips' 33004 (libvips converts
 # tiles to YCbCr before encoding, as Aperio does; OpenSlide and libvips' own reader convert back); 33005 is RGB.
 YCBCR_JP2K = frozenset({33003, 33004})
@@ -117,20 +120,23 @@ class TiledLevel:
 
 
 class TiledPyramid:
-    """Level regions decoded from compressed tiles; tiles a region takes only part of are cached (LRU,
-    CACHE_BYTES): overlapping windows share them, while tile-aligned windows (the tissue model) cache nothing."""
+    """Level regions decoded from compressed tiles; tiles a region takes only part of are cached (LRU, at most
+    one row of regions' tiles, nothing above the rows being read): overlapping windows share them, while
+    tile-aligned windows (the tissue model) cache nothing."""
 
     def __init__(self, path: Path, levels: list[TiledLevel]) -> None:
         self.levels = levels
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
+        self._top: dict[int, int] = {}  # per level, the top of the last region read
         self._lock = threading.Lock()
         self.tiles_decoded = 0
 
-    def _tile(self, level: int, index: int, scale: int = 1, *, keep: bool = True) -> np.ndarray:
-        """One decoded tile; cached only when `keep` (a region that took part of it: the rest is likely
-        read by the next, overlapping window; a tile a region covers whole is not read again)."""
+    def _tile(self, level: int, index: int, scale: int = 1, *, keep: int = 0) -> np.ndarray:
+        """One decoded tile; cached when `keep` > 0 (a region that took part of it: the rest is likely read
+        by the next, overlapping window; a tile a region covers whole is not read again), the cache then
+        trimmed to `keep` tiles and CACHE_BYTES, least recently used first."""
         key = (level, index, scale)
         with self._lock:
             hit = self._cache.get(key)
@@ -152,10 +158,10 @@ class TiledPyramid:
                                        f"{type(exc).__name__}: {exc}") from exc
         with self._lock:
             self.tiles_decoded += 1
-            if keep and key not in self._cache:
+            if keep > 0 and key not in self._cache:
                 self._cache[key] = tile
                 self._cache_bytes += tile.nbytes
-                while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
+                while len(self._cache) > 1 and (len(self._cache) > keep or self._cache_bytes > CACHE_BYTES):
                     _, old = self._cache.popitem(last=False)
                     self._cache_bytes -= old.nbytes
         return tile
@@ -164,12 +170,19 @@ class TiledPyramid:
         """RGB uint8 (h, w, 3) of `level` with top-left (x, y) in that level's pixels; white outside.
 
         With `scale` (a divisor of x, y, w, h and the tile size): the same region from tiles decoded at
-        1/scale, (h // scale, w // scale, 3) (`read_scaled` checks that it applies)."""
+        1/scale, (h // scale, w // scale, 3) (`read_scaled` checks that it applies).
+
+        The tiles it takes only part of are cached for the regions after it. Regions come row by row (the
+        model's grid), so a tile is read again by the next region on its right or in the next row: the tiles
+        that end above the previous row of regions are dropped, and at most `row_tiles(level, h)` are kept (one row of
+        regions this high across the level) in any order of reads."""
         lv, s = self.levels[level], scale
         out = np.full((h // s, w // s, 3), 255, dtype=np.uint8)
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lv.width), min(y + h, lv.height)
         if x0 >= x1 or y0 >= y1:
             return out
+        keep = self.row_tiles(level, h)
+        self._forget_above(level, y0)
         for row in range(y0 // lv.tile_h, (y1 - 1) // lv.tile_h + 1):
             for col in range(x0 // lv.tile_w, (x1 - 1) // lv.tile_w + 1):
                 tx, ty = col * lv.tile_w, row * lv.tile_h
@@ -177,10 +190,35 @@ class TiledPyramid:
                 sx1, sy1 = min(x1, tx + lv.tile_w), min(y1, ty + lv.tile_h)
                 whole = sx0 == tx and sy0 == ty and sx1 == min(tx + lv.tile_w, lv.width) and \
                     sy1 == min(ty + lv.tile_h, lv.height)
-                tile = self._tile(level, row * lv.across + col, s, keep=not whole)
+                tile = self._tile(level, row * lv.across + col, s, keep=0 if whole else keep)
                 out[(sy0 - y) // s:(sy1 - y) // s, (sx0 - x) // s:(sx1 - x) // s] = \
                     tile[(sy0 - ty) // s:(sy1 - ty) // s, (sx0 - tx) // s:(sx1 - tx) // s]
         return out
+
+    def _forget_above(self, level: int, top: int) -> None:
+        """When the regions move down to a new row (`top`), drop the cached tiles of `level` that end above
+        the previous row's top: neither the regions of that row still in other reader threads nor any later
+        one (the grid runs row by row) reaches them."""
+        lv = self.levels[level]
+        with self._lock:
+            last, self._top[level] = self._top.get(level, 0), top
+            if top <= last:
+                return  # the same row of regions, or a new pass from higher up: nothing to drop
+            gone = [key for key in self._cache if key[0] == level and (key[1] // lv.across + 1) * lv.tile_h <= last]
+            for key in gone:
+                self._cache_bytes -= self._cache.pop(key).nbytes
+
+    @property
+    def cached_tiles(self) -> int:
+        """Decoded tiles held in the cache now."""
+        with self._lock:
+            return len(self._cache)
+
+    def row_tiles(self, level: int, height: int) -> int:
+        """The most tiles kept while regions `height` level pixels high are read: the tile rows such a region
+        can span, plus one for the reader threads' regions in flight, across the level."""
+        lv = self.levels[level]
+        return lv.across * ((max(height, 1) - 1) // lv.tile_h + 3)
 
     def read_scaled(self, level: int, x: int, y: int, w: int, h: int, scale: int) -> np.ndarray | None:
         """`read(..., scale)` where the level's JPEG tiles decode at 1/scale and the region is aligned to
