@@ -205,11 +205,14 @@ def model_loader(s: Settings, models: ModelService | None = None, *, api: bool =
     """A ModelLoader: the built-ins, plus the registered models of `models` when given.
 
     `api`: the API process's (`/v1/infer`): the default device and no TensorRT cache; otherwise the
-    worker's and `run-scan`'s, on SCANBRIDGE_DEVICE (with TensorRT when switched on)."""
+    worker's and `run-scan`'s, on SCANBRIDGE_DEVICE (with TensorRT when switched on), whose malloc is
+    tuned for the tile pipeline (inference/heap.py)."""
+    from scanbridge.inference.heap import tune_malloc
     from scanbridge.inference.runner import ModelLoader
 
     if api:
         return ModelLoader(intra_op_threads=s.intra_op_threads, source=models)
+    tune_malloc()  # a process that runs scans: large blocks given back when freed (inference/heap.py)
     return ModelLoader(intra_op_threads=s.intra_op_threads, source=models, device=s.device, tensorrt=s.tensorrt,
                        cache_dir=s.data_dir / "tensorrt")
 

@@ -57,6 +57,7 @@ from scanbridge.imaging.scan import OpenedScan
 from scanbridge.imaging.tiling import TileGrid, grid_for_model
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan, tile_min_tissue
+from scanbridge.inference.heap import tune_malloc
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects, scan_stain_vectors
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
@@ -383,6 +384,7 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
           min_tissue: float | None = None, device: str | None = None, tensorrt: bool = False,
           cache_dir: Path | None = None) -> dict[str, Any]:
     """Every measurement of one slide and one model, as one JSON-ready dict."""
+    tune_malloc()  # the worker's heap (bootstrap.model_loader does the same there)
     rss = PeakRss()
     model = load_model(model_name, prefer_gpu=prefer_gpu, intra_op_threads=intra_op_threads, device=device,
                        tensorrt=tensorrt, cache_dir=cache_dir)
