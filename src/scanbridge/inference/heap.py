@@ -8,7 +8,7 @@ come from the heaps of the threads that allocate them (reader threads, the post-
 thread) and, once freed, stay resident wherever a live block above them keeps the heap from shrinking:
 at the peak of a nuclei run 66 MiB of the heaps were free yet resident on a 100 MP slide, 93 MiB on a
 400 MP one (mallinfo2), and that difference was most of the run's growth with the slide. Fixed at
-MMAP_THRESHOLD (setting it turns the adjustment off) the heaps kept 10-21 MiB free at both sizes. Not lower:
+MMAP_THRESHOLD (setting it turns the adjustment off) the heaps kept 10-24 MiB free at both sizes. Not lower:
 at 256 KiB every decoded window (768 KiB) was a fresh mapping, and its page faults made decoding ~25 %
 slower; at 1 MiB decoding is as fast as before (docs/performance.md).
 
