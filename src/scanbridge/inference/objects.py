@@ -265,7 +265,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             extra = {name: outputs[name] for name in extra_names if name in outputs}
             for i, tile in enumerate(batch_tiles):
                 # copies, not views: onnxruntime's outputs live in its CPU arena, and a batch's held by the
-                # post-processing threads while the next batch runs makes the arena grow (session.py)
+                # post-processing threads while the next batch runs makes the arena grow (OnnxModel.run)
                 tile_outputs = {spec.output_name: np.array(first[i]),
                                 **{name: np.array(out[i]) for name, out in extra.items()}}
                 pending.append(pool.submit(post, tile, tile_outputs))

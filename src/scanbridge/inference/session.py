@@ -190,6 +190,9 @@ class OnnxModel:
         matrix); a name the graph does not take is an InferenceError. A static-batch export gets the
         batch in chunks of its fixed size, the last one padded with zero tiles, and the outputs joined
         back and trimmed to the batch; a dynamic batch runs whole.
+
+        On the CPU the arrays may be views of onnxruntime's arena: one kept while the next batch runs keeps
+        the arena from reusing its memory plan, and it grows by a whole plan (copy what is kept: objects.py).
         """
         extra = dict(inputs or {})
         unknown = sorted(set(extra) - self.optional_inputs)
