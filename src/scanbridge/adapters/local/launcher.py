@@ -359,10 +359,10 @@ class LocalJobLauncher:
         """Seconds until `job_id` should start: the queue ahead of it spread over the workers, each job
         taking the mean of the last jobs' durations; None while no job has ended yet (or it is not waiting)."""
         position = self.queue_position(job_id)
+        mean = self.mean_job_s
         with self._lock:
-            if not position or not self._durations:
+            if not position or mean is None:
                 return None
-            mean = sum(self._durations) / len(self._durations)
             now = self._clock()
             free = sorted(max(0.0, mean - (now - t)) for t in self._started.values())[: self._max_workers]
         free += [0.0] * (self._max_workers - len(free))
@@ -372,6 +372,12 @@ class LocalJobLauncher:
             start = heapq.heappop(free)
             heapq.heappush(free, start + mean)
         return round(start, 1)
+
+    @property
+    def mean_job_s(self) -> float | None:
+        """The mean duration of the last jobs that ended (what the ETAs assume), or None before the first."""
+        with self._lock:
+            return sum(self._durations) / len(self._durations) if self._durations else None
 
     def pids(self) -> dict[str, int]:
         """Running worker processes by job id (for operators and tests)."""
