@@ -70,6 +70,23 @@ def test_uploads_that_do_not_match_their_config_are_refused(client: TestClient) 
     assert client.delete("/admin/models/nuclei", headers=ADMIN).status_code == 409
 
 
+def test_the_config_may_also_come_as_a_file_part(client: TestClient) -> None:
+    # GIVEN the config as a JSON file part (curl -F config=@spec.json), not as a form field
+    onnx = ("m.onnx", build_tissue_model(block=8), "application/octet-stream")
+    as_file = ("spec.json", json.dumps(_spec(version="3")).encode(), "application/json")
+    # WHEN uploaded
+    created = client.put("/admin/models/stroma", files={"config": as_file, "file": onnx}, headers=ADMIN)
+    # THEN it is registered from that file's JSON
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "stroma" and created.json()["version"] == "3"
+    # AND a file part that is not UTF-8 JSON, or not an object, is a coded 422 and stores nothing
+    for bad in (b"\xff\xfe{", b"[1, 2]", b"{not json"):
+        resp = client.put("/admin/models/other", files={"config": ("c.json", bad, "application/json"), "file": onnx},
+                          headers=ADMIN)
+        assert resp.status_code == 422 and resp.json()["error"]["code"] == "VALIDATION_ERROR", resp.text
+    assert client.get("/models/other").status_code == 404
+
+
 def test_ki67_scans_default_to_the_positivity_model(container: Container) -> None:
     # GIVEN a Ki67 scan and no model named / WHEN accepted / THEN ihc-positivity is chosen
     accepted = container.intake.accept(WebhookPayload.model_validate(

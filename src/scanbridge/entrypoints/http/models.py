@@ -12,6 +12,7 @@ from scanbridge.domain.models import ModelKind, ModelSpec
 from scanbridge.entrypoints.http.deps import Admin, Models, Tenant
 
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+MAX_CONFIG_BYTES = 1024 * 1024  # a ModelSpec's JSON; far more than any real one
 
 KIND_PATTERN = "^(" + "|".join(get_args(ModelKind)) + ")$"
 
@@ -47,16 +48,12 @@ def describe_model(name: str, models: Models, _caller: Tenant) -> dict[str, Any]
 
 
 @router.put("/admin/models/{name}", status_code=201)
-async def put_model(name: str, models: Models, _admin: Admin, config: Annotated[str, Form()],
+async def put_model(name: str, models: Models, _admin: Admin, config: Annotated[str | UploadFile, Form()],
                     file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-    """Register a model: multipart `config` (ModelSpec JSON, see GET /models/schema) + `file` (ONNX), checked
-    with onnxruntime first (422 MODEL_INVALID listing every problem, unknown keys by name)."""
-    try:
-        spec = json.loads(config)
-    except ValueError as exc:
-        raise ValidationError(f"config is not JSON: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise ValidationError("config must be a JSON object")
+    """Register a model: multipart `config` (ModelSpec JSON, see GET /models/schema; a form field, `-F
+    "config=<spec.json"`, or a file part, `-F config=@spec.json`) + `file` (ONNX), checked with onnxruntime
+    first (422 MODEL_INVALID listing every problem, unknown keys by name)."""
+    spec = _config_object(config if isinstance(config, str) else await _config_text(config))
     data = await file.read(MAX_MODEL_BYTES + 1)
     if len(data) > MAX_MODEL_BYTES:
         raise ValidationError(f"the ONNX file is larger than {MAX_MODEL_BYTES} bytes")
@@ -64,6 +61,28 @@ async def put_model(name: str, models: Models, _admin: Admin, config: Annotated[
 
     stored = await run_in_threadpool(models.put, {**spec, "name": name}, data)
     return models.describe(stored.name)
+
+
+async def _config_text(part: UploadFile) -> str:
+    """The text of a `config` sent as a file part (UTF-8, at most MAX_CONFIG_BYTES)."""
+    raw = await part.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValidationError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"config is not UTF-8 text: {exc}") from exc
+
+
+def _config_object(text: str) -> dict[str, Any]:
+    """The config's JSON object (ValidationError when it is not JSON or not an object)."""
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"config is not JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise ValidationError("config must be a JSON object")
+    return spec
 
 
 @router.patch("/admin/models/{name}")
