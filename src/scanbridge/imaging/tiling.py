@@ -10,7 +10,9 @@ core on every side, so post-processing can drop the border where a model sees no
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,18 +177,39 @@ def overview_tissue_mask(reader: ScanReader, max_side: int, mask_fn: Callable[[n
 
 
 def strip_mask(rgb: np.ndarray, mask_fn: Callable[[np.ndarray], np.ndarray], *,
-               strip_px: int = STRIP_PX) -> np.ndarray:
+               strip_px: int = STRIP_PX, threads: int | None = None) -> np.ndarray:
     """`mask_fn` (e.g. `tissue_mask`) of an RGB overview, computed strip by strip.
 
     It runs on horizontal strips of about `strip_px` pixels that overlap their neighbours by STRIP_MARGIN
-    rows (only each strip's own rows are kept), so its float temporaries never exceed one strip: peak
-    memory is the overview and the boolean mask plus a constant.
+    rows (only each strip's own rows are kept), so its float temporaries never exceed one strip per thread:
+    peak memory is the overview and the boolean mask plus a constant. The strips are independent, so
+    `threads` of them (default: the cores this process may use) run at once; `mask_fn` must release the GIL
+    for that to pay (numpy and OpenCV do).
     """
     h, w = rgb.shape[:2]
     rows = max(8, strip_px // max(w, 1))
     mask = np.zeros((h, w), dtype=bool)
-    for y0 in range(0, h, rows):
+
+    def one(y0: int) -> None:
         top, bottom = max(0, y0 - STRIP_MARGIN), min(h, y0 + rows + STRIP_MARGIN)
         part = mask_fn(rgb[top:bottom])
         mask[y0:min(h, y0 + rows)] = part[y0 - top:y0 - top + min(rows, h - y0)]
+
+    starts = range(0, h, rows)
+    workers = min(len(starts), threads or _cores())
+    if workers <= 1:
+        for y0 in starts:
+            one(y0)
+        return mask
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tissue-mask") as pool:
+        for done in [pool.submit(one, y0) for y0 in starts]:
+            done.result()
     return mask
+
+
+def _cores() -> int:
+    """The cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
