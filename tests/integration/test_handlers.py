@@ -78,7 +78,8 @@ def _reset_handlers() -> None:
     lambda_results._container = None
 
 
-def test_api_handler_accepts_the_platform_sample_and_submits_one_batch_job(deployed: dict[str, Any]) -> None:
+def test_api_handler_accepts_the_platform_sample_and_submits_one_batch_job(deployed: dict[str, Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN the API function and the platform's sample webhook as an API Gateway event
     api = _load_function("api")
     event = _event("api_webhook.json")
@@ -89,6 +90,7 @@ def test_api_handler_accepts_the_platform_sample_and_submits_one_batch_job(deplo
     body = json.loads(first["body"])
     assert first["statusCode"] == 202 and body["task_id"] == "dGFzazoxODU4MzU=" and body["status"] == "QUEUED"
     assert second["statusCode"] == 202 and json.loads(second["body"])["created"] is False
+    assert _metrics(capsys.readouterr().out) == {"Http2xx": 2}  # the API function counts answers by class
     jobs = deployed["batch"].list_jobs(jobQueue=deployed["queue"], filters=[{"name": "JOB_NAME", "values": ["*"]}])
     summaries = jobs["jobSummaryList"]
     assert len(summaries) == 1
@@ -138,7 +140,20 @@ def test_results_handler_posts_once_per_state_change(deployed: dict[str, Any], m
             assert summary["Error code"] == "WORKER_FAILED"
 
 
-def test_results_handler_ignores_array_children(deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def _metrics(out: str) -> dict[str, float]:
+    """The metrics of the CloudWatch embedded-metric-format lines Powertools printed, summed by name."""
+    found: dict[str, float] = {}
+    for line in out.splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        for directive in record.get("_aws", {}).get("CloudWatchMetrics", []):
+            for metric in directive["Metrics"]:
+                value = record[metric["Name"]]
+                found[metric["Name"]] = found.get(metric["Name"], 0) + sum(value if isinstance(value, list) else [value])
+    return found
+
+
+def test_results_handler_ignores_array_children(deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN a task accepted through the API, a loopback platform, and the state change of one child of an
     # array job (the parent's event is the one that delivers)
     with FakePlatform() as platform:
@@ -154,8 +169,9 @@ def test_results_handler_ignores_array_children(deployed: dict[str, Any], monkey
         event["detail"]["arrayProperties"] = {"index": 1}
         # WHEN it is handled
         out = results.handler(event, None)
-        # THEN it says so, nothing is POSTed to the platform and the task record is unchanged
+        # THEN it says so (and counts it), nothing is POSTed to the platform and the task record is unchanged
         assert "ignored" in out
+        assert _metrics(capsys.readouterr().out).get("EventsIgnored") == 1
         assert platform.wait_for_posts(1, timeout_s=1.0) == []
         after = tasks.get("dGFzazoxODU4MzU=")
         assert before is not None and after is not None
@@ -163,7 +179,8 @@ def test_results_handler_ignores_array_children(deployed: dict[str, Any], monkey
 
 
 def test_webhook_function_acknowledges_once_and_refuses_with_the_uniform_body(
-        deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        deployed: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN the lean webhook function and the platform's sample webhook as an API Gateway event
     webhook = _load_function("webhook")
     event = _event("api_webhook.json")
@@ -172,15 +189,21 @@ def test_webhook_function_acknowledges_once_and_refuses_with_the_uniform_body(
     assert first["statusCode"] == 202 and json.loads(first["body"]) == {
         "task_id": "dGFzazoxODU4MzU=", "status": "QUEUED", "created": True}
     assert second["statusCode"] == 202 and json.loads(second["body"])["created"] is False
+    assert _metrics(capsys.readouterr().out) == {"WebhookAccepted": 1, "WebhookDuplicate": 1}
     jobs = deployed["batch"].list_jobs(jobQueue=deployed["queue"], filters=[{"name": "JOB_NAME", "values": ["*"]}])
     assert len(jobs["jobSummaryList"]) == 1
     # AND the FastAPI API reads the same task
     task = json.loads(_load_function("api").handler(_event("api_get_task.json"), None)["body"])
     assert task["status"] == "QUEUED" and task["model"] == "tissue"
+    capsys.readouterr()
     # WHEN the body is not the contract / THEN 422 with the uniform error body
     bad = dict(event, body=json.dumps({"task_id": "x"}))
     resp = webhook.handler(bad, None)
     assert resp["statusCode"] == 422 and json.loads(resp["body"])["error"]["code"] == "VALIDATION_ERROR"
+    # AND it is counted as refused and logged with its code, without its body
+    assert _metrics(capsys.readouterr().out) == {"WebhookRefused": 1}
+    refusal = next(r for r in caplog.records if r.getMessage() == "webhook refused")
+    assert refusal.__dict__["error_code"] == "VALIDATION_ERROR" and "task_id" not in refusal.__dict__
     # WHEN a webhook secret is configured and the request is unsigned / THEN 401 and nothing stored
     monkeypatch.setenv("SCANBRIDGE_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"k" * 32).decode())
     get_settings.cache_clear()

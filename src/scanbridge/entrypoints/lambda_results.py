@@ -40,6 +40,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="DeliveryRetries", unit=MetricUnit.Count, value=len(due))
         return {"retried": due}
     if "index" in ((event.get("detail") or {}).get("arrayProperties") or {}):
+        metrics.add_metric(name="EventsIgnored", unit=MetricUnit.Count, value=1)
         return {"ignored": "array child; the parent job's event delivers the task"}
     task_id, succeeded, reason = parse_event(event)
     logger.append_keys(task_id=task_id)

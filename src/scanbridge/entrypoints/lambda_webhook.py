@@ -65,6 +65,8 @@ def webhook() -> Response:
 
 @app.exception_handler(ScanbridgeError)
 def _coded(exc: ScanbridgeError) -> Response:
+    metrics.add_metric(name="WebhookRefused", unit=MetricUnit.Count, value=1)
+    logger.info("webhook refused", extra={"error_code": exc.code})  # the code only: a message may quote the body
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
     return _json(status_for(exc), error_body(exc.code, exc.message, exc.details), headers)
 
@@ -72,11 +74,13 @@ def _coded(exc: ScanbridgeError) -> Response:
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response:
     logger.exception("unexpected error in the webhook handler")
+    metrics.add_metric(name="WebhookErrors", unit=MetricUnit.Count, value=1)
     return _json(500, error_body("INTERNAL_ERROR", "an unexpected error occurred"))
 
 
 @app.not_found
 def _not_found(_exc: Exception) -> Response:
+    metrics.add_metric(name="WebhookRefused", unit=MetricUnit.Count, value=1)
     return _json(404, error_body("NOT_FOUND", "this function serves POST /webhook only"))
 
 
