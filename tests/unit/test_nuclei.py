@@ -171,6 +171,39 @@ def test_outlines_are_scikit_images_contours_through_pixel_edge_middles() -> Non
             assert n.area - n.perimeter / 4 <= poly_area < n.area
 
 
+def test_objects_measured_together_are_measured_as_each_one_alone() -> None:
+    """A window's objects are measured at once (one border following for all, sums per label); touching ones
+    must still get the outline and figures they get alone."""
+    # GIVEN label images whose objects touch: side by side, corner to corner, one in another's hole touching
+    # it at a corner, and random speckle (4-connected components touch diagonally everywhere)
+    rng = np.random.default_rng(8)
+    params = NucleusParams(min_area_px=0, max_area_px=1e9, split_area_px=1e9)
+    ring = np.zeros((12, 12), np.int32)
+    ring[1:11, 1:11] = 1
+    ring[3:9, 3:9] = 0
+    ring[4:6, 4:6] = 2
+    ring[3, 3] = 3  # touches the ring and, at a corner, object 2
+    pairs = np.zeros((8, 12), np.int32)
+    pairs[1:4, 1:4], pairs[1:4, 4:7], pairs[4:6, 7:9] = 1, 2, 3
+    speckle = [ndimage.label(_random_blobs(rng) > 0)[0].astype(np.int32) for _ in range(200)]
+    touching = 0
+    for labels in [ring, pairs, *speckle]:
+        grown = ndimage.grey_dilation(labels, size=(3, 3))
+        touching += int(((grown != labels) & (labels > 0)).any())
+        # WHEN all are measured at once
+        together = measure_nuclei(labels, params)
+        # THEN each object's outline and measurements are the ones it gets alone
+        assert sorted(n.label for n in together) == sorted(set(labels.ravel().tolist()) - {0})
+        for n in together:
+            (alone,) = measure_nuclei((labels == n.label).astype(np.int32), params)
+            np.testing.assert_array_equal(n.contour, alone.contour)
+            assert (n.cx, n.cy, n.area, n.perimeter, n.solidity, n.extent, n.eccentricity, n.orientation) == \
+                (alone.cx, alone.cy, alone.area, alone.perimeter, alone.solidity, alone.extent, alone.eccentricity,
+                 alone.orientation)
+    # AND objects did touch in most images (the case the shared border following must not get wrong)
+    assert touching > 100
+
+
 def _blurred(shape: tuple[int, int], discs: list[tuple[float, float, float]], strokes: list[tuple[int, int, int, int]],
              *, od: float = 0.6, base: float = 0.3) -> np.ndarray:
     """A haematoxylin plane: `base` OD, discs and 3-px strokes (x0, y0, x1, y1) at `od`, blurred like an image."""

@@ -83,6 +83,28 @@ def nucleus_measurements(outputs_spec: dict[str, Any], thresholds: dict[str, flo
     return out
 
 
+def nuclei_measurements(outputs_spec: dict[str, Any], thresholds: dict[str, float], scores: np.ndarray,
+                        coords: np.ndarray, offsets: np.ndarray, stains: np.ndarray | None,
+                        map_mpp: float) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """`nucleus_measurements` of many nuclei as columns (name, values, which nuclei have it or None for all):
+    `scores` their positive-channel means, their outlines back to back (`coords`, `offsets`)."""
+    out: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+    levels = outputs_spec.get("hscore_thresholds")
+    if levels:
+        steps = np.array([float(v) for v in levels])
+        out.append(("DAB grade", (scores[:, None] >= steps[None, :]).sum(axis=1).astype(np.float64), None))
+    expand_um = float(outputs_spec.get("cell_expansion_um", 0.0) or 0.0)
+    channel = outputs_spec.get("intensity_channel")
+    if expand_um > 0 and stains is not None and channel is not None and int(channel) < stains.shape[0]:
+        plane = stains[int(channel)]
+        found = [ring_mean(coords[offsets[i]:offsets[i + 1]], plane, expand_um / map_mpp) for i in range(len(scores))]
+        has = np.array([v is not None for v in found], dtype=bool)
+        value = np.array([v if v is not None else 0.0 for v in found], dtype=np.float64)
+        cut = float(thresholds.get("cell_positive", 0.3))
+        out += [("Cell DAB OD mean", value, has), ("Cell positive", (value >= cut).astype(np.float64), has)]
+    return out
+
+
 def summary_figures(dab_grades: list[float], cell_positive: list[float]) -> tuple[dict[str, Any], dict[str, str]]:
     """Scan-level IHC figures from the nuclei's `DAB grade` and `Cell positive` measurements (of the nuclei
     that have them): (results keys, summary lines).

@@ -17,8 +17,9 @@ view of the same rules: everything that stops a decoder from decoding a model's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 import cv2
 import numpy as np
@@ -28,7 +29,15 @@ from skimage.segmentation import watershed
 
 from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.models import DECODERS, OBJECT_KINDS, ModelSpec
-from scanbridge.inference.nuclei import Nucleus, NucleusParams, find_nuclei, measure_nuclei, params_for
+from scanbridge.inference.nuclei import (
+    Nuclei,
+    Nucleus,
+    NucleusParams,
+    find_nuclei_columns,
+    measure_nuclei_columns,
+    params_for,
+    take_rings,
+)
 
 DEFAULT_OVERLAP = 64  # model pixels (objects.py's default tile overlap)
 BOX_FORMATS = ("xyxy", "cxcywh")
@@ -50,6 +59,59 @@ class WindowObject:
     class_index: int | None = None  # labels[class_index]
     score: float | None = None  # detection / object probability
     class_fraction: float | None = None  # share of the object's pixels of its type (typed nuclei)
+
+
+class WindowObjects(Sequence[WindowObject]):
+    """One window's objects column-wise (window model pixels): centroids, outlines back to back, and the
+    nuclei's measurements (`Nuclei`), classes (-1: none), scores or type fractions where the decoder gives
+    them. `self[i]` is object i as a `WindowObject`."""
+
+    def __init__(self, *, cx: np.ndarray, cy: np.ndarray, coords: np.ndarray, offsets: np.ndarray,
+                 nuclei: Nuclei | None = None, class_index: np.ndarray | None = None,
+                 score: np.ndarray | None = None, class_fraction: np.ndarray | None = None) -> None:
+        self.cx, self.cy, self.coords, self.offsets = cx, cy, coords, offsets
+        self.nuclei, self.class_index, self.score, self.class_fraction = nuclei, class_index, score, class_fraction
+
+    @classmethod
+    def of_nuclei(cls, nuclei: Nuclei) -> WindowObjects:
+        """Nuclei as objects (their centroids and outlines)."""
+        return cls(cx=nuclei.cx, cy=nuclei.cy, coords=nuclei.coords, offsets=nuclei.offsets, nuclei=nuclei)
+
+    def __len__(self) -> int:
+        return len(self.cx)
+
+    @overload
+    def __getitem__(self, index: int) -> WindowObject: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[WindowObject]: ...
+
+    def __getitem__(self, index: int | slice) -> WindowObject | list[WindowObject]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]
+        cls, score, fraction = self.class_index, self.score, self.class_fraction
+        return WindowObject(cx=float(self.cx[i]), cy=float(self.cy[i]), contour=self.contour(i),
+                            nucleus=self.nuclei[i] if self.nuclei is not None else None,
+                            class_index=int(cls[i]) if cls is not None and cls[i] >= 0 else None,
+                            score=float(score[i]) if score is not None else None,
+                            class_fraction=float(fraction[i]) if fraction is not None else None)
+
+    def contour(self, i: int) -> np.ndarray:
+        """Object i's outline (k, 2)."""
+        return self.coords[self.offsets[i]:self.offsets[i + 1]]
+
+    def take(self, idx: np.ndarray) -> WindowObjects:
+        """The objects at `idx` (ascending), in that order."""
+        coords, offsets = take_rings(self.coords, self.offsets, idx)
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return WindowObjects(cx=self.cx[idx], cy=self.cy[idx], coords=coords, offsets=offsets,
+                             nuclei=self.nuclei.take(idx) if self.nuclei is not None else None,
+                             class_index=pick(self.class_index), score=pick(self.score),
+                             class_fraction=pick(self.class_fraction))
 
 
 @dataclass(frozen=True)
@@ -365,7 +427,7 @@ class Decoder:
         """Whether objects from neighbouring windows are merged by NMS (boxes) instead of the core rule."""
         return False
 
-    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
+    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> WindowObjects:
         """The objects of one window (`keep`: x0, y0, x1, y1 in window model px; objects outside may go)."""
         raise NotImplementedError
 
@@ -375,13 +437,12 @@ class Decoder:
         s, o = self.scale, self.offset
         return ((keep[0] - o) / s, (keep[1] - o) / s, (keep[2] - o) / s, (keep[3] - o) / s)
 
-    def _to_model(self, n: Nucleus) -> Nucleus:
-        """A nucleus measured on the map, in window model pixels (the same object when the map is the input)."""
+    def _to_model(self, nuclei: Nuclei) -> Nuclei:
+        """Nuclei measured on the map, in window model pixels (the same object when the map is the input)."""
         s, o = self.scale, self.offset
         if s == 1.0 and o == 0.0:
-            return n
-        return replace(n, cx=n.cx * s + o, cy=n.cy * s + o, contour=n.contour * s + o, area=n.area * s * s,
-                       perimeter=n.perimeter * s, major_axis=n.major_axis * s, minor_axis=n.minor_axis * s)
+            return nuclei
+        return nuclei.scaled(s, o)
 
     def _stains(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         name = self.spec.outputs.get("stain_output")
@@ -392,25 +453,21 @@ class Decoder:
         pc = self.config.probability_channel
         return np.asarray(planes[default_channel if pc is None else pc], dtype=np.float32)
 
-    def _objects(self, nuclei: list[Nucleus]) -> list[WindowObject]:
-        out = []
-        for n in nuclei:
-            m = self._to_model(n)
-            out.append(WindowObject(cx=m.cx, cy=m.cy, contour=m.contour, nucleus=m))
-        return out
+    def _objects(self, nuclei: Nuclei) -> WindowObjects:
+        return WindowObjects.of_nuclei(self._to_model(nuclei))
 
 
 class ThresholdDecoder(Decoder):
     """A probability map (channel `probability_channel`, default 0) thresholded and split by watershed."""
 
-    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
+    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> WindowObjects:
         """Nuclei of the thresholded map (today's path; `positive_channel` marks positive ones)."""
         planes = _planes(outputs[self.spec.output_name])
         pos = self.spec.outputs.get("positive_channel")
         positive = planes[int(pos)] if pos is not None and planes.shape[0] > int(pos) else None
         prob = self._probability(outputs)
-        return self._objects(find_nuclei(prob, self.params, stains=self._stains(outputs), positive=positive,
-                                         keep=self._map_keep(keep)))
+        return self._objects(find_nuclei_columns(prob, self.params, stains=self._stains(outputs), positive=positive,
+                                                 keep=self._map_keep(keep)))
 
 
 def hovernet_labels(prob: np.ndarray, hv: np.ndarray, *, threshold: float = 0.5, map_mpp: float = HOVERNET_MPP,
@@ -468,24 +525,22 @@ def majority_types(labels: np.ndarray, types: np.ndarray, n_types: int, skip: se
 class HoverNetDecoder(Decoder):
     """HoVer-Net-style outputs: nuclear probability + hv maps (+ type map) -> (typed) nuclei."""
 
-    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
+    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> WindowObjects:
         """Watershed instances of the hv maps, measured like every nucleus; typed by the type map's majority."""
         primary = _planes(outputs[self.spec.output_name])
         prob = self._probability(outputs, default_channel=1 if primary.shape[0] == 2 else 0)
         hv = outputs[str(self.config.hv_output)]
         labels = hovernet_labels(prob, hv, threshold=self.params.threshold, map_mpp=self.map_mpp,
                                  min_size=max(2.0, self.params.min_area_px / 2))
-        found = measure_nuclei(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
+        found = measure_nuclei_columns(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
         objects = self._objects(found)
-        if self.config.type_output and found:
+        if self.config.type_output and len(found):
             tmap = _planes(outputs[self.config.type_output])
             names = [lb.name for lb in self.spec.labels]
             skip = {names.index(b) for b in self.spec.background_labels}
             best, share = majority_types(labels, tmap.argmax(axis=0), tmap.shape[0], skip)
-            for obj, n in zip(objects, found, strict=True):
-                t = int(best[n.label])
-                obj.class_index = t if t >= 0 else None
-                obj.class_fraction = float(share[n.label])
+            objects.class_index = best[found.label].astype(np.int64)
+            objects.class_fraction = share[found.label].astype(np.float64)
         return objects
 
 
@@ -499,14 +554,14 @@ class StarDistDecoder(Decoder):
     ones (`star_labels`), painted as StarDist's `polygons_to_label` paints them, and measured.
     """
 
-    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
+    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> WindowObjects:
         """Polygons above the threshold, NMS at `nms_iou` (default 0.4), measured on the map's grid."""
         prob = self._probability(outputs)
         rays = np.asarray(outputs[str(self.config.rays_output)], dtype=np.float32)
         threshold = float(self.spec.thresholds.get("probability", self.params.threshold))
         rows, cols = np.nonzero(prob > threshold)
         if rows.size == 0:
-            return []
+            return WindowObjects.of_nuclei(Nuclei.empty(0, False))
         scores = prob[rows, cols]
         dist = rays[:, rows, cols].T  # (n, R)
         if self.config.rays_units == "input":
@@ -515,10 +570,9 @@ class StarDistDecoder(Decoder):
         # pixel-index coordinates of the map (pixel j's centre at j)
         shift = 0.5 / self.scale - 0.5
         labels, kept = star_labels(rows + shift, cols + shift, dist, scores, self.config.nms_iou, prob.shape)
-        found = measure_nuclei(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
+        found = measure_nuclei_columns(labels, self.params, stains=self._stains(outputs), keep=self._map_keep(keep))
         objects = self._objects(found)
-        for obj, n in zip(objects, found, strict=True):
-            obj.score = float(scores[kept[n.label - 1]])
+        objects.score = scores[np.asarray(kept, dtype=np.int64)[found.label - 1]].astype(np.float64)
         return objects
 
 
@@ -530,7 +584,7 @@ class BoxDecoder(Decoder):
         """Boxes from overlapping windows are merged by NMS at level 0."""
         return True
 
-    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> list[WindowObject]:
+    def decode(self, outputs: dict[str, np.ndarray], keep: Keep | None = None) -> WindowObjects:
         """Boxes scoring at least the threshold (`thresholds.score`, else the first threshold), valid and finite."""
         rows = np.asarray(outputs[self.spec.output_name], dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] < 5:
@@ -548,12 +602,12 @@ class BoxDecoder(Decoder):
         if keep is not None:
             cx, cy = (a + c) / 2, (b + d) / 2
             ok &= (cx >= keep[0]) & (cx < keep[2]) & (cy >= keep[1]) & (cy < keep[3])
-        out = []
-        for i in np.flatnonzero(ok).tolist():
-            ring = np.array([[a[i], b[i]], [c[i], b[i]], [c[i], d[i]], [a[i], d[i]]])
-            out.append(WindowObject(cx=float((a[i] + c[i]) / 2), cy=float((b[i] + d[i]) / 2), contour=ring,
-                                    class_index=int(cls[i]), score=float(score[i])))
-        return out
+        i = np.flatnonzero(ok)
+        a, b, c, d = a[i], b[i], c[i], d[i]
+        rings = np.stack([np.column_stack([a, b]), np.column_stack([c, b]), np.column_stack([c, d]),
+                          np.column_stack([a, d])], axis=1).reshape(-1, 2)
+        return WindowObjects(cx=(a + c) / 2, cy=(b + d) / 2, coords=rings, offsets=np.arange(len(i) + 1) * 4,
+                             class_index=cls[i], score=score[i])
 
 
 DECODER_TYPES: dict[str, type[Decoder]] = {"threshold": ThresholdDecoder, "hovernet": HoverNetDecoder,

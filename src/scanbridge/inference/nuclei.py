@@ -9,17 +9,23 @@ On H&E (`blob_contrast` > 0) an object is kept only when it holds a blob seed (`
 of the haematoxylin density darker than its surroundings in every direction, as a nucleus is and a
 collagen fibre or the flat inside of the epidermis is not.
 
-Labelling, hole filling, moments and outlines use OpenCV (C++, releases the GIL, so the object
-pipeline's post-processing threads run in parallel); per-nucleus work stays inside its bounding box.
+Labelling, hole filling, border following and the blob test use OpenCV (C++, releases the GIL, so the
+object pipeline's post-processing threads run in parallel). A window's nuclei are measured together
+(`Nuclei`, one array per measurement): moments and stain means are sums per label over the window's
+pixels (np.bincount), the outlines come from one border following of all kept objects, so the Python
+work per nucleus is a few scalar formulas; the figures are those OpenCV gives per object in its box.
 The outline is the one scikit-image's `find_contours(image, 0.5)` draws (a vertex at the middle of
 every pixel edge between the nucleus and the background), built from OpenCV's border following.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import cv2
 import numpy as np
@@ -70,6 +76,104 @@ class Nucleus:
 Box = tuple[slice, slice]
 
 
+class Nuclei(Sequence[Nucleus]):
+    """The nuclei of one window column-wise (what `Nucleus` holds, one array per field; outlines back to back).
+
+    The measuring works on whole arrays (`find_nuclei_columns`); `self[i]` is nucleus i as a `Nucleus`.
+    """
+
+    def __init__(self, *, cx: np.ndarray, cy: np.ndarray, coords: np.ndarray, offsets: np.ndarray,
+                 area: np.ndarray, perimeter: np.ndarray, eccentricity: np.ndarray, solidity: np.ndarray,
+                 extent: np.ndarray, major_axis: np.ndarray, minor_axis: np.ndarray, orientation: np.ndarray,
+                 stain_means: np.ndarray, positive_score: np.ndarray | None, label: np.ndarray) -> None:
+        self.cx, self.cy = cx, cy
+        self.coords, self.offsets = coords, offsets  # (m, 2) x, y outlines; nucleus i's are offsets[i]:offsets[i+1]
+        self.area, self.perimeter = area, perimeter
+        self.eccentricity, self.solidity, self.extent = eccentricity, solidity, extent
+        self.major_axis, self.minor_axis, self.orientation = major_axis, minor_axis, orientation
+        self.stain_means = stain_means  # (n, planes)
+        self.positive_score = positive_score
+        self.label = label
+
+    @classmethod
+    def empty(cls, planes: int, positive: bool) -> Nuclei:
+        """No nuclei (with room for `planes` stain means and a positive score when `positive`)."""
+        none = np.zeros(0)
+        return cls(cx=none, cy=none, coords=np.zeros((0, 2)), offsets=np.zeros(1, dtype=np.int64), area=none,
+                   perimeter=none, eccentricity=none, solidity=none, extent=none, major_axis=none, minor_axis=none,
+                   orientation=none, stain_means=np.zeros((0, planes)), positive_score=none if positive else None,
+                   label=np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.cx)
+
+    @overload
+    def __getitem__(self, index: int) -> Nucleus: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Nucleus]: ...
+
+    def __getitem__(self, index: int | slice) -> Nucleus | list[Nucleus]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]
+        pos = self.positive_score
+        return Nucleus(cx=float(self.cx[i]), cy=float(self.cy[i]),
+                       contour=self.coords[self.offsets[i]:self.offsets[i + 1]], area=float(self.area[i]),
+                       perimeter=float(self.perimeter[i]), eccentricity=float(self.eccentricity[i]),
+                       solidity=float(self.solidity[i]), extent=float(self.extent[i]),
+                       major_axis=float(self.major_axis[i]), minor_axis=float(self.minor_axis[i]),
+                       orientation=float(self.orientation[i]), stain_means=self.stain_means[i].tolist(),
+                       positive_score=None if pos is None else float(pos[i]), label=int(self.label[i]))
+
+    def contour(self, i: int) -> np.ndarray:
+        """Nucleus i's outline (k, 2)."""
+        return self.coords[self.offsets[i]:self.offsets[i + 1]]
+
+    def scaled(self, s: float, o: float) -> Nuclei:
+        """The nuclei with positions times `s` plus `o` and lengths times `s` (a map's pixels -> model pixels)."""
+        return Nuclei(cx=self.cx * s + o, cy=self.cy * s + o, coords=self.coords * s + o, offsets=self.offsets,
+                      area=self.area * s * s, perimeter=self.perimeter * s, eccentricity=self.eccentricity,
+                      solidity=self.solidity, extent=self.extent, major_axis=self.major_axis * s,
+                      minor_axis=self.minor_axis * s, orientation=self.orientation, stain_means=self.stain_means,
+                      positive_score=self.positive_score, label=self.label)
+
+    def take(self, idx: np.ndarray) -> Nuclei:
+        """The nuclei at `idx` (ascending), in that order."""
+        coords, offsets = take_rings(self.coords, self.offsets, idx)
+        pos = self.positive_score
+        return Nuclei(cx=self.cx[idx], cy=self.cy[idx], coords=coords, offsets=offsets, area=self.area[idx],
+                      perimeter=self.perimeter[idx], eccentricity=self.eccentricity[idx],
+                      solidity=self.solidity[idx], extent=self.extent[idx], major_axis=self.major_axis[idx],
+                      minor_axis=self.minor_axis[idx], orientation=self.orientation[idx],
+                      stain_means=self.stain_means[idx], positive_score=None if pos is None else pos[idx],
+                      label=self.label[idx])
+
+
+def take_rings(coords: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rings at `idx` of rings stored back to back (`coords`, `offsets`), back to back, and their offsets."""
+    idx = np.asarray(idx, dtype=np.int64)
+    starts, lengths = offsets[:-1][idx], np.diff(offsets)[idx]
+    out = np.zeros(len(idx) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    gather = np.repeat(starts - out[:-1], lengths) + np.arange(int(out[-1]))
+    return coords[gather], out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """This thread's buffer `name`, kept from one window to the next. A window's images are 1 MiB each, and
+    a fresh block that size is a fresh mapping (inference/heap.py): its page faults cost as much as the
+    filter that fills it."""
+    buf: np.ndarray | None = getattr(_SCRATCH, name, None)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = np.empty(shape, dtype=dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf
+
+
 def split_nuclei(prob: np.ndarray, params: NucleusParams) -> np.ndarray:
     """Label image (int32, 0 = background) of the nuclei in `prob`, touching ones split by watershed.
 
@@ -82,70 +186,92 @@ def split_nuclei(prob: np.ndarray, params: NucleusParams) -> np.ndarray:
 def find_nuclei(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
                 positive: np.ndarray | None = None,
                 keep: tuple[float, float, float, float] | None = None) -> list[Nucleus]:
-    """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass (bounding boxes found once).
+    """`measure_nuclei(split_nuclei(prob, params), ...)` in one pass, with the blob-seed and glass tests
+    (`find_nuclei_columns`), one `Nucleus` each."""
+    return list(find_nuclei_columns(prob, params, stains=stains, positive=positive, keep=keep))
+
+
+def find_nuclei_columns(prob: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
+                        positive: np.ndarray | None = None,
+                        keep: tuple[float, float, float, float] | None = None) -> Nuclei:
+    """The nuclei of `prob` column-wise: split, tested, measured (`measure_nuclei`'s measurements).
 
     With `params.blob_contrast` > 0 and `stains` given, objects holding no blob seed (`blob_seeds` on any of
     the stain planes `blob_channels`) are left out, pieces of a carpet or a fibre, and so are objects whose
     ring (`glass_ring_px` wide) is more than `MAX_GLASS_SHARE` glass: a nucleus lies in tissue, a fragment
-    of collagen torn loose lies on glass.
+    of collagen torn loose lies on glass. Both tests run only on the objects the size and `keep` limits leave.
     """
-    labels, boxes = _segment(prob, params)
-    boxes = [box if box is not None and _may_keep(box, params, keep) else None for box in boxes]
-    if params.blob_contrast > 0 and stains is not None and any(box is not None for box in boxes):
-        planes = np.asarray(stains, dtype=np.float32)
-        # only the pixels of objects that may be kept can hold a seed that matters (the rest are not measured)
-        live = np.array([False, *(box is not None for box in boxes)])
-        inside = np.flatnonzero(labels)
-        inside = inside[live[labels.ravel()[inside]]]
-        seeds = np.concatenate([_seeds_at(planes[c], inside, params) for c in params.blob_channels])
-        boxes = _on_tissue(labels, _seeded(labels, boxes, seeds), planes, params.glass_ring_px)
-    return _measure(labels, boxes, params, stains=stains, positive=positive, keep=keep)
+    labels, boxes, fg = _segment(prob, params, into=_scratch("labels", prob.shape, np.int32))
+    planes = np.asarray(stains, dtype=np.float32) if params.blob_contrast > 0 and stains is not None else None
+    return _measure(labels, boxes, fg, params, stains=stains, positive=positive, keep=keep, seed_planes=planes)
 
 
-def _may_keep(box: Box, params: NucleusParams, keep: tuple[float, float, float, float] | None) -> bool:
-    """Whether the object in `box` can be measured: its box is not smaller than the least area and its
-    centroid, which lies in [col0 + 0.5, col1 - 0.5] x [row0 + 0.5, row1 - 0.5], can fall in `keep`."""
-    row0, col0, row1, col1 = box[0].start, box[1].start, box[0].stop, box[1].stop
-    if (row1 - row0) * (col1 - col0) < params.min_area_px:
-        return False
-    if keep is None:
-        return True
-    x0, y0, x1, y1 = keep
-    return not (col1 - 0.5 < x0 or col0 + 0.5 >= x1 or row1 - 0.5 < y0 or row0 + 0.5 >= y1)
-
-
-def _segment(prob: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, list[Box | None]]:
-    """Labels (4-connected components of the thresholded map, holes filled, big ones split) and their boxes."""
+def _segment(prob: np.ndarray, params: NucleusParams,
+             into: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (4-connected components of the thresholded map, holes filled, big ones split; in `into` when
+    given), their boxes ((labels + 1, 4) rows row0, col0, row1, col1, indexed by label; zeros for no pixels)
+    and the flat indices of the labelled pixels (ascending)."""
     mask = _fill_holes((prob >= params.threshold).view(np.uint8))
-    count, labels = cv2.connectedComponents(mask, connectivity=4, ltype=cv2.CV_32S)
+    count, labels = cv2.connectedComponents(mask, labels=into, connectivity=4, ltype=cv2.CV_32S)
+    fg = np.flatnonzero(mask.view(bool))  # (a bool view: numpy's nonzero is ~5x faster on bools)
     if count <= 1:
-        return np.zeros(prob.shape, dtype=np.int32), []
-    boxes: list[Box | None] = list(ndimage.find_objects(labels))
+        return labels, np.zeros((1, 4), dtype=np.int64), fg
+    lab = labels.ravel()[fg]
+    boxes, area = _pixel_boxes(lab, fg, labels.shape[1], count)
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     limit = params.split_area_px
-    for lab, box in enumerate(list(boxes), start=1):
-        if box is None or (box[0].stop - box[0].start) * (box[1].stop - box[1].start) <= limit:
-            continue  # a box no bigger than the limit holds a component no bigger than the limit
-        r0, r1 = max(box[0].start - 1, 0), min(box[0].stop + 1, labels.shape[0])
-        c0, c1 = max(box[1].start - 1, 0), min(box[1].stop + 1, labels.shape[1])
+    extra: list[tuple[int, int, int, int]] = []
+    # a box no bigger than the limit holds a component no bigger than the limit
+    for lab_id in np.flatnonzero((w * h > limit) & (area > limit)).tolist():
+        row0, col0, row1, col1 = boxes[lab_id].tolist()
+        r0, r1 = max(row0 - 1, 0), min(row1 + 1, labels.shape[0])
+        c0, c1 = max(col0 - 1, 0), min(col1 + 1, labels.shape[1])
         crop = labels[r0:r1, c0:c1]
-        part = crop == lab
-        if np.count_nonzero(part) <= limit:
-            continue
-        pieces = _watershed_split(part, params)
+        pieces = _watershed_split(crop == lab_id, params)
         n_pieces = int(pieces.max())
         if n_pieces <= 1:
             continue
         piece_boxes = ndimage.find_objects(pieces)
         for k in range(1, n_pieces + 1):  # piece 1 keeps the original label
             pb = piece_boxes[k - 1]
-            new_box = None if pb is None else (slice(pb[0].start + r0, pb[0].stop + r0),
-                                               slice(pb[1].start + c0, pb[1].stop + c0))
+            new_box = (0, 0, 0, 0) if pb is None else (pb[0].start + r0, pb[1].start + c0,
+                                                       pb[0].stop + r0, pb[1].stop + c0)
             if k == 1:
-                boxes[lab - 1] = new_box
+                boxes[lab_id] = new_box
                 continue
-            crop[pieces == k] = len(boxes) + 1
-            boxes.append(new_box)
-    return labels, boxes
+            crop[pieces == k] = count + len(extra)
+            extra.append(new_box)
+    if extra:
+        boxes = np.concatenate([boxes, np.array(extra, dtype=np.int64)])
+    return labels, boxes, fg  # a split relabels pixels, never clears one
+
+
+def _pixel_boxes(lab: np.ndarray, fg: np.ndarray, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (n, 4: row0, col0, row1, col1; zeros for none and for label 0) and pixel counts of labels
+    0..n-1, from their pixels (`lab` at flat indices `fg` of an image `width` wide)."""
+    rows, cols = np.divmod(fg, width)
+    lo_r, lo_c = np.full(n, np.iinfo(np.int64).max), np.full(n, np.iinfo(np.int64).max)
+    hi_r, hi_c = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(lo_r, lab, rows)
+    np.minimum.at(lo_c, lab, cols)
+    np.maximum.at(hi_r, lab, rows)
+    np.maximum.at(hi_c, lab, cols)
+    boxes = np.column_stack([lo_r, lo_c, hi_r + 1, hi_c + 1])
+    boxes[hi_r < 0] = 0
+    boxes[0] = 0
+    area = np.bincount(lab, minlength=n)
+    area[0] = 0
+    return boxes, area
+
+
+def _boxes_of(labels: np.ndarray) -> np.ndarray:
+    """`_segment`'s boxes of any label image (find_objects)."""
+    found = ndimage.find_objects(labels)
+    boxes = np.zeros((len(found) + 1, 4), dtype=np.int64)
+    for lab, box in enumerate(found, start=1):
+        if box is not None:
+            boxes[lab] = (box[0].start, box[1].start, box[0].stop, box[1].stop)
+    return boxes
 
 
 #: the rays a candidate seed is tested along (angles 2 pi k / BLOB_RAYS), and the least ratio of a seed's
@@ -172,14 +298,27 @@ def blob_seeds(plane: np.ndarray, mask: np.ndarray, params: NucleusParams) -> np
 
 def _seeds_at(plane: np.ndarray, pixels: np.ndarray, params: NucleusParams) -> np.ndarray:
     """`blob_seeds` among the flat indices `pixels` of `plane` (ascending): the mask given as its pixels."""
-    smooth = cv2.GaussianBlur(plane, (0, 0), params.blob_sigma_px, borderType=cv2.BORDER_REPLICATE) \
-        if params.blob_sigma_px > 0 else plane
-    side = 2 * max(1, params.blob_spacing_px) + 1
-    peak = cv2.dilate(smooth, np.ones((side, side), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    smooth, peak = _smooth_and_peak(plane, params)
     picked = pixels[smooth.ravel()[pixels] >= peak.ravel()[pixels]]
-    if picked.size == 0:
-        return np.zeros((0, 2), dtype=np.intp)
     rows, cols = np.divmod(picked, plane.shape[1])
+    ok = _blob_test(smooth, rows, cols, params)
+    return np.column_stack([rows[ok], cols[ok]])
+
+
+def _smooth_and_peak(plane: np.ndarray, params: NucleusParams) -> tuple[np.ndarray, np.ndarray]:
+    """The plane smoothed by `blob_sigma_px`, and its maximum over the candidates' square (this thread's
+    buffers: valid until its next call)."""
+    smooth = cv2.GaussianBlur(plane, (0, 0), params.blob_sigma_px, dst=_scratch("smooth", plane.shape, np.float32),
+                              borderType=cv2.BORDER_REPLICATE) if params.blob_sigma_px > 0 else plane
+    side = 2 * max(1, params.blob_spacing_px) + 1
+    return smooth, cv2.dilate(smooth, np.ones((side, side), np.uint8), dst=_scratch("peak", plane.shape, np.float32),
+                              borderType=cv2.BORDER_REPLICATE)
+
+
+def _blob_test(smooth: np.ndarray, rows: np.ndarray, cols: np.ndarray, params: NucleusParams) -> np.ndarray:
+    """Which candidates (`rows`, `cols` of the smoothed plane) are blob seeds: the rays of `blob_seeds`."""
+    if rows.size == 0:
+        return np.zeros(0, dtype=bool)
     angles = np.arange(BLOB_RAYS) * (2.0 * math.pi / BLOB_RAYS)
     steps = np.arange(1.0, params.blob_reach_px + 1e-6, 0.5)
     ys = (rows[:, None, None] + np.sin(angles)[None, :, None] * steps[None, None, :]).astype(np.float32)
@@ -191,41 +330,83 @@ def _seeds_at(plane: np.ndarray, pixels: np.ndarray, params: NucleusParams) -> n
                                         borderMode=cv2.BORDER_REPLICATE).reshape(-1, *xs.shape[1:])
     centre = smooth[rows, cols][:, None]
     fall = np.maximum(centre - on_rays.min(axis=2), 0.0)  # (k, rays)
-    h, w = plane.shape
+    h, w = smooth.shape
     end_x, end_y = xs[:, :, -1], ys[:, :, -1]
     unseen = (end_x < 0) | (end_x > w - 1) | (end_y < 0) | (end_y > h - 1)  # the window ends first: no verdict
     strongest = np.where(unseen, 0.0, fall).max(axis=1)
     fall[unseen] = np.inf
     second_weakest = np.partition(fall, 1, axis=1)[:, 1]
-    ok = (second_weakest >= params.blob_contrast) & (second_weakest >= BLOB_RATIO * strongest)
-    return np.column_stack([rows[ok], cols[ok]])
+    return np.asarray((second_weakest >= params.blob_contrast) & (second_weakest >= BLOB_RATIO * strongest))
 
 
-def _seeded(labels: np.ndarray, boxes: list[Box | None], seeds: np.ndarray) -> list[Box | None]:
-    """`boxes` with None for every label that holds none of the seeds (so it is not measured)."""
-    held = np.zeros(len(boxes) + 1, dtype=bool)
-    held[labels[seeds[:, 0], seeds[:, 1]]] = True
-    return [box if held[lab] else None for lab, box in enumerate(boxes, start=1)]
+def _held_seeds(labels: np.ndarray, planes: np.ndarray, params: NucleusParams, wanted: np.ndarray) -> np.ndarray:
+    """Per label: whether it holds a blob seed on one of the `blob_channels` (looked for in `wanted` labels only;
+    a plane is searched only for the labels the planes before it left without one)."""
+    held = np.zeros(len(wanted), dtype=bool)
+    flat = labels.ravel()
+    for c in params.blob_channels:
+        todo = wanted & ~held
+        if not todo.any():
+            break
+        smooth, peak = _smooth_and_peak(planes[c], params)
+        maxima = np.flatnonzero(smooth >= peak)  # candidates: a seed can only be one, in a label still to do
+        picked = maxima[todo[flat[maxima]]]
+        rows, cols = np.divmod(picked, labels.shape[1])
+        held[flat[picked[_blob_test(smooth, rows, cols, params)]]] = True
+    return held
 
 
-def _on_tissue(labels: np.ndarray, boxes: list[Box | None], planes: np.ndarray, ring_px: float) -> list[Box | None]:
-    """`boxes` with None for every object whose ring (`ring_px` wide, inside the window) is more than
-    `MAX_GLASS_SHARE` glass (stain densities `planes` (C, H, W) summing below GLASS_OD)."""
+def _on_tissue(labels: np.ndarray, boxes: np.ndarray, planes: np.ndarray, ring_px: float,
+               wanted: np.ndarray) -> np.ndarray:
+    """Per label (of the `wanted` ones; the rest False): whether its ring (`ring_px` wide, inside the window) is
+    at most `MAX_GLASS_SHARE` glass (stain densities `planes` (C, H, W) summing below GLASS_OD).
+
+    Each object's ring is the dilation of its mask within its box grown by the ring's width; the boxes are
+    laid side by side in one mosaic, `ring_px` apart, so one dilation makes every object's own ring.
+    """
+    out = np.zeros(len(wanted), dtype=bool)
+    ids = np.flatnonzero(wanted)
+    if ids.size == 0:
+        return out
     r = max(1, round(ring_px))
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    out: list[Box | None] = []
-    for lab, box in enumerate(boxes, start=1):
-        if box is None:
-            out.append(None)
-            continue
-        r0, c0 = max(box[0].start - r, 0), max(box[1].start - r, 0)
-        crop = (slice(r0, box[0].stop + r), slice(c0, box[1].stop + r))
-        inside = (labels[crop] == lab).view(np.uint8)
-        ring = cv2.dilate(inside, disc) > inside
-        glass = planes[(slice(None), *crop)].sum(axis=0) < GLASS_OD
-        share = int(np.count_nonzero(glass[ring])) / max(1, int(np.count_nonzero(ring)))
-        out.append(box if share <= MAX_GLASS_SHARE else None)
+    height, width = labels.shape
+    box = boxes[ids]
+    r0, c0 = np.maximum(box[:, 0] - r, 0), np.maximum(box[:, 1] - r, 0)
+    hh, ww = np.minimum(box[:, 2] + r, height) - r0, np.minimum(box[:, 3] + r, width) - c0
+    at = np.cumsum(ww + r) - (ww + r)  # each crop's first column in the mosaic
+    mosaic = np.zeros((int(hh.max()), int(at[-1] + ww[-1])), dtype=np.uint8)
+    src, dest, cell = _crop_pixels(r0, c0, hh, ww, width, at, mosaic.shape[1])
+    inside = labels.ravel()[src] == ids[cell]
+    mosaic.ravel()[dest] = inside
+    ring = (cv2.dilate(mosaic, _disc(r)).ravel()[dest] > 0) & ~inside
+    density = planes[0].ravel()[src]
+    for plane in planes[1:]:  # as ndarray.sum(axis=0) over the planes adds them: in order, in float32
+        density += plane.ravel()[src]
+    n_ring = np.bincount(cell, weights=ring, minlength=len(ids))
+    n_glass = np.bincount(cell, weights=ring & (density < GLASS_OD), minlength=len(ids))
+    out[ids] = n_glass / np.maximum(n_ring, 1) <= MAX_GLASS_SHARE
     return out
+
+
+def _crop_pixels(r0: np.ndarray, c0: np.ndarray, hh: np.ndarray, ww: np.ndarray, width: int, at: np.ndarray,
+                 mosaic_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel of crops (rows r0 .. r0 + hh, columns c0 .. c0 + ww of an image `width` wide), crop by crop
+    in raster order: its flat index in the image, in a mosaic (`mosaic_width` wide) holding crop i from
+    column at[i] of row 0, and its crop's number."""
+    crop_of_row = np.repeat(np.arange(len(hh)), hh)
+    k = np.arange(len(crop_of_row)) - np.repeat(np.cumsum(hh) - hh, hh)  # each row's number within its crop
+    length = ww[crop_of_row]
+    first = np.cumsum(length) - length  # each row's first pixel in the output
+    run = np.arange(int(length.sum())) - np.repeat(first, length)
+    src = np.repeat((r0[crop_of_row] + k) * width + c0[crop_of_row], length) + run
+    dest = np.repeat(k * mosaic_width + at[crop_of_row], length) + run
+    return src, dest, np.repeat(crop_of_row, length)
+
+
+@functools.lru_cache(maxsize=8)
+def _disc(radius: int) -> np.ndarray:
+    """The elliptical structuring element of `radius` (made once per radius)."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -288,18 +469,6 @@ _EDGE_OFFSETS, _EDGE_USED = _edge_table()
 _LONE_PIXEL = _STEPS[[2, 4, 6, 0]]  # S, W, N, E: the same orientation as the reversed rings
 
 
-def _outline2(image: np.ndarray) -> np.ndarray:
-    """Outline of one 4-connected object in a uint8 crop, in *doubled* pixel-centre coordinates (int32).
-
-    Each vertex (2 * centre + step) is the middle of an edge between an object pixel and a background one.
-    """
-    contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    p = max(contours, key=len).reshape(-1, 2)
-    if len(p) == 1:
-        return np.asarray(2 * p + _LONE_PIXEL)
-    return edge_ring(p)[::-1]  # scikit-image's orientation
-
-
 def edge_ring(p: np.ndarray) -> np.ndarray:
     """An OpenCV pixel chain (k, 2) as its ring of pixel-edge middles, in doubled pixel-centre coordinates."""
     if len(p) == 1:
@@ -317,57 +486,189 @@ def edge_ring(p: np.ndarray) -> np.ndarray:
 def measure_nuclei(labels: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
                    positive: np.ndarray | None = None,
                    keep: tuple[float, float, float, float] | None = None) -> list[Nucleus]:
-    """Nuclei of a label image with their shape and stain measurements.
+    """Nuclei of a label image with their shape and stain measurements (`measure_nuclei_columns`), one each."""
+    return list(measure_nuclei_columns(labels, params, stains=stains, positive=positive, keep=keep))
+
+
+def measure_nuclei_columns(labels: np.ndarray, params: NucleusParams, *, stains: np.ndarray | None = None,
+                           positive: np.ndarray | None = None,
+                           keep: tuple[float, float, float, float] | None = None) -> Nuclei:
+    """Nuclei of a label image with their shape and stain measurements, column-wise.
 
     `stains` is (C, H, W) stain densities, `positive` (H, W) a positive-class probability; `keep`
     = (x0, y0, x1, y1) keeps only nuclei whose centroid lies in [x0, x1) x [y0, y1). Moments are
     those of scikit-image's regionprops: area, centroid, axis lengths (4 sqrt of the inertia
     eigenvalues), eccentricity, orientation, extent; perimeter and solidity come from the outline.
     """
-    return _measure(labels, list(ndimage.find_objects(labels)), params, stains=stains, positive=positive, keep=keep)
+    labels = np.asarray(labels, dtype=np.int32)
+    return _measure(labels, _boxes_of(labels), np.flatnonzero(labels != 0), params, stains=stains, positive=positive,
+                    keep=keep)
 
 
-def _measure(labels: np.ndarray, boxes: list[Box | None], params: NucleusParams, *, stains: np.ndarray | None,
-             positive: np.ndarray | None, keep: tuple[float, float, float, float] | None) -> list[Nucleus]:
-    """Measure each label inside its own box; labels too small, too big or outside `keep` are skipped early."""
+def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: NucleusParams, *,
+             stains: np.ndarray | None,
+             positive: np.ndarray | None, keep: tuple[float, float, float, float] | None,
+             seed_planes: np.ndarray | None = None) -> Nuclei:
+    """Measure every label at once; labels too small, too big or centred outside `keep` (and, with
+    `seed_planes`, those without a blob seed or on glass) are left out.
+
+    The figures are those OpenCV gives per object in its own box (`cv2.moments` of the binary crop, `cv2.mean`
+    under its mask, `contourArea`, `arcLength` and `convexHull` of its outline), made from sums per label over
+    the window's pixels in raster order (np.bincount), so they are the same numbers bit for bit.
+    """
     planes = [np.asarray(ch, dtype=np.float32) for ch in (stains if stains is not None else [])]
     pos = np.asarray(positive, dtype=np.float32) if positive is not None else None
+    n = len(boxes)
+    if fg.size == 0:
+        return Nuclei.empty(len(planes), pos is not None)
+    lab = labels.ravel()[fg].astype(np.intp)
+    rows, cols = np.divmod(fg, labels.shape[1])
+    # binary moments in each label's own box (OpenCV's: integer sums, exact in float64)
+    xr = (cols - boxes[lab, 1]).astype(np.float64)
+    yr = (rows - boxes[lab, 0]).astype(np.float64)
+    m00 = np.bincount(lab, minlength=n).astype(np.float64)
+    m10, m01 = np.bincount(lab, xr, minlength=n), np.bincount(lab, yr, minlength=n)
+    col0, row0 = boxes[:, 1].astype(np.float64), boxes[:, 0].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cx, cy = col0 + m10 / m00 + 0.5, row0 + m01 / m00 + 0.5
     x0, y0, x1, y1 = keep if keep is not None else (-math.inf, -math.inf, math.inf, math.inf)
-    out: list[Nucleus] = []
-    for lab, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        if not _may_keep(box, params, keep):
-            continue
-        row0, col0 = box[0].start, box[1].start
-        h, w = box[0].stop - row0, box[1].stop - col0
-        image = (labels[box] == lab).view(np.uint8)
-        m = cv2.moments(image, binaryImage=True)
-        area = m["m00"]
-        if not params.min_area_px <= area <= params.max_area_px:
-            continue
-        cx, cy = col0 + m["m10"] / area + 0.5, row0 + m["m01"] / area + 0.5
-        if not (x0 <= cx < x1 and y0 <= cy < y1):
-            continue
-        var_c, var_r, cov = m["mu20"] / area, m["mu02"] / area, m["mu11"] / area
-        # skimage's inertia tensor [[var_c, -cov], [-cov, var_r]]; orientation 0.5*atan2(-2b, c - a), b = -cov
-        half_tr, root = (var_c + var_r) / 2.0, math.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
-        l1, l2 = max(half_tr + root, 0.0), max(half_tr - root, 0.0)
-        orientation = ((-math.pi / 4 if cov > 0 else math.pi / 4) if var_c - var_r == 0
-                       else 0.5 * math.atan2(2.0 * cov, var_r - var_c))
-        ecc = math.sqrt(min(max(1.0 - l2 / l1, 0.0), 1.0)) if l1 > 0 else 0.0
-        ring2 = _outline2(image)
-        poly2 = cv2.contourArea(ring2)
-        hull2 = cv2.contourArea(cv2.convexHull(ring2))
-        contour = ring2 * 0.5 + np.array([col0 + 0.5, row0 + 0.5])
-        out.append(Nucleus(
-            cx=cx, cy=cy, contour=contour, area=area, perimeter=cv2.arcLength(ring2, True) / 2.0,
-            eccentricity=ecc, solidity=poly2 / hull2 if hull2 > 0 else 1.0, extent=area / (h * w),
-            major_axis=4.0 * math.sqrt(l1), minor_axis=4.0 * math.sqrt(l2), orientation=orientation,
-            stain_means=[cv2.mean(p[box], mask=image)[0] for p in planes],
-            positive_score=cv2.mean(pos[box], mask=image)[0] if pos is not None else None, label=lab,
-        ))
-    return out
+    wanted = (m00 > 0) & (params.min_area_px <= m00) & (m00 <= params.max_area_px) \
+        & (x0 <= cx) & (cx < x1) & (y0 <= cy) & (cy < y1)
+    wanted[0] = False
+    if seed_planes is not None and wanted.any():
+        wanted &= _held_seeds(labels, seed_planes, params, wanted)
+        wanted &= _on_tissue(labels, boxes, seed_planes, params.glass_ring_px, wanted)
+    kept = np.flatnonzero(wanted)
+    if kept.size == 0:
+        return Nuclei.empty(len(planes), pos is not None)
+    area = m00[kept]
+    s10, s01 = m10[kept], m01[kept]
+    s20, s02, s11 = (np.bincount(lab, w, minlength=n)[kept] for w in (xr * xr, yr * yr, xr * yr))
+    # OpenCV's completeMomentState: cx = m10 / m00 as m10 * (1 / m00), mu20 = m20 - m10 * cx, ...
+    inv = 1.0 / area
+    mu20, mu11, mu02 = s20 - s10 * (s10 * inv), s11 - s10 * (s01 * inv), s02 - s01 * (s01 * inv)
+    shape = [_inertia(a, v20, v02, v11) for a, v20, v02, v11 in
+             zip(area.tolist(), mu20.tolist(), mu02.tolist(), mu11.tolist(), strict=True)]
+    ecc, orientation, major, minor = (np.array(v, dtype=np.float64) for v in zip(*shape, strict=True))
+    ring2, offsets = _outlines2(labels, boxes, kept, lab, fg)
+    poly2, perimeter2 = _ring_area_and_length(ring2, offsets)
+    hull2 = np.array([cv2.contourArea(cv2.convexHull(ring2[offsets[i]:offsets[i + 1]]))
+                      for i in range(len(kept))], dtype=np.float64)
+    box = boxes[kept]
+    sums = [np.bincount(lab, p.ravel()[fg], minlength=n)[kept] for p in planes]
+    return Nuclei(
+        cx=cx[kept], cy=cy[kept], coords=ring2 * 0.5 + 0.5, offsets=offsets, area=area, perimeter=perimeter2 / 2.0,
+        eccentricity=ecc, solidity=np.divide(poly2, hull2, out=np.ones(len(kept)), where=hull2 > 0),
+        extent=area / ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])), major_axis=major, minor_axis=minor,
+        orientation=orientation,
+        stain_means=np.column_stack([s * (1.0 / area) for s in sums]) if sums else np.zeros((len(kept), 0)),
+        # cv2.mean: the sum times 1 / count
+        positive_score=np.bincount(lab, pos.ravel()[fg], minlength=n)[kept] * (1.0 / area) if pos is not None else None,
+        label=kept.astype(np.int64),
+    )
+
+
+def _inertia(area: float, mu20: float, mu02: float, mu11: float) -> tuple[float, float, float, float]:
+    """Eccentricity, orientation, major and minor axis of one object from its central moments."""
+    var_c, var_r, cov = mu20 / area, mu02 / area, mu11 / area
+    # skimage's inertia tensor [[var_c, -cov], [-cov, var_r]]; orientation 0.5*atan2(-2b, c - a), b = -cov
+    half_tr, root = (var_c + var_r) / 2.0, math.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
+    l1, l2 = max(half_tr + root, 0.0), max(half_tr - root, 0.0)
+    orientation = ((-math.pi / 4 if cov > 0 else math.pi / 4) if var_c - var_r == 0
+                   else 0.5 * math.atan2(2.0 * cov, var_r - var_c))
+    ecc = math.sqrt(min(max(1.0 - l2 / l1, 0.0), 1.0)) if l1 > 0 else 0.0
+    return ecc, orientation, 4.0 * math.sqrt(l1), 4.0 * math.sqrt(l2)
+
+
+def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray, lab: np.ndarray,
+               fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outlines of the `kept` labels (`_outline2` of each one's box, in window doubled pixel-centre
+    coordinates), back to back, and their offsets.
+
+    One border following of an image of all kept objects: a chain whose every pixel is its first pixel's
+    object is the chain that object gets alone in its box (the follower moves to the first foreground
+    neighbour it meets; it met no other object's pixel before its own, and the rest of an object is never
+    looked at). Objects touched along their outline by another, and those inside another's hole (which
+    RETR_EXTERNAL does not return), are followed alone in their box.
+    """
+    is_kept = np.zeros(len(boxes), dtype=bool)
+    is_kept[kept] = True
+    flat_image = np.zeros(labels.size, dtype=np.uint8)
+    flat_image[fg[is_kept[lab]]] = 1
+    image = flat_image.reshape(labels.shape)
+    contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    chains: dict[int, np.ndarray] = {}
+    if contours:
+        points = np.concatenate(contours).reshape(-1, 2)
+        sizes = np.array([len(c) for c in contours], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        owners = labels[points[:, 1], points[:, 0]]
+        same = np.logical_and.reduceat(owners == np.repeat(owners[starts], sizes), starts)
+        for i in np.flatnonzero(same).tolist():
+            chains[int(owners[starts[i]])] = contours[i].reshape(-1, 2)
+    picked: list[np.ndarray] = []
+    for k in kept.tolist():
+        chain = chains.get(k)
+        if chain is None:
+            row0, col0, row1, col1 = boxes[k].tolist()
+            found, _ = cv2.findContours((labels[row0:row1, col0:col1] == k).view(np.uint8), cv2.RETR_EXTERNAL,
+                                        cv2.CHAIN_APPROX_NONE)
+            chain = max(found, key=len).reshape(-1, 2) + np.array([col0, row0], dtype=np.int32)
+        picked.append(chain)
+    return edge_rings(picked)
+
+
+def edge_rings(chains: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`_outline2` of many OpenCV pixel chains at once: their rings of pixel-edge middles (doubled pixel-centre
+    coordinates, int32, scikit-image's orientation), back to back, and their offsets."""
+    lengths = np.array([len(c) for c in chains], dtype=np.int64)
+    p = np.concatenate(chains).astype(np.int32, copy=False)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    nxt = np.arange(1, len(p) + 1)
+    nxt[ends - 1] = starts
+    prev = np.arange(-1, len(p) - 1)
+    prev[starts] = ends - 1
+    step = p[nxt] - p
+    code = _CODE[step[:, 0] + 3 * step[:, 1] + 4]
+    pair = code[prev] * 8 + code
+    used = _EDGE_USED[pair]
+    lone = lengths == 1
+    used[np.repeat(lone, lengths)] = False  # a lone pixel's ring is its four edges (below)
+    verts = (2 * p[:, None, :] + _EDGE_OFFSETS[pair])[used]
+    per_point = used.sum(axis=1)
+    counts = np.add.reduceat(per_point, starts) if len(starts) else np.zeros(0, dtype=np.int64)
+    counts[lone] = 4
+    offsets = np.zeros(len(chains) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    out = np.empty((int(offsets[-1]), 2), dtype=np.int32)
+    # each chain's middles reversed (edge_ring(p)[::-1]), into its place
+    v_counts = np.where(lone, 0, counts)
+    v_starts = np.cumsum(v_counts) - v_counts
+    owner = np.repeat(np.arange(len(chains)), v_counts)
+    k = np.arange(len(verts))
+    out[offsets[:-1][owner] + (k - v_starts[owner])] = verts[2 * v_starts[owner] + v_counts[owner] - 1 - k]
+    if lone.any():
+        at = offsets[:-1][lone][:, None] + np.arange(4)
+        out[at] = 2 * p[starts[lone]][:, None, :] + _LONE_PIXEL[None]
+    return out, offsets
+
+
+def _ring_area_and_length(ring2: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`cv2.contourArea` and `cv2.arcLength(closed)` of integer rings back to back.
+
+    The area is the shoelace sum of integer products (exact, as OpenCV's in float64); the length sums each
+    step's float32 length, as OpenCV does, and those sums are exact too (multiples of 2^-23 far below 2^53),
+    so the order of adding does not matter.
+    """
+    starts, ends = offsets[:-1], offsets[1:]
+    prev = np.arange(-1, len(ring2) - 1)
+    prev[starts] = ends - 1
+    x, y = ring2[:, 0].astype(np.int64), ring2[:, 1].astype(np.int64)
+    area = np.abs(np.add.reduceat(x[prev] * y - y[prev] * x, starts).astype(np.float64) * 0.5)
+    d = (ring2 - ring2[prev]).astype(np.float32)
+    length = np.add.reduceat(np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]).astype(np.float64), starts)
+    return area, length
 
 
 def params_for(outputs: dict[str, Any], thresholds: dict[str, float], model_mpp: float) -> NucleusParams:

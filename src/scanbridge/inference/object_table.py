@@ -84,6 +84,42 @@ class ObjectTable(Sequence[SlideObject]):
         })
         return table
 
+    @classmethod
+    def from_columns(cls, *, x: np.ndarray, y: np.ndarray, coords: np.ndarray, coord_offsets: np.ndarray,
+                     columns: Sequence[tuple[str, np.ndarray, np.ndarray | None]], positive: np.ndarray,
+                     class_names: Sequence[str | None], shape: str) -> ObjectTable:
+        """A table of n objects given column-wise: centroids, outlines back to back, measurement columns
+        (name, values, which objects have it or None for all) in key order, positive flags (-1 not graded),
+        each object's class name, and the objects' shape; the same table as `of` on their SlideObjects."""
+        table = cls()
+        n = len(x)
+        if n == 0:
+            return table
+        keys = tuple(name for name, _, _ in columns)
+        values = np.column_stack([np.asarray(v, dtype=np.float64) for _, v, _ in columns]) if columns \
+            else np.zeros((n, 0))
+        if all(has is None for _, _, has in columns):
+            keyset = np.full(n, table._keyset(keys), dtype=np.int32)
+            flat, counts = values.ravel(), np.full(n, len(keys), dtype=np.int64)
+        else:
+            present = np.column_stack([np.ones(n, dtype=bool) if has is None else has for _, _, has in columns])
+            patterns, first, inverse = np.unique(present, axis=0, return_index=True, return_inverse=True)
+            ids = np.zeros(len(patterns), dtype=np.int32)
+            for j in np.argsort(first).tolist():  # key tuples numbered as first met, as `of` does
+                ids[j] = table._keyset(tuple(k for k, on in zip(keys, patterns[j].tolist(), strict=True) if on))
+            keyset, flat, counts = ids[inverse.ravel()], values[present], present.sum(axis=1)
+        names = {name: table._class(name) for name in dict.fromkeys(c for c in class_names if c is not None)}
+        table._append({
+            "x": np.asarray(x, dtype=np.float64), "y": np.asarray(y, dtype=np.float64),
+            "coords": np.asarray(coords, dtype=np.float64).reshape(-1, 2),
+            "coord_offsets": np.asarray(coord_offsets, dtype=np.int64),
+            "values": flat, "value_offsets": _offsets(counts.tolist()), "keyset": keyset,
+            "positive": np.asarray(positive, dtype=np.int8),
+            "class_id": np.array([-1 if c is None else names[c] for c in class_names], dtype=np.int32),
+            "box": np.full(n, shape == "box", dtype=np.bool_),
+        })
+        return table
+
     def _keyset(self, keys: tuple[str, ...]) -> int:
         found = self._keyset_ids.get(keys)
         if found is None:

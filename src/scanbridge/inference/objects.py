@@ -36,13 +36,13 @@ from scanbridge.inference import ihc, stains
 from scanbridge.inference.device import default_reader_threads, yield_to_model
 from scanbridge.inference.instances import (
     Decoder,
-    WindowObject,
+    WindowObjects,
     decoder_for,
     merge_boxes,
     output_names,
     output_problems,
 )
-from scanbridge.inference.nuclei import Nucleus
+from scanbridge.inference.nuclei import Nuclei
 from scanbridge.inference.object_table import ObjectTable, SlideObject
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
 from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
@@ -81,10 +81,10 @@ def draws_outlines(spec: ModelSpec) -> bool:
 
 def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
                   l0_origin: tuple[int, int], mpp: tuple[float, float] | None,
-                  stain_names: list[str]) -> list[SlideObject]:
+                  stain_names: list[str]) -> ObjectTable:
     """One window's objects whose centroid is in the tile's core (boxes: within half the overlap of it),
-    mapped to level-0. A nucleus keeps its outline only where the result draws it (`draws_outlines`; the
-    measurements are made on the window's outline either way)."""
+    mapped to level-0, column-wise. A nucleus keeps its outline only where the result draws it
+    (`draws_outlines`; the measurements are made on the window's outline either way)."""
     step = grid.read_size / grid.tile_size * grid.downsample  # level-0 px per model px in this window
     ox, oy = l0_origin
     # The core, in global model pixels, is [col*stride, (col+1)*stride); test the level-0 centroid against
@@ -99,49 +99,50 @@ def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[st
         half = grid.overlap / 2
         core = (core[0] - half, core[1] - half, core[2] + half, core[3] + half)
         keep = None
-    labels = decoder.spec.labels
-    threshold = decoder.params.positive_threshold
-    outlines = draws_outlines(decoder.spec)
-    found: list[SlideObject] = []
-    for w in decoder.decode(outputs, keep=keep):
-        x, y = ox + w.cx * step, oy + w.cy * step
-        gx, gy = x / md, y / md
-        if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
-            continue
-        n = w.nucleus
-        if n is not None and not outlines:
-            contour = NO_OUTLINE
-        else:
-            ring = corners(w.contour) if n is not None else w.contour
-            contour = np.column_stack([ox + ring[:, 0] * step, oy + ring[:, 1] * step])
-        measurements = {"Centroid X px": x, "Centroid Y px": y}
-        measurements.update(_measurements(n, step, mpp, stain_names) if n is not None
-                            else _box_measurements(w, step, mpp))
-        if w.score is not None:
-            measurements["Score"] = w.score
-        if w.class_fraction is not None:
-            measurements["Type fraction"] = w.class_fraction
-        if n is not None and n.positive_score is not None:  # IHC compartments: grade, cell ring (inference/ihc.py)
-            measurements.update(ihc.nucleus_measurements(
-                decoder.spec.outputs, decoder.spec.thresholds, n.positive_score, n.contour,
-                outputs.get(str(decoder.spec.outputs.get("stain_output"))), decoder.map_mpp))
-        name = labels[w.class_index].name if w.class_index is not None and w.class_index < len(labels) else None
-        found.append(SlideObject(x=x, y=y, contour=contour, measurements=measurements,
-                                 positive=None if n is None or n.positive_score is None
-                                 else n.positive_score >= threshold,
-                                 class_name=name, shape="nucleus" if n is not None else "box"))
-    return found
+    spec = decoder.spec
+    found = decoder.decode(outputs, keep=keep)
+    x, y = ox + found.cx * step, oy + found.cy * step
+    gx, gy = x / md, y / md
+    mine = np.flatnonzero((core[0] <= gx) & (gx < core[2]) & (core[1] <= gy) & (gy < core[3]))
+    if mine.size == 0:
+        return ObjectTable()
+    found, x, y = found.take(mine), x[mine], y[mine]
+    n = found.nuclei
+    if n is not None and not draws_outlines(spec):
+        coords, offsets = NO_OUTLINE, np.zeros(len(found) + 1, dtype=np.int64)
+    else:
+        ring, offsets = corners_of(found.coords, found.offsets) if n is not None else (found.coords, found.offsets)
+        coords = np.column_stack([ox + ring[:, 0] * step, oy + ring[:, 1] * step])
+    columns: list[tuple[str, np.ndarray, np.ndarray | None]] = [("Centroid X px", x, None), ("Centroid Y px", y, None)]
+    columns += _nucleus_columns(n, step, mpp, stain_names) if n is not None else _box_columns(found, step, mpp)
+    if found.score is not None:
+        columns.append(("Score", found.score, None))
+    if found.class_fraction is not None:
+        columns.append(("Type fraction", found.class_fraction, None))
+    positive = np.full(len(found), -1, dtype=np.int8)
+    if n is not None and n.positive_score is not None:  # IHC compartments: grade, cell ring (inference/ihc.py)
+        columns += ihc.nuclei_measurements(spec.outputs, spec.thresholds, n.positive_score, n.coords, n.offsets,
+                                           outputs.get(str(spec.outputs.get("stain_output"))), decoder.map_mpp)
+        positive = (n.positive_score >= decoder.params.positive_threshold).astype(np.int8)
+    labels = spec.labels
+    names: list[str | None] = [None] * len(found) if found.class_index is None else \
+        [labels[c].name if 0 <= c < len(labels) else None for c in found.class_index.tolist()]
+    return ObjectTable.from_columns(x=x, y=y, coords=coords, coord_offsets=offsets, columns=columns,
+                                    positive=positive, class_names=names, shape="nucleus" if n is not None else "box")
 
 
-def _box_measurements(w: WindowObject, step: float, mpp: tuple[float, float] | None) -> dict[str, float]:
-    """Width, height and area of a detection's box (level-0 px, and µm where the scan has a pixel size)."""
-    width = float(w.contour[:, 0].max() - w.contour[:, 0].min()) * step
-    height = float(w.contour[:, 1].max() - w.contour[:, 1].min()) * step
-    m = {"Width px": width, "Height px": height, "Area px^2": width * height}
+def _box_columns(found: WindowObjects, step: float,
+                 mpp: tuple[float, float] | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """Width, height and area of each detection's box (level-0 px, and µm where the scan has a pixel size)."""
+    xs, ys = found.coords[:, 0].reshape(-1, 4), found.coords[:, 1].reshape(-1, 4)
+    width = (xs.max(axis=1) - xs.min(axis=1)) * step
+    height = (ys.max(axis=1) - ys.min(axis=1)) * step
+    out: list[tuple[str, np.ndarray, np.ndarray | None]] = [
+        ("Width px", width, None), ("Height px", height, None), ("Area px^2", width * height, None)]
     if mpp:
-        m.update({"Width µm": width * mpp[0], "Height µm": height * mpp[1],
-                  "Area µm^2": width * height * mpp[0] * mpp[1]})
-    return m
+        out += [("Width µm", width * mpp[0], None), ("Height µm", height * mpp[1], None),
+                ("Area µm^2", width * height * mpp[0] * mpp[1], None)]
+    return out
 
 
 def corners(ring: np.ndarray) -> np.ndarray:
@@ -151,41 +152,53 @@ def corners(ring: np.ndarray) -> np.ndarray:
     window coordinates the cross products are exact, so only truly collinear vertices go. The least
     (y, x) vertex is an extreme point and always stays (the GeoJSON rings start there).
     """
-    if len(ring) < 4:
-        return ring
-    step = np.empty_like(ring)  # step[i]: from vertex i to the next (the last one closes the ring)
-    np.subtract(ring[1:], ring[:-1], out=step[:-1])
-    np.subtract(ring[0], ring[-1], out=step[-1])
-    into = np.concatenate([step[-1:], step[:-1]])  # the step arriving at each vertex
-    cross = into[:, 0] * step[:, 1] - into[:, 1] * step[:, 0]
-    kept = ring[cross != 0]
-    return kept if len(kept) >= 3 else ring
+    return corners_of(ring, np.array([0, len(ring)], dtype=np.int64))[0]
 
 
-def _measurements(n: Nucleus, step: float, mpp: tuple[float, float] | None,
-                  stain_names: list[str]) -> dict[str, float]:
+def corners_of(coords: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`corners` of every ring of rings back to back (`coords`, `offsets`): the rings and their offsets.
+
+    A ring of fewer than 4 vertices, or one that would keep fewer than 3, stays as it is.
+    """
+    lengths = np.diff(offsets)
+    if len(coords) == 0 or not (lengths > 0).all():
+        return coords, offsets
+    starts, ends = offsets[:-1], offsets[1:]
+    nxt = np.arange(1, len(coords) + 1)
+    nxt[ends - 1] = starts
+    step = coords[nxt] - coords  # step[i]: from vertex i to the next (the last one closes its ring)
+    into = np.empty_like(step)  # the step arriving at each vertex
+    into[1:] = step[:-1]
+    into[starts] = step[ends - 1]
+    kept = (into[:, 0] * step[:, 1] - into[:, 1] * step[:, 0]) != 0
+    reduced = (lengths >= 4) & (np.add.reduceat(kept, starts) >= 3)
+    kept |= np.repeat(~reduced, lengths)
+    out = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(np.add.reduceat(kept, starts), out=out[1:])
+    return coords[kept], out
+
+
+RAD_TO_DEG = 180.0 / math.pi  # what math.degrees multiplies by
+
+
+def _nucleus_columns(n: Nuclei, step: float, mpp: tuple[float, float] | None,
+                     stain_names: list[str]) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """The shape and stain measurements of nuclei (level-0 px, µm where the scan has a pixel size)."""
     area_px = n.area * step * step
-    m: dict[str, float] = {
-        "Area px^2": area_px,
-        "Perimeter px": n.perimeter * step,
-        "Major axis px": n.major_axis * step,
-        "Minor axis px": n.minor_axis * step,
-        "Eccentricity": n.eccentricity,
-        "Solidity": n.solidity,
-        "Extent": n.extent,
-        "Orientation deg": math.degrees(n.orientation),
-    }
+    out: list[tuple[str, np.ndarray, np.ndarray | None]] = [
+        ("Area px^2", area_px, None), ("Perimeter px", n.perimeter * step, None),
+        ("Major axis px", n.major_axis * step, None), ("Minor axis px", n.minor_axis * step, None),
+        ("Eccentricity", n.eccentricity, None), ("Solidity", n.solidity, None), ("Extent", n.extent, None),
+        ("Orientation deg", n.orientation * RAD_TO_DEG, None)]
     if mpp:
         um = math.sqrt(mpp[0] * mpp[1])
-        m["Area µm^2"] = area_px * mpp[0] * mpp[1]
-        m["Perimeter µm"] = n.perimeter * step * um
-        m["Major axis µm"] = n.major_axis * step * um
-        m["Minor axis µm"] = n.minor_axis * step * um
-    for name, value in zip(stain_names, n.stain_means, strict=False):
-        m[f"{name} OD mean"] = value
+        out += [("Area µm^2", area_px * mpp[0] * mpp[1], None), ("Perimeter µm", n.perimeter * step * um, None),
+                ("Major axis µm", n.major_axis * step * um, None), ("Minor axis µm", n.minor_axis * step * um, None)]
+    for j, name in enumerate(stain_names[:n.stain_means.shape[1]]):
+        out.append((f"{name} OD mean", n.stain_means[:, j], None))
     if n.positive_score is not None:
-        m["Positive probability mean"] = n.positive_score
-    return m
+        out.append(("Positive probability mean", n.positive_score, None))
+    return out
 
 
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
@@ -240,8 +253,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
 
     def post(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
-        found = ObjectTable.of(_tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp,
-                                             stain_names))  # the tile's dicts go here, in the thread
+        found = _tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp, stain_names)
         post_s[0] += time.thread_time() - t0
         return found
 
