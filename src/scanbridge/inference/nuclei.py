@@ -356,55 +356,52 @@ def _held_seeds(labels: np.ndarray, planes: np.ndarray, params: NucleusParams, w
     return held
 
 
-def _on_tissue(labels: np.ndarray, boxes: np.ndarray, planes: np.ndarray, ring_px: float,
-               wanted: np.ndarray) -> np.ndarray:
+def _on_tissue(shape: tuple[int, int], boxes: np.ndarray, planes: np.ndarray, ring_px: float, wanted: np.ndarray,
+               lab: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Per label (of the `wanted` ones; the rest False): whether its ring (`ring_px` wide, inside the window) is
-    at most `MAX_GLASS_SHARE` glass (stain densities `planes` (C, H, W) summing below GLASS_OD).
+    at most `MAX_GLASS_SHARE` glass (stain densities `planes` (C, H, W) summing below GLASS_OD). `lab`, `rows`,
+    `cols`: the label and position of every labelled pixel of the window (`shape`).
 
-    Each object's ring is the dilation of its mask within its box grown by the ring's width; the boxes are
-    laid side by side in one mosaic, `ring_px` apart, so one dilation makes every object's own ring.
+    Each object's ring is the dilation of its mask within its box grown by the ring's width (cut at the
+    window's edge); the crops are laid side by side in one mosaic, `ring_px` apart, so one dilation makes
+    every object's own ring.
     """
     out = np.zeros(len(wanted), dtype=bool)
     ids = np.flatnonzero(wanted)
     if ids.size == 0:
         return out
     r = max(1, round(ring_px))
-    height, width = labels.shape
+    height, width = shape
     box = boxes[ids]
     r0, c0 = np.maximum(box[:, 0] - r, 0), np.maximum(box[:, 1] - r, 0)
     hh, ww = np.minimum(box[:, 2] + r, height) - r0, np.minimum(box[:, 3] + r, width) - c0
     at = np.cumsum(ww + r) - (ww + r)  # each crop's first column in the mosaic
     mosaic = np.zeros((int(hh.max()), int(at[-1] + ww[-1])), dtype=np.uint8)
-    src, dest, cell = _crop_pixels(r0, c0, hh, ww, width, at, mosaic.shape[1])
-    inside = labels.ravel()[src] == ids[cell]
-    mosaic.ravel()[dest] = inside
-    ring = (cv2.dilate(mosaic, _disc(r)).ravel()[dest] > 0) & ~inside
+    cell_of = np.zeros(len(wanted), dtype=np.int64)
+    cell_of[ids] = np.arange(len(ids))
+    mine = wanted[lab]
+    cell = cell_of[lab[mine]]
+    mosaic[rows[mine] - r0[cell], at[cell] + cols[mine] - c0[cell]] = 1
+    ring = cv2.dilate(mosaic, disc(r)) - mosaic
+    # ring pixels in the mosaic's raster order; those in the gaps or below a crop (a crop cut at the window's
+    # edge lets the dilation out) are not the crop's
+    rr, cc = np.divmod(np.flatnonzero(ring.view(bool)), mosaic.shape[1])
+    cell = np.repeat(np.arange(len(ids)), ww + r)[cc]
+    cc -= at[cell]
+    inside = (cc < ww[cell]) & (rr < hh[cell])
+    rr, cc, cell = rr[inside], cc[inside], cell[inside]
+    src = (r0[cell] + rr) * width + c0[cell] + cc
     density = planes[0].ravel()[src]
     for plane in planes[1:]:  # as ndarray.sum(axis=0) over the planes adds them: in order, in float32
         density += plane.ravel()[src]
-    n_ring = np.bincount(cell, weights=ring, minlength=len(ids))
-    n_glass = np.bincount(cell, weights=ring & (density < GLASS_OD), minlength=len(ids))
+    n_ring = np.bincount(cell, minlength=len(ids))
+    n_glass = np.bincount(cell, weights=density < GLASS_OD, minlength=len(ids))
     out[ids] = n_glass / np.maximum(n_ring, 1) <= MAX_GLASS_SHARE
     return out
 
 
-def _crop_pixels(r0: np.ndarray, c0: np.ndarray, hh: np.ndarray, ww: np.ndarray, width: int, at: np.ndarray,
-                 mosaic_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pixel of crops (rows r0 .. r0 + hh, columns c0 .. c0 + ww of an image `width` wide), crop by crop
-    in raster order: its flat index in the image, in a mosaic (`mosaic_width` wide) holding crop i from
-    column at[i] of row 0, and its crop's number."""
-    crop_of_row = np.repeat(np.arange(len(hh)), hh)
-    k = np.arange(len(crop_of_row)) - np.repeat(np.cumsum(hh) - hh, hh)  # each row's number within its crop
-    length = ww[crop_of_row]
-    first = np.cumsum(length) - length  # each row's first pixel in the output
-    run = np.arange(int(length.sum())) - np.repeat(first, length)
-    src = np.repeat((r0[crop_of_row] + k) * width + c0[crop_of_row], length) + run
-    dest = np.repeat(k * mosaic_width + at[crop_of_row], length) + run
-    return src, dest, np.repeat(crop_of_row, length)
-
-
 @functools.lru_cache(maxsize=8)
-def _disc(radius: int) -> np.ndarray:
+def disc(radius: int) -> np.ndarray:
     """The elliptical structuring element of `radius` (made once per radius)."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
@@ -537,7 +534,7 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
     wanted[0] = False
     if seed_planes is not None and wanted.any():
         wanted &= _held_seeds(labels, seed_planes, params, wanted)
-        wanted &= _on_tissue(labels, boxes, seed_planes, params.glass_ring_px, wanted)
+        wanted &= _on_tissue(labels.shape, boxes, seed_planes, params.glass_ring_px, wanted, lab, rows, cols)
     kept = np.flatnonzero(wanted)
     if kept.size == 0:
         return Nuclei.empty(len(planes), pos is not None)
