@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -251,9 +252,12 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     objects = ObjectTable.of(resume.restore_objects(SlideObject)) if resume else ObjectTable()
     done = len(resume.done) if resume else 0
 
+    copies = _Copies()
+
     def post(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
         found = _tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp, stain_names)
+        copies.give_back(outputs.values())  # nothing found refers to them
         post_s[0] += time.thread_time() - t0
         return found
 
@@ -278,8 +282,8 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             for i, tile in enumerate(batch_tiles):
                 # copies, not views: onnxruntime's outputs live in its CPU arena, and a batch's held by the
                 # post-processing threads while the next batch runs makes the arena grow (OnnxModel.run)
-                tile_outputs = {spec.output_name: np.array(first[i]),
-                                **{name: np.array(out[i]) for name, out in extra.items()}}
+                tile_outputs = {spec.output_name: copies.copy(first[i]),
+                                **{name: copies.copy(out[i]) for name, out in extra.items()}}
                 pending.append(pool.submit(post, tile, tile_outputs))
             stats.tiles_processed += n
             stats.batches += 1
@@ -311,6 +315,33 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         objects = _merged(objects, decoder.config.nms_iou)
     stats.wall_s = time.perf_counter() - started
     return ObjectRun(objects=objects.sorted(), stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
+
+
+class _Copies:
+    """Arrays the tiles' outputs are copied into, used again once a tile's post-processing is done: a tile's
+    outputs are 1-4 MiB blocks, each a fresh mapping (inference/heap.py) whose page faults cost the thread
+    that runs the model ~0.5 ms per MiB. It holds no more arrays than were in flight at once."""
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def copy(self, a: np.ndarray) -> np.ndarray:
+        """A copy of `a` that owns its memory (a free array of its shape and type, else a new one)."""
+        key = (a.shape, a.dtype.str)
+        with self._lock:
+            free = self._free.get(key)
+            out = free.pop() if free else None
+        if out is None:
+            out = np.empty(a.shape, dtype=a.dtype)
+        np.copyto(out, a)
+        return out
+
+    def give_back(self, arrays: Iterable[np.ndarray]) -> None:
+        """Arrays from `copy` that are no longer read."""
+        with self._lock:
+            for a in arrays:
+                self._free.setdefault((a.shape, a.dtype.str), []).append(a)
 
 
 def scan_stain_vectors(reader: ScanReader, grid: TileGrid, *, readers: int | None = None) -> stains.StainVectors:
