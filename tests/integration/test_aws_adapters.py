@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,6 +17,7 @@ from scanbridge.adapters.aws.dynamodb import DynamoTaskStore
 from scanbridge.adapters.aws.kms import KmsSecretBox
 from scanbridge.adapters.aws.provision import load_template, provision
 from scanbridge.adapters.aws.s3 import S3ArtifactStore
+from scanbridge.adapters.local.folder import FolderArtifactStore
 from scanbridge.adapters.local.memory import FernetSecretBox, MemoryArtifactStore, MemoryTaskStore
 from scanbridge.config import Settings
 from scanbridge.domain.status import TaskStatus
@@ -40,10 +42,12 @@ def task_store(request: pytest.FixtureRequest) -> Iterator[Any]:
     yield DynamoTaskStore(clients["dynamodb"], Settings().table_name)
 
 
-@pytest.fixture(params=["memory", "s3"])
-def artifact_store(request: pytest.FixtureRequest) -> Any:
+@pytest.fixture(params=["memory", "folder", "s3"])
+def artifact_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "memory":
         return MemoryArtifactStore()
+    if request.param == "folder":  # `scanbridge run-scan`'s artifacts
+        return FolderArtifactStore(tmp_path / "out", "tasks/")
     return S3ArtifactStore(request.getfixturevalue("moto_clients")["s3"], Settings().bucket_name)
 
 

@@ -121,6 +121,7 @@ def run_scan(
     from scanbridge.bootstrap import model_loader
     from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.domain.feature_spool import result_geojson_chunks, result_json_chunks
     from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.device import default_reader_threads
@@ -154,9 +155,10 @@ def run_scan(
                     analysis = analyze_scan(stem, scan, chosen, progress=bar, batch_size=settings.batch_size,
                                             readers=readers)
                 result = analysis.result
-                (folder / f"{stem}.geojson").write_text(json.dumps(result.geojson))
-                (folder / f"{stem}.result.json").write_text(
-                    json.dumps(result.model_dump(mode="json", exclude_none=True)))
+                with (folder / f"{stem}.geojson").open("wb") as fh:  # an object result's features copied
+                    fh.writelines(result_geojson_chunks(result))    # from its spool as text, never as dicts
+                with (folder / f"{stem}.result.json").open("wb") as fh:
+                    fh.writelines(result_json_chunks(result))
                 artifacts = [] if no_artifacts else _write_artifacts(scan, stem, result, folder / f"{stem}-artifacts")
         except ScanbridgeError as exc:
             print(f"{name}: {exc.code}: {exc.message}", file=sys.stderr)
@@ -219,21 +221,17 @@ def _unregistered_model(onnx_path: str | None, spec_path: str | None, device: st
 
 
 def _write_artifacts(scan: OpenedScan, stem: str, result: ScanResult, folder: Path) -> list[Path]:
-    """The same artifacts the worker stores (overlay, label mask, CSV, crops, DICOM), as files."""
-    from scanbridge.adapters.local.memory import MemoryArtifactStore
+    """The same artifacts the worker stores (overlay, label mask, CSV, crops, DICOM), as files, each
+    written to its file as it is made."""
+    from scanbridge.adapters.local.folder import FolderArtifactStore
     from scanbridge.domain.storage_keys import artifact_key
     from scanbridge.services.artifacts import ScanArtifactWriter
 
-    store = MemoryArtifactStore()
-    ScanArtifactWriter(store)("run-scan", stem, scan, result)
     prefix = artifact_key("run-scan", stem, "")
+    store = FolderArtifactStore(folder, prefix)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for key in store.list(prefix):
-        target = folder / key[len(prefix):]
-        target.write_bytes(store.get(key) or b"")
-        written.append(target)
-    return written
+    ScanArtifactWriter(store)("run-scan", stem, scan, result)
+    return [store.path(key) for key in sorted(store.written)]
 
 
 @app.command(help="AP50 and Jaccard of a prediction against ground truth (GeoJSON or .npy label masks; "

@@ -10,8 +10,9 @@
 
 Each writer reads a `geojson.FeatureSource` (a FeatureCollection, or a streamed result's spool: the
 features one at a time, never a list of them) and writes into a binary file (`write_overlay`,
-`write_csv`, `write_cell_crops`, `write_dicom`, `raster.write_npy`); `render_overlay`, `features_csv` and
-`build_dicom` give the same as bytes. `services/exports.py` serves them through the API;
+`write_csv`, `write_cell_crops`, `write_dicom`, `raster.write_npy`); `render_overlay` gives the overlay as
+bytes. `services/exports.py` serves them through the API (from the stored result.json's text, a feature at a
+time: `domain.feature_spool.StoredResult`);
 `services/artifacts.py` stores them per scan. Modules that need numpy are imported only where they are
 used: the API Lambda's layer has none.
 """

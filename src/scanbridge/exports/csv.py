@@ -82,12 +82,6 @@ def write_csv(out: IO[bytes], source: gj.FeatureSource) -> None:
         text.detach()  # `out` stays open (a dropped wrapper would close it): it is the caller's
 
 
-def features_csv(source: gj.FeatureSource) -> bytes:
-    """`write_csv` as bytes (the API's `csv` export)."""
-    out = io.BytesIO()
-    write_csv(out, source)
-    return out.getvalue()
-
 
 def _num(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value

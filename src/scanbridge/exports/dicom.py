@@ -22,7 +22,6 @@ column per name), for the SEG one uint8 plane per polygon class (docs/artifacts.
 from __future__ import annotations
 
 import functools
-import io
 import math
 from array import array
 from collections.abc import Sequence
@@ -450,11 +449,3 @@ def write_dicom(out: IO[bytes], fmt: str, features: gj.FeatureSource, metadata: 
         return
     build = annotations_dataset if fmt == "dicom-ann" else segmentation_dataset
     _save(build(features, source, model=model, scan_id=scan_id), out)
-
-
-def build_dicom(fmt: str, result: dict[str, Any], metadata: dict[str, Any], scan_id: str) -> bytes:
-    """`write_dicom` of one scan's stored result (a parsed result.json) + metadata, as bytes (the API)."""
-    out = io.BytesIO()
-    write_dicom(out, fmt, result.get("geojson"), metadata, scan_id,
-                model=(result.get("results") or {}).get("model") or {})
-    return out.getvalue()

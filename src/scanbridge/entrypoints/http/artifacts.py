@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from scanbridge.entrypoints.http.deps import Downloads, Exports, SettingsDep, Tenant
 
@@ -40,7 +40,7 @@ def get_artifact(task_id: str, scan_id: str, file: str, caller: Tenant, download
             responses={200: {"content": {"application/geo+json": {}, "text/csv": {}, "application/dicom": {}}}})
 def export_scan(task_id: str, scan_id: str, caller: Tenant, exports: Exports,
                 format: Annotated[ExportFormat, Query()] = "geojson") -> Response:
-    """One scan's results as GeoJSON, CSV (per object), DICOM ANN or DICOM SEG."""
+    """One scan's results as GeoJSON, CSV (per object), DICOM ANN or DICOM SEG, sent in chunks with its length."""
     out = exports.export(task_id, scan_id, format, caller.scope)
-    return Response(out.body, media_type=out.media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{_ascii(out.filename)}"'})
+    return StreamingResponse(out.chunks(), media_type=out.media_type, headers={
+        "Content-Disposition": f'attachment; filename="{_ascii(out.filename)}"', "Content-Length": str(out.size)})
