@@ -11,9 +11,9 @@ import pytest
 from scanbridge.devtools.synth import make_slide
 from scanbridge.domain.errors import CorruptScanError, UnsupportedFormatError
 from scanbridge.imaging.readers import open_scan
-from scanbridge.imaging.readers.base import rgba_to_rgb
+from scanbridge.imaging.readers.base import READ_BAND_PX, rgba_to_rgb
 from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
-from scanbridge.imaging.tiling import grid_over_tissue
+from scanbridge.imaging.tiling import grid_over_tissue, read_order
 from scanbridge.inference.pipeline import read_tile
 from tests.conftest import fixture_path
 
@@ -179,11 +179,12 @@ def test_bench_reports_the_dct_scale_when_the_model_reads_at_half_the_slide_reso
         slow.close()
 
 
-def _read_grid(path: Path, *, keep_all: bool = False) -> tuple[int, int, int]:
+def _read_grid(path: Path, *, keep_all: bool = False, banded: bool = False) -> tuple[int, int, int]:
     """Every window of a nuclei-style grid over level 0 of `path` (512 px, 64 px of overlap on each side),
-    read one by one in the grid's order, as the pipeline's readers take them: (tiles decoded, most tiles
-    cached at once, the level's tiles across). `keep_all`: the cache drops nothing (a tile a window takes
-    part of stays: what the 64 MiB LRU did on slides this small)."""
+    read one by one in the grid's order (`banded`: in the object pipeline's, `read_order`), as the
+    pipeline's readers take them: (tiles decoded, most tiles cached at once, the level's tiles across).
+    `keep_all`: the cache drops nothing (a tile a window takes part of stays: what the 64 MiB LRU did on
+    slides this small)."""
     reader = open_scan([path])
     try:
         tiles = reader.tiles  # type: ignore[attr-defined]
@@ -193,7 +194,7 @@ def _read_grid(path: Path, *, keep_all: bool = False) -> tuple[int, int, int]:
             tiles._forget_above = lambda level, top: None
         grid = grid_over_tissue(0, reader.metadata.level_dimensions[0], 1.0, 512, None, 1.0, overlap=64)
         peak = 0
-        for tile in grid.tiles:
+        for tile in read_order(grid) if banded else grid.tiles:
             read_tile(reader, grid, tile)
             peak = max(peak, tiles.cached_tiles)
         return tiles.tiles_decoded, peak, tiles.levels[0].across
@@ -223,6 +224,29 @@ def test_the_tile_cache_keeps_one_row_of_windows_however_tall_the_slide(tmp_path
     # AND so it held about as much on the slide 4 times as tall, where keeping everything held 4 times as much
     assert peaks[4096][0] <= peaks[1024][0] + across
     assert peaks[4096][1] >= 3 * peaks[1024][1] > 2 * 4 * across
+
+
+def test_read_in_bands_the_tile_cache_keeps_one_band_of_windows_however_wide_the_slide(tmp_path: Path) -> None:
+    """Memory flat in the slide's width (issue #17 item 5): read row by row across the level, the tiles kept
+    for the next row of windows grow with the width; read in bands of READ_BAND_PX (the object pipeline's
+    order), they stay one band's, and only the bands' seams are decoded twice."""
+    peaks, decodes = {}, {}
+    for width in (READ_BAND_PX, 3 * READ_BAND_PX):
+        # GIVEN a generated slide one and three bands wide (256-px JPEG tiles), and the nuclei-style grid
+        path = tmp_path / f"wide{width}.svs"
+        make_slide(path, width, 1280, tissue_fraction=0.5, nuclei=False, seed=2)
+        # WHEN every window is read in bands, and row by row with a cache that drops nothing
+        decoded, peak, across = _read_grid(path, banded=True)
+        decoded_all, peak_all, _ = _read_grid(path, keep_all=True)
+        peaks[width], decodes[width] = (peak, peak_all), (decoded, decoded_all)
+        # THEN the bands' cache held at most one band's row of windows (34 tiles across: a band's 32 and its
+        # edges, 4 tile rows), and decoded at most 10 % more tiles than the cache that keeps everything
+        assert across == width // 256
+        assert peak <= 34 * 4, (width, peak)
+        assert decoded_all <= decoded <= 1.1 * decoded_all, (width, decoded, decoded_all)
+    # AND held about as much on the slide three times as wide, where keeping everything held twice as much
+    narrow, wide = peaks[READ_BAND_PX], peaks[3 * READ_BAND_PX]
+    assert wide[0] <= narrow[0] + 8 and wide[1] >= 2 * narrow[1], peaks
 
 
 def test_wsidicomizer_series_is_read_from_its_frames_like_openslide() -> None:

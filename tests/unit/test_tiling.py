@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanbridge.imaging.readers.base import ScanMetadata
+from scanbridge.imaging.readers.base import READ_BAND_PX, ScanMetadata
 from scanbridge.imaging.tiling import (
     DEFAULT_MIN_TISSUE,
     Tile,
@@ -14,6 +14,7 @@ from scanbridge.imaging.tiling import (
     grid_over_tissue,
     overview_tissue_mask,
     pick_level,
+    read_order,
 )
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.pipeline import TileMap
@@ -180,3 +181,28 @@ def test_tile_map_stores_tiles_as_uint8_and_assembles_on_demand() -> None:
     dense = tm.to_array(10, 11)
     assert dense.shape == (10, 11) and dense.dtype == np.float16
     assert abs(float(dense[0, 0]) - 0.5) < 0.003 and float(dense[5, 9]) == 1.0 and float(dense[9, 0]) == 0.0
+
+
+def test_an_overlapping_grid_is_read_in_bands_row_by_row_and_an_aligned_one_in_its_order() -> None:
+    # GIVEN a nuclei-style grid (512-px windows, 64 px of overlap: 384 px apart) over a level 3.5 bands wide,
+    # a hole without tissue in its middle, and the tissue model's grid (no overlap) over the same level
+    width = int(3.5 * READ_BAND_PX)
+    mask = np.ones((40, width // 64), dtype=bool)
+    mask[12:30, 120:240] = False
+    grid = grid_over_tissue(0, (width, 2560), 1.0, 512, mask, 64.0, overlap=64, min_tissue=0.5)
+    aligned = grid_over_tissue(0, (width, 2560), 1.0, 512, mask, 64.0)
+    # WHEN their read orders are taken
+    order = read_order(grid)
+    # THEN the overlapping grid's tiles all come once, band after band of columns whose windows span at most
+    # READ_BAND_PX level pixels (21 windows: 20 x 384 + 512 = 8192), row by row within each band
+    assert sorted(order, key=lambda t: (t.row, t.col)) == grid.tiles and len(order) < grid.total
+    bands = [[t for t in order if t.col // 21 == b] for b in range(4)]
+    assert [t for band in bands for t in band] == order
+    for band in bands:
+        assert band == sorted(band, key=lambda t: (t.row, t.col))
+        xs = [t.x for t in band]
+        assert max(xs) + grid.read_size - min(xs) <= READ_BAND_PX
+    assert max(t.col for t in bands[0]) == 20 and min(t.col for t in bands[1]) == 21
+    # AND the aligned grid, which shares no tiles, keeps the grid's order; a subset is ordered the same way
+    assert read_order(aligned) == aligned.tiles
+    assert read_order(grid, grid.tiles[::3]) == [t for t in order if t in set(grid.tiles[::3])]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import math
@@ -54,11 +55,17 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers import ScaledRegions, ScanReader, open_scan
 from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.scan import OpenedScan
-from scanbridge.imaging.tiling import TileGrid, grid_for_model
+from scanbridge.imaging.tiling import TileGrid, grid_for_model, read_order
 from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan, tile_min_tissue
 from scanbridge.inference.heap import tune_malloc
-from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects, scan_stain_vectors
+from scanbridge.inference.objects import (
+    OBJECT_KINDS,
+    objects_result,
+    reads_in_bands,
+    run_objects,
+    scan_stain_vectors,
+)
 from scanbridge.inference.pipeline import iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.stains import STAIN_INPUT
@@ -399,10 +406,13 @@ def bench(path: Path, model_name: str, *, batch_size: int | None = None, readers
     batch = batch_size or model.batch_size_for(grid.tile_size)
     phases: dict[str, float] = {}
 
+    read_grid = grid  # the tiles in the order the pipeline reads them
+    if model.spec.kind in OBJECT_KINDS and reads_in_bands(model.spec):
+        read_grid = dataclasses.replace(grid, tiles=read_order(grid))
     rss.reset()
-    decode_s = decode_only(path, grid, readers=readers, queue_size=batch * 2)
+    decode_s = decode_only(path, read_grid, readers=readers, queue_size=batch * 2)
     phases["decode_only"] = rss.mb()
-    openslide_s = _openslide_decode(path, grid, readers=readers, queue_size=batch * 2)
+    openslide_s = _openslide_decode(path, read_grid, readers=readers, queue_size=batch * 2)
 
     rss.reset()
     model_s = model_only(path, grid, model, batch=batch)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanbridge.imaging.readers.base import ScanReader, best_level
+from scanbridge.imaging.readers.base import READ_BAND_PX, ScanReader, best_level
 
 SCALE_SNAP = 0.01  # a level within 1 % of the model's scale is read as is
 STRIP_PX = 1 << 18  # overview pixels per strip when the tissue mask is computed strip by strip
@@ -136,6 +136,21 @@ def _integral_rows(mask: np.ndarray, ys: np.ndarray) -> np.ndarray:
         np.cumsum(np.cumsum(between, axis=0), axis=1, out=table[1:, 1:])
         out[:] = table[np.searchsorted(bounds, ys, side="right")]
     return out
+
+
+def read_order(grid: TileGrid, tiles: Sequence[Tile] | None = None) -> list[Tile]:
+    """`tiles` (default: the grid's) in the order an overlapping grid is read: bands of columns whose
+    windows span at most READ_BAND_PX level pixels, left to right, each band row by row (the grid's own
+    order within a row). Windows share tiles with the one on their right and the one below; read row by
+    row across the whole level, the tiles kept for the row below grow with the slide's width, in bands
+    they stay one band's (the reader's tile cache, `tiled_tiff.TiledPyramid`). Grids without overlap
+    share no tiles: their order is kept."""
+    todo = list(grid.tiles if tiles is None else tiles)
+    if grid.overlap <= 0:
+        return todo
+    step = grid.stride * grid.scale  # level pixels between neighbouring windows
+    per_band = max(1, int((READ_BAND_PX - grid.read_size) // step) + 1)
+    return sorted(todo, key=lambda t: (t.col // per_band, t.row, t.col))
 
 
 def grid_for_model(level_dimensions: Sequence[tuple[int, int]], level_downsamples: Sequence[float],

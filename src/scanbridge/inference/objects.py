@@ -32,7 +32,7 @@ from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
-from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model
+from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model, read_order
 from scanbridge.inference import ihc, stains
 from scanbridge.inference.device import default_reader_threads, yield_to_model
 from scanbridge.inference.instances import (
@@ -78,6 +78,12 @@ def draws_outlines(spec: ModelSpec) -> bool:
     """Whether the result draws each nucleus's outline (`outputs.polygons`, default yes). Boxes always keep
     theirs: the merge across tiles compares them."""
     return spec.decoder == "boxes" or bool(spec.outputs.get("polygons", True))
+
+
+def reads_in_bands(spec: ModelSpec) -> bool:
+    """Whether `run_objects` reads its grid in bands of columns (`tiling.read_order`): every decoder but
+    boxes, whose merge across tiles (NMS) breaks ties by the grid's order."""
+    return spec.decoder != "boxes"
 
 
 def _tile_objects(decoder: Decoder, grid: TileGrid, tile: Tile, outputs: dict[str, np.ndarray],
@@ -297,8 +303,10 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             if progress:
                 progress(done + stats.tiles_processed, total)
 
-        tiles: Iterator[tuple[Tile, np.ndarray]] = iter_tiles(reader, grid, resume.todo() if resume else None,
-                                                              readers=readers,
+        todo = resume.todo() if resume else None
+        if reads_in_bands(spec):  # the tile cache stays flat; the objects are sorted after
+            todo = read_order(grid, todo)
+        tiles: Iterator[tuple[Tile, np.ndarray]] = iter_tiles(reader, grid, todo, readers=readers,
                                                               queue_size=batch * 2, stats=stats)
         try:
             for tile, img in tiles:

@@ -89,6 +89,12 @@ class ScaledRegions(Protocol):
         at full size and resizes)."""
 
 
+#: an overlapping grid (the object models') is read in bands of columns whose windows span at most this many
+#: level pixels, row by row within each band (`imaging.tiling.read_order`), so a reader's tile cache, which
+#: keeps the tiles the next row of windows reads again, holds one band's width, not the level's: the same
+#: on a slide 10,000 or 100,000 px wide
+READ_BAND_PX = 8192
+
 #: plausible pixel sizes (µm/px): from beyond the best optical microscopes to coarse overview scans. A file
 #: that states one outside (a 72-dpi TIFF says 352.8 µm/px) has, for us, no pixel size.
 MPP_RANGE = (0.05, 10.0)

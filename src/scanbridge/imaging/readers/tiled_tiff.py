@@ -7,8 +7,9 @@ read with `os.pread` (thread-safe, no shared file position) and decoded by tifff
 threads decode in parallel. Decoded tiles that a window takes only part of are kept in a small LRU cache,
 since overlapping model windows read them again: the model's grid runs row by row, so a tile is read again
 by the window on its right or in the next row, never after that; the cache drops what lies above the rows
-being read and never holds more than one row of windows' tiles (memory flat in the slide's size, the hits
-of an unbounded cache). At integer level coordinates the pixels equal OpenSlide's (tests compare them).
+being read and never holds more than one row of windows' tiles, and an overlapping grid is read in bands
+of columns at most READ_BAND_PX wide (`tiling.read_order`), so that row is one band's (memory flat in the
+slide's size, the hits of an unbounded cache but at the bands' seams). At integer level coordinates the pixels equal OpenSlide's (tests compare them).
 JPEG levels also decode a region at 1/2, 1/4 or 1/8 in the DCT domain (`read_scaled`, jpeg_dct.py) when the
 model reads coarser than the level.
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from scanbridge.domain.errors import CorruptScanError
 from scanbridge.imaging.readers import jpeg_dct
-from scanbridge.imaging.readers.base import reduce_rgb
+from scanbridge.imaging.readers.base import READ_BAND_PX, reduce_rgb
 
 CACHE_BYTES = 64 * 2**20  # decoded tiles kept per reader, at most (TiledPyramid.read bounds them tighter)
 # JPEG 2000 tiles whose writer stored YCbCr itself: Aperio's 33003 and libvips' 33004 (libvips converts
@@ -216,9 +217,11 @@ class TiledPyramid:
 
     def row_tiles(self, level: int, height: int) -> int:
         """The most tiles kept while regions `height` level pixels high are read: the tile rows such a region
-        can span, plus one for the reader threads' regions in flight, across the level."""
+        can span, plus one for the reader threads' regions in flight, across the level or, where it is
+        wider, across one band of regions (READ_BAND_PX: an overlapping grid is read band by band)."""
         lv = self.levels[level]
-        return lv.across * ((max(height, 1) - 1) // lv.tile_h + 3)
+        across = min(lv.across, READ_BAND_PX // lv.tile_w + 2)
+        return across * ((max(height, 1) - 1) // lv.tile_h + 3)
 
     def read_scaled(self, level: int, x: int, y: int, w: int, h: int, scale: int) -> np.ndarray | None:
         """`read(..., scale)` where the level's JPEG tiles decode at 1/scale and the region is aligned to
