@@ -297,7 +297,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             if resume:
                 resume.finished(batch_tiles)
             batch_tiles.clear()
-            _drain(pending, objects, keep=0 if save else 4 * max(1, post_workers))
+            # at most one tile per post thread left running before the next batch: the copied outputs in
+            # flight (4 MiB a nuclei tile) stay at a batch and a few tiles, however long the scan
+            _drain(pending, objects, keep=0 if save else max(1, post_workers))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
             if progress:
