@@ -297,9 +297,10 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             if resume:
                 resume.finished(batch_tiles)
             batch_tiles.clear()
-            # at most one tile per post thread left running before the next batch: the copied outputs in
-            # flight (4 MiB a nuclei tile) stay at a batch and a few tiles, however long the scan
-            _drain(pending, objects, keep=0 if save else max(1, post_workers))
+            # a batch's tiles (at least one per post thread) left to decode while the model runs the next batch:
+            # fewer would leave the post threads idle during a large GPU batch; more only holds copied outputs
+            # (4 MiB a nuclei tile): at most two batches in flight, reached early in every scan
+            _drain(pending, objects, keep=0 if save else max(1, post_workers, batch))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
             if progress:
