@@ -268,6 +268,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         return found
 
     pending: list[Future[ObjectTable]] = []
+    on_gpu = model.device == "cuda"
     buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
     batch_tiles: list[Tile] = []
     with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post",
@@ -297,10 +298,10 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             if resume:
                 resume.finished(batch_tiles)
             batch_tiles.clear()
-            # a batch's tiles (at least one per post thread) left to decode while the model runs the next batch:
-            # fewer would leave the post threads idle during a large GPU batch; more only holds copied outputs
-            # (4 MiB a nuclei tile): at most two batches in flight, reached early in every scan
-            _drain(pending, objects, keep=0 if save else max(1, post_workers, batch))
+            # tiles left to decode while the model runs the next batch: on a GPU a batch's (the post threads stay
+            # busy through a large batch); on the CPU one per post thread (the model needs the cores then, and
+            # fewer copied outputs, 4 MiB a nuclei tile, are in flight: a batch and a few tiles)
+            _drain(pending, objects, keep=0 if save else max(1, post_workers, batch if on_gpu else 0))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
             if progress:
