@@ -5,7 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -159,3 +160,13 @@ def busy_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
             part.rename(path)
     return path
 
+
+def traced_peak(run: Callable[[], object]) -> int:
+    """The peak of Python allocations (numpy's included) while `run()` runs, over what was live before."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import tracemalloc
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from scanbridge.inference.objects import objects_result, run_objects
 from scanbridge.inference.runner import ModelLoader
 from scanbridge.services import artifacts as artifacts_service
 from scanbridge.services.artifacts import ScanArtifactWriter
+from tests.conftest import traced_peak
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +104,6 @@ def test_streamed_artifacts_equal_the_in_memory_ones(nuclei: tuple[OpenedScan, S
     assert np.array_equal(seg_got.pixel_array, seg_want.pixel_array) and seg_got.pixel_array.any()
 
 
-def _traced_peak(run: Any) -> int:
-    """The peak of Python allocations (numpy's included) while `run()` runs, over what was live before."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        run()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 def test_the_artifact_step_never_builds_the_feature_collection(nuclei: tuple[OpenedScan, StreamedScanResult],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN the streamed result, the same result cut to its first tenth of features, and what the whole
@@ -131,11 +120,11 @@ def test_the_artifact_step_never_builds_the_feature_collection(nuclei: tuple[Ope
     small = StreamedScanResult.from_spool(streamed.scanId, streamed.results, tenth)
     _write(scan, small)  # first use: imports, highdicom's tables, the thumbnail
     collection: list[Any] = []
-    dicts_per_feature = _traced_peak(lambda: collection.extend(streamed.spool or [])) / count
+    dicts_per_feature = traced_peak(lambda: collection.extend(streamed.spool or [])) / count
     collection.clear()
     # WHEN the artifact step runs on each, its allocations traced
-    peak_small = _traced_peak(lambda: _write(scan, small))
-    peak_full = _traced_peak(lambda: _write(scan, streamed))
+    peak_small = traced_peak(lambda: _write(scan, small))
+    peak_full = traced_peak(lambda: _write(scan, streamed))
     tenth.close()
     # THEN what the step's peak grows by per feature (the scan-sized masks and pictures cancel out) stays
     # well below a feature's dicts (measured: ~0.06 of them; building the collection: ~1.06)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from scanbridge.entrypoints.cli import main
 from scanbridge.entrypoints.http.app import create_app
 from scanbridge.exports.csv import write_csv
 from scanbridge.exports.dicom import write_dicom
+from tests.conftest import traced_peak
 
 META = {"format": "svs", "width": 4096, "height": 4096, "mpp_x": 0.5, "mpp_y": 0.5}
 MODEL = {"name": "nuclei", "version": "1"}
@@ -141,17 +140,6 @@ def test_a_dicom_export_built_on_demand_holds_the_parsed_results_annotations(con
     assert second.content == first.content
 
 
-def _traced_peak(run: Callable[[], object]) -> int:
-    """The peak of Python allocations while `run()` runs, over what was live before."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        run()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize(("fmt", "bound"), [("geojson", 0.35), ("csv", 0.35), ("dicom-ann", 0.6)])
 def test_an_export_never_parses_the_whole_result(container: Container, fmt: str, bound: float) -> None:
     # GIVEN two stored results, 3,000 nuclei and a tenth of them (and one to warm up on), and what their
@@ -169,10 +157,10 @@ def test_an_export_never_parses_the_whole_result(container: Container, fmt: str,
     export("warm")  # first use: imports, highdicom's tables
     raw = container.artifacts.get(scan_result_key("t-stream-exp", "full"))
     assert raw is not None
-    dicts_per_feature = _traced_peak(lambda: json.loads(raw)) / count
+    dicts_per_feature = traced_peak(lambda: json.loads(raw)) / count
     # WHEN each is exported, its allocations traced
-    peak_tenth = _traced_peak(lambda: export("tenth"))
-    peak_full = _traced_peak(lambda: export("full"))
+    peak_tenth = traced_peak(lambda: export("tenth"))
+    peak_full = traced_peak(lambda: export("full"))
     # THEN what the peak grows by per feature stays well below a feature's dicts: measured 0.23 of them
     # (the result's text, decoded) for the GeoJSON and the CSV, 0.45 for the ANN (its outlines and
     # measurements as arrays, encoded, and stored); parsing the stored result whole: 1.00-1.09
