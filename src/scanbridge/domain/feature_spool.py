@@ -43,7 +43,11 @@ class FeatureSpool:
 
     def append(self, feature: dict[str, Any]) -> None:
         """Write one feature (json.dumps, default separators: the same text json.dumps of the whole writes)."""
-        line = json.dumps(feature).encode() + b"\n"
+        self.append_text(json.dumps(feature))
+
+    def append_text(self, text: str) -> None:
+        """Write one feature given as the text `json.dumps` writes of it (one line: ASCII, no newline)."""
+        line = text.encode() + b"\n"
         with self._lock:
             self._file.seek(self._end)
             self._file.write(line)

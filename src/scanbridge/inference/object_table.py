@@ -224,6 +224,12 @@ class ObjectTable(Sequence[SlideObject]):
         v0, v1 = int(b["value_offsets"][i]), int(b["value_offsets"][i + 1])
         return dict(zip(self._keysets[int(b["keyset"][i])], b["values"][v0:v1].tolist(), strict=True))
 
+    def measurement_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+        """Every object's measurement values back to back, their (n + 1) offsets, each object's index into the
+        key tuples, and the key tuples (object i's values are in the order of its keys)."""
+        b = self._joined()
+        return b["values"], b["value_offsets"], b["keyset"], list(self._keysets)
+
     def column(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Measurement `name` of every object: (values where present, a mask of the objects that have it)."""
         b = self._joined()

@@ -46,7 +46,15 @@ from scanbridge.inference.instances import (
 from scanbridge.inference.nuclei import Nuclei
 from scanbridge.inference.object_table import ObjectTable, SlideObject
 from scanbridge.inference.pipeline import PipelineStats, ProgressFn, iter_tiles
-from scanbridge.inference.postprocess import geometry_feature, hex_to_rgb, polygon_geometry
+from scanbridge.inference.postprocess import (
+    MEASUREMENT_DIGITS,
+    FeatureText,
+    MeasurementsText,
+    geometry_feature,
+    hex_to_rgb,
+    polygon_geometry,
+    rounded,
+)
 from scanbridge.inference.resume import CheckpointStore, TileResume
 from scanbridge.inference.session import OnnxModel
 
@@ -527,6 +535,7 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
 
     with _gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
         if want_polygons:
+            lines = _FeatureLines(objs, features) if isinstance(features, FeatureSpool) else None
             for i, outline in enumerate(_iter_outlines(objs, width, height)):
                 if outline is None:
                     continue
@@ -542,6 +551,9 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
                 else:
                     name = nucleus_label.name if nucleus_label else ("Detection" if box else "Nucleus")
                     colour = nucleus_label.color if nucleus_label else "#3f51b5"
+                if lines is not None:
+                    lines.append(i, *outline, box=box, name=name, colour=colour)
+                    continue
                 features.append(geometry_feature(*outline, annotation_type="detection" if box else "nucleus",
                                                  class_name=name, colour=colour, measurements=objs.measurements(i),
                                                  object_type="detection"))
@@ -609,6 +621,32 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     summary["Model"] = f"{spec.name} v{spec.version}"
     results["report"] = {"summary": summary, "rois": None}
     return _scan_result(scan_id, results, features)
+
+
+class _FeatureLines:
+    """The objects' polygon features written to a spool as text (`postprocess.FeatureText`: the same text as
+    `geometry_feature`'s dicts through json.dumps): each kind's layout and each key tuple's text made once,
+    every object's measurements rounded at once, no dict per object."""
+
+    def __init__(self, objs: ObjectTable, spool: FeatureSpool) -> None:
+        values, offsets, keyset, keysets = objs.measurement_values()
+        self._values: list[float] = rounded(values, MEASUREMENT_DIGITS).tolist()
+        self._offsets: list[int] = offsets.tolist()
+        self._keyset: list[int] = keyset.tolist()
+        self._measurements = [MeasurementsText(keys) for keys in keysets]
+        self._kinds: dict[tuple[str, str, bool], FeatureText] = {}
+        self._spool = spool
+
+    def append(self, i: int, geometry: dict[str, Any], bbox: list[float], *, box: bool, name: str,
+               colour: str) -> None:
+        """Object `i`'s feature: `geometry` and `bbox`, drawn as `name` in `colour`."""
+        kind = self._kinds.get((name, colour, box))
+        if kind is None:
+            kind = self._kinds[(name, colour, box)] = FeatureText(
+                annotation_type="detection" if box else "nucleus", class_name=name, colour=colour,
+                object_type="detection")
+        values = self._values[self._offsets[i]:self._offsets[i + 1]]
+        self._spool.append_text(kind.line(bbox, geometry, self._measurements[self._keyset[i]](values)))
 
 
 def _stain_figures(vectors: stains.StainVectors | None) -> tuple[dict[str, Any], dict[str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from typing import Any
 
@@ -140,6 +142,9 @@ def polygon_geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
     return _rounded(poly), [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
 
 
+MEASUREMENT_DIGITS = 4  # a feature's measurements are rounded to this many decimals
+
+
 def geometry_feature(geometry: dict[str, Any], bbox: list[float], *, annotation_type: str, class_name: str,
                      colour: str, measurements: dict[str, float], object_type: str = "annotation",
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -148,10 +153,77 @@ def geometry_feature(geometry: dict[str, Any], bbox: list[float], *, annotation_
         "annotation_type": annotation_type,
         "objectType": object_type,
         "classification": {"name": class_name, "color": hex_to_rgb(colour)},
-        "measurements": {k: round(float(v), 4) for k, v in measurements.items()},
+        "measurements": {k: round(float(v), MEASUREMENT_DIGITS) for k, v in measurements.items()},
     }
     props.update(extra or {})
     return {"type": "Feature", "id": str(uuid.uuid4()), "bbox": bbox, "geometry": geometry, "properties": props}
+
+
+class FeatureText:
+    """The JSON text of `geometry_feature`'s features of one kind (annotation type, class, colour), written
+    from parts: what is the same for each is encoded once, each feature's id, bbox, geometry and
+    measurements are filled in. `line(...)` is `json.dumps(geometry_feature(...))` character for character."""
+
+    _MARK = "\x00"
+
+    def __init__(self, *, annotation_type: str, class_name: str, colour: str, object_type: str = "annotation") -> None:
+        skeleton = geometry_feature({}, [], annotation_type=annotation_type, class_name=class_name, colour=colour,
+                                    measurements={}, object_type=object_type)
+        skeleton.update(id=self._MARK, bbox=self._MARK, geometry=self._MARK)
+        skeleton["properties"]["measurements"] = self._MARK
+        self._parts = json.dumps(skeleton).split(json.dumps(self._MARK))
+
+    def line(self, bbox: list[float], geometry: dict[str, Any], measurements: str) -> str:
+        """One feature's text: a new id, `bbox` and `geometry` (as json writes them) and its measurements' text
+        (`measurements_text`)."""
+        p = self._parts
+        if list(geometry) == ["type", "coordinates"]:  # json.dumps's text of the dict, from its members' text
+            geo = f'{{"type": {json.dumps(geometry["type"])}, "coordinates": {_list_text(geometry["coordinates"])}}}'
+        else:
+            geo = json.dumps(geometry)
+        return f'{p[0]}"{uuid.uuid4()}"{p[1]}{_list_text(bbox)}{p[2]}{geo}{p[3]}{measurements}{p[4]}'
+
+
+def _list_text(value: list[Any]) -> str:
+    """`json.dumps` of nested lists of numbers: their repr (the same text where every float is finite;
+    only nan and inf put an "n" in a float's repr), else json.dumps itself."""
+    text = repr(value)
+    return text if "n" not in text else json.dumps(value)
+
+
+class MeasurementsText:
+    """`json.dumps` of measurement dicts with the keys `keys`, their values already rounded as `geometry_feature`
+    rounds them (`rounded`, MEASUREMENT_DIGITS): the keys' text is made once."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self._texts = [json.dumps(k) + ": " for k in keys]
+
+    def __call__(self, values: list[float]) -> str:
+        """The text of `dict(zip(keys, values))`."""
+        if all(map(math.isfinite, values)):  # json writes a finite float as repr does
+            return "{" + ", ".join(map(str.__add__, self._texts, map(float.__repr__, values))) + "}"
+        return json.dumps(dict(zip(self.keys, values, strict=True)))
+
+
+def rounded(values: np.ndarray, digits: int) -> np.ndarray:
+    """`round(v, digits)` of every float64 value, bit for bit, vectorised.
+
+    Python's round is correctly rounded (the decimal nearest the exact value, ties to even, then the double
+    nearest that decimal). rint(v * 10^d) / 10^d gives the same wherever v * 10^d, which the product may be
+    off by half an ulp, lies more than an ulp away from a half-integer (and below 2^52): then rint picks the
+    same integer N, and IEEE division gives the double nearest N / 10^d. The few others (and NaN, inf) go
+    through round itself.
+    """
+    scale = 10.0 ** digits
+    y = values * scale
+    r = np.rint(y)
+    out = r / scale
+    with np.errstate(invalid="ignore"):
+        safe = (np.abs(np.abs(y - r) - 0.5) > np.spacing(np.abs(y))) & (np.abs(y) < 2.0 ** 52)
+    for i in np.flatnonzero(~safe).tolist():
+        out[i] = round(float(values[i]), digits)
+    return out
 
 
 def region_features(polygons: list[Polygon], *, class_name: str, colour: str,
