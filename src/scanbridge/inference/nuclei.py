@@ -211,7 +211,7 @@ def _segment(prob: np.ndarray, params: NucleusParams,
     """Labels (4-connected components of the thresholded map, holes filled, big ones split; in `into` when
     given), their boxes ((labels + 1, 4) rows row0, col0, row1, col1, indexed by label; zeros for no pixels)
     and the flat indices of the labelled pixels (ascending)."""
-    mask = _fill_holes((prob >= params.threshold).view(np.uint8))
+    mask = _filled(prob, params.threshold)
     count, labels = cv2.connectedComponents(mask, labels=into, connectivity=4, ltype=cv2.CV_32S)
     fg = np.flatnonzero(mask.view(bool))  # (a bool view: numpy's nonzero is ~5x faster on bools)
     if count <= 1:
@@ -406,15 +406,22 @@ def disc(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """`mask` (uint8 0/1) with every background region that does not reach the border set to 1.
+def _filled(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """`prob >= threshold` (uint8 0/1) with every background region that does not reach the border set to 1
+    (this thread's buffer: valid until its next call).
 
-    Same as `scipy.ndimage.binary_fill_holes` (background 4-connected): flood the background from a
-    one-pixel frame, then everything the flood did not reach is foreground.
+    Same as `scipy.ndimage.binary_fill_holes` (background 4-connected): the threshold is written inside a
+    one-pixel frame, the background flooded from the frame, and everything the flood did not reach is
+    foreground.
     """
-    framed = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    h, w = prob.shape
+    framed = _scratch("framed", (h + 2, w + 2), np.uint8)
+    framed[0], framed[-1], framed[:, 0], framed[:, -1] = 0, 0, 0, 0
+    np.greater_equal(prob, threshold, out=framed[1:-1, 1:-1].view(bool))
     cv2.floodFill(framed, None, (0, 0), 2, flags=4)
-    return (framed[1:-1, 1:-1] != 2).view(np.uint8)
+    mask = _scratch("filled", (h, w), np.uint8)
+    np.not_equal(framed[1:-1, 1:-1], 2, out=mask.view(bool))
+    return mask
 
 
 def _watershed_split(mask: np.ndarray, params: NucleusParams) -> np.ndarray:
@@ -538,6 +545,9 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
     kept = np.flatnonzero(wanted)
     if kept.size == 0:
         return Nuclei.empty(len(planes), pos is not None)
+    # the rest is summed over the kept objects' pixels only: each label's pixels in the same (raster) order
+    mine = wanted[lab]
+    lab, fg, xr, yr = lab[mine], fg[mine], xr[mine], yr[mine]
     area = m00[kept]
     s10, s01 = m10[kept], m01[kept]
     s20, s02, s11 = (np.bincount(lab, w, minlength=n)[kept] for w in (xr * xr, yr * yr, xr * yr))
@@ -547,7 +557,7 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
     shape = [_inertia(a, v20, v02, v11) for a, v20, v02, v11 in
              zip(area.tolist(), mu20.tolist(), mu02.tolist(), mu11.tolist(), strict=True)]
     ecc, orientation, major, minor = (np.array(v, dtype=np.float64) for v in zip(*shape, strict=True))
-    ring2, offsets = _outlines2(labels, boxes, kept, lab, fg)
+    ring2, offsets = _outlines2(labels, boxes, kept, fg)
     poly2, perimeter2 = _ring_area_and_length(ring2, offsets)
     hull2 = np.array([cv2.contourArea(cv2.convexHull(ring2[offsets[i]:offsets[i + 1]]))
                       for i in range(len(kept))], dtype=np.float64)
@@ -577,10 +587,10 @@ def _inertia(area: float, mu20: float, mu02: float, mu11: float) -> tuple[float,
     return ecc, orientation, 4.0 * math.sqrt(l1), 4.0 * math.sqrt(l2)
 
 
-def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray, lab: np.ndarray,
+def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray,
                fg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The outlines of the `kept` labels (`_outline2` of each one's box, in window doubled pixel-centre
-    coordinates), back to back, and their offsets.
+    coordinates), back to back, and their offsets; `fg`: the flat indices of the kept labels' pixels.
 
     One border following of an image of all kept objects: a chain whose every pixel is its first pixel's
     object is the chain that object gets alone in its box (the follower moves to the first foreground
@@ -588,10 +598,8 @@ def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray, lab: np.
     looked at). Objects touched along their outline by another, and those inside another's hole (which
     RETR_EXTERNAL does not return), are followed alone in their box.
     """
-    is_kept = np.zeros(len(boxes), dtype=bool)
-    is_kept[kept] = True
     flat_image = np.zeros(labels.size, dtype=np.uint8)
-    flat_image[fg[is_kept[lab]]] = 1
+    flat_image[fg] = 1
     image = flat_image.reshape(labels.shape)
     contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     chains: dict[int, np.ndarray] = {}
