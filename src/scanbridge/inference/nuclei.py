@@ -339,20 +339,24 @@ def _blob_test(smooth: np.ndarray, rows: np.ndarray, cols: np.ndarray, params: N
     return np.asarray((second_weakest >= params.blob_contrast) & (second_weakest >= BLOB_RATIO * strongest))
 
 
-def _held_seeds(labels: np.ndarray, planes: np.ndarray, params: NucleusParams, wanted: np.ndarray) -> np.ndarray:
+def _held_seeds(labels: np.ndarray, planes: np.ndarray, params: NucleusParams, wanted: np.ndarray, lab: np.ndarray,
+                fg: np.ndarray) -> np.ndarray:
     """Per label: whether it holds a blob seed on one of the `blob_channels` (looked for in `wanted` labels only;
-    a plane is searched only for the labels the planes before it left without one)."""
+    a plane is searched only for the labels the planes before it left without one). `lab`, `fg`: the label and
+    flat index of every labelled pixel (ascending)."""
     held = np.zeros(len(wanted), dtype=bool)
-    flat = labels.ravel()
     for c in params.blob_channels:
         todo = wanted & ~held
         if not todo.any():
             break
         smooth, peak = _smooth_and_peak(planes[c], params)
-        maxima = np.flatnonzero(smooth >= peak)  # candidates: a seed can only be one, in a label still to do
-        picked = maxima[todo[flat[maxima]]]
+        # candidates: the maxima among the pixels of the labels still to do (a seed can only be one of them)
+        mine = todo[lab]
+        pixels, owner = fg[mine], lab[mine]
+        is_max = smooth.ravel()[pixels] >= peak.ravel()[pixels]
+        picked, owner = pixels[is_max], owner[is_max]
         rows, cols = np.divmod(picked, labels.shape[1])
-        held[flat[picked[_blob_test(smooth, rows, cols, params)]]] = True
+        held[owner[_blob_test(smooth, rows, cols, params)]] = True
     return held
 
 
@@ -540,7 +544,7 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
         & (x0 <= cx) & (cx < x1) & (y0 <= cy) & (cy < y1)
     wanted[0] = False
     if seed_planes is not None and wanted.any():
-        wanted &= _held_seeds(labels, seed_planes, params, wanted)
+        wanted &= _held_seeds(labels, seed_planes, params, wanted, lab, fg)
         wanted &= _on_tissue(labels.shape, boxes, seed_planes, params.glass_ring_px, wanted, lab, rows, cols)
     kept = np.flatnonzero(wanted)
     if kept.size == 0:
