@@ -14,6 +14,7 @@ from skimage import measure
 from scanbridge.domain.catalog import BUILTIN_SPECS, BuiltinCatalog, default_model_for
 from scanbridge.inference.nuclei import (
     NucleusParams,
+    _inertia,
     blob_seeds,
     find_nuclei,
     measure_nuclei,
@@ -280,3 +281,35 @@ def test_builtin_catalog_lists_the_three_models() -> None:
     assert catalog.names() == ["ihc-positivity", "nuclei", "tissue"]
     assert catalog.spec("ihc-positivity").accepts_stain("ki-67")
     assert catalog.spec("nuclei").kind == "segmentation" and catalog.spec("nuclei").mpp == 0.5
+
+
+def _inertia_of_one(area: float, mu20: float, mu02: float, mu11: float) -> tuple[float, float, float, float]:
+    """The shape figures of one object from its central moments, with Python's math (what _inertia vectorises)."""
+    var_c, var_r, cov = mu20 / area, mu02 / area, mu11 / area
+    half_tr, root = (var_c + var_r) / 2.0, math.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
+    l1, l2 = max(half_tr + root, 0.0), max(half_tr - root, 0.0)
+    orientation = ((-math.pi / 4 if cov > 0 else math.pi / 4) if var_c - var_r == 0
+                   else 0.5 * math.atan2(2.0 * cov, var_r - var_c))
+    ecc = math.sqrt(min(max(1.0 - l2 / l1, 0.0), 1.0)) if l1 > 0 else 0.0
+    return ecc, orientation, 4.0 * math.sqrt(l1), 4.0 * math.sqrt(l2)
+
+
+def test_shape_figures_of_many_objects_are_those_of_each_alone_bit_for_bit() -> None:
+    # GIVEN central moments of many objects: random ones, and round ones (equal variances), axis-aligned,
+    # lines (one variance zero), points, and lines at 45 degrees (the tensor's second eigenvalue zero)
+    rng = np.random.default_rng(3)
+    n = 60_000
+    area = rng.integers(1, 2000, n).astype(np.float64)
+    mu20, mu02 = rng.uniform(0, 50, n) * area, rng.uniform(0, 50, n) * area
+    mu11 = rng.normal(0, 10, n) * area
+    mu02[:5000] = mu20[:5000]
+    mu11[5000:10000] = 0.0
+    mu02[10000:15000], mu11[10000:15000] = 0.0, 0.0
+    mu20[15000:17000], mu02[15000:17000], mu11[15000:17000] = 0.0, 0.0, 0.0
+    mu11[17000:20000] = np.sqrt(mu20[17000:20000] * mu02[17000:20000])
+    # WHEN they are computed at once
+    got = _inertia(area, mu20, mu02, mu11)
+    # THEN each figure is the one Python's math gives the object alone, to the bit
+    want = [_inertia_of_one(*m) for m in zip(area.tolist(), mu20.tolist(), mu02.tolist(), mu11.tolist(), strict=True)]
+    for k, figure in enumerate(got):
+        assert figure.tobytes() == np.array([w[k] for w in want], dtype=np.float64).tobytes()

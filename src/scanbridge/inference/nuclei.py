@@ -558,9 +558,7 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
     # OpenCV's completeMomentState: cx = m10 / m00 as m10 * (1 / m00), mu20 = m20 - m10 * cx, ...
     inv = 1.0 / area
     mu20, mu11, mu02 = s20 - s10 * (s10 * inv), s11 - s10 * (s01 * inv), s02 - s01 * (s01 * inv)
-    shape = [_inertia(a, v20, v02, v11) for a, v20, v02, v11 in
-             zip(area.tolist(), mu20.tolist(), mu02.tolist(), mu11.tolist(), strict=True)]
-    ecc, orientation, major, minor = (np.array(v, dtype=np.float64) for v in zip(*shape, strict=True))
+    ecc, orientation, major, minor = _inertia(area, mu20, mu02, mu11)
     ring2, offsets = _outlines2(labels, boxes, kept, fg)
     poly2, perimeter2 = _ring_area_and_length(ring2, offsets)
     hull2 = np.array([cv2.contourArea(cv2.convexHull(ring2[offsets[i]:offsets[i + 1]]))
@@ -579,16 +577,34 @@ def _measure(labels: np.ndarray, boxes: np.ndarray, fg: np.ndarray, params: Nucl
     )
 
 
-def _inertia(area: float, mu20: float, mu02: float, mu11: float) -> tuple[float, float, float, float]:
-    """Eccentricity, orientation, major and minor axis of one object from its central moments."""
+def _inertia(area: np.ndarray, mu20: np.ndarray, mu02: np.ndarray,
+             mu11: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eccentricity, orientation, major and minor axis of objects from their central moments.
+
+    The float operations Python's math did per object, array-wise: + - * / and sqrt are IEEE's in both;
+    max(v, 0.0) and min(v, 1.0) are the selections Python makes (signed zeros and NaN kept as they are).
+    The square and atan2 stay Python's (`** 2` is libm's pow, and numpy may use other implementations of
+    power and arctan2 than libm's).
+    """
     var_c, var_r, cov = mu20 / area, mu02 / area, mu11 / area
     # skimage's inertia tensor [[var_c, -cov], [-cov, var_r]]; orientation 0.5*atan2(-2b, c - a), b = -cov
-    half_tr, root = (var_c + var_r) / 2.0, math.sqrt(((var_c - var_r) / 2.0) ** 2 + cov * cov)
-    l1, l2 = max(half_tr + root, 0.0), max(half_tr - root, 0.0)
-    orientation = ((-math.pi / 4 if cov > 0 else math.pi / 4) if var_c - var_r == 0
-                   else 0.5 * math.atan2(2.0 * cov, var_r - var_c))
-    ecc = math.sqrt(min(max(1.0 - l2 / l1, 0.0), 1.0)) if l1 > 0 else 0.0
-    return ecc, orientation, 4.0 * math.sqrt(l1), 4.0 * math.sqrt(l2)
+    half_tr = (var_c + var_r) / 2.0
+    squared = np.array([d ** 2 for d in ((var_c - var_r) / 2.0).tolist()], dtype=np.float64)
+    root = np.sqrt(squared + cov * cov)
+    l1, l2 = _at_least_zero(half_tr + root), _at_least_zero(half_tr - root)
+    flat = var_c - var_r == 0
+    turn = np.array([0.5 * math.atan2(2.0 * c, d) for c, d in zip(cov.tolist(), (var_r - var_c).tolist(), strict=True)],
+                    dtype=np.float64)
+    orientation = np.where(flat, np.where(cov > 0, -math.pi / 4, math.pi / 4), turn)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = _at_least_zero(1.0 - l2 / l1)
+        ecc = np.where(l1 > 0, np.sqrt(np.where(share > 1.0, 1.0, share)), 0.0)
+    return ecc, orientation, 4.0 * np.sqrt(l1), 4.0 * np.sqrt(l2)
+
+
+def _at_least_zero(v: np.ndarray) -> np.ndarray:
+    """max(v, 0.0) of each value as Python gives it (v itself unless 0.0 > v: -0.0 and NaN stay)."""
+    return np.where(v < 0.0, 0.0, v)
 
 
 def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray,
