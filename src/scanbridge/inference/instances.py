@@ -17,9 +17,8 @@ view of the same rules: everything that stops a decoder from decoding a model's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import cv2
 import numpy as np
@@ -38,6 +37,7 @@ from scanbridge.inference.nuclei import (
     params_for,
     take_rings,
 )
+from scanbridge.inference.rows import Rows
 
 DEFAULT_OVERLAP = 64  # model pixels (objects.py's default tile overlap)
 BOX_FORMATS = ("xyxy", "cxcywh")
@@ -61,7 +61,7 @@ class WindowObject:
     class_fraction: float | None = None  # share of the object's pixels of its type (typed nuclei)
 
 
-class WindowObjects(Sequence[WindowObject]):
+class WindowObjects(Rows[WindowObject]):
     """One window's objects column-wise (window model pixels): centroids, outlines back to back, and the
     nuclei's measurements (`Nuclei`), classes (-1: none), scores or type fractions where the decoder gives
     them. `self[i]` is object i as a `WindowObject`."""
@@ -80,16 +80,8 @@ class WindowObjects(Sequence[WindowObject]):
     def __len__(self) -> int:
         return len(self.cx)
 
-    @overload
-    def __getitem__(self, index: int) -> WindowObject: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[WindowObject]: ...
-
-    def __getitem__(self, index: int | slice) -> WindowObject | list[WindowObject]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = range(len(self))[index]
+    def row(self, i: int) -> WindowObject:
+        """Object i as a WindowObject."""
         cls, score, fraction = self.class_index, self.score, self.class_fraction
         return WindowObject(cx=float(self.cx[i]), cy=float(self.cy[i]), contour=self.contour(i),
                             nucleus=self.nuclei[i] if self.nuclei is not None else None,

@@ -23,15 +23,16 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import cv2
 import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
+
+from scanbridge.inference.rows import Rows
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Nucleus:
 Box = tuple[slice, slice]
 
 
-class Nuclei(Sequence[Nucleus]):
+class Nuclei(Rows[Nucleus]):
     """The nuclei of one window column-wise (what `Nucleus` holds, one array per field; outlines back to back).
 
     The measuring works on whole arrays (`find_nuclei_columns`); `self[i]` is nucleus i as a `Nucleus`.
@@ -107,16 +108,8 @@ class Nuclei(Sequence[Nucleus]):
     def __len__(self) -> int:
         return len(self.cx)
 
-    @overload
-    def __getitem__(self, index: int) -> Nucleus: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Nucleus]: ...
-
-    def __getitem__(self, index: int | slice) -> Nucleus | list[Nucleus]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = range(len(self))[index]
+    def row(self, i: int) -> Nucleus:
+        """Nucleus i as a Nucleus."""
         pos = self.positive_score
         return Nucleus(cx=float(self.cx[i]), cy=float(self.cy[i]),
                        contour=self.coords[self.offsets[i]:self.offsets[i + 1]], area=float(self.area[i]),

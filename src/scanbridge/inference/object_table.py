@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
 
 import numpy as np
+
+from scanbridge.inference.rows import Rows
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _empty_block() -> dict[str, np.ndarray]:
             "box": np.zeros(0, dtype=np.bool_)}
 
 
-class ObjectTable(Sequence[SlideObject]):
+class ObjectTable(Rows[SlideObject]):
     """Objects column-wise, in blocks that `add` appends and `sorted` joins; a Sequence of SlideObjects."""
 
     def __init__(self) -> None:
@@ -193,18 +194,8 @@ class ObjectTable(Sequence[SlideObject]):
     def __len__(self) -> int:
         return self._n
 
-    @overload
-    def __getitem__(self, index: int) -> SlideObject: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[SlideObject]: ...
-
-    def __getitem__(self, index: int | slice) -> SlideObject | list[SlideObject]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
-        if not -self._n <= index < self._n:
-            raise IndexError(index)
-        i = index % self._n
+    def row(self, i: int) -> SlideObject:
+        """Object i as a SlideObject."""
         b = self._joined()
         c0, c1 = int(b["coord_offsets"][i]), int(b["coord_offsets"][i + 1])
         positive = int(b["positive"][i])
