@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import tracemalloc
@@ -47,6 +48,27 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     cores tests/e2e took 235 s on 4 workers and 304 s on 2."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(8, 2 * cores)
+
+
+#: the cyclic garbage collector's thresholds in a test process (Python's default: 700, 10, 10); see below
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Young collections every 50,000 allocations instead of 700: with Python's defaults the collector took
+    ~21 % of a test process's CPU (9.9 of 47.3 s on a sample of modules in one process, mostly full collections
+    walking the ~600,000 objects of the imported libraries, the collected tests and schemathesis' cases; 4.4 of
+    39.1 s with this and the freeze below, the same peak RSS). Cyclic garbage is still collected, in fewer and
+    larger young collections; full collections keep their default rhythm."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection made (modules, test items, fixtures' definitions) lives as long as the run: frozen out
+    of the collector's reach (gc.freeze), so a full collection walks only what the tests allocated since."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids
