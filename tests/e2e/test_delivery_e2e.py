@@ -36,8 +36,9 @@ def test_results_reach_a_platform_that_comes_back_and_the_worker_slot_is_not_hel
         # THEN both get analysed (the first one's undelivered results do not hold the slot) and wait, DELIVERING
         deadline = time.monotonic() + 90
         states: dict[str, str] = {}
+        http = httpx.Client(timeout=10)  # one client for the polls: httpx.get builds one (~30 ms CPU) a call
         while time.monotonic() < deadline:
-            states = {tid: httpx.get(f"{url}/tasks/{tid}").json()["status"] for tid in ("down-1", "down-2")}
+            states = {tid: http.get(f"{url}/tasks/{tid}").json()["status"] for tid in ("down-1", "down-2")}
             if all(s == "DELIVERING" for s in states.values()):
                 break
             time.sleep(0.3)
@@ -46,10 +47,11 @@ def test_results_reach_a_platform_that_comes_back_and_the_worker_slot_is_not_hel
         # warm worker pool makes the second task fast; wait, bounded, for the burst to be recorded)
         waiting: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            waiting = httpx.get(f"{url}/tasks/down-1").json()["delivery"]
+            waiting = http.get(f"{url}/tasks/down-1").json()["delivery"]
             if waiting.get("attempts", 0) >= 2 and waiting.get("next_attempt_at"):
                 break
             time.sleep(0.2)
+        http.close()
         assert waiting["attempts"] >= 2 and waiting["next_attempt_at"] and "unreachable" in waiting["last_error"]
         # WHEN the platform comes back
         with Platform(port=port) as platform:
