@@ -71,6 +71,8 @@ def test_whole_loop_against_the_local_stack(tmp_path: Path, capsys: pytest.Captu
     # THEN the results follow the contract, with the API key as Bearer, and the report says so
     assert code == 0, out
     assert "contract: OK" in out and "Authorization: Bearer <13 chars>" in out
+    # AND it ends with the bridge's own status, read once the bridge recorded the platform's answer
+    assert out.rstrip().splitlines()[-1] == "bridge: task dev-1 COMPLETED", out[-500:]
     # AND the blank scan carries the company's reason, the good one its tissue, both the task's link
     assert "qcFailReasons: no tissue" in out and "tissue" in out
     assert "external_url: http://127.0.0.1:8000/tasks/dev-1" in out

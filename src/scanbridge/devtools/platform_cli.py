@@ -2,8 +2,11 @@
 
 Serves scan files behind presigned-style URLs (X-Amz-* parameters, an expiry), prints the webhook
 body the platform's "debug" case algorithm writes into task notes (PLATFORM.md section 5) or sends it,
-receives the results POST, checks it against the platform contract and prints a readable report.
-Bounded: it exits once results arrived, or after --timeout seconds.
+receives the results POST, checks it against the platform contract and prints a readable report; with
+--send, then the bridge's own word on the task once it has recorded the delivery (GET /tasks/{id} beside
+the webhook URL), so that a `scanbridge tasks` right after it lists the task's final status.
+Bounded: it exits once results arrived (and the bridge's status was read, at most BRIDGE_WAIT_S), or
+after --timeout seconds.
 
 Exit status: 0 results arrived and follow the contract; 1 results arrived with problems (or the
 bridge refused the webhook); 2 no results before the timeout.
@@ -23,6 +26,9 @@ from scanbridge.adapters.platform_http import PCHAR
 from scanbridge.devtools.local_platform import FakePlatform, ReceivedPost
 from scanbridge.domain import geojson as gj
 from scanbridge.domain.results import geojson_problems, qupath_problems
+from scanbridge.domain.status import TERMINAL
+
+BRIDGE_WAIT_S = 30.0  # how long the bridge may take to record the platform's answer to its results POST
 
 
 def scan_ids_for(files: list[Path]) -> dict[str, Path]:
@@ -221,7 +227,32 @@ def platform_command(files: list[Path], *, port: int = 8901, send: str | None = 
         post = posts[0]
         problems = check_results(post, task_id=task_id, dims=dims, bearer=token or api_key)
         print(format_report(post, problems), file=out)
+        if send:
+            print(bridge_outcome(send, task_id), file=out)
         return 1 if problems else 0
+
+
+def bridge_outcome(webhook_url: str, task_id: str, *, wait_s: float = BRIDGE_WAIT_S) -> str:
+    """The bridge's status of the task, read from GET /tasks/{id} beside `webhook_url` once it is terminal:
+    the results POST has been answered, but the bridge records the answer just after (polled, at most `wait_s`)."""
+    import httpx
+
+    base = webhook_url.rsplit("/webhook", 1)[0]
+    deadline = time.monotonic() + wait_s
+    with httpx.Client(timeout=5) as client:
+        while True:
+            try:
+                resp = client.get(f"{base}/tasks/{task_id}")
+            except httpx.HTTPError as exc:
+                return f"bridge: the task's status could not be read ({type(exc).__name__})"
+            if resp.status_code != 200:
+                return f"bridge: the task's status could not be read (HTTP {resp.status_code})"
+            status = str(resp.json().get("status"))
+            if status in TERMINAL:
+                return f"bridge: task {task_id} {status}"
+            if time.monotonic() >= deadline:
+                return f"bridge: task {task_id} still {status} after {wait_s:g} s"
+            time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
