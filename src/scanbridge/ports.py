@@ -48,7 +48,7 @@ class TaskStore(Protocol):
 
 
 class ArtifactStore(Protocol):
-    """Bytes by key: results JSON, overlays, masks (S3; locally moto or memory)."""
+    """Bytes by key: results JSON, overlays, masks (S3; locally moto or memory; run-scan's output: a folder)."""
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Store `data` under `key`, replacing what was there."""

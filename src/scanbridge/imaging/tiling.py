@@ -10,13 +10,13 @@ core on every side, so post-processing can drop the border where a model sees no
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from scanbridge.cpus import usable_cores
 from scanbridge.imaging.readers.base import READ_BAND_PX, ScanReader, best_level
 
 SCALE_SNAP = 0.01  # a level within 1 % of the model's scale is read as is
@@ -211,7 +211,7 @@ def strip_mask(rgb: np.ndarray, mask_fn: Callable[[np.ndarray], np.ndarray], *,
         mask[y0:min(h, y0 + rows)] = part[y0 - top:y0 - top + min(rows, h - y0)]
 
     starts = range(0, h, rows)
-    workers = min(len(starts), threads or _cores())
+    workers = min(len(starts), threads or usable_cores())
     if workers <= 1:
         for y0 in starts:
             one(y0)
@@ -221,10 +221,3 @@ def strip_mask(rgb: np.ndarray, mask_fn: Callable[[np.ndarray], np.ndarray], *,
             done.result()
     return mask
 
-
-def _cores() -> int:
-    """The cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from scanbridge.cpus import usable_cores
 from scanbridge.domain.errors import DeviceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -233,18 +234,6 @@ def pinned_memory_info(device_id: int = 0) -> Any | None:
 
 #: the most tile reader threads: past this the model, not decoding, is the limit on any machine measured
 MAX_READER_THREADS = 16
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: os.process_cpu_count (Python 3.13+: affinity and -X cpu_count),
-    else the scheduler affinity mask (Linux), else os.cpu_count."""
-    counter = getattr(os, "process_cpu_count", None)
-    if counter is not None:
-        return int(counter() or 1)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 2
 
 
 def default_reader_threads() -> int:

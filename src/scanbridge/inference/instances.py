@@ -35,9 +35,8 @@ from scanbridge.inference.nuclei import (
     find_nuclei_columns,
     measure_nuclei_columns,
     params_for,
-    take_rings,
 )
-from scanbridge.inference.rows import Rows
+from scanbridge.inference.rows import Rows, take_rings
 
 DEFAULT_OVERLAP = 64  # model pixels (objects.py's default tile overlap)
 BOX_FORMATS = ("xyxy", "cxcywh")

@@ -32,7 +32,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from scanbridge.inference.rows import Rows
+from scanbridge.inference.rows import Rows, take_rings
 
 
 @dataclass(frozen=True)
@@ -141,16 +141,6 @@ class Nuclei(Rows[Nucleus]):
                       minor_axis=self.minor_axis[idx], orientation=self.orientation[idx],
                       stain_means=self.stain_means[idx], positive_score=None if pos is None else pos[idx],
                       label=self.label[idx])
-
-
-def take_rings(coords: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rings at `idx` of rings stored back to back (`coords`, `offsets`), back to back, and their offsets."""
-    idx = np.asarray(idx, dtype=np.int64)
-    starts, lengths = offsets[:-1][idx], np.diff(offsets)[idx]
-    out = np.zeros(len(idx) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    gather = np.repeat(starts - out[:-1], lengths) + np.arange(int(out[-1]))
-    return coords[gather], out
 
 
 _SCRATCH = threading.local()

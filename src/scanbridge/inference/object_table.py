@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scanbridge.inference.rows import Rows
+from scanbridge.inference.rows import Rows, take_rings
 
 
 @dataclass
@@ -172,11 +172,7 @@ class ObjectTable(Rows[SlideObject]):
         out._classes, out._class_ids = list(self._classes), dict(self._class_ids)
         picked: dict[str, np.ndarray] = {}
         for field, offsets_key in (("coords", "coord_offsets"), ("values", "value_offsets")):
-            offsets = block[offsets_key]
-            starts, lengths = offsets[:-1][idx], np.diff(offsets)[idx]
-            picked[offsets_key] = _offsets(lengths.tolist())
-            gather = np.repeat(starts - picked[offsets_key][:-1], lengths) + np.arange(int(lengths.sum()))
-            picked[field] = block[field][gather]
+            picked[field], picked[offsets_key] = take_rings(block[field], block[offsets_key], idx)
         for key in ("x", "y", "keyset", "positive", "class_id", "box"):
             picked[key] = block[key][idx]
         out._append(picked)

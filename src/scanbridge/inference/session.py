@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,10 +46,7 @@ def pick_providers(prefer_gpu: bool = True) -> list[str]:
 
 def default_intra_op_threads() -> int:
     """Intra-op threads for the CPU provider: every core this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return dev.usable_cores()
 
 
 def class_axis(spec: ModelSpec, shape: tuple[int, ...]) -> int:
