@@ -18,7 +18,7 @@ import numpy as np
 
 from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, resize_rgb, thumbnail_size
 from scanbridge.imaging.tiling import strip_mask, tissue_overview
-from scanbridge.imaging.tissue import percent_text, tissue_fraction, tissue_mask
+from scanbridge.imaging.tissue import TissueMasker, percent_text, tissue_fraction
 
 #: the overview's longest side (px): the resolution of the scan's one tissue mask
 OVERVIEW_MAX = 2048
@@ -110,7 +110,7 @@ class OpenedScan:
         rgb, ds = self.overview()
         with self._lock:
             if self._tissue is None:
-                self._tissue = ScanTissue(strip_mask(rgb, tissue_mask), ds, self.metadata.mpp)
+                self._tissue = ScanTissue(strip_mask(rgb, TissueMasker()), ds, self.metadata.mpp)
             return self._tissue
 
     def close(self) -> None:
