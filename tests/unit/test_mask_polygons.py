@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
 from scipy import ndimage
 from skimage import measure
 
-from scanbridge.inference.postprocess import mask_rings, mask_to_polygons
+from scanbridge.inference.pipeline import code_values, codes_at_least
+from scanbridge.inference.postprocess import CodeMapPolygons, mask_rings, mask_to_polygons, polygon_geometry
 
 
 def _ring_set(rings: list[np.ndarray]) -> set[frozenset[tuple[float, float]]]:
@@ -75,3 +77,57 @@ def test_many_holes_are_nested_by_one_tree_query_not_pairwise(monkeypatch: pytes
     assert sum(len(p.interiors) for p in polys) == 44 * 44
     assert queries == [44 * 44 + 1], queries
     assert pairwise == []
+
+
+def _blobby_codes(seed: int) -> np.ndarray:
+    """A smooth random uint8 code map (p * 255): blobs, holes, islands, some reaching the map's edge."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.random((120, 150)), 3.0)
+    field = (field - field.min()) / (field.max() - field.min())
+    return np.asarray(np.rint(field * 255), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_code_map_polygons_are_each_levels_mask_polygons_and_a_repeated_mask_is_traced_once(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a code map, levels of which two pass the same codes (0.5 and 0.501) and one passes none, and
+    # the tracing counted
+    from scanbridge.inference import postprocess
+
+    codes = _blobby_codes(seed)
+    traced: list[int] = []
+    real = postprocess.framed_rings
+    monkeypatch.setattr(postprocess, "framed_rings", lambda bg: (traced.append(1), real(bg))[1])
+    outlines = CodeMapPolygons(codes, 4.0, (580, 460))  # the slide ends inside the map: clipped
+    levels = [0.5, 0.25, 0.501, 0.75, 1.5]
+    # WHEN each level's polygons are made from the code map (two simplify tolerances for the repeated mask)
+    got = [outlines.polygons(codes_at_least(lv), min_area=40.0, simplify=2.0 if lv == 0.5 else 4.0) for lv in levels]
+    # THEN the mask 0.5 and 0.501 share was traced once, the empty one not at all
+    assert len(traced) == 3
+    # AND the polygons are mask_to_polygons of each level's float16 mask, vertex for vertex
+    for lv, polys in zip(levels, got, strict=True):
+        expected = mask_to_polygons(code_values(codes) >= lv, 4.0, (580, 460), min_area=40.0,
+                                    simplify=2.0 if lv == 0.5 else 4.0)
+        assert [p.wkb for p in polys] == [p.wkb for p in expected], lv
+    assert got[0] and got[3] and got[4] == []
+    assert got[0] != got[2]  # the same outlines, simplified by each level's own tolerance
+
+
+def test_polygon_geometry_rounds_every_ring_as_the_generic_mapping_does() -> None:
+    # GIVEN polygons with holes and vertices off the 0.01 grid (and one that precision makes two)
+    from shapely.geometry import Polygon, mapping
+
+    from scanbridge.inference.postprocess import _lists
+
+    rng = np.random.default_rng(5)
+    shell = [(0.123456, 0.5), (100.987654, 0.333), (100.5, 80.0049), (0.4, 79.9951)]
+    hole = [(20.1151, 20.2249), (20.0, 40.555), (40.123, 40.0), (40.0, 20.0)]
+    polys = [Polygon(shell, [hole]), Polygon(np.round(rng.random((40, 2)) * 1e4, 6).tolist()).convex_hull,
+             Polygon([(0, 0), (10, 0), (10, 10.004), (5, 10.004), (5, 10.0049), (0, 10)])]
+    for poly in polys:
+        # WHEN written as GeoJSON
+        geometry, _ = polygon_geometry(poly)
+        # THEN the coordinates are those the generic path writes: mapping() of the oriented, snapped polygon,
+        # each number through round(v, 2)
+        generic = mapping(shapely.orient_polygons(shapely.set_precision(poly, 0.01), exterior_cw=False))
+        assert geometry == {"type": generic["type"], "coordinates": _lists(generic["coordinates"])}

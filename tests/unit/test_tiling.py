@@ -17,7 +17,7 @@ from scanbridge.imaging.tiling import (
     read_order,
 )
 from scanbridge.imaging.tissue import tissue_mask
-from scanbridge.inference.pipeline import TileMap
+from scanbridge.inference.pipeline import TileMap, code_values, codes_at_least
 
 
 class ArrayReader:
@@ -181,6 +181,25 @@ def test_tile_map_stores_tiles_as_uint8_and_assembles_on_demand() -> None:
     dense = tm.to_array(10, 11)
     assert dense.shape == (10, 11) and dense.dtype == np.float16
     assert abs(float(dense[0, 0]) - 0.5) < 0.003 and float(dense[5, 9]) == 1.0 and float(dense[9, 0]) == 0.0
+
+
+def test_the_code_map_and_its_tables_are_the_float16_map_and_its_comparisons() -> None:
+    # GIVEN a map whose two tiles hold every code 0-255, and the dense float16 map as stored codes scale to
+    tm = TileMap(2, 2, 16)
+    every = np.arange(256, dtype=np.float32).reshape(16, 16) / 255.0
+    tm.put(Tile(0, 0, 0, 0), every)
+    tm.put(Tile(1, 1, 0, 0), every[::-1])
+    codes = tm.to_codes(30, 29)
+    stated = codes.astype(np.float16) * np.float16(1.0 / 255.0)
+    # WHEN / THEN the codes are the stored bytes (0 where nothing ran), the float16 map is the stated one bit
+    # for bit, and each level's table of codes is the float16 comparison (levels float16 cannot hold too)
+    assert codes.dtype == np.uint8 and codes.shape == (30, 29) and int(codes[0, 16]) == 0
+    np.testing.assert_array_equal(np.sort(codes[:16, :16], axis=None), np.arange(256))
+    np.testing.assert_array_equal(tm.to_array(30, 29).view(np.uint16), stated.view(np.uint16))
+    np.testing.assert_array_equal(code_values(codes).view(np.uint16), stated.view(np.uint16))
+    for level in (0.25, 0.5, 0.75, 0.3, 1 / 3, 0.0, 1.0, -1.0, 2.0, np.float64(0.3)):
+        np.testing.assert_array_equal(codes_at_least(level)[codes], stated >= level, err_msg=str(level))
+    assert codes_at_least(0.5).sum() == 128 and not codes_at_least(1.5).any()
 
 
 def test_an_overlapping_grid_is_read_in_bands_row_by_row_and_an_aligned_one_in_its_order() -> None:

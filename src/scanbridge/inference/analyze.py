@@ -23,12 +23,15 @@ from scanbridge.imaging.scan import OpenedScan, ScanTissue
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, grid_for_model
 from scanbridge.imaging.tissue import percent_text
 from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objects
-from scanbridge.inference.pipeline import PipelineStats, ProgressFn, run_class_grid, run_grid
-from scanbridge.inference.postprocess import (
-    heatmap_feature,
-    mask_to_polygons,
-    region_features,
+from scanbridge.inference.pipeline import (
+    PipelineStats,
+    ProgressFn,
+    code_values,
+    codes_at_least,
+    run_class_grid,
+    run_grid,
 )
+from scanbridge.inference.postprocess import CodeMapPolygons, heatmap_feature, region_features
 from scanbridge.inference.regions import region_result
 from scanbridge.inference.resume import CheckpointStore
 from scanbridge.inference.session import OnnxModel
@@ -136,9 +139,10 @@ def _analyze_scan(scan_id: str, scan: OpenedScan, model: OnnxModel, *,
 
     map_ds = grid.model_downsample * spec.output_downsample  # level-0 px per map px
     h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
-    prob = tile_map.to_array(h_map, w_map)  # float16, only now dense (output resolution)
-    result = _classification_result(scan_id, spec_name=spec.name, model=model, prob=prob, map_ds=map_ds,
+    codes = tile_map.to_codes(h_map, w_map)  # uint8 as stored, only now dense (output resolution)
+    result = _classification_result(scan_id, spec_name=spec.name, model=model, codes=codes, map_ds=map_ds,
                                     bounds=(width, height), mpp=meta.mpp)
+    prob = code_values(codes)  # float16
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
                         map_downsample=map_ds, timings=timings)
@@ -213,8 +217,10 @@ def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, tissue:
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, map_downsample=map_ds, timings=timings)
 
 
-def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, prob: np.ndarray, map_ds: float,
+def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, codes: np.ndarray, map_ds: float,
                            bounds: tuple[int, int], mpp: tuple[float, float] | None) -> ScanResult:
+    """The regions where the probability (`code_values(codes)`) reaches the spec's threshold, and the heat
+    map's contours at `outputs.contour_levels`."""
     spec = model.spec
     label = spec.labels[0] if spec.labels else None
     class_name = label.name if label else spec_name
@@ -224,13 +230,13 @@ def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, pr
     min_area_px = 0.0
     if um2_per_px and spec.outputs.get("min_region_um2"):
         min_area_px = float(spec.outputs["min_region_um2"]) / um2_per_px
-    polygons = mask_to_polygons(prob >= threshold, map_ds, bounds, min_area=min_area_px, simplify=map_ds * 0.5)
+    outlines = CodeMapPolygons(codes, map_ds, bounds)  # a level passing the threshold's codes is traced once
+    polygons = outlines.polygons(codes_at_least(threshold), min_area=min_area_px, simplify=map_ds * 0.5)
     features, total_px = region_features(polygons, class_name=class_name, colour=colour, um2_per_px=um2_per_px)
     levels = list(spec.outputs.get("contour_levels", []))
     if levels:
         colours = list(spec.outputs.get("contour_colors", ["#ffffff"] * len(levels)))
-        per_level = [mask_to_polygons(prob >= lv, map_ds, bounds, min_area=min_area_px, simplify=map_ds)
-                     for lv in levels]
+        per_level = [outlines.polygons(codes_at_least(lv), min_area=min_area_px, simplify=map_ds) for lv in levels]
         if any(per_level):
             features.append(heatmap_feature(levels, colours, per_level))
     slide_px = float(bounds[0] * bounds[1])

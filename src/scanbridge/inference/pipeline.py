@@ -64,20 +64,39 @@ class TileMap:
         """Bytes held by the stored tiles."""
         return sum(t.nbytes for t in self.tiles.values())
 
-    def to_array(self, height: int | None = None, width: int | None = None) -> np.ndarray:
-        """The dense map (float16 in [0, 1], background 0), cropped to height x width."""
+    def to_codes(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """The dense map as stored (uint8 p * 255, background 0), cropped to height x width."""
         h = self.rows * self.out_tile if height is None else height
         w = self.cols * self.out_tile if width is None else width
-        dense = np.zeros((h, w), dtype=np.float16)
-        scale = np.float16(1.0 / 255.0)
+        dense = np.zeros((h, w), dtype=np.uint8)
         t = self.out_tile
         for (r, c), q in self.tiles.items():
             r0, c0 = r * t, c * t
             if r0 >= h or c0 >= w:
                 continue
             part = q[:h - r0, :w - c0]
-            dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part.astype(np.float16) * scale
+            dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
         return dense
+
+    def to_array(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """The dense map (float16 in [0, 1], background 0), cropped to height x width."""
+        return code_values(self.to_codes(height, width))
+
+
+#: a stored code's probability: float16(code) * float16(1 / 255), each of the 256 computed once
+CODE_VALUES = np.arange(256, dtype=np.uint8).astype(np.float16) * np.float16(1.0 / 255.0)
+
+
+def code_values(codes: np.ndarray) -> np.ndarray:
+    """The float16 probabilities of a uint8 code map (TileMap.to_codes)."""
+    return np.asarray(np.take(CODE_VALUES, codes))
+
+
+def codes_at_least(level: float) -> np.ndarray:
+    """Which of the 256 codes stand for a probability >= `level` (numpy's float16 comparison, its rounding
+    of `level` included): `codes_at_least(level)[codes]` is `code_values(codes) >= level`, decided once per
+    code instead of per pixel (postprocess.CodeMapPolygons)."""
+    return np.asarray(np.greater_equal(CODE_VALUES, level))
 
 
 class ClassTileMap:
