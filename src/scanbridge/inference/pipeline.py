@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -88,8 +89,10 @@ CODE_VALUES = np.arange(256, dtype=np.uint8).astype(np.float16) * np.float16(1.0
 
 
 def code_values(codes: np.ndarray) -> np.ndarray:
-    """The float16 probabilities of a uint8 code map (TileMap.to_codes)."""
-    return np.asarray(np.take(CODE_VALUES, codes))
+    """The float16 probabilities of a uint8 code map (TileMap.to_codes): the table's bits looked up by
+    OpenCV (np.take would first copy the codes as int64, 8 bytes per pixel)."""
+    bits = cv2.LUT(np.ascontiguousarray(codes, dtype=np.uint8), CODE_VALUES.view(np.uint16))
+    return np.asarray(bits).view(np.float16)
 
 
 def codes_at_least(level: float) -> np.ndarray:
