@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from scanbridge.cpus import usable_cores
@@ -131,7 +132,11 @@ def _integral_rows(mask: np.ndarray, ys: np.ndarray) -> np.ndarray:
     out = np.zeros((len(ys), w + 1), dtype=np.int64)
     if bounds.size:
         starts = np.concatenate([[0], bounds[:-1]])
-        between = np.add.reduceat(mask[:bounds[-1]].view(np.uint8), starts, axis=0, dtype=np.int64)
+        rows = np.ascontiguousarray(mask).view(np.uint8)
+        # each band's column sums by OpenCV's SIMD reduce (int32: a band has < 2^31 rows), 1/20 of
+        # np.add.reduceat's time at 1250² (it widens every pixel to int64 first)
+        between = np.stack([cv2.reduce(rows[a:b], 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[0]
+                            for a, b in zip(starts.tolist(), bounds.tolist(), strict=True)]).astype(np.int64)
         table = np.zeros((bounds.size + 1, w + 1), dtype=np.int64)  # row 0: y = 0
         np.cumsum(np.cumsum(between, axis=0), axis=1, out=table[1:, 1:])
         out[:] = table[np.searchsorted(bounds, ys, side="right")]
