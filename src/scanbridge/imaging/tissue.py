@@ -89,7 +89,9 @@ def least_tissue_density(min_od: float, min_saturation: float) -> np.ndarray:
         mid = lo + (hi - lo) // 2
         above = tissue(mid)
         hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
-    return np.where(at_zero, np.float32(0.0), hi.view(np.float32)).astype(np.float32)  # inf: no density
+    least = np.where(at_zero, np.float32(0.0), hi.view(np.float32)).astype(np.float32)  # inf: no density
+    least.setflags(write=False)  # shared by every caller (cached)
+    return least
 
 
 class _Buffers:
@@ -111,8 +113,8 @@ class TissueMasker:
 
     `strip_mask(rgb, TissueMasker())` masks an overview's strips with one set of arrays per thread instead
     of fresh ones per strip: under the worker's malloc settings (inference/heap.py) every array of 1 MiB
-    or more is a fresh mapping, and first touching fresh pages cost 3-4x the mask's arithmetic (a 1250²
-    overview: 50 ms against 12 ms). Make one per overview; its arrays go with it.
+    or more is a fresh mapping, and first touching its pages cost 2-3x the mask's arithmetic (docs/
+    performance.md). Make one per overview; its arrays go with it.
     """
 
     def __init__(self, *, min_od: float = 0.4, min_saturation: float = 0.1, min_area_px: int = 4) -> None:

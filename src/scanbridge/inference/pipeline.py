@@ -86,6 +86,7 @@ class TileMap:
 
 #: a stored code's probability: float16(code) * float16(1 / 255), each of the 256 computed once
 CODE_VALUES = np.arange(256, dtype=np.uint8).astype(np.float16) * np.float16(1.0 / 255.0)
+CODE_VALUES.setflags(write=False)
 
 
 def code_values(codes: np.ndarray) -> np.ndarray:

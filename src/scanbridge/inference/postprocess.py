@@ -158,7 +158,8 @@ ORIENTATION = "exterior: positive signed area (counter-clockwise with y up); hol
 def _rounded(geom: Polygon) -> dict[str, Any]:
     oriented = shapely.orient_polygons(shapely.set_precision(geom, 0.01), exterior_cw=False)
     if isinstance(oriented, Polygon) and not oriented.is_empty:  # each ring's coordinates rounded at once
-        return {"type": "Polygon", "coordinates": [_rounded_ring(ring) for ring in (oriented.exterior, *oriented.interiors)]}
+        rings = (oriented.exterior, *oriented.interiors)
+        return {"type": "Polygon", "coordinates": [_rounded_ring(ring) for ring in rings]}
     geo = mapping(oriented)  # what precision made of it (a MultiPolygon, nothing)
     return {"type": geo["type"], "coordinates": _lists(geo["coordinates"])}
 
