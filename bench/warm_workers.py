@@ -5,13 +5,15 @@
 For each SCANBRIDGE_WARM_WORKERS value it starts a real `scanbridge serve` (moto, local launcher) with a
 loopback platform serving the slide, waits `--settle` seconds (spares import the stack), then sends
 `--tasks` webhooks one after the other, each timed from the webhook to the results POST. Prints one JSON
-object: per setting the times (s), their median and max. Loopback only; every wait is bounded.
+object: per setting the times (s), their median and max. Loopback only; every wait is bounded. Each
+setting's folder (serve's data and logs) is removed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,8 +32,16 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "small.s
 def run(slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float, gap_s: float) -> dict[str, Any]:
     """`tasks` sequential tiny tasks through one serve with SCANBRIDGE_WARM_WORKERS=warm."""
     tmp = Path(tempfile.mkdtemp(prefix=f"scanbridge-warm{warm}-"))
+    try:
+        return _run(tmp, slide, warm, tasks, settle_s, timeout_s, gap_s)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(tmp: Path, slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float,
+         gap_s: float) -> dict[str, Any]:
     times: list[float] = []
-    with FakePlatform(files={"slide": slide}) as platform:
+    with FakePlatform(files={"slide": slide}) as platform, httpx.Client(timeout=30) as http:
         env = {"SCANBRIDGE_PLATFORM_URL": platform.base_url, "SCANBRIDGE_ALLOWED_SCAN_HOSTS": platform.netloc,
                "SCANBRIDGE_DATA_DIR": str(tmp / "data"), "SCANBRIDGE_WARM_WORKERS": str(warm),
                "SCANBRIDGE_LOG_LEVEL": "INFO"}
@@ -41,7 +51,7 @@ def run(slide: Path, warm: int, tasks: int, settle_s: float, timeout_s: float, g
                 body = {"task_id": f"warm{warm}-{i}", "company_id": "bench", "jwt_token": "bench.jwt.token",
                         "scans": {"s1": platform.url_for("slide")}}
                 t0 = time.monotonic()
-                httpx.post(f"{url}/webhook", json=body, timeout=30).raise_for_status()
+                http.post(f"{url}/webhook", json=body).raise_for_status()
                 platform.wait_for_posts(i + 1, timeout_s=timeout_s)
                 times.append(round(time.monotonic() - t0, 2))
                 time.sleep(gap_s)  # between two webhooks (a taken spare's replacement warms up meanwhile)
