@@ -26,7 +26,6 @@ from scanbridge.inference.objects import OBJECT_KINDS, objects_result, run_objec
 from scanbridge.inference.pipeline import (
     PipelineStats,
     ProgressFn,
-    code_values,
     codes_at_least,
     run_class_grid,
     run_grid,
@@ -48,8 +47,6 @@ class ScanAnalysis:
     result: ScanResult
     metadata: dict[str, Any]
     stats: PipelineStats
-    prob_map: np.ndarray | None = None
-    map_downsample: float = 1.0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -142,10 +139,8 @@ def _analyze_scan(scan_id: str, scan: OpenedScan, model: OnnxModel, *,
     codes = tile_map.to_codes(h_map, w_map)  # uint8 as stored, only now dense (output resolution)
     result = _classification_result(scan_id, spec_name=spec.name, model=model, codes=codes, map_ds=map_ds,
                                     bounds=(width, height), mpp=meta.mpp)
-    prob = code_values(codes)  # float16
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
-    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, prob_map=prob,
-                        map_downsample=map_ds, timings=timings)
+    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, timings=timings)
 
 
 def tile_min_tissue(spec: ModelSpec, override: float | None = None) -> float:
@@ -214,7 +209,7 @@ def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, tissue:
     result = region_result(scan_id, model, cmap, map_ds=map_ds, bounds=(width, height), mpp=meta.mpp,
                            tissue_px=tissue.area_px)
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
-    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, map_downsample=map_ds, timings=timings)
+    return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, timings=timings)
 
 
 def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, codes: np.ndarray, map_ds: float,
