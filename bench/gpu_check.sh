@@ -133,10 +133,10 @@ if [[ ! -s "$SLIDE" || ! -s "$TRUTH" ]]; then
 fi
 
 # ---------------------------------------------------------------- the bench (CUDA, then TensorRT)
-run_bench() {  # $1: output file, then extra options
-  local out=$1; shift
+run_bench() {  # $1: output file, then extra options (one run per phase: device time is counted, and the
+  local out=$1; shift  # full check's phases last seconds, where a repeat changes little)
   timeout "$(left 360)" "$VPY" -m scanbridge.entrypoints.cli dev bench "$SLIDE" --model "$MODEL" --device "$DEVICE" --json \
-    --no-naive --truth "$TRUTH" --trt-cache "$WORK/tensorrt" "$@" > "$out"
+    --no-naive --repeat 1 --truth "$TRUTH" --trt-cache "$WORK/tensorrt" "$@" > "$out"
 }
 say "bench: $MODEL on $DEVICE"
 run_bench "$WORK/bench.json"

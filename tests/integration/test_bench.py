@@ -44,7 +44,8 @@ def test_bench_json_reports_every_measure_and_reads_only_tissue(slide: tuple[Pat
     # GIVEN a 25 %-tissue slide
     path, truth = slide
     # WHEN `scanbridge dev bench SLIDE --model bench-conv --json` runs
-    code = bench.main([str(path), "--model", "bench-conv", "--json", "--truth", str(truth), "--cpu"])
+    code = bench.main([str(path), "--model", "bench-conv", "--json", "--truth", str(truth), "--cpu",
+                       "--repeat", "2"])
     # THEN stdout is exactly one JSON object with every key
     out = capsys.readouterr().out
     assert code == 0
@@ -53,6 +54,7 @@ def test_bench_json_reports_every_measure_and_reads_only_tissue(slide: tuple[Pat
     assert all(report[k] > 0 for k in ("decode_only_s", "model_only_s", "pipeline_s", "naive_s", "bare_onnxruntime_s"))
     assert report["pipeline_vs_bare"] == pytest.approx(report["bare_onnxruntime_s"] / report["pipeline_s"], rel=0.01)
     assert report["provider"] == "CPUExecutionProvider" and report["device"] == "cpu"
+    assert report["repeat"] == 2
     # AND only tissue tiles ran, as many as the tissue's share of the grid (issue #9: within 10 %)
     total, done = report["tiles_total"], report["tiles_processed"]
     assert 0 < done < total and report["min_tissue"] == DEFAULT_MIN_TISSUE
@@ -163,3 +165,25 @@ def test_lambda_modules_import_no_heavy_stack(module: str, banned: tuple[str, ..
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     # THEN none of the inference/imaging stack (nor, for the webhook function, any web framework) was loaded
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_each_phase_reports_its_fastest_run_and_stops_repeating_past_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a phase whose runs take 3, 1 and 2 s, and one whose first run alone exceeds the budget
+    def scripted(times: list[float]) -> tuple[list[float], Any]:
+        done: list[float] = []
+
+        def run() -> float:
+            done.append(times[len(done)])
+            return done[-1]
+        return done, run
+
+    monkeypatch.setattr(bench, "REPEAT_BUDGET_S", 10.0)
+    short, run_short = scripted([3.0, 1.0, 2.0, 0.5])
+    long, run_long = scripted([12.0, 1.0])
+    # WHEN each is timed with repeat 3 / THEN the fastest of three runs, and the long one runs once
+    assert bench.fastest(run_short, 3) == 1.0 and short == [3.0, 1.0, 2.0]
+    assert bench.fastest(run_long, 3) == 12.0 and long == [12.0]
+    # AND repeat 1 (or less) runs a phase once
+    once, run_once = scripted([4.0, 1.0])
+    assert bench.fastest(run_once, 0) == 4.0 and once == [4.0]

@@ -49,7 +49,8 @@ OPTIONS: dict[tuple[str, ...], dict[str, tuple[Any, Any, Any]]] = {
         "--device": (None, "cuda", "cuda"), "--tensorrt": (False, FLAG, True),
         # argparse computed $SCANBRIDGE_DATA_DIR/tensorrt at parse time; now bench_command does (see below)
         "--trt-cache": (None, "c", Path("c")), "--no-naive": (False, FLAG, True),
-        "--truth": (None, "t.json", Path("t.json")), "--min-tissue": (None, "0", 0.0)},
+        "--truth": (None, "t.json", Path("t.json")), "--min-tissue": (None, "0", 0.0),
+        "--repeat": (3, "1", 1)},
     ("dev", "platform"): {
         "--port": (8901, "0", 0), "--send": (None, "http://127.0.0.1:8000/webhook", "http://127.0.0.1:8000/webhook"),
         "--task-id": (None, "t", "t"), "--model": ("", "nuclei", "nuclei"), "--company-id": ("2380941", "c", "c"),
@@ -164,7 +165,7 @@ def test_the_top_and_dev_help_list_every_command(capsys: pytest.CaptureFixture[s
 
 def test_where_a_model_is_chosen_the_help_lists_the_model_names(capsys: pytest.CaptureFixture[str]) -> None:
     # GIVEN the models the commands can load
-    from scanbridge.devtools.bench import BENCH_MODELS
+    from scanbridge.devtools.bench import BENCH_MODELS, REPEAT, REPEAT_BUDGET_S
     from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE
     from scanbridge.inference.zoo import builtin_names
 
@@ -172,6 +173,7 @@ def test_where_a_model_is_chosen_the_help_lists_the_model_names(capsys: pytest.C
     assert sorted(cli.BUILTIN_MODELS) == builtin_names()
     assert sorted(cli.BENCH_MODELS) == sorted(BENCH_MODELS)
     assert cli.DEFAULT_MIN_TISSUE == DEFAULT_MIN_TISSUE
+    assert (cli.BENCH_REPEAT, cli.BENCH_REPEAT_BUDGET_S) == (REPEAT, REPEAT_BUDGET_S)
     # AND run-scan's and dev bench's help name every one
     main(["run-scan", "--help"])
     run_scan = capsys.readouterr().out

@@ -149,7 +149,7 @@ def test_bench_times_openslide_on_the_same_tiles_next_to_the_tile_path(tmp_path:
     path = tmp_path / "slide.svs"
     make_slide(path, 2048, 1536, tissue_fraction=0.5, mpp=0.5, nuclei=False, seed=1)
     # WHEN the bench runs a model on it
-    report = bench(path, "bench-conv", naive=False, prefer_gpu=False, readers=2)
+    report = bench(path, "bench-conv", naive=False, prefer_gpu=False, readers=2, repeat=1)
     # THEN it reports OpenSlide's decode of the same tiles beside the pipeline's, and the level-0 area read
     assert report["decoder"] == "tifffile+imagecodecs"
     assert report["openslide_decode_s"] > 0 and report["decode_only_s"] > 0

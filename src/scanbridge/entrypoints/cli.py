@@ -30,6 +30,8 @@ BUILTIN_MODELS = ("ihc-positivity", "nuclei", "tissue")
 BENCH_MODELS = (*BUILTIN_MODELS, "bench-conv", "bench-resnet50", "bench-resnet50-slim")
 #: imaging/tiling.py DEFAULT_MIN_TISSUE, for `dev bench --min-tissue`'s help (kept equal by the same test)
 DEFAULT_MIN_TISSUE = 0.25
+#: devtools/bench.py REPEAT and REPEAT_BUDGET_S, for `dev bench --repeat` (kept equal by the same test)
+BENCH_REPEAT, BENCH_REPEAT_BUDGET_S = 3, 10.0
 
 
 def _exit_code(result: Any, **_: Any) -> None:
@@ -474,6 +476,9 @@ def bench(
     min_tissue: Annotated[float | None, typer.Option(
         "--min-tissue", help=f"share of a tile's core that must be tissue (default: the model's, else "
                              f"{DEFAULT_MIN_TISSUE}; 0: any tissue)")] = None,
+    repeat: Annotated[int, typer.Option(
+        "--repeat", min=1, help=f"runs of each timed phase, the fastest reported (a phase stops repeating once "
+                                f"its runs took {BENCH_REPEAT_BUDGET_S:g} s)")] = BENCH_REPEAT,
 ) -> int:
     """`scanbridge dev bench`."""
     from scanbridge.devtools.bench import bench_command
@@ -481,7 +486,7 @@ def bench(
     return bench_command(slide, model, as_json=as_json, batch_size=batch_size, readers=readers, tile_size=tile_size,
                          overlap=overlap, threads=threads, cpu=cpu, device=device.value if device else None,
                          tensorrt=tensorrt, trt_cache=trt_cache, naive=not no_naive, truth=truth,
-                         min_tissue=min_tissue)
+                         min_tissue=min_tissue, repeat=repeat)
 
 
 @dev.command("platform", help="a local platform: serves scans, sends the webhook, checks results (exit 0 "
