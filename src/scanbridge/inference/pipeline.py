@@ -79,10 +79,6 @@ class TileMap:
             dense[r0:r0 + part.shape[0], c0:c0 + part.shape[1]] = part
         return dense
 
-    def to_array(self, height: int | None = None, width: int | None = None) -> np.ndarray:
-        """The dense map (float16 in [0, 1], background 0), cropped to height x width."""
-        return code_values(self.to_codes(height, width))
-
 
 #: a stored code's probability: float16(code) * float16(1 / 255), each of the 256 computed once
 CODE_VALUES = np.arange(256, dtype=np.uint8).astype(np.float16) * np.float16(1.0 / 255.0)
