@@ -287,11 +287,11 @@ def _tissue_levels() -> list[np.ndarray]:
 #: (tifffile compression, its arguments) -> the mean absolute difference allowed (0: lossless, exact)
 CODECS = {
     ("zstd", None): 0.0,
-    ("jpegxl", (("lossless", True),)): 0.0,
-    ("webp", (("lossless", True),)): 0.0,
+    ("jpegxl", (("lossless", True), ("effort", 1))): 0.0,  # effort, method: the encoders' speed
+    ("webp", (("lossless", True), ("method", 0))): 0.0,
     ("jpeg2000", (("level", 0),)): 0.0,  # reversible 5/3 wavelet
-    ("jpegxl", (("level", 90),)): 5.0,
-    ("webp", (("level", 90),)): 5.0,
+    ("jpegxl", (("level", 90), ("effort", 1))): 5.0,
+    ("webp", (("level", 90), ("method", 0))): 5.0,
 }
 
 
