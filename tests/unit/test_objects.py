@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -11,8 +13,10 @@ from shapely.geometry import Polygon, shape
 
 from scanbridge.domain.catalog import BUILTIN_SPECS
 from scanbridge.domain.results import geojson_problems
+from scanbridge.imaging.tiling import Tile
 from scanbridge.inference.nuclei import NucleusParams, measure_nuclei, split_nuclei
-from scanbridge.inference.objects import ObjectRun, SlideObject, corners, objects_result
+from scanbridge.inference.object_table import ObjectTable
+from scanbridge.inference.objects import ObjectRun, SlideObject, _Posts, corners, objects_result
 from scanbridge.inference.pipeline import PipelineStats
 from scanbridge.inference.postprocess import polygon_feature
 
@@ -82,3 +86,30 @@ def test_corners_keep_the_polygon_with_a_third_of_the_vertices() -> None:
     assert len(kept) < 0.6 * len(n.contour)
     top_left = min(map(tuple, n.contour.tolist()), key=lambda p: (p[1], p[0]))
     assert top_left in set(map(tuple, kept.tolist()))
+
+
+def test_a_caller_waiting_for_post_processing_runs_the_tiles_no_thread_started_and_keeps_their_order() -> None:
+    # GIVEN one post-processing thread held up in the first of four tiles; the last tile lets it go
+    release = threading.Event()
+    ran_in: dict[int, str] = {}
+
+    def work(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
+        if tile.col == 0:
+            release.wait(10.0)
+        ran_in[tile.col] = threading.current_thread().name
+        if tile.col == 3:
+            release.set()
+        return ObjectTable.of([SlideObject(x=float(tile.col), y=0.0, contour=np.zeros((0, 2)), measurements={},
+                                           positive=None)])
+
+    into = ObjectTable()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="post") as pool:
+        posts = _Posts(pool, work)
+        for col in range(4):
+            posts.submit(Tile(col=col, row=0, x=0, y=0), {})
+        # WHEN the caller needs all but one of them done, then all of them
+        posts.drain(into, keep=1)
+        posts.drain(into, keep=0)
+    # THEN it ran the three the busy thread had not started itself, and every tile's objects came in order
+    assert ran_in[0].startswith("post") and all(ran_in[c] == threading.current_thread().name for c in (1, 2, 3))
+    assert into.x.tolist() == [0.0, 1.0, 2.0, 3.0]

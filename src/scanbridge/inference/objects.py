@@ -17,8 +17,9 @@ import gc
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -275,12 +276,11 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
         post_s[0] += time.thread_time() - t0
         return found
 
-    pending: list[Future[ObjectTable]] = []
-    on_gpu = model.device == "cuda"
     buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
     batch_tiles: list[Tile] = []
     with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post",
                             initializer=yield_to_model) as pool:
+        posts = _Posts(pool, post)
 
         def flush() -> None:
             n = len(batch_tiles)
@@ -299,17 +299,17 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                 # post-processing threads while the next batch runs makes the arena grow (OnnxModel.run)
                 tile_outputs = {spec.output_name: copies.copy(first[i]),
                                 **{name: copies.copy(out[i]) for name, out in extra.items()}}
-                pending.append(pool.submit(post, tile, tile_outputs))
+                posts.submit(tile, tile_outputs)
             stats.tiles_processed += n
             stats.batches += 1
             save = resume is not None and resume.due()
             if resume:
                 resume.finished(batch_tiles)
             batch_tiles.clear()
-            # tiles left to decode while the model runs the next batch: on a GPU a batch's (the post threads stay
-            # busy through a large batch); on the CPU one per post thread (the model needs the cores then, and
-            # fewer copied outputs, 4 MiB a nuclei tile, are in flight: a batch and a few tiles)
-            _drain(pending, objects, keep=0 if save else max(1, post_workers, batch if on_gpu else 0))
+            # a batch's tiles (at least one per post thread) left to decode while the model runs the next one: the
+            # post threads then work on the cores' time the model leaves through the whole run, instead of the
+            # model waiting here for them; at most two batches of copied outputs (4 MiB a nuclei tile) in flight
+            posts.drain(objects, keep=0 if save else max(1, post_workers, batch))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
             if progress:
@@ -330,7 +330,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                 flush()
         finally:
             tiles.close()  # type: ignore[attr-defined]
-        _drain(pending, objects, keep=0)
+        posts.drain(objects, keep=0)
     if decoder.merges_across_tiles:
         objects = _merged(objects, decoder.config.nms_iou)
     stats.wall_s = time.perf_counter() - started
@@ -391,10 +391,44 @@ def _merged(objects: ObjectTable, iou: float) -> ObjectTable:
     return objects.take(merge_boxes(boxes, scores, classes, iou))
 
 
-def _drain(pending: list[Future[ObjectTable]], into: ObjectTable, *, keep: int) -> None:
-    """Collect finished post-processing; block until at most `keep` are still running."""
-    while len(pending) > keep or (pending and pending[0].done()):
-        into.add(pending.pop(0).result())
+class _Posts:
+    """The tiles' post-processing in a pool of threads below the model's priority (`device.yield_to_model`),
+    collected in the order the tiles were handed in.
+
+    A caller that has to wait for it (`drain`) first runs tiles no thread has started itself, at its own
+    priority: on a busy machine the pool's threads get the cores last, and the model would otherwise wait
+    on them; on a quiet one the caller and the pool share the cores the model leaves between batches.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[Tile, dict[str, np.ndarray]], ObjectTable]) -> None:
+        self._pool, self._work = pool, work
+        self._pending: deque[tuple[Future[ObjectTable], Tile, dict[str, np.ndarray]]] = deque()
+
+    def submit(self, tile: Tile, outputs: dict[str, np.ndarray]) -> None:
+        """Post-process one tile's outputs in the pool."""
+        self._pending.append((self._pool.submit(self._work, tile, outputs), tile, outputs))
+
+    def drain(self, into: ObjectTable, *, keep: int) -> None:
+        """Add the finished tiles' objects to `into`, in order, until at most `keep` tiles are left pending."""
+        pending = self._pending
+        while pending:
+            future = pending[0][0]
+            if future.done():
+                into.add(pending.popleft()[0].result())
+            elif len(pending) <= keep:
+                return
+            elif not self._run_one_here():
+                wait([future])
+
+    def _run_one_here(self) -> bool:
+        """Run the oldest tile no thread has started in the calling thread; False when every one has been."""
+        for i, (future, tile, outputs) in enumerate(self._pending):
+            if future.cancel():  # not started: no thread will run it now
+                done: Future[ObjectTable] = Future()
+                done.set_result(self._work(tile, outputs))
+                self._pending[i] = (done, tile, outputs)
+                return True
+        return False
 
 
 def _fmt(value: float, digits: int = 1) -> str:
