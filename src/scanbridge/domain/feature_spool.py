@@ -30,6 +30,7 @@ from scanbridge.domain.results import ScanResult
 
 SPOOL_MEMORY_BYTES = 1 << 20  # up to 1 MiB of feature text stays in memory, the rest goes to a temporary file
 _CHUNK = 1 << 16
+_PENDING_LINES = 256  # appended lines written to the file together (one encode, seek and write per block)
 
 
 class FeatureSpool:
@@ -39,6 +40,7 @@ class FeatureSpool:
         self._file = tempfile.SpooledTemporaryFile(max_size=max_memory, mode="w+b")  # noqa: SIM115 - owned here
         self._lock = threading.Lock()
         self._end = 0
+        self._pending: list[str] = []  # appended, not yet in the file
         self.count = 0
 
     def append(self, feature: dict[str, Any]) -> None:
@@ -47,26 +49,39 @@ class FeatureSpool:
 
     def append_text(self, text: str) -> None:
         """Write one feature given as the text `json.dumps` writes of it (one line: ASCII, no newline)."""
-        line = text.encode() + b"\n"
         with self._lock:
-            self._file.seek(self._end)
-            self._file.write(line)
-            self._end += len(line)
+            self._pending.append(text)
             self.count += 1
+            if len(self._pending) >= _PENDING_LINES:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        """The appended lines not yet in the file, written (the lock held)."""
+        if self._pending:
+            block = ("\n".join(self._pending) + "\n").encode()
+            self._pending.clear()
+            self._file.seek(self._end)
+            self._file.write(block)
+            self._end += len(block)
 
     def __len__(self) -> int:
         return self.count
 
     def _lines(self) -> Iterator[bytes]:
-        pos = 0
+        """Each line written so far (and while reading), newline included, read _CHUNK bytes at a time."""
+        pos, rest = 0, b""
         while True:
             with self._lock:
+                self._write_pending()
                 if pos >= self._end:
                     return
                 self._file.seek(pos)
-                line = self._file.readline()
-                pos = self._file.tell()
-            yield line
+                block = self._file.read(min(_CHUNK, self._end - pos))
+            pos += len(block)
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop()  # the start of a line the next block ends (empty at a line's end)
+            for line in lines:
+                yield line + b"\n"
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Each feature as a dict, in the order written (one dict alive at a time)."""
