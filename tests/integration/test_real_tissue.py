@@ -114,11 +114,6 @@ class RecordingModel(OnnxModel):
         self.fed.append({k: np.array(v) for k, v in (inputs or {}).items()})
         return super().run(batch, inputs)
 
-    def run_into(self, batch: np.ndarray, out: Mapping[str, np.ndarray],
-                 inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        self.fed.append({k: np.array(v) for k, v in (inputs or {}).items()})  # (the CPU writes them: no `run`)
-        return super().run_into(batch, out, inputs)
-
 
 def test_the_nuclei_model_gets_one_stain_matrix_per_scan_estimated_from_its_tissue(ihc_nuclei: real.Run) -> None:
     # GIVEN the real IHC colon image (haematoxylin and DAB, no eosin) in 128-px tiles (so several batches)

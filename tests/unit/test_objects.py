@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +93,7 @@ def test_a_caller_waiting_for_post_processing_runs_the_tiles_no_thread_started_a
     release = threading.Event()
     ran_in: dict[int, str] = {}
 
-    def work(tile: Tile) -> ObjectTable:
+    def work(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
         if tile.col == 0:
             release.wait(10.0)
         ran_in[tile.col] = threading.current_thread().name
@@ -105,9 +104,9 @@ def test_a_caller_waiting_for_post_processing_runs_the_tiles_no_thread_started_a
 
     into = ObjectTable()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="post") as pool:
-        posts = _Posts(pool)
+        posts = _Posts(pool, work)
         for col in range(4):
-            posts.submit(functools.partial(work, Tile(col=col, row=0, x=0, y=0)))
+            posts.submit(Tile(col=col, row=0, x=0, y=0), {})
         # WHEN the caller needs all but one of them done, then all of them
         posts.drain(into, keep=1)
         posts.drain(into, keep=0)

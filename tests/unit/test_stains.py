@@ -148,22 +148,3 @@ def test_the_tiles_sampled_for_an_estimate_spread_over_the_scan() -> None:
     many = stains.spread(1000)
     assert len(many) == stains.SAMPLE_TILES and many[0] == 0 and many[-1] == 999
     assert max(np.diff(many)) - min(np.diff(many)) <= 1
-
-
-@pytest.mark.parametrize("io_binding", [False, True])
-def test_run_into_writes_the_outputs_run_gives_into_the_arrays_it_is_given(io_binding: bool) -> None:
-    # GIVEN the nuclei model on CPU (written into directly; with I/O binding its bound buffers, copied in), a
-    # batch, another stain matrix, and arrays of the outputs' shapes holding something else
-    model = OnnxModel(NUCLEI_SPEC, build_nuclei_model(), prefer_gpu=False, io_binding=io_binding)
-    batch = np.random.default_rng(3).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
-    scan = np.linalg.inv(np.array([_rotated(H, np.array([0.0, 0.0, 1.0]), 15.0), E, D])).astype(np.float32)
-    want = model.run(batch, {stains.STAIN_INPUT: scan})
-    out = {name: np.full(value.shape, np.nan, value.dtype) for name, value in want.items()}
-    # WHEN it runs into them
-    got = model.run_into(batch, out, {stains.STAIN_INPUT: scan})
-    # THEN every output is in its array, bit for bit what `run` gives
-    assert set(got) == set(want) and all(got[name] is out[name] for name in want)
-    assert all(np.array_equal(got[name], want[name]) for name in want)
-    # AND an input the graph does not take is refused by name
-    with pytest.raises(InferenceError, match="no input 'gamma'"):
-        model.run_into(batch, out, {"gamma": np.zeros(1, np.float32)})

@@ -422,7 +422,7 @@ class Decoder:
         """The objects of one window (`keep`: x0, y0, x1, y1 in window model px; objects outside may go).
 
         What it returns must not be a view of `outputs`: the object pipeline reuses those arrays for later
-        tiles once the window is decoded (objects._BatchOutputs)."""
+        tiles once the window is decoded (objects._Copies)."""
         raise NotImplementedError
 
     def _map_keep(self, keep: Keep | None) -> Keep | None:

@@ -13,13 +13,12 @@ at level 0 merges the copies that neighbouring windows found.
 
 from __future__ import annotations
 
-import functools
 import gc
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -268,12 +267,12 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     objects = ObjectTable.of(resume.restore_objects(SlideObject)) if resume else ObjectTable()
     done = len(resume.done) if resume else 0
 
-    sets = _BatchOutputs(model)
+    copies = _Copies()
 
-    def post(tile: Tile, outputs: dict[str, np.ndarray], release: Callable[[], None]) -> ObjectTable:
+    def post(tile: Tile, outputs: dict[str, np.ndarray]) -> ObjectTable:
         t0 = time.thread_time()  # this thread's CPU time: waiting for the GIL or a core does not count
         found = _tile_objects(decoder, grid, tile, outputs, grid.level0_origin(tile), meta.mpp, stain_names)
-        release()  # nothing found refers to the outputs
+        copies.give_back(outputs.values())  # nothing found refers to them
         post_s[0] += time.thread_time() - t0
         return found
 
@@ -281,12 +280,12 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     batch_tiles: list[Tile] = []
     with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post",
                             initializer=yield_to_model) as pool:
-        posts = _Posts(pool)
+        posts = _Posts(pool, post)
 
         def flush() -> None:
             n = len(batch_tiles)
             t0 = time.perf_counter()
-            outputs, release = sets.run(buffer[:n], inputs)
+            outputs = model.run(buffer[:n], inputs)
             stats.infer_s += time.perf_counter() - t0
             first = model.primary_output(outputs)
             if stats.batches == 0:
@@ -296,8 +295,11 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
                                             details={"problems": problems})
             extra = {name: outputs[name] for name in extra_names if name in outputs}
             for i, tile in enumerate(batch_tiles):
-                tile_outputs = {spec.output_name: first[i], **{name: out[i] for name, out in extra.items()}}
-                posts.submit(functools.partial(post, tile, tile_outputs, release))
+                # copies, not views: onnxruntime's outputs live in its CPU arena, and a batch's held by the
+                # post-processing threads while the next batch runs makes the arena grow (OnnxModel.run)
+                tile_outputs = {spec.output_name: copies.copy(first[i]),
+                                **{name: copies.copy(out[i]) for name, out in extra.items()}}
+                posts.submit(tile, tile_outputs)
             stats.tiles_processed += n
             stats.batches += 1
             save = resume is not None and resume.due()
@@ -306,7 +308,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             batch_tiles.clear()
             # a batch's tiles (at least one per post thread) left to decode while the model runs the next one: the
             # post threads then work on the cores' time the model leaves through the whole run, instead of the
-            # model waiting here for them; at most three batches of outputs (4 MiB a nuclei tile) in flight
+            # model waiting here for them; at most two batches of copied outputs (4 MiB a nuclei tile) in flight
             posts.drain(objects, keep=0 if save else max(1, post_workers, batch))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
@@ -335,51 +337,31 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     return ObjectRun(objects=objects.sorted(), stats=stats, grid=grid, post_s=post_s[0], stain_vectors=vectors)
 
 
-class _BatchOutputs:
-    """Arrays the batches' outputs are written into (`OnnxModel.run_into`), a set per batch, used again once
-    every tile of its batch is post-processed. On the CPU onnxruntime writes them itself: the model's thread
-    copies nothing, and none of onnxruntime's arena is held while the next batch runs (the arena would grow by
-    a whole memory plan: OnnxModel.run). A tile's outputs are 1-4 MiB, and a fresh array that size is a fresh
-    mapping (inference/heap.py) whose page faults cost ~0.5 ms per MiB. No more sets than were in flight."""
+class _Copies:
+    """Arrays the tiles' outputs are copied into, used again once a tile's post-processing is done: a tile's
+    outputs are 1-4 MiB blocks, each a fresh mapping (inference/heap.py) whose page faults cost the thread
+    that runs the model ~0.5 ms per MiB. It holds no more arrays than were in flight at once."""
 
-    def __init__(self, model: OnnxModel) -> None:
-        self._model = model
-        self._layouts: dict[int, dict[str, tuple[tuple[int, ...], np.dtype[Any]]]] = {}  # by batch size
-        self._free: dict[int, list[dict[str, np.ndarray]]] = {}
+    def __init__(self) -> None:
+        self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self._lock = threading.Lock()
 
-    def run(self, batch: np.ndarray,
-            inputs: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
-        """The model's outputs for `batch` in a set of these arrays, and what each of the batch's tiles calls
-        once nothing reads them any more (the last call frees the set)."""
-        n = len(batch)
-        layout = self._layouts.get(n)
-        if layout is None:  # the first batch of this size: the outputs' shapes come from a plain run
-            first = self._model.run(batch, inputs)
-            layout = self._layouts[n] = {name: (out.shape, out.dtype) for name, out in first.items()}
-            arrays = self._take(n, layout)
-            for name, out in first.items():
-                np.copyto(arrays[name], out)
-            outputs = dict(arrays)
-        else:
-            arrays = self._take(n, layout)
-            outputs = self._model.run_into(batch, arrays, inputs)
-        left = [n]
-
-        def release() -> None:
-            with self._lock:
-                left[0] -= 1
-                if left[0] == 0:
-                    self._free.setdefault(n, []).append(arrays)
-
-        return outputs, release
-
-    def _take(self, n: int, layout: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> dict[str, np.ndarray]:
+    def copy(self, a: np.ndarray) -> np.ndarray:
+        """A copy of `a` that owns its memory (a free array of its shape and type, else a new one)."""
+        key = (a.shape, a.dtype.str)
         with self._lock:
-            free = self._free.get(n)
-            if free:
-                return free.pop()
-        return {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in layout.items()}
+            free = self._free.get(key)
+            out = free.pop() if free else None
+        if out is None:
+            out = np.empty(a.shape, dtype=a.dtype)
+        np.copyto(out, a)
+        return out
+
+    def give_back(self, arrays: Iterable[np.ndarray]) -> None:
+        """Arrays from `copy` that are no longer read."""
+        with self._lock:
+            for a in arrays:
+                self._free.setdefault((a.shape, a.dtype.str), []).append(a)
 
 
 def scan_stain_vectors(reader: ScanReader, grid: TileGrid, *, readers: int | None = None) -> stains.StainVectors:
@@ -418,13 +400,13 @@ class _Posts:
     on them; on a quiet one the caller and the pool share the cores the model leaves between batches.
     """
 
-    def __init__(self, pool: ThreadPoolExecutor) -> None:
-        self._pool = pool
-        self._pending: deque[tuple[Future[ObjectTable], Callable[[], ObjectTable]]] = deque()
+    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[Tile, dict[str, np.ndarray]], ObjectTable]) -> None:
+        self._pool, self._work = pool, work
+        self._pending: deque[tuple[Future[ObjectTable], Tile, dict[str, np.ndarray]]] = deque()
 
-    def submit(self, task: Callable[[], ObjectTable]) -> None:
-        """Post-process one tile (`task` gives its objects) in the pool."""
-        self._pending.append((self._pool.submit(task), task))
+    def submit(self, tile: Tile, outputs: dict[str, np.ndarray]) -> None:
+        """Post-process one tile's outputs in the pool."""
+        self._pending.append((self._pool.submit(self._work, tile, outputs), tile, outputs))
 
     def drain(self, into: ObjectTable, *, keep: int) -> None:
         """Add the finished tiles' objects to `into`, in order, until at most `keep` tiles are left pending."""
@@ -440,11 +422,11 @@ class _Posts:
 
     def _run_one_here(self) -> bool:
         """Run the oldest tile no thread has started in the calling thread; False when every one has been."""
-        for i, (future, task) in enumerate(self._pending):
+        for i, (future, tile, outputs) in enumerate(self._pending):
             if future.cancel():  # not started: no thread will run it now
                 done: Future[ObjectTable] = Future()
-                done.set_result(task())
-                self._pending[i] = (done, task)
+                done.set_result(self._work(tile, outputs))
+                self._pending[i] = (done, tile, outputs)
                 return True
         return False
 

@@ -191,7 +191,10 @@ class OnnxModel:
         the arena from reusing its memory plan, and it grows by a whole plan (copy what is kept, or have the
         outputs written into arrays of your own: `run_into`).
         """
-        extra = self._extra_inputs(inputs)
+        extra = dict(inputs or {})
+        unknown = sorted(set(extra) - self.optional_inputs)
+        if unknown:
+            raise InferenceError(f"model {self.spec.name!r} takes no input {unknown[0]!r}")
         fixed = self.static_batch
         n = len(batch)
         if fixed is None or n == fixed:
@@ -205,45 +208,6 @@ class OnnxModel:
             parts.append(self._run_once(chunk, extra))
         joined = {name: np.concatenate([p[name] for p in parts])[:n] for name in self.output_names}
         return self.activate(joined)
-
-    def run_into(self, batch: np.ndarray, out: Mapping[str, np.ndarray],
-                 inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """`run` with every output written into `out`'s array of its name (C-contiguous, shaped and typed as
-        that output is for this batch); returns those arrays by name.
-
-        On the CPU the session writes them itself (I/O binding to the arrays' memory): no copy is made and
-        nothing of onnxruntime's arena is held once it returns. Elsewhere (CUDA's bound buffers, a static batch
-        run in chunks, an output activation, a batch an out-of-memory error split) `run`'s outputs are copied in.
-        """
-        extra = self._extra_inputs(inputs)
-        n = len(batch)
-        if (self.device == "cpu" and not self.io_binding and self.spec.output_activation == "none"
-                and self.static_batch in (None, n) and not (self.max_batch and n > self.max_batch)):
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.spec.input_name, self.prepare(batch))
-            for name, arr in extra.items():  # (an overridable initialiser is bound as an OrtValue only)
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr)))
-            for name in self.output_names:
-                target = out[name]
-                binding.bind_output(name, "cpu", 0, target.dtype.type, list(target.shape), target.ctypes.data)
-            try:
-                self.session.run_with_iobinding(binding)
-                return {name: out[name] for name in self.output_names}
-            except Exception as exc:  # onnxruntime raises its own untyped errors
-                if not dev.is_out_of_memory(exc):
-                    raise InferenceError(f"model {self.spec.name!r} failed: {exc}") from exc
-        outputs = self.run(batch, extra)  # (an out-of-memory error: `run` halves the batch)
-        for name, value in outputs.items():
-            np.copyto(out[name], value)
-        return {name: out[name] for name in outputs}
-
-    def _extra_inputs(self, inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-        """The optional inputs of a run; an InferenceError for a name the graph does not take."""
-        extra = dict(inputs or {})
-        unknown = sorted(set(extra) - self.optional_inputs)
-        if unknown:
-            raise InferenceError(f"model {self.spec.name!r} takes no input {unknown[0]!r}")
-        return extra
 
     def _run_once(self, batch: np.ndarray, extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One session run of a batch the model takes as it is (plus the `extra` inputs); on an out-of-memory
