@@ -188,8 +188,7 @@ class OnnxModel:
         back and trimmed to the batch; a dynamic batch runs whole.
 
         On the CPU the arrays may be views of onnxruntime's arena: one kept while the next batch runs keeps
-        the arena from reusing its memory plan, and it grows by a whole plan (copy what is kept, or have the
-        outputs written into arrays of your own: `run_into`).
+        the arena from reusing its memory plan, and it grows by a whole plan (copy what is kept: objects.py).
         """
         extra = dict(inputs or {})
         unknown = sorted(set(extra) - self.optional_inputs)
