@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from scanbridge.cpus import usable_cores
 from scanbridge.devtools import bench, synth
 from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
 from scanbridge.imaging.readers import open_scan
@@ -272,7 +273,7 @@ def test_the_pipeline_starts_as_many_reader_threads_as_the_cores_allow_unless_to
     finally:
         reader.close()
     # THEN the first read ran the cores less one (5) threads, the second the 2 it was given, every tile once
-    assert dev.usable_cores() == 6 and dev.default_reader_threads() == 5
+    assert usable_cores() == 6 and dev.default_reader_threads() == 5
     assert auto == told == len(grid.tiles) > 5
     assert auto_names == [f"tile-reader-{i}" for i in range(5)]
     assert sorted(n for n in names if n.startswith("tile-reader-")) == ["tile-reader-0", "tile-reader-1"]

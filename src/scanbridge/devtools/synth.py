@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections import deque
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tifffile
+
+from scanbridge.cpus import usable_cores
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -580,7 +581,7 @@ def make_slide(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     renderer = _Renderer(truth, seed, blur_sigma)
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = min(4, usable_cores())
     tile_bytes = tile_size * tile_size * 3
     name = path.stem.replace("|", "_")
     bigtiff = width * height * 3 > 2**31  # JPEG is far smaller, but stay safe for huge slides

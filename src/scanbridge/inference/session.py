@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from scanbridge.cpus import usable_cores
 from scanbridge.domain.errors import DeviceUnavailableError, InferenceError
 from scanbridge.domain.models import REGION_KINDS, ModelSpec
 from scanbridge.inference import device as dev
@@ -46,7 +47,7 @@ def pick_providers(prefer_gpu: bool = True) -> list[str]:
 
 def default_intra_op_threads() -> int:
     """Intra-op threads for the CPU provider: every core this process may use."""
-    return dev.usable_cores()
+    return usable_cores()
 
 
 def class_axis(spec: ModelSpec, shape: tuple[int, ...]) -> int:
