@@ -96,8 +96,8 @@ def test_code_map_polygons_are_each_levels_mask_polygons_and_a_repeated_mask_is_
 
     codes = _blobby_codes(seed)
     traced: list[int] = []
-    real = postprocess.framed_rings
-    monkeypatch.setattr(postprocess, "framed_rings", lambda bg: (traced.append(1), real(bg))[1])
+    real = postprocess.framed_ring_array
+    monkeypatch.setattr(postprocess, "framed_ring_array", lambda bg: (traced.append(1), real(bg))[1])
     outlines = CodeMapPolygons(codes, 4.0, (580, 460))  # the slide ends inside the map: clipped
     levels = [0.5, 0.25, 0.501, 0.75, 1.5]
     # WHEN each level's polygons are made from the code map (two simplify tolerances for the repeated mask)
@@ -131,3 +131,58 @@ def test_polygon_geometry_rounds_every_ring_as_the_generic_mapping_does() -> Non
         # each number through round(v, 2)
         generic = mapping(shapely.orient_polygons(shapely.set_precision(poly, 0.01), exterior_cw=False))
         assert geometry == {"type": generic["type"], "coordinates": _lists(generic["coordinates"])}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_rings_traced_at_once_are_each_chains_own_edge_ring(seed: int) -> None:
+    # GIVEN a framed mask with lone pixels, two-pixel chains, holes and islands, and its contours traced
+    import cv2
+
+    from scanbridge.inference.nuclei import edge_ring
+    from scanbridge.inference.postprocess import framed_rings
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(rng.random((70, 90)), 1.5) > 0.52
+    mask[5, 5] = True
+    mask[4:7, 4] = mask[4:7, 6] = mask[4, 4:7] = mask[6, 4:7] = False  # a lone pixel
+    mask[60, 80:82] = True
+    background = np.ones((74, 94), np.uint8)
+    background[2:-2, 2:-2] = ~mask
+    contours, _ = cv2.findContours(background.copy(), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    # WHEN every ring is made in one pass
+    rings = framed_rings(background)
+    # THEN each is the one edge_ring makes of its chain alone (the frame's own border left out), vertex for
+    # vertex and in the same order
+    expected = [edge_ring(c.reshape(-1, 2)) * 0.5 - 1.5 for c in contours
+                if c.reshape(-1, 2).min(axis=0).tolist() != [0, 0]]
+    assert len(rings) == len(expected) > 10
+    assert any(len(r) == 4 for r in rings)  # the lone pixel's
+    for got, want in zip(rings, expected, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_polygon_geometries_of_many_are_each_polygons_own() -> None:
+    # GIVEN polygons with holes, vertices off the 0.01 grid, one that precision splits in two (a neck
+    # 0.004 wide) and one it makes empty, in one list
+    from shapely.geometry import Polygon, mapping
+
+    from scanbridge.inference.postprocess import _lists, polygon_geometries
+
+    rng = np.random.default_rng(7)
+    shell = [(0.123456, 0.5), (100.987654, 0.333), (100.5, 80.0049), (0.4, 79.9951)]
+    holes = [[(20.1151, 20.2249), (20.0, 40.555), (40.123, 40.0), (40.0, 20.0)],
+             [(60.0, 60.0), (70.0, 60.0), (70.0, 70.0)]]
+    neck = [(0, 0), (10, 0), (10, 4.998), (20, 4.998), (20, 0), (30, 0), (30, 10), (20, 10), (20, 5.002),
+            (10, 5.002), (10, 10), (0, 10)]
+    polys = [Polygon(shell, holes), Polygon(neck), Polygon([(0, 0), (0.001, 0), (0.001, 0.001)]),
+             Polygon(np.round(rng.random((40, 2)) * 1e4, 6).tolist()).convex_hull, Polygon(shell[::-1])]
+    # WHEN written together
+    got = polygon_geometries(polys)
+    # THEN each geometry is the generic path's of that polygon alone (mapping() of the oriented, snapped
+    # polygon, each number through round(v, 2)), and each bbox its bounds through round(v, 2)
+    for (geometry, bbox), poly in zip(got, polys, strict=True):
+        generic = mapping(shapely.orient_polygons(shapely.set_precision(poly, 0.01), exterior_cw=False))
+        assert geometry == {"type": generic["type"], "coordinates": _lists(generic["coordinates"])}
+        assert bbox == [round(v, 2) for v in poly.bounds]
+    assert [g["type"] for g, _ in got] == ["Polygon", "MultiPolygon", "Polygon", "Polygon", "Polygon"]
+    assert len(got[0][0]["coordinates"]) == 3 and got[2][0]["coordinates"] == []

@@ -626,9 +626,10 @@ def _outlines2(labels: np.ndarray, boxes: np.ndarray, kept: np.ndarray,
     return edge_rings(picked)
 
 
-def edge_rings(chains: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def edge_rings(chains: list[np.ndarray], *, reverse: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """`_outline2` of many OpenCV pixel chains at once: their rings of pixel-edge middles (doubled pixel-centre
-    coordinates, int32, scikit-image's orientation), back to back, and their offsets."""
+    coordinates, int32, scikit-image's orientation), back to back, and their offsets. `reverse=False` gives
+    each chain's `edge_ring` instead (the follower's own order: the tissue regions' rings, postprocess.py)."""
     lengths = np.array([len(c) for c in chains], dtype=np.int64)
     p = np.concatenate(chains).astype(np.int32, copy=False)
     ends = np.cumsum(lengths)
@@ -650,12 +651,13 @@ def edge_rings(chains: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(chains) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     out = np.empty((int(offsets[-1]), 2), dtype=np.int32)
-    # each chain's middles reversed (edge_ring(p)[::-1]), into its place
+    # each chain's middles (reversed: edge_ring(p)[::-1]), into its place
     v_counts = np.where(lone, 0, counts)
     v_starts = np.cumsum(v_counts) - v_counts
     owner = np.repeat(np.arange(len(chains)), v_counts)
     k = np.arange(len(verts))
-    out[offsets[:-1][owner] + (k - v_starts[owner])] = verts[2 * v_starts[owner] + v_counts[owner] - 1 - k]
+    place = offsets[:-1][owner] + (k - v_starts[owner])
+    out[place] = verts[2 * v_starts[owner] + v_counts[owner] - 1 - k] if reverse else verts
     if lone.any():
         at = offsets[:-1][lone][:, None] + np.arange(4)
         out[at] = 2 * p[starts[lone]][:, None, :] + _LONE_PIXEL[None]

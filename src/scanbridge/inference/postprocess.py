@@ -13,7 +13,10 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
 # the chain-code -> pixel-edge-middle table the nucleus outlines use (one way to outline a mask)
-from scanbridge.inference.nuclei import edge_ring
+from scanbridge.inference.nuclei import edge_rings
+
+#: rings back to back: (n, 2) float64 x, y and the offsets (k + 1) where each of the k rings starts and ends
+Rings = tuple[np.ndarray, np.ndarray]
 
 
 def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
@@ -27,7 +30,7 @@ def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
     """
     if not mask.any():
         return []
-    return _finished(_outlines(mask_rings(mask), scale, bounds), min_area=min_area, simplify=simplify)
+    return _finished(_outlines(_mask_ring_array(mask), scale, bounds), min_area=min_area, simplify=simplify)
 
 
 class CodeMapPolygons:
@@ -52,16 +55,19 @@ class CodeMapPolygons:
         key = passes.tobytes()
         if key not in self._traced:
             cv2.LUT(self._codes, (~passes).view(np.uint8), dst=self._background[2:-2, 2:-2])  # the frame stays 1
-            self._traced[key] = _outlines(framed_rings(self._background), self.scale, self.bounds)
+            self._traced[key] = _outlines(framed_ring_array(self._background), self.scale, self.bounds)
         return _finished(self._traced[key].copy(), min_area=min_area, simplify=simplify)
 
 
-def _outlines(rings: list[np.ndarray], scale: float, bounds: tuple[int, int]) -> np.ndarray:
+def _outlines(rings: Rings, scale: float, bounds: tuple[int, int]) -> np.ndarray:
     """The polygons of a mask's rings (mask pixels), scaled and clipped to the slide: an object array."""
-    polygons = _nest([ring * scale for ring in rings if len(ring) >= 4])
-    geoms = np.empty(len(polygons), dtype=object)
-    geoms[:] = polygons
-    if not polygons:
+    coords, offsets = rings
+    sizes = np.diff(offsets)
+    if not (sizes >= 4).all():  # a ring of fewer than 4 vertices encloses no area
+        keep = sizes >= 4
+        coords, sizes = coords[np.repeat(keep, sizes)], sizes[keep]
+    geoms = _nest(coords * scale, sizes)
+    if not geoms.size:
         return geoms
     # polygon by polygon (shapely's array functions): clipped only where they pass the slide's edge
     frame = box(0, 0, bounds[0], bounds[1])
@@ -91,38 +97,60 @@ def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
     traces the *background* (framed, so the glass around is one region) and its pixel chains become
     edge-middle rings as the nucleus outlines are (inference/nuclei.py's chain-code table).
     """
+    coords, offsets = _mask_ring_array(mask)
+    return np.split(coords, offsets[1:-1]) if len(offsets) > 1 else []
+
+
+def _mask_ring_array(mask: np.ndarray) -> Rings:
+    """`mask_rings`, back to back."""
     inside = np.asarray(mask, dtype=bool)
     background = np.ones((inside.shape[0] + 4, inside.shape[1] + 4), np.uint8)  # framed by 2 px of glass
     np.logical_not(inside, out=background[2:-2, 2:-2].view(bool))  # (np.pad: 5x the time)
-    return framed_rings(background)
+    return framed_ring_array(background)
+
+
+def framed_ring_array(background: np.ndarray) -> Rings:
+    """`mask_rings` of the mask whose complement is `background` (uint8, non-zero off the mask) inside a
+    frame of 2 background pixels, in mask pixels, back to back: every contour's ring in one pass
+    (nuclei.edge_rings in the follower's order), not one numpy call per ring."""
+    contours, _ = cv2.findContours(background, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return np.zeros((0, 2)), np.zeros(1, dtype=np.int64)
+    h, w = background.shape
+    points = np.concatenate(contours).reshape(-1, 2)
+    sizes = np.array([len(c) for c in contours], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    lo, hi = np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts)
+    frame = (lo[:, 0] == 0) & (lo[:, 1] == 0) & (hi[:, 0] == w - 1) & (hi[:, 1] == h - 1)  # its outer border
+    chains = [contours[i].reshape(-1, 2) for i in np.flatnonzero(~frame).tolist()]
+    if not chains:
+        return np.zeros((0, 2)), np.zeros(1, dtype=np.int64)
+    ring2, offsets = edge_rings(chains, reverse=False)
+    return ring2 * 0.5 - 1.5, offsets  # doubled, padded pixel centres -> mask pixel edges
 
 
 def framed_rings(background: np.ndarray) -> list[np.ndarray]:
-    """`mask_rings` of the mask whose complement is `background` (uint8, non-zero off the mask) inside a
-    frame of 2 background pixels, in mask pixels."""
-    contours, _ = cv2.findContours(background, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    h, w = background.shape
-    rings = []
-    for contour in contours:
-        p = contour.reshape(-1, 2)
-        lo, hi = p.min(axis=0), p.max(axis=0)
-        if lo[0] == 0 and lo[1] == 0 and hi[0] == w - 1 and hi[1] == h - 1:
-            continue  # the frame's own outer border
-        rings.append(edge_ring(p) * 0.5 - 1.5)  # doubled, padded pixel centres -> mask pixel edges
-    return rings
+    """`framed_ring_array`, one array per ring."""
+    coords, offsets = framed_ring_array(background)
+    return np.split(coords, offsets[1:-1]) if len(offsets) > 1 else []
 
 
-def _nest(rings: list[np.ndarray]) -> list[Polygon]:
-    """Polygons from non-crossing closed rings: exteriors at even nesting depth, each with its holes."""
-    shells = shapely.polygons([shapely.linearrings(r) for r in rings]) if rings else np.array([])
+def _nest(coords: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Polygons (an object array) from non-crossing closed rings back to back (`sizes` vertices each):
+    exteriors at even nesting depth, each with its holes."""
+    if not sizes.size:
+        return np.empty(0, dtype=object)
+    rings = shapely.linearrings(coords, indices=np.repeat(np.arange(sizes.size), sizes))
+    shells = shapely.polygons(rings)
     areas = shapely.area(shells)
     usable = np.flatnonzero(areas > 0)
     if usable.size == 0:
-        return []
-    shells, areas = shells[usable], areas[usable]
+        return np.empty(0, dtype=object)
+    rings, shells, areas = rings[usable], shells[usable], areas[usable]
     # a ring's first vertex lies on no other ring: strictly inside or outside each of them. The tree holds
     # the points and each ring queries it (shapely prepares the query geometry: fast point-in-polygon)
-    tree = shapely.STRtree(shapely.points(np.array([rings[i][0] for i in usable])))
+    firsts = np.cumsum(sizes) - sizes
+    tree = shapely.STRtree(shapely.points(coords[firsts[usable]]))
     outer, inner = tree.query(shells, predicate="contains_properly")
     depth = np.bincount(inner, minlength=len(shells))
     parent = np.full(len(shells), -1)
@@ -131,10 +159,12 @@ def _nest(rings: list[np.ndarray]) -> list[Polygon]:
         ins, outs = inner[order], outer[order]
         last = np.append(np.flatnonzero(np.diff(ins)), ins.size - 1)
         parent[ins[last]] = outs[last]
-    holes: dict[int, list[Any]] = {}
-    for i in np.flatnonzero(depth % 2 == 1):
-        holes.setdefault(int(parent[i]), []).append(shapely.get_exterior_ring(shells[i]))
-    return [Polygon(shells[i].exterior, holes.get(int(i), [])) for i in np.flatnonzero(depth % 2 == 0)]
+    # one polygon per exterior: its ring, then its holes' rings in their order (shapely.polygons by index)
+    exterior = depth % 2 == 0
+    polygon_of = np.cumsum(exterior) - 1  # an exterior's polygon, in the exteriors' order
+    owner = np.where(exterior, polygon_of, polygon_of[parent])
+    order = np.lexsort((np.arange(len(shells)), ~exterior, owner))
+    return np.asarray(shapely.polygons(rings[order], indices=owner[order]))
 
 
 def _polygons_of(geom: Any) -> list[Polygon]:
@@ -155,19 +185,37 @@ def _polygons_of(geom: Any) -> list[Polygon]:
 ORIENTATION = "exterior: positive signed area (counter-clockwise with y up); holes: negative"
 
 
-def _rounded(geom: Polygon) -> dict[str, Any]:
-    oriented = shapely.orient_polygons(shapely.set_precision(geom, 0.01), exterior_cw=False)
-    if isinstance(oriented, Polygon) and not oriented.is_empty:  # each ring's coordinates rounded at once
-        rings = (oriented.exterior, *oriented.interiors)
-        return {"type": "Polygon", "coordinates": [_rounded_ring(ring) for ring in rings]}
-    geo = mapping(oriented)  # what precision made of it (a MultiPolygon, nothing)
-    return {"type": geo["type"], "coordinates": _lists(geo["coordinates"])}
+def _rounded(geoms: list[Polygon]) -> list[dict[str, Any]]:
+    """Each polygon's GeoJSON geometry: snapped to the 0.01 grid (set_precision), oriented (ORIENTATION), its
+    coordinates rounded as `_lists` rounds them. The polygons' every coordinate is rounded in one pass
+    (`rounded`: round's values, vectorised) and shapely's steps run over all of them at once."""
+    oriented = shapely.orient_polygons(shapely.set_precision(_objects(geoms), 0.01), exterior_cw=False)
+    plain = (shapely.get_type_id(oriented) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(oriented)
+    out: list[dict[str, Any]] = [{} for _ in geoms]
+    for i in np.flatnonzero(~plain).tolist():  # what precision made of the others (a MultiPolygon, nothing)
+        geo = mapping(oriented[i])
+        out[i] = {"type": geo["type"], "coordinates": _lists(geo["coordinates"])}
+    polygons = np.flatnonzero(plain)
+    if polygons.size:
+        # every ring (exterior, then holes) of every polygon, and every ring's coordinates, in order
+        rings, ring_owner = shapely.get_rings(oriented[polygons], return_index=True)
+        xy, ring_of = shapely.get_coordinates(rings, return_index=True)
+        values = rounded(xy.reshape(-1), 2).reshape(xy.shape).tolist()
+        ends = np.cumsum(np.bincount(ring_of, minlength=len(rings))).tolist()
+        for i in polygons.tolist():
+            out[i] = {"type": "Polygon", "coordinates": []}
+        start = 0
+        for owner, end in zip(polygons[ring_owner].tolist(), ends, strict=True):
+            out[owner]["coordinates"].append(values[start:end])
+            start = end
+    return out
 
 
-def _rounded_ring(ring: Any) -> list[list[float]]:
-    """A ring's [x, y] pairs rounded to 0.01 as `_lists` rounds them (`rounded`: round's values, vectorised)."""
-    xy = shapely.get_coordinates(ring)
-    return list(rounded(xy.reshape(-1), 2).reshape(xy.shape).tolist())
+def _objects(geoms: list[Any]) -> np.ndarray:
+    """A list of geometries as the 1-d object array shapely's functions take."""
+    array = np.empty(len(geoms), dtype=object)
+    array[:] = geoms
+    return array
 
 
 def _lists(value: Any) -> Any:
@@ -194,8 +242,15 @@ def polygon_feature(poly: Polygon, *, annotation_type: str, class_name: str, col
 
 def polygon_geometry(poly: Polygon) -> tuple[dict[str, Any], list[float]]:
     """A Polygon's GeoJSON geometry and bbox, coordinates rounded to 0.01."""
-    x1, y1, x2, y2 = poly.bounds
-    return _rounded(poly), [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)]
+    return polygon_geometries([poly])[0]
+
+
+def polygon_geometries(polys: list[Polygon]) -> list[tuple[dict[str, Any], list[float]]]:
+    """`polygon_geometry` of each polygon, all at once."""
+    if not polys:
+        return []
+    boxes = rounded(shapely.bounds(_objects(polys)).reshape(-1), 2).reshape(-1, 4).tolist()
+    return list(zip(_rounded(polys), boxes, strict=True))
 
 
 MEASUREMENT_DIGITS = 4  # a feature's measurements are rounded to this many decimals
@@ -288,26 +343,24 @@ def region_features(polygons: list[Polygon], *, class_name: str, colour: str,
     the regions' total area in level-0 px²."""
     features: list[dict[str, Any]] = []
     total_px = 0.0
-    for poly in polygons:
+    for poly, (geometry, bbox) in zip(polygons, polygon_geometries(polygons), strict=True):
         area_px = float(poly.area)
         total_px += area_px
         measurements = {"Area px^2": area_px}
         if um2_per_px:
             measurements["Area µm^2"] = area_px * um2_per_px
             measurements["Area mm^2"] = area_px * um2_per_px / 1e6
-        features.append(polygon_feature(poly, annotation_type=class_name.lower(), class_name=class_name,
-                                        colour=colour, measurements=measurements))
+        features.append(geometry_feature(geometry, bbox, annotation_type=class_name.lower(), class_name=class_name,
+                                         colour=colour, measurements=measurements))
     return features, total_px
 
 
 def heatmap_feature(levels: list[float], colours: list[str], polygons_per_level: list[list[Polygon]]) -> dict[str, Any]:
     """The platform's heat map: one GeometryCollection of Polygons, a colour per contour level."""
-    geometries: list[dict[str, Any]] = []
-    geometry_levels: list[int] = []
-    for i, polys in enumerate(polygons_per_level):
-        for p in polys:
-            geometries.append(_rounded(Polygon(p.exterior.coords)))
-            geometry_levels.append(i)
+    # each polygon's outline without its holes
+    exteriors = shapely.polygons(shapely.get_exterior_ring(_objects([p for polys in polygons_per_level for p in polys])))
+    geometries = _rounded(list(exteriors))
+    geometry_levels = [i for i, polys in enumerate(polygons_per_level) for _ in polys]
     return {
         "type": "Feature",
         "id": str(uuid.uuid4()),
