@@ -189,9 +189,9 @@ def run_qc(scan: OpenedScan, thresholds: QcThresholds | None = None) -> QcReport
     """Run every check on an open scan (its shared overview and tissue mask)."""
     th = thresholds or QcThresholds()
     reader, meta = scan.reader, scan.metadata
-    thumb, _ = scan.overview()
+    thumb, thumb_ds = scan.overview()
     mask, ds = scan.tissue.mask, scan.tissue.downsample
-    report = QcReport(thumbnail=thumb, thumbnail_downsample=ds)
+    report = QcReport(thumbnail=thumb, thumbnail_downsample=thumb_ds)
     note = mpp_note(meta)
     if note:  # not a failure: the scan is analysed without a pixel size (readers.base.with_sane_mpp)
         stated = float(meta.properties[MPP_REJECTED].split(",")[0])

@@ -2,7 +2,8 @@
 
 QC, the analysis and the artifacts share one `OpenedScan` (`with OpenedScan.open(paths) as scan:`): the
 files are opened (a ZIP unpacked) once, the overview is read once and the tissue mask computed once, on
-first use. Every report of the scan states the same tissue figure, `scan.tissue` (QC's NO_TISSUE value,
+first use. The mask has its own working resolution (`tiling.mask_downsample`: ~8 µm/px, at least 512 px
+on the long side), read from the pyramid for it, so it is the same whichever step asks first. Every report of the scan states the same tissue figure, `scan.tissue` (QC's NO_TISSUE value,
 the summary's "Tissue fraction" / "Tissue area", the artifacts' metadata), whatever model runs.
 """
 
@@ -17,16 +18,16 @@ from typing import Any, Self
 import numpy as np
 
 from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, resize_rgb, thumbnail_size
-from scanbridge.imaging.tiling import strip_mask, tissue_overview
+from scanbridge.imaging.tiling import mask_downsample, mask_image, overview_level, strip_mask, tissue_overview
 from scanbridge.imaging.tissue import TissueMasker, percent_text, tissue_fraction
 
-#: the overview's longest side (px): the resolution of the scan's one tissue mask
+#: the overview's longest side (px): the finest the scan's tissue mask can be (see tiling.mask_downsample)
 OVERVIEW_MAX = 2048
 
 
 @dataclass(frozen=True)
 class ScanTissue:
-    """The scan's tissue mask over its overview, and the tissue figure every report states from it."""
+    """The scan's tissue mask, and the tissue figure every report states from it."""
 
     mask: np.ndarray
     downsample: float  # level-0 px per mask px
@@ -69,6 +70,7 @@ class OpenedScan:
         self.files = list(files)  # what the reader reads: a ZIP's unpacked entries, not the ZIP
         self._owned = owned
         self._lock = threading.Lock()
+        self._tissue_lock = threading.Lock()  # held while the mask is made (which may read the overview)
         self._overview: tuple[np.ndarray, float] | None = None
         self._tissue: ScanTissue | None = None
         self._closed = False
@@ -106,11 +108,16 @@ class OpenedScan:
 
     @property
     def tissue(self) -> ScanTissue:
-        """The scan's tissue mask (over the overview, strip by strip) and its figure, computed once."""
-        rgb, ds = self.overview()
-        with self._lock:
+        """The scan's tissue mask (at `mask_downsample`, strip by strip) and its figure, computed once."""
+        with self._tissue_lock:
             if self._tissue is None:
-                self._tissue = ScanTissue(strip_mask(rgb, TissueMasker()), ds, self.metadata.mpp)
+                if self._closed:
+                    raise ValueError("the scan is closed and its tissue mask was never computed")
+                meta = self.metadata
+                level = overview_level(meta.level_dimensions, OVERVIEW_MAX)
+                first_ds = float(meta.level_downsamples[level]) if level is not None else self.overview()[1]
+                rgb, ds = mask_image(self.reader, OVERVIEW_MAX, mask_downsample(meta, first_ds), self.overview)
+                self._tissue = ScanTissue(strip_mask(rgb, TissueMasker()), ds, meta.mpp)
             return self._tissue
 
     def close(self) -> None:

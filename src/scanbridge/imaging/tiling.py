@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from scanbridge.cpus import usable_cores
-from scanbridge.imaging.readers.base import READ_BAND_PX, ScanReader, best_level
+from scanbridge.imaging.readers.base import READ_BAND_PX, ScaledRegions, ScanMetadata, ScanReader, best_level
+from scanbridge.imaging.readers.jpeg_dct import DCT_SCALES
 
 SCALE_SNAP = 0.01  # a level within 1 % of the model's scale is read as is
 STRIP_PX = 1 << 18  # overview pixels per strip when the tissue mask is computed strip by strip
@@ -30,6 +31,12 @@ STRIP_MARGIN = 8  # rows of context above and below each strip
 # reads +5 % and loses about 1 % of the area; models declare their own (`outputs.min_tissue`), e.g. the
 # tissue detector 0 (its job is the edges) and the nucleus models 0.1 (a lost nucleus is a wrong count).
 DEFAULT_MIN_TISSUE = 0.25
+# The tissue mask's working resolution (`mask_downsample`): about MASK_UM µm per mask pixel, HistoQC's ~1.25x
+# work size (CLAM segments at ~64x downsample, QuPath's tissue detection at 20 µm/px), but never coarser than
+# MASK_MIN_SIDE px on the slide's long side (small images and fixtures keep a usable mask), nor finer than the
+# overview (a slide without a pixel size: the overview itself).
+MASK_UM = 8.0
+MASK_MIN_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,54 @@ def tissue_overview(reader: ScanReader, max_side: int) -> tuple[np.ndarray, floa
         return reader.thumbnail(max_side)
     rgb = reader.read_region((0, 0), level, meta.level_dimensions[level])
     return rgb, float(meta.level_downsamples[level])
+
+
+def mask_downsample(meta: ScanMetadata, overview_downsample: float) -> float:
+    """Level-0 px per tissue-mask px: MASK_UM µm, at most the long side over MASK_MIN_SIDE, at least the
+    overview's (see MASK_UM)."""
+    if not meta.mpp:
+        return overview_downsample
+    physical = MASK_UM / meta.mpp[0]
+    return max(overview_downsample, min(physical, max(meta.dimensions) / MASK_MIN_SIDE))
+
+
+def mask_image(reader: ScanReader, max_side: int, target_downsample: float,
+               overview: Callable[[], tuple[np.ndarray, float]]) -> tuple[np.ndarray, float]:
+    """The RGB image the tissue mask is computed on, about `target_downsample` level-0 px per pixel, and its
+    downsample (the x axis').
+
+    It is made from the overview level (the finest within `max_side`; the scanner's own coarser levels are not
+    trusted: some writers store them in other colours): decoded at 1/2, 1/4 or 1/8 in the JPEG DCT domain
+    where the level's tiles allow (readers.jpeg_dct), else the overview itself (`overview()`, one read shared
+    with the thumbnails); what is left resized by area averaging (OpenCV's INTER_AREA). The path depends on
+    the file only, not on what was read before, so a scan's mask is always the same.
+    """
+    meta = reader.metadata
+    level = overview_level(meta.level_dimensions, max_side)
+    if level is not None:
+        level_ds = float(meta.level_downsamples[level])
+        lw, lh = meta.level_dimensions[level]
+        factor = target_downsample / level_ds
+        scale = next((s for s in DCT_SCALES if s <= factor * (1 + SCALE_SNAP) and lw % s == 0 and lh % s == 0), 1)
+        if abs(factor - scale) <= SCALE_SNAP * factor:
+            target_downsample = level_ds * scale  # a DCT scale that is the target: nothing left to resize
+        scaled = reader.read_region_scaled((0, 0), level, (lw, lh), scale) \
+            if scale > 1 and isinstance(reader, ScaledRegions) else None
+        if scaled is not None:
+            return _area_resized(scaled, level_ds * lw / scaled.shape[1], target_downsample)
+    rgb, ds = overview()
+    return _area_resized(rgb, ds, target_downsample)
+
+
+def _area_resized(rgb: np.ndarray, downsample: float, target_downsample: float) -> tuple[np.ndarray, float]:
+    """`rgb` (at `downsample`) area-averaged down to `target_downsample` (never enlarged), and its downsample."""
+    h, w = rgb.shape[:2]
+    factor = target_downsample / downsample
+    size = (max(1, round(w / factor)), max(1, round(h / factor)))
+    if factor <= 1 + SCALE_SNAP or size == (w, h):
+        return rgb, downsample
+    small = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+    return small, downsample * w / size[0]
 
 
 def overview_tissue_mask(reader: ScanReader, max_side: int, mask_fn: Callable[[np.ndarray], np.ndarray], *,
