@@ -235,3 +235,16 @@ def test_several_scans_become_an_array_job() -> None:
     with stub:
         assert BatchJobLauncher(client, "q", "d").submit("t", scans=3) == "arr-1"
     stub.assert_no_pending_responses()
+
+
+def test_each_containers_clients_share_the_processs_parsed_service_models(aws: None) -> None:
+    # GIVEN the AWS clients of two containers, made one after the other in one process
+    from scanbridge.bootstrap import aws_clients
+
+    first, second = aws_clients(Settings()), aws_clients(Settings())
+    # THEN each container has clients of its own
+    assert all(first[name] is not second[name] for name in first)
+    # AND the services' JSON models were parsed once, not once per container
+    for name in first:
+        assert first[name].meta.service_model._service_description is \
+            second[name].meta.service_model._service_description, name
