@@ -125,6 +125,31 @@ def test_the_naive_loop_gives_the_pipelines_objects(small_slide: Path, name: str
             assert analysis.result.results[key] == value, key  # type: ignore[index]
 
 
+def test_the_naive_loop_gives_the_pipelines_tissue_regions(tmp_path: Path) -> None:
+    # GIVEN the tissue model and a 3 mm slide whose tissue leaves some of its tiles glass
+    path = tmp_path / "t.svs"
+    synth.make_slide(path, 3072, 3072, tissue_fraction=0.25, seed=5, mpp=1.0)
+    model = bench.load_model("tissue", prefer_gpu=False)
+    reader = open_scan([path])
+    try:
+        # WHEN the pipeline analyses the tiles with tissue ...
+        analysis = analyze_scan("t", reader, model)
+        meta = reader.metadata
+    finally:
+        reader.close()
+    assert model.spec.mpp and meta.mpp
+    full = grid_for_model(meta.level_dimensions, meta.level_downsamples, model.spec.mpp / meta.mpp[0],
+                          model.spec.input_size, None, 1.0)
+    # ... and the bench's naive loop runs every tile of the slide alone, then builds its result from the canvas
+    _seconds, naive = bench.naive_pixels(path, model, full)
+    # THEN the naive loop read every tile, the pipeline fewer, and both traced the same regions and figures
+    assert naive is not None
+    assert analysis.stats.tiles_processed < len(full.tiles) == analysis.stats.tiles_total
+    assert naive.results["tissue_regions"] > 0  # type: ignore[index]
+    assert _features(naive) == _features(analysis.result)
+    assert naive.results == analysis.result.results
+
+
 def test_io_binding_path_gives_the_same_outputs(slide: tuple[Path, Path]) -> None:
     # GIVEN the bench model with and without I/O binding (the binding path on the CPU device)
     spec, build = bench.BENCH_MODELS["bench-conv"]

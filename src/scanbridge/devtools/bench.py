@@ -10,8 +10,9 @@ On one slide and one model, in one process:
   ``decode_level0_mpx``: the level-0 megapixels the tiles cover (overlaps included);
 - ``model_only_s``: the model on as many tiles, from batches decoded beforehand (no reading);
 - ``pipeline_s``: ``analyze_scan`` end to end (tissue mask, reading, inference, post-processing, result body);
-- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1
-  (an object model's tiles decoded into objects and its result built, as the pipeline does: `naive_objects`);
+- ``naive_s``: the usual bridge loop: every tile of the slide, background included, read then run, batch 1,
+  and the result built as the pipeline builds it (an object model's tiles decoded into objects:
+  `naive_objects`; a classification model's canvas traced into regions: `naive_pixels`);
 - ``bare_onnxruntime_s``: a plain InferenceSession (default options, same provider) on as many tiles from
   tensors prepared beforehand; ``pipeline_vs_bare`` = bare_onnxruntime_s / pipeline_s is the share of the
   hardware's bare model throughput the whole pipeline delivers (issue #9's GPU target: >= 0.80).
@@ -62,7 +63,13 @@ from scanbridge.imaging.readers.jpeg_dct import dct_scale
 from scanbridge.imaging.scan import OpenedScan
 from scanbridge.imaging.tiling import TileGrid, grid_for_model, read_order
 from scanbridge.inference import device as dev
-from scanbridge.inference.analyze import ScanAnalysis, analyze_scan, tile_min_tissue
+from scanbridge.inference.analyze import (
+    ScanAnalysis,
+    analyze_scan,
+    classification_result,
+    state_scan_figures,
+    tile_min_tissue,
+)
 from scanbridge.inference.heap import tune_malloc
 from scanbridge.inference.objects import (
     OBJECT_KINDS,
@@ -357,25 +364,45 @@ def bare_onnxruntime(path: Path, grid: TileGrid, model: OnnxModel, *, batch: int
 
 
 def naive_loop(path: Path, model: OnnxModel, grid: TileGrid, *, min_tissue: float | None = None) -> float:
-    """Seconds for the usual loop: every tile of the full grid, read then run alone (batch 1); a pixel model's
-    output is pasted into a float32 canvas, an object model's objects are decoded and its result built
-    (`naive_objects`; `min_tissue` as the pipeline's, for its stain sample)."""
+    """Seconds for the usual loop: every tile of the full grid, read then run alone (batch 1), and the result
+    built as the pipeline builds it (`naive_objects`, `naive_pixels`; `min_tissue` as the pipeline's, for an
+    object model's stain sample)."""
     if model.spec.kind in OBJECT_KINDS:
         return naive_objects(path, model, grid, min_tissue=min_tissue)[0]
+    return naive_pixels(path, model, grid)[0]
+
+
+def naive_pixels(path: Path, model: OnnxModel, grid: TileGrid) -> tuple[float, ScanResult | None]:
+    """The usual loop for a pixel model, and the result it gives: the scan's tissue figure, then every tile of
+    the full `grid`, background included, read and run alone (batch 1), its output pasted into a float32
+    canvas; a classification model's result body is then built from the canvas as the pipeline builds it from
+    its tile map (`analyze.classification_result`). Region kinds stop at the canvas (their class maps are
+    another output: None)."""
     spec = model.spec
     out_tile = grid.stride // spec.output_downsample
     margin = grid.overlap // spec.output_downsample
-    canvas = np.zeros((grid.rows * out_tile, grid.cols * out_tile), dtype=np.float32)
     reader = open_scan([path])
     try:
         t0 = time.perf_counter()
+        scan = OpenedScan(reader, owned=False)
+        scan.tissue  # noqa: B018 - the figure every result states (computed once, as the pipeline's)
+        canvas = np.zeros((grid.rows * out_tile, grid.cols * out_tile), dtype=np.float32)
         for tile in grid.tiles:
             img = read_tile(reader, grid, tile)
             out = next(iter(model.run(img[None]).values()))[0]
             plane = out[0] if out.ndim == 3 else out
             r0, c0 = tile.row * out_tile, tile.col * out_tile
             canvas[r0:r0 + out_tile, c0:c0 + out_tile] = plane[margin:margin + out_tile, margin:margin + out_tile]
-        return time.perf_counter() - t0
+        result = None
+        if spec.kind == "classification":
+            width, height = reader.metadata.dimensions
+            map_ds = grid.model_downsample * spec.output_downsample
+            h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
+            codes = np.clip(np.rint(canvas[:h_map, :w_map] * 255.0), 0, 255).astype(np.uint8)
+            result = classification_result(path.stem, model, codes=codes, map_ds=map_ds, bounds=(width, height),
+                                           mpp=reader.metadata.mpp)
+            state_scan_figures(result, scan)
+        return time.perf_counter() - t0, result
     finally:
         reader.close()
 

@@ -66,15 +66,22 @@ def analyze_scan(scan_id: str, scan: OpenedScan | ScanReader, model: OnnxModel, 
     analysis = _analyze_scan(scan_id, opened, model, tile_size=tile_size,
                              batch_size=batch_size, readers=readers, progress=progress, overlap=overlap,
                              max_tiles=max_tiles, min_tissue=min_tissue, checkpoint=checkpoint)
-    results = analysis.result.results
-    if results is not None:
-        _state_tissue(results, opened.tissue)
-        meta = opened.metadata
-        for label, note in {"Pixel size": mpp_note(meta), "DICOM series": series_note(meta)}.items():
-            if note:
-                report = results.setdefault("report", {})
-                report["summary"] = {**(report.get("summary") or {}), label: note}
+    state_scan_figures(analysis.result, opened)
     return analysis
+
+
+def state_scan_figures(result: ScanResult, scan: OpenedScan) -> None:
+    """What every result of `scan` states whatever the model (`result` is changed): the scan's tissue figure, an
+    implausible stated pixel size set aside, the DICOM series ignored."""
+    results = result.results
+    if results is None:
+        return
+    _state_tissue(results, scan.tissue)
+    meta = scan.metadata
+    for label, note in {"Pixel size": mpp_note(meta), "DICOM series": series_note(meta)}.items():
+        if note:
+            report = results.setdefault("report", {})
+            report["summary"] = {**(report.get("summary") or {}), label: note}
 
 
 def _state_tissue(results: dict[str, Any], tissue: ScanTissue) -> None:
@@ -137,8 +144,7 @@ def _analyze_scan(scan_id: str, scan: OpenedScan, model: OnnxModel, *,
     map_ds = grid.model_downsample * spec.output_downsample  # level-0 px per map px
     h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
     codes = tile_map.to_codes(h_map, w_map)  # uint8 as stored, only now dense (output resolution)
-    result = _classification_result(scan_id, spec_name=spec.name, model=model, codes=codes, map_ds=map_ds,
-                                    bounds=(width, height), mpp=meta.mpp)
+    result = classification_result(scan_id, model, codes=codes, map_ds=map_ds, bounds=(width, height), mpp=meta.mpp)
     timings = {"mask_s": t_mask - t0, "tiles_s": t_run - t_mask, "post_s": time.perf_counter() - t_run}
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, timings=timings)
 
@@ -212,13 +218,14 @@ def _analyze_regions(scan_id: str, reader: ScanReader, model: OnnxModel, tissue:
     return ScanAnalysis(result=result, metadata=meta.to_json(), stats=stats, timings=timings)
 
 
-def _classification_result(scan_id: str, *, spec_name: str, model: OnnxModel, codes: np.ndarray, map_ds: float,
-                           bounds: tuple[int, int], mpp: tuple[float, float] | None) -> ScanResult:
-    """The regions where the probability (`code_values(codes)`) reaches the spec's threshold, and the heat
-    map's contours at `outputs.contour_levels`."""
+def classification_result(scan_id: str, model: OnnxModel, *, codes: np.ndarray, map_ds: float,
+                          bounds: tuple[int, int], mpp: tuple[float, float] | None) -> ScanResult:
+    """A classification model's result from its code map over the whole scan (uint8 p * 255, `map_ds` level-0
+    px per map px): the regions where the probability (`code_values(codes)`) reaches the spec's threshold, and
+    the heat map's contours at `outputs.contour_levels` (the bench's naive loop builds its result with it too)."""
     spec = model.spec
     label = spec.labels[0] if spec.labels else None
-    class_name = label.name if label else spec_name
+    class_name = label.name if label else spec.name
     colour = label.color if label else "#00ff00"
     threshold = next(iter(spec.thresholds.values()), 0.5)
     um2_per_px = mpp[0] * mpp[1] if mpp else None
