@@ -139,7 +139,7 @@ def test_the_rings_traced_at_once_are_each_chains_own_edge_ring(seed: int) -> No
     import cv2
 
     from scanbridge.inference.nuclei import edge_ring
-    from scanbridge.inference.postprocess import framed_rings
+    from scanbridge.inference.postprocess import framed_ring_array
 
     rng = np.random.default_rng(seed)
     mask = ndimage.gaussian_filter(rng.random((70, 90)), 1.5) > 0.52
@@ -150,7 +150,8 @@ def test_the_rings_traced_at_once_are_each_chains_own_edge_ring(seed: int) -> No
     background[2:-2, 2:-2] = ~mask
     contours, _ = cv2.findContours(background.copy(), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     # WHEN every ring is made in one pass
-    rings = framed_rings(background)
+    coords, offsets = framed_ring_array(background)
+    rings = np.split(coords, offsets[1:-1])
     # THEN each is the one edge_ring makes of its chain alone (the frame's own border left out), vertex for
     # vertex and in the same order
     expected = [edge_ring(c.reshape(-1, 2)) * 0.5 - 1.5 for c in contours

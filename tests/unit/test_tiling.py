@@ -12,9 +12,10 @@ from scanbridge.imaging.tiling import (
     _tissue_cells,
     grid_for_model,
     grid_over_tissue,
-    overview_tissue_mask,
     pick_level,
     read_order,
+    strip_mask,
+    tissue_overview,
 )
 from scanbridge.imaging.tissue import tissue_mask
 from scanbridge.inference.pipeline import TileMap, code_values, codes_at_least
@@ -161,7 +162,8 @@ def test_strip_wise_tissue_mask_equals_the_whole_image_mask() -> None:
         return tissue_mask(part)
 
     # WHEN the mask is computed over level 0 in strips of ~20 rows
-    mask, ds = overview_tissue_mask(reader, 512, recorded, strip_px=300 * 20)
+    rgb_read, ds = tissue_overview(reader, 512)
+    mask = strip_mask(rgb_read, recorded, strip_px=300 * 20)
     # THEN it equals the mask of the whole image, the overview was read once, and the mask's temporaries
     # never exceeded a strip plus its margins
     assert ds == 1.0

@@ -244,13 +244,6 @@ def _area_resized(rgb: np.ndarray, downsample: float, target_downsample: float) 
     return small, downsample * w / size[0]
 
 
-def overview_tissue_mask(reader: ScanReader, max_side: int, mask_fn: Callable[[np.ndarray], np.ndarray], *,
-                         strip_px: int = STRIP_PX) -> tuple[np.ndarray, float]:
-    """The tissue mask of the overview (`tissue_overview`) and its downsample (see `strip_mask`)."""
-    rgb, ds = tissue_overview(reader, max_side)
-    return strip_mask(rgb, mask_fn, strip_px=strip_px), ds
-
-
 def strip_mask(rgb: np.ndarray, mask_fn: Callable[[np.ndarray], np.ndarray], *,
                strip_px: int = STRIP_PX, threads: int | None = None) -> np.ndarray:
     """`mask_fn` (e.g. `tissue_mask`) of an RGB overview, computed strip by strip.

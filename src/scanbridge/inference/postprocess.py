@@ -129,12 +129,6 @@ def framed_ring_array(background: np.ndarray) -> Rings:
     return ring2 * 0.5 - 1.5, offsets  # doubled, padded pixel centres -> mask pixel edges
 
 
-def framed_rings(background: np.ndarray) -> list[np.ndarray]:
-    """`framed_ring_array`, one array per ring."""
-    coords, offsets = framed_ring_array(background)
-    return np.split(coords, offsets[1:-1]) if len(offsets) > 1 else []
-
-
 def _nest(coords: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Polygons (an object array) from non-crossing closed rings back to back (`sizes` vertices each):
     exteriors at even nesting depth, each with its holes."""
