@@ -78,7 +78,7 @@ from scanbridge.inference.objects import (
     run_objects,
     scan_stain_vectors,
 )
-from scanbridge.inference.pipeline import iter_tiles, read_tile
+from scanbridge.inference.pipeline import as_codes, iter_tiles, read_tile
 from scanbridge.inference.session import OnnxModel
 from scanbridge.inference.stains import STAIN_INPUT
 from scanbridge.inference.zoo import BUILTINS, OPSET, tissue_score_graph
@@ -398,7 +398,7 @@ def naive_pixels(path: Path, model: OnnxModel, grid: TileGrid) -> tuple[float, S
             width, height = reader.metadata.dimensions
             map_ds = grid.model_downsample * spec.output_downsample
             h_map, w_map = math.ceil(height / map_ds), math.ceil(width / map_ds)
-            codes = np.clip(np.rint(canvas[:h_map, :w_map] * 255.0), 0, 255).astype(np.uint8)
+            codes = as_codes(canvas[:h_map, :w_map])
             result = classification_result(path.stem, model, codes=codes, map_ds=map_ds, bounds=(width, height),
                                            mpp=reader.metadata.mpp)
             state_scan_figures(result, scan)

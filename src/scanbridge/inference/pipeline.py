@@ -48,6 +48,11 @@ class PipelineStats:
     wall_s: float = 0.0
 
 
+def as_codes(values: np.ndarray) -> np.ndarray:
+    """Probabilities (0-1) as a TileMap stores them: uint8 codes, p * 255 in float32, rounded, clipped."""
+    return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
 class TileMap:
     """The model's first output per tile core, quantized to uint8 and stored only for tiles that ran."""
 
@@ -57,8 +62,7 @@ class TileMap:
 
     def put(self, tile: Tile, plane: np.ndarray) -> None:
         """Store one tile's core (values in [0, 1])."""
-        q = np.clip(np.rint(np.asarray(plane, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-        self.tiles[(tile.row, tile.col)] = q
+        self.tiles[(tile.row, tile.col)] = as_codes(plane)
 
     @property
     def nbytes(self) -> int:
