@@ -19,7 +19,7 @@ import numpy as np
 
 from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, resize_rgb, thumbnail_size
 from scanbridge.imaging.tiling import mask_downsample, mask_image, overview_level, strip_mask, tissue_overview
-from scanbridge.imaging.tissue import TissueMasker, percent_text, tissue_fraction
+from scanbridge.imaging.tissue import percent_text, shared_masker, tissue_fraction
 
 #: the overview's longest side (px): the finest the scan's tissue mask can be (see tiling.mask_downsample)
 OVERVIEW_MAX = 2048
@@ -117,7 +117,7 @@ class OpenedScan:
                 level = overview_level(meta.level_dimensions, OVERVIEW_MAX)
                 first_ds = float(meta.level_downsamples[level]) if level is not None else self.overview()[1]
                 rgb, ds = mask_image(self.reader, OVERVIEW_MAX, mask_downsample(meta, first_ds), self.overview)
-                self._tissue = ScanTissue(strip_mask(rgb, TissueMasker()), ds, meta.mpp)
+                self._tissue = ScanTissue(strip_mask(rgb, shared_masker()), ds, meta.mpp)
             return self._tissue
 
     def close(self) -> None:

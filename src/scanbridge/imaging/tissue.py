@@ -109,18 +109,21 @@ class _Buffers:
 
 
 class TissueMasker:
-    """`tissue_mask` with fixed parameters, keeping its working arrays per thread between calls.
+    """`tissue_mask` with fixed parameters, keeping its working arrays between calls.
 
-    `strip_mask(rgb, TissueMasker())` masks an overview's strips with one set of arrays per thread instead
-    of fresh ones per strip: under the worker's malloc settings (inference/heap.py) every array of 1 MiB
-    or more is a fresh mapping, and first touching its pages cost 2-3x the mask's arithmetic (docs/
-    performance.md). Make one per overview; its arrays go with it.
+    `strip_mask(rgb, TissueMasker())` masks an overview's strips with a few sets of arrays (one per thread
+    masking at a time, handed from call to call) instead of fresh ones per strip: under the worker's malloc
+    settings (inference/heap.py) every array of 1 MiB or more is a fresh mapping, and first touching its pages
+    cost 2-3x the mask's arithmetic (docs/performance.md). Through `strip_mask` the sets are strip-sized
+    (tiling.STRIP_PX pixels: ~5 MiB each), so `shared_masker()` keeps them for the process: the next scan's
+    mask finds them touched.
     """
 
     def __init__(self, *, min_od: float = 0.4, min_saturation: float = 0.1, min_area_px: int = 4) -> None:
         self.min_area_px = min_area_px
         self._least = least_tissue_density(min_od, min_saturation)
-        self._local = threading.local()
+        self._free: list[_Buffers] = []  # sets not in use; a call takes one (or makes one) and gives it back
+        self._lock = threading.Lock()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """The boolean tissue mask of an (h, w, 3) RGB image (more channels: the first three)."""
@@ -129,9 +132,16 @@ class TissueMasker:
         if rgb.ndim != 3 or rgb.shape[2] < 3:
             raise ValueError(f"not an RGB image: shape {rgb.shape}")
         x = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
-        buffers = getattr(self._local, "buffers", None)
-        if buffers is None:
-            buffers = self._local.buffers = _Buffers()
+        with self._lock:
+            buffers = self._free.pop() if self._free else _Buffers()
+        try:
+            return self._mask(x, buffers)
+        finally:
+            with self._lock:
+                self._free.append(buffers)
+
+    def _mask(self, x: np.ndarray, buffers: _Buffers) -> np.ndarray:
+        """The mask of a contiguous (h, w, 3) uint8 image, worked out in `buffers` (a fresh array returned)."""
         h, w = x.shape[:2]
         mask = buffers.get("mask", (h, w), np.uint8)
         self._score_into(x, mask, buffers)
@@ -171,6 +181,12 @@ class TissueMasker:
             dens = _od_into(part, per_channel[:k], od[:k])
             floor = cv2.LUT(_spread_into(part, spread[:k], hi[:k], lo[:k]), self._least, dst=floor_buf[:k])
             np.greater_equal(dens, floor, out=mask[y0:y1].view(bool))
+
+
+@functools.cache
+def shared_masker() -> TissueMasker:
+    """The process's masker with the default parameters (the scan's mask: imaging/scan.py), its arrays kept."""
+    return TissueMasker()
 
 
 def tissue_mask(rgb: np.ndarray, *, min_od: float = 0.4, min_saturation: float = 0.1,
