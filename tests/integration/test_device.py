@@ -23,7 +23,7 @@ from scanbridge.inference import device as dev
 from scanbridge.inference.analyze import analyze_scan
 from scanbridge.inference.pipeline import iter_tiles
 from scanbridge.inference.runner import Analyzer, ModelLoader
-from scanbridge.inference.session import OnnxModel
+from scanbridge.inference.session import OnnxModel, channel_poor
 from scanbridge.inference.zoo import BUILTINS
 from tests.conftest import fixture_path
 
@@ -296,3 +296,38 @@ def test_cuda_is_used_for_real_with_a_memory_sized_batch() -> None:  # pragma: n
     assert 8 <= gpu.batch_size_for(256) <= dev.MAX_GPU_BATCH
     np.testing.assert_array_equal(first, second)
     np.testing.assert_allclose(first, cpu.run(batch)["prob"], rtol=1e-3, atol=1e-4)
+
+
+def _conv_with_input_weight() -> bytes:
+    """A one-convolution graph whose weight is a graph input of unknown output channels."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "weight-input",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, ["K", 3, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def test_filter_graphs_run_without_the_nchwc_layout_and_networks_keep_it() -> None:
+    # GIVEN the built-in nucleus graphs (one-channel filters, the deconvolution's weight computed in the
+    # graph), the tissue graph (no convolution), the bench's convolutional nets and a weight of unknown shape
+    nuclei_spec, build_nuclei = BUILTINS["nuclei"]
+    models = {name: BUILTINS[name][1]() for name in ("nuclei", "ihc-positivity", "tissue")}
+    models |= {name: bench.BENCH_MODELS[name][1]() for name in ("bench-conv", "bench-resnet50-slim")}
+    # WHEN / THEN only the filter graphs are channel-poor
+    assert {name: channel_poor(raw) for name, raw in models.items()} == {
+        "nuclei": True, "ihc-positivity": True, "tissue": False, "bench-conv": False, "bench-resnet50-slim": False}
+    assert not channel_poor(_conv_with_input_weight()) and not channel_poor(b"not an onnx model")
+    # WHEN the nuclei model is loaded on the CPU
+    model = OnnxModel(nuclei_spec, models["nuclei"], device="cpu")
+    # THEN its session leaves the NCHWc transformer out, and gives what a default session gives (to float rounding)
+    assert model.disabled_optimizers == ["NchwcTransformer"]
+    assert _bench_conv().disabled_optimizers == []
+    tile = np.random.default_rng(4).integers(60, 250, (2, 3, 96, 96), dtype=np.uint8)
+    default = ort.InferenceSession(build_nuclei(), providers=["CPUExecutionProvider"])
+    want = default.run(None, {"image": tile})
+    got = model.session.run(None, {"image": tile})
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

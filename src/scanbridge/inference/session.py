@@ -34,6 +34,12 @@ CPU = "CPUExecutionProvider"
 GPU_BATCH_BYTES = dev.GPU_BATCH_BYTES  # uint8 input per batch on a GPU whose free memory cannot be read
 MAX_BOUND_SHAPES = 4  # I/O-binding buffer sets kept per thread (a scan has one batch shape, plus its last batch)
 CPU_BATCH_TILES = 8
+#: onnxruntime's CPU layout transformer (NCHWc) blocks channels by 8 (AVX2) or 16 (AVX-512): convolutions
+#: with fewer channels than a block (the filters of an image-processing graph: a Gaussian on one stain) run
+#: mostly on padding, plus a reorder to and from the blocked layout around each
+NCHWC_BLOCK = 8
+#: a model this large is a network's weights, not a filter graph: it is not parsed to look (see channel_poor)
+CHANNEL_POOR_MAX_BYTES = 16 * 2**20
 
 
 def pick_providers(prefer_gpu: bool = True) -> list[str]:
@@ -48,6 +54,36 @@ def pick_providers(prefer_gpu: bool = True) -> list[str]:
 def default_intra_op_threads() -> int:
     """Intra-op threads for the CPU provider: every core this process may use."""
     return usable_cores()
+
+
+def channel_poor(model_bytes: bytes) -> bool:
+    """Whether the graph has convolutions and each has fewer than NCHWC_BLOCK output channels and input
+    channels per group (its weight's shape as stored or as onnx's shape inference gives it): a filter graph,
+    for which onnxruntime's NCHWc layout transformer costs more than it gives (the built-in nucleus models
+    ran 2x faster without it; a ResNet's 64-channel convolutions 2x slower). A model over
+    CHANNEL_POOR_MAX_BYTES, one that does not parse, or a weight of unknown shape: not."""
+    if len(model_bytes) > CHANNEL_POOR_MAX_BYTES:
+        return False
+    import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load_model_from_string(model_bytes))
+    except Exception:  # noqa: BLE001 - onnxruntime reports a model it cannot load in its own words
+        return False
+    graph = model.graph
+    convs = [node for node in graph.node if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1]
+    if not convs:
+        return False
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    for info in (*graph.value_info, *graph.input):
+        if info.name not in shapes:
+            dims = info.type.tensor_type.shape.dim
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+    for node in convs:
+        dims = shapes.get(node.input[1], ())
+        if len(dims) < 2 or min(dims[0], dims[1]) < 1 or max(dims[0], dims[1]) >= NCHWC_BLOCK:
+            return False
+    return True
 
 
 def class_axis(spec: ModelSpec, shape: tuple[int, ...]) -> int:
@@ -82,9 +118,11 @@ class OnnxModel:
         options.log_severity_level = 3  # errors only
         # Spinning intra-op threads would burn the cores the tile readers need while a batch is assembled.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        #: onnxruntime optimizers left out for this model (channel_poor: NCHWc, on the CPU only)
+        self.disabled_optimizers = ["NchwcTransformer"] if resolved == "cpu" and channel_poor(model_bytes) else []
         try:
-            self.session = ort.InferenceSession(model_bytes, sess_options=options,
-                                                providers=providers)
+            self.session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers,
+                                                disabled_optimizers=self.disabled_optimizers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InferenceError(f"model {spec.name!r} could not be loaded: {exc}") from exc
         self.provider = self.session.get_providers()[0]
