@@ -20,9 +20,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_worker_killed_mid_scan_resumes_from_the_tiles_it_finished(tmp_path: Path, busy_slide: Path) -> None:
-    # GIVEN a slide that keeps the nuclei model busy for a while, and a stack checkpointing every 0.5 s
+    # GIVEN a slide that keeps the nuclei model busy for a while, and a stack checkpointing every 0.2 s
     with FakePlatform(files={"s": busy_slide}) as platform, \
-            start_stack(platform, tmp_path, {"SCANBRIDGE_CHECKPOINT_INTERVAL_S": "0.5",
+            start_stack(platform, tmp_path, {"SCANBRIDGE_CHECKPOINT_INTERVAL_S": "0.2",
                                              "SCANBRIDGE_QC_ENABLED": "false"}) as url:
         httpx.post(f"{url}/webhook", json={"task_id": "resume-me", "jwt_token": TOKEN, "model_name": "nuclei",
                                           "scans": {"s1": platform.url_for("s")}})
