@@ -313,7 +313,6 @@ def _conv_with_input_weight() -> bytes:
 def test_filter_graphs_run_without_the_nchwc_layout_and_networks_keep_it() -> None:
     # GIVEN the built-in nucleus graphs (one-channel filters, the deconvolution's weight computed in the
     # graph), the tissue graph (no convolution), the bench's convolutional nets and a weight of unknown shape
-    nuclei_spec, build_nuclei = BUILTINS["nuclei"]
     models = {name: BUILTINS[name][1]() for name in ("nuclei", "ihc-positivity", "tissue")}
     models |= {name: bench.BENCH_MODELS[name][1]() for name in ("bench-conv", "bench-resnet50-slim")}
     # WHEN / THEN only the filter graphs are channel-poor
@@ -321,12 +320,12 @@ def test_filter_graphs_run_without_the_nchwc_layout_and_networks_keep_it() -> No
         "nuclei": True, "ihc-positivity": True, "tissue": False, "bench-conv": False, "bench-resnet50-slim": False}
     assert not channel_poor(_conv_with_input_weight()) and not channel_poor(b"not an onnx model")
     # WHEN the nuclei model is loaded on the CPU
-    model = OnnxModel(nuclei_spec, models["nuclei"], device="cpu")
+    model = OnnxModel(BUILTINS["nuclei"][0], models["nuclei"], device="cpu")
     # THEN its session leaves the NCHWc transformer out, and gives what a default session gives (to float rounding)
     assert model.disabled_optimizers == ["NchwcTransformer"]
     assert _bench_conv().disabled_optimizers == []
     tile = np.random.default_rng(4).integers(60, 250, (2, 3, 96, 96), dtype=np.uint8)
-    default = ort.InferenceSession(build_nuclei(), providers=["CPUExecutionProvider"])
+    default = ort.InferenceSession(models["nuclei"], providers=["CPUExecutionProvider"])
     want = default.run(None, {"image": tile})
     got = model.session.run(None, {"image": tile})
     for a, b in zip(got, want, strict=True):

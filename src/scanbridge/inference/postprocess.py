@@ -30,7 +30,7 @@ def mask_to_polygons(mask: np.ndarray, scale: float, bounds: tuple[int, int], *,
     """
     if not mask.any():
         return []
-    return _finished(_outlines(_mask_ring_array(mask), scale, bounds), min_area=min_area, simplify=simplify)
+    return _finished(_outlines(mask_rings(mask), scale, bounds), min_area=min_area, simplify=simplify)
 
 
 class CodeMapPolygons:
@@ -88,8 +88,8 @@ def _finished(geoms: np.ndarray, *, min_area: float, simplify: float | None) -> 
     return [p for g in geoms for p in _polygons_of(g) if p.area >= min_area]
 
 
-def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
-    """Every boundary ring of a boolean mask, (k, 2) x, y in mask pixels (pixel j spans [j, j + 1)).
+def mask_rings(mask: np.ndarray) -> Rings:
+    """Every boundary ring of a boolean mask, x, y in mask pixels (pixel j spans [j, j + 1)), back to back.
 
     The rings scikit-image's `find_contours(mask, 0.5)` draws (a vertex at the middle of every pixel edge
     between the mask and the rest; foreground 4-connected, background 8-connected), traced by OpenCV's
@@ -97,12 +97,6 @@ def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
     traces the *background* (framed, so the glass around is one region) and its pixel chains become
     edge-middle rings as the nucleus outlines are (inference/nuclei.py's chain-code table).
     """
-    coords, offsets = _mask_ring_array(mask)
-    return np.split(coords, offsets[1:-1]) if len(offsets) > 1 else []
-
-
-def _mask_ring_array(mask: np.ndarray) -> Rings:
-    """`mask_rings`, back to back."""
     inside = np.asarray(mask, dtype=bool)
     background = np.ones((inside.shape[0] + 4, inside.shape[1] + 4), np.uint8)  # framed by 2 px of glass
     np.logical_not(inside, out=background[2:-2, 2:-2].view(bool))  # (np.pad: 5x the time)
