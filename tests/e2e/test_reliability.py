@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from scanbridge.devtools.local_platform import FakePlatform
 from tests.conftest import SAMPLE_WEBHOOK, fixture_path
 from tests.e2e.test_local_stack import _wait_terminal, start_stack
+from tests.e2e.test_restart import gated
 
 pytestmark = pytest.mark.e2e
 
@@ -48,17 +50,21 @@ def test_fifty_concurrent_redeliveries_make_one_task_one_job_one_post(tmp_path: 
 
 
 def test_killed_worker_is_retried_and_cancel_stops_work(tmp_path: Path, busy_slide: Path) -> None:
-    # GIVEN a slide that keeps the nuclei model busy for a while
-    with FakePlatform(files={"big": busy_slide, "small": fixture_path("boxes.tiff")}) as platform, \
-            start_stack(platform, tmp_path) as url:
-        # WHEN its worker is killed with SIGKILL while it runs
-        httpx.post(f"{url}/webhook", json={"task_id": "kill-me", "jwt_token": TOKEN,
-                                          "scans": {"s": platform.url_for("small")}})
+    # GIVEN a slide that keeps the nuclei model busy for a while, and a small scan whose first download is held
+    # (a warm worker finishes the small scan in well under a second: without the hold it can be gone before
+    # it is seen, and there would be nothing to kill)
+    with FakePlatform(files={"big": busy_slide}) as platform, gated(fixture_path("boxes.tiff")) as small, \
+            start_stack(platform, tmp_path, {"SCANBRIDGE_ALLOWED_SCAN_HOSTS": f"{platform.netloc},{small.netloc}"}) as url:
+        # WHEN its worker is killed with SIGKILL while it runs (waiting on that download)
+        httpx.post(f"{url}/webhook", json={"task_id": "kill-me", "jwt_token": TOKEN, "scans": {"s": small.url()}})
         pid = _worker_pid("kill-me")
+        _wait_for(lambda: small.requests >= 1, "the held download")
         os.kill(pid, signal.SIGKILL)
+        small.gate.set()  # the retry's download (the second) was never held; this frees the first one's thread
         # THEN the launcher retries it and the task still completes, with one POST
         task = _wait_terminal(url, "kill-me")
         assert task["status"] == "COMPLETED", task
+        assert small.requests == 2  # the killed attempt's download and the retry's
         assert [p.task_id for p in platform.posts] == ["kill-me"]
         # WHEN a long task is cancelled
         httpx.post(f"{url}/webhook", json={"task_id": "cancel-me", "jwt_token": TOKEN, "model_name": "nuclei",
@@ -86,6 +92,14 @@ def _worker_pid(task_id: str, timeout_s: float = 20) -> int:
             return int(out[0])
         time.sleep(0.05)
     raise AssertionError(f"no worker process for {task_id}")
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
