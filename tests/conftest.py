@@ -44,11 +44,13 @@ SAMPLE_WEBHOOK: dict[str, Any] = {
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto` (pyproject's addopts): two xdist workers per core, at most 8. Much of the suite waits on other
-    processes and sockets (stacks, workers, platforms), so a core has room for a second worker: on 2 busy
-    cores tests/e2e took 235 s on 4 workers and 304 s on 2."""
+    """`-n auto` (pyproject's addopts): three xdist workers per two cores (at least 2, at most 8). Much of the
+    suite waits on other processes and sockets (stacks, workers, platforms), so the cores have room for more
+    workers than there are cores: on 2 busy cores tests/e2e took 235 s on 4 workers and 304 s on 2. But each
+    worker collects the whole suite (~5 s of CPU) and the run is CPU-bound throughout: the whole suite on 2
+    cores, runs alternating, took 211-212 s (373-380 s of CPU) on 3 workers against 215-232 s (392-431 s) on 4."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, 2 * cores)
+    return min(8, max(2, 3 * cores // 2))
 
 
 #: the cyclic garbage collector's thresholds in a test process (Python's default: 700, 10, 10); see below

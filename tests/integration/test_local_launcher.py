@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -37,6 +39,28 @@ def _wait_for_worker(launcher: LocalJobLauncher, job_id: str, timeout_s: float =
         time.sleep(0.02)
     raise AssertionError("the worker did not start")
 
+
+
+def test_shutdown_kills_a_worker_deaf_to_sigterm_and_returns_once_its_jobs_have_ended(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN a launcher with one worker, SIGSTOPped: a SIGTERM stays pending on it
+    launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=SLEEPER, retries=3)
+    job_id = launcher.submit("task-1")
+    pid = _wait_for_worker(launcher, job_id)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # WHEN the launcher shuts down with a short grace
+        with caplog.at_level(logging.INFO, logger="scanbridge.adapters.local.launcher"):
+            stopped = launcher.shutdown(grace_s=0.3)
+            # THEN when it returns the worker is gone (killed after the grace, and reaped), and its job's thread
+            # has ended and said so: nothing of the launcher runs or logs after the shutdown
+            assert stopped == ["task-1"]
+            assert not _alive(pid)
+            assert "worker stopped by the launcher's shutdown" in caplog.text
+        assert launcher.pids() == {}
+    finally:  # a shutdown that left it stopped would leave its job's thread waiting, and pytest with it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 def test_workers_run_at_idle_priority(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from scanbridge.adapters.local.forkserver import TITLE_ROOM, ForkServer
@@ -24,6 +24,9 @@ from scanbridge.ports import WorkerProcess
 log = logging.getLogger(__name__)
 
 WORKER_NICENESS = 19  # where SCHED_IDLE is not available
+#: `shutdown`: seconds its SIGTERM has before the workers still there get SIGKILL, then seconds it waits for them
+SHUTDOWN_GRACE_S = 5.0
+SHUTDOWN_KILL_WAIT_S = 2.0
 
 
 def yield_cpu(pid: int) -> str:
@@ -82,6 +85,7 @@ class LocalJobLauncher:
                  warm_cmd: list[str] | None = None) -> None:
         self._max_workers = max(1, max_workers)
         self._pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="local-job")
+        self._jobs: set[Future[None]] = set()  # the pool's jobs not finished yet (shutdown waits for them)
         self._log_dir = log_dir
         self._on_finished = on_finished
         self._env = env
@@ -116,8 +120,15 @@ class LocalJobLauncher:
         with self._lock:
             self._queued[job_id] = self._clock()
             self._task_of[job_id] = task_id
-        self._pool.submit(self._run, task_id, job_id)
+        future = self._pool.submit(self._run, task_id, job_id)
+        with self._lock:
+            self._jobs.add(future)
+        future.add_done_callback(self._job_done)
         return job_id
+
+    def _job_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._jobs.discard(future)
 
     def _run(self, task_id: str, job_id: str) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -392,20 +403,37 @@ class LocalJobLauncher:
         if proc and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
 
-    def shutdown(self) -> list[str]:
+    def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> list[str]:
         """Stop every worker and the pool (a worker stopped this way is not retried); returns the ids of the
-        tasks whose worker it stopped (they resume when the stack starts again)."""
+        tasks whose worker it stopped (they resume when the stack starts again).
+
+        The workers get SIGTERM, and SIGKILL when still there after `grace_s` (a stopped or hung one); it
+        returns once every job thread has ended (at most SHUTDOWN_KILL_WAIT_S after the kill), so nothing of
+        the launcher runs or logs after it, and `serve` stops moto only once its workers are gone."""
         with self._lock:
             self._closing = True
             procs = list(self._procs.values())
             server, self._server = self._server, None
             self._warm_cond.notify_all()
             stopped = [self._task_of[job] for job in self._active if job in self._task_of]
+        self._signal(procs, signal.SIGTERM)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            jobs = set(self._jobs)
+        _done, running = wait(jobs, timeout=grace_s)
+        if running:
+            with self._lock:
+                procs = list(self._procs.values())
+            self._signal(procs, signal.SIGKILL)
+            wait(running, timeout=SHUTDOWN_KILL_WAIT_S)
+        if server is not None:
+            server.stop()
+        return sorted(stopped)
+
+    @staticmethod
+    def _signal(procs: list[WorkerProcess], signum: int) -> None:
+        """`signum` to the process group of each worker still running."""
         for proc in procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        if server is not None:
-            server.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        return sorted(stopped)
+                    os.killpg(proc.pid, signum)
