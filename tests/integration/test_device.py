@@ -247,6 +247,19 @@ def test_reader_threads_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     assert pinned == 5
 
 
+
+def test_object_post_processing_threads_are_the_cores_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN processes allowed 1, 2, 3, 5 and 16 cores
+    counts = {}
+    for cores in (1, 2, 3, 5, 16):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        monkeypatch.setattr("os.process_cpu_count", lambda n=cores: n, raising=False)
+        # WHEN the object pipeline sizes its post-processing pool
+        counts[cores] = dev.default_post_threads()
+    # THEN it leaves the model a core (at least one thread, at most MAX_POST_THREADS): on 2 cores one thread,
+    # which beat four there (the others only took turns at the GIL)
+    assert counts == {1: 1, 2: 1, 3: 2, 5: 4, 16: dev.MAX_POST_THREADS} and dev.MAX_POST_THREADS == 4
+
 def test_the_pipeline_starts_as_many_reader_threads_as_the_cores_allow_unless_told(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN a process allowed 6 cores (Python 3.13's process_cpu_count where it exists, else the affinity

@@ -35,7 +35,7 @@ from scanbridge.domain.results import ScanResult
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model, read_order
 from scanbridge.inference import ihc, stains
-from scanbridge.inference.device import default_reader_threads, yield_to_model
+from scanbridge.inference.device import default_post_threads, default_reader_threads, yield_to_model
 from scanbridge.inference.instances import (
     Decoder,
     WindowObjects,
@@ -219,7 +219,7 @@ def _nucleus_columns(n: Nuclei, step: float, mpp: tuple[float, float] | None,
 
 def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, mask_downsample: float, *,
                 tile_size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
-                readers: int | None = None, post_workers: int = 4, progress: ProgressFn | None = None,
+                readers: int | None = None, post_workers: int | None = None, progress: ProgressFn | None = None,
                 min_tissue: float = DEFAULT_MIN_TISSUE, checkpoint: CheckpointStore | None = None,
                 stain_vectors: stains.StainVectors | None = None) -> ObjectRun:
     """Run an object model over the tissue of a scan with overlapping tiles; each object found once.
@@ -228,8 +228,9 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
     tiles' objects are saved to it (resume.py). `stain_vectors`: the scan's, when already estimated (a model
     that takes them otherwise gets them from `scan_stain_vectors` on this grid).
 
-    Post-processing threads step back behind the model's (`device.yield_to_model`): they run on the cores'
-    time the model leaves, so decoding objects overlaps inference instead of slowing it.
+    Post-processing threads (`post_workers`, default `device.default_post_threads`) step back behind the
+    model's (`device.yield_to_model`): they run on the cores' time the model leaves, so decoding objects
+    overlaps inference instead of slowing it.
 
     Raises ModelInvalidError when the spec's decoder is misconfigured or cannot decode the first batch.
     """
@@ -278,7 +279,8 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
 
     buffer = np.empty((batch, size, size, 3), dtype=np.uint8)
     batch_tiles: list[Tile] = []
-    with ThreadPoolExecutor(max_workers=max(1, post_workers), thread_name_prefix="object-post",
+    post_workers = max(1, post_workers or default_post_threads())
+    with ThreadPoolExecutor(max_workers=post_workers, thread_name_prefix="object-post",
                             initializer=yield_to_model) as pool:
         posts = _Posts(pool, post)
 
@@ -309,7 +311,7 @@ def run_objects(reader: ScanReader, model: OnnxModel, mask: np.ndarray | None, m
             # a batch's tiles (at least one per post thread) left to decode while the model runs the next one: the
             # post threads then work on the cores' time the model leaves through the whole run, instead of the
             # model waiting here for them; at most two batches of copied outputs (4 MiB a nuclei tile) in flight
-            posts.drain(objects, keep=0 if save else max(1, post_workers, batch))
+            posts.drain(objects, keep=0 if save else max(post_workers, batch))
             if save and resume:  # every finished tile's objects are in `objects` now
                 resume.save_objects(objects)
             if progress:
