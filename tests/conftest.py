@@ -48,7 +48,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     suite waits on other processes and sockets (stacks, workers, platforms), so the cores have room for more
     workers than there are cores: on 2 busy cores tests/e2e took 235 s on 4 workers and 304 s on 2. But each
     worker collects the whole suite (~5 s of CPU) and the run is CPU-bound throughout: the whole suite on 2
-    cores, runs alternating, took 211-212 s (373-380 s of CPU) on 3 workers against 215-232 s (392-431 s) on 4."""
+    cores, four pairs of runs alternating, took 211-216 s (373-387 s of CPU) on 3 workers against 215-232 s
+    (392-431 s) on 4."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(8, max(2, 3 * cores // 2))
 

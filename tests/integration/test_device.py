@@ -247,7 +247,6 @@ def test_reader_threads_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> Non
     assert pinned == 5
 
 
-
 def test_object_post_processing_threads_are_the_cores_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
     # GIVEN processes allowed 1, 2, 3, 5 and 16 cores
     counts = {}
@@ -259,6 +258,7 @@ def test_object_post_processing_threads_are_the_cores_less_one(monkeypatch: pyte
     # THEN it leaves the model a core (at least one thread, at most MAX_POST_THREADS): on 2 cores one thread,
     # which beat four there (the others only took turns at the GIL)
     assert counts == {1: 1, 2: 1, 3: 2, 5: 4, 16: dev.MAX_POST_THREADS} and dev.MAX_POST_THREADS == 4
+
 
 def test_the_pipeline_starts_as_many_reader_threads_as_the_cores_allow_unless_told(
         monkeypatch: pytest.MonkeyPatch) -> None:

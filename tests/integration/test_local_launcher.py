@@ -40,7 +40,6 @@ def _wait_for_worker(launcher: LocalJobLauncher, job_id: str, timeout_s: float =
     raise AssertionError("the worker did not start")
 
 
-
 class _Messages(logging.Handler):
     """The messages logged to the logger it is added to (caplog's root handler misses a logger that an earlier
     in-process test configured not to propagate)."""
@@ -77,6 +76,7 @@ def test_shutdown_kills_a_worker_deaf_to_sigterm_and_returns_once_its_jobs_have_
         logger.setLevel(level)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 def test_workers_run_at_idle_priority(tmp_path: Path) -> None:
