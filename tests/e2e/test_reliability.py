@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from scanbridge.devtools.local_platform import FakePlatform
 from tests.conftest import SAMPLE_WEBHOOK, fixture_path
 from tests.e2e.test_local_stack import _wait_terminal, start_stack
-from tests.e2e.test_restart import gated
+from tests.e2e.test_restart import _wait, gated
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +57,7 @@ def test_killed_worker_is_retried_and_cancel_stops_work(tmp_path: Path, busy_sli
         # WHEN its worker is killed with SIGKILL while it runs (waiting on that download)
         httpx.post(f"{url}/webhook", json={"task_id": "kill-me", "jwt_token": TOKEN, "scans": {"s": small.url()}})
         pid = _worker_pid("kill-me")
-        _wait_for(lambda: small.requests >= 1, "the held download")
+        _wait(lambda: small.requests >= 1, 20, "the held download")
         os.kill(pid, signal.SIGKILL)
         small.gate.set()  # the retry's download (the second) was never held; this frees the first one's thread
         # THEN the launcher retries it and the task still completes, with one POST
@@ -92,14 +91,6 @@ def _worker_pid(task_id: str, timeout_s: float = 20) -> int:
             return int(out[0])
         time.sleep(0.05)
     raise AssertionError(f"no worker process for {task_id}")
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -3,8 +3,9 @@
 QC, the analysis and the artifacts share one `OpenedScan` (`with OpenedScan.open(paths) as scan:`): the
 files are opened (a ZIP unpacked) once, the overview is read once and the tissue mask computed once, on
 first use. The mask has its own working resolution (`tiling.mask_downsample`: ~8 µm/px, at least 512 px
-on the long side), read from the pyramid for it, so it is the same whichever step asks first. Every report of the scan states the same tissue figure, `scan.tissue` (QC's NO_TISSUE value,
-the summary's "Tissue fraction" / "Tissue area", the artifacts' metadata), whatever model runs.
+on the long side), read from the pyramid for it, so it is the same whichever step asks first. Every report
+of the scan states the same tissue figure, `scan.tissue` (QC's NO_TISSUE value, the summary's "Tissue
+fraction" / "Tissue area", the artifacts' metadata), whatever model runs.
 """
 
 from __future__ import annotations
