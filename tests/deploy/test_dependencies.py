@@ -86,17 +86,7 @@ def _imports(path: Path) -> tuple[list[str], list[str]]:
 
 def _own_closure(entry: str) -> set[str]:
     """The scanbridge modules `import entry` runs (module-level imports, followed)."""
-    seen: set[str] = set()
-    stack = [entry]
-    while stack:
-        module = stack.pop()
-        if module in seen or module not in MODULES:
-            continue
-        seen.add(module)
-        parts = module.split(".")
-        stack.extend(".".join(parts[:i]) for i in range(2, len(parts)))
-        stack.extend(n for n in _imports(MODULES[module])[0] if n.startswith("scanbridge."))
-    return seen
+    return set(_walk(entry))
 
 
 def _third_party(name: str) -> str | None:
@@ -106,23 +96,29 @@ def _third_party(name: str) -> str | None:
 
 def import_time_closure(entry: str) -> dict[str, set[str]]:
     """Third-party import name -> the modules importing it, over everything `import entry` runs."""
-    seen: set[str] = set()
     found: dict[str, set[str]] = {}
+    for module, names in _walk(entry).items():
+        for name in names:
+            third = _third_party(name)
+            if third:
+                found.setdefault(third, set()).add(module)
+    return found
+
+
+def _walk(entry: str) -> dict[str, list[str]]:
+    """Each scanbridge module `import entry` runs -> the names it imports at module level: its parent
+    packages (they run first) and the scanbridge modules it imports, followed."""
+    seen: dict[str, list[str]] = {}
     stack = [entry]
     while stack:
         module = stack.pop()
         if module in seen or module not in MODULES:
             continue
-        seen.add(module)
+        seen[module] = names = _imports(MODULES[module])[0]
         parts = module.split(".")
-        stack.extend(".".join(parts[:i]) for i in range(2, len(parts)))  # parent packages run first
-        for name in _imports(MODULES[module])[0]:
-            third = _third_party(name)
-            if third:
-                found.setdefault(third, set()).add(module)
-            elif name.startswith("scanbridge."):
-                stack.append(name)
-    return found
+        stack.extend(".".join(parts[:i]) for i in range(2, len(parts)))
+        stack.extend(n for n in names if n.startswith("scanbridge."))
+    return seen
 
 
 @functools.cache

@@ -7,6 +7,7 @@ RGB JPEG read as YCbCr) gives a mean near 48, a misplaced tile far more.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from scanbridge.devtools.synth import make_slide
 from scanbridge.domain.errors import CorruptScanError
 from scanbridge.domain.models import Label, ModelSpec
 from scanbridge.imaging.readers import ScaledRegions, open_scan
-from scanbridge.imaging.readers.base import ScanMetadata, rgba_to_rgb
+from scanbridge.imaging.readers.base import ScanMetadata, ScanReader, rgba_to_rgb
 from scanbridge.imaging.readers.jpeg_dct import dct_scale, with_tables
 from scanbridge.imaging.readers.memory import MemoryReader
 from scanbridge.imaging.readers.openslide_reader import OpenSlideReader
@@ -86,47 +87,56 @@ def _model_grid(meta: ScanMetadata, mpp: float) -> TileGrid:
                           overlap=16)
 
 
-def test_generated_slide_tiles_at_half_the_scan_resolution_come_from_the_dct_path(tmp_path: Path) -> None:
-    # GIVEN a generated Aperio-style slide at 0.25 µm/px (levels 1, 4) and a model at 0.5 µm/px
-    path = tmp_path / "slide.svs"
+@pytest.fixture(scope="module")
+def generated_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated Aperio-style slide at 0.25 µm/px (levels 1, 4), made once for the module."""
+    path = tmp_path_factory.mktemp("dct") / "slide.svs"
     make_slide(path, 3000, 2200, tissue_fraction=0.5, seed=5)
-    fast, slow = open_scan([path]), OpenSlideReader(path)
+    return path
+
+
+@pytest.fixture
+def both_paths(generated_slide: Path) -> Iterator[tuple[ScanReader, OpenSlideReader]]:
+    """The generated slide opened fresh (an empty tile cache) by the tile path and by OpenSlide alone."""
+    fast, slow = open_scan([generated_slide]), OpenSlideReader(generated_slide)
     try:
-        grid = _model_grid(fast.metadata, 0.5)
-        assert grid.level == 0 and dct_scale(grid.read_size, grid.tile_size) == 2
-        # WHEN the pipeline reads every model tile through the tile path and through OpenSlide alone
-        pairs = [(read_tile(fast, grid, tile), read_tile(slow, grid, tile)) for tile in grid.tiles]
-        # THEN each tile was decoded at 1/2 in the DCT domain (none at full size), model-sized, and within
-        # the bound of OpenSlide's read + the pipeline's box average
-        assert {k[2] for k in fast.tiles._cache} == {2}  # type: ignore[attr-defined]
-        assert all(ours.shape == theirs.shape == (256, 256, 3) for ours, theirs in pairs)
-        _assert_within_bounds(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), 2, "tiles")
+        yield fast, slow
     finally:
         fast.close()
         slow.close()
 
 
-def test_a_non_integer_scale_is_dct_halved_then_box_resized_close_to_the_full_decode(tmp_path: Path) -> None:
+def test_generated_slide_tiles_at_half_the_scan_resolution_come_from_the_dct_path(
+        both_paths: tuple[ScanReader, OpenSlideReader]) -> None:
+    # GIVEN the generated slide and a model at 0.5 µm/px
+    fast, slow = both_paths
+    grid = _model_grid(fast.metadata, 0.5)
+    assert grid.level == 0 and dct_scale(grid.read_size, grid.tile_size) == 2
+    # WHEN the pipeline reads every model tile through the tile path and through OpenSlide alone
+    pairs = [(read_tile(fast, grid, tile), read_tile(slow, grid, tile)) for tile in grid.tiles]
+    # THEN each tile was decoded at 1/2 in the DCT domain (none at full size), model-sized, and within
+    # the bound of OpenSlide's read + the pipeline's box average
+    assert {k[2] for k in fast.tiles._cache} == {2}  # type: ignore[attr-defined]
+    assert all(ours.shape == theirs.shape == (256, 256, 3) for ours, theirs in pairs)
+    _assert_within_bounds(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), 2, "tiles")
+
+
+def test_a_non_integer_scale_is_dct_halved_then_box_resized_close_to_the_full_decode(
+        both_paths: tuple[ScanReader, OpenSlideReader]) -> None:
     # GIVEN the generated slide and a model at 0.6 µm/px (2.4 level px per model px: 1/2 in the DCT domain
     # where a window's origin is even, then Pillow's box resize 307 -> 256)
-    path = tmp_path / "slide.svs"
-    make_slide(path, 3000, 2200, tissue_fraction=0.5, seed=5)
-    fast, slow = open_scan([path]), OpenSlideReader(path)
-    try:
-        grid = _model_grid(fast.metadata, 0.6)
-        assert dct_scale(grid.read_size, grid.tile_size) == 2
-        # WHEN every model tile is read by both paths
-        ours = np.stack([read_tile(fast, grid, tile) for tile in grid.tiles]).astype(np.int16)
-        theirs = np.stack([read_tile(slow, grid, tile) for tile in grid.tiles]).astype(np.int16)
-        # THEN some windows were DCT-decoded, and the tiles agree on average and in all but the hardest edges
-        # (Pillow's box filter takes whole source pixels: at a sharp tissue edge a row can flip by half the
-        # edge's contrast, so the documented bound here is the 99.9th percentile, not the maximum)
-        assert 2 in {k[2] for k in fast.tiles._cache}  # type: ignore[attr-defined]
-        diff = np.abs(ours - theirs)
-        assert diff.mean() <= 1.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), np.percentile(diff, 99.9))
-    finally:
-        fast.close()
-        slow.close()
+    fast, slow = both_paths
+    grid = _model_grid(fast.metadata, 0.6)
+    assert dct_scale(grid.read_size, grid.tile_size) == 2
+    # WHEN every model tile is read by both paths
+    ours = np.stack([read_tile(fast, grid, tile) for tile in grid.tiles]).astype(np.int16)
+    theirs = np.stack([read_tile(slow, grid, tile) for tile in grid.tiles]).astype(np.int16)
+    # THEN some windows were DCT-decoded, and the tiles agree on average and in all but the hardest edges
+    # (Pillow's box filter takes whole source pixels: at a sharp tissue edge a row can flip by half the
+    # edge's contrast, so the documented bound here is the 99.9th percentile, not the maximum)
+    assert 2 in {k[2] for k in fast.tiles._cache}  # type: ignore[attr-defined]
+    diff = np.abs(ours - theirs)
+    assert diff.mean() <= 1.0 and np.percentile(diff, 99.9) <= 16, (diff.mean(), np.percentile(diff, 99.9))
 
 
 def test_what_the_dct_path_cannot_serve_is_none_and_read_at_full_size() -> None:
