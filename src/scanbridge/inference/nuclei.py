@@ -10,10 +10,10 @@ of the haematoxylin density darker than its surroundings in every direction, as 
 collagen fibre or the flat inside of the epidermis is not.
 
 Labelling, hole filling, the distance transform, border following and the blob test use OpenCV (C++,
-releases the GIL, so the object pipeline's post-processing threads run in parallel). A window's nuclei are measured together
-(`Nuclei`, one array per measurement): moments and stain means are sums per label over the window's
-pixels (np.bincount), the outlines come from one border following of all kept objects, so the Python
-work per nucleus is a few scalar formulas; the figures are those OpenCV gives per object in its box.
+releases the GIL, so the object pipeline's post-processing threads run in parallel). A window's nuclei are
+measured together (`Nuclei`, one array per measurement): moments and stain means are sums per label over
+the window's pixels (np.bincount), the outlines come from one border following of all kept objects, so the
+Python work per nucleus is a few scalar formulas; the figures are those OpenCV gives per object in its box.
 The outline is the one scikit-image's `find_contours(image, 0.5)` draws (a vertex at the middle of
 every pixel edge between the nucleus and the background), built from OpenCV's border following.
 """
@@ -291,9 +291,9 @@ def _spaced(cell: np.ndarray, value: np.ndarray, y: np.ndarray, x: np.ndarray, s
     (Chebyshev). Peaks that close are equal (each is the maximum of a square holding the other), so only
     runs of equal peaks of one component are looked at, one by one."""
     keep = np.ones(len(cell), dtype=bool)
-    same = (cell[1:] == cell[:-1]) & (value[1:] == value[:-1])
-    starts = np.flatnonzero(np.diff(np.concatenate([[False], same, [False]]).astype(np.int8)) == 1)
-    ends = np.flatnonzero(np.diff(np.concatenate([[False], same, [False]]).astype(np.int8)) == -1)
+    same = (cell[1:] == cell[:-1]) & (value[1:] == value[:-1])  # candidate i + 1 equals candidate i
+    edges = np.diff(np.concatenate([[False], same, [False]]).astype(np.int8))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):  # candidates s..e are one run of equal peaks
         kept: list[int] = []
         for i in range(s, e + 1):
@@ -692,7 +692,7 @@ def _followed_alone(labels: np.ndarray, boxes: np.ndarray, ids: np.ndarray, fg: 
     cell = cell[cell >= 0]
     mosaic[rows - box[cell, 0], at[cell] + cols - box[cell, 1]] = 1
     found, _ = cv2.findContours(mosaic, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    points = np.concatenate(found).reshape(-1, 2) + np.zeros(2, dtype=np.int32)
+    points = np.concatenate(found).reshape(-1, 2)
     sizes = np.array([len(c) for c in found], dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
     owner = np.searchsorted(at, points[starts, 0], side="right") - 1
