@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from scanbridge.config import get_settings
-
 if TYPE_CHECKING:
     from scanbridge.bootstrap import Container
 
@@ -221,6 +219,7 @@ def start(*, durable: bool = True) -> LocalStack:
     environment is set so that the worker subprocesses reach the same moto server and data folder.
     """
     from scanbridge.bootstrap import bootstrap
+    from scanbridge.config import get_settings  # here, not at the top: moto's process imports this module too
     from scanbridge.services.reaper import Reaper
     from scanbridge.services.recovery import recover
 
