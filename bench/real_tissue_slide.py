@@ -4,10 +4,10 @@
 
 The tissue part (the left 1440 columns) of the real H&E mosaic in ../shared/fixtures/thirdparty/ (0.5 µm/px),
 laid out `repeat` x 2 `repeat` times with every other copy mirrored, so that no window sees one tile repeated
-the same way round: 5760 x 11520 (66 MP) at the default. JPEG tiles (256², quality 90), a level per halving
-down to 1024 px, written with tifffile. Generated slides hold few touching nuclei; real tissue holds a
-hundred per model window, which is what the nucleus post-processing is measured on (docs/performance.md,
-"Real tissue").
+the same way round: 11520 x 5760 (66 MP) at the default. JPEG tiles (256², quality 90), a level per halving
+(dicom_synth.pyramid's 2 x 2 box average) down to 1024 px, written with tifffile. Generated slides hold few
+touching nuclei; real tissue holds a hundred per model window, which is what the nucleus post-processing is
+measured on (docs/performance.md, "Real tissue").
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 
 from scanbridge.devtools import real_images as real
+from scanbridge.devtools.dicom_synth import pyramid
 
 
 def main() -> None:
@@ -33,11 +34,10 @@ def main() -> None:
     rows = [np.concatenate([tissue if (r + c) % 2 == 0 else tissue[:, ::-1] for c in range(2 * args.repeat)], axis=1)
             for r in range(args.repeat)]
     slide = np.concatenate([row if r % 2 == 0 else row[::-1] for r, row in enumerate(rows)], axis=0)
-    levels = [slide]
-    while max(levels[-1].shape[:2]) > 1024:
-        a = levels[-1]
-        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3)).astype(np.uint8))
+    n_levels = 1
+    while max(slide.shape[:2]) >> (n_levels - 1) > 1024:
+        n_levels += 1
+    levels = pyramid(slide, n_levels)
     with tifffile.TiffWriter(args.out, bigtiff=True) as tif:
         for i, level in enumerate(levels):
             res = 1e4 / (mpp * 2**i)  # pixels per cm
