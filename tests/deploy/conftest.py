@@ -72,8 +72,8 @@ def lambda_python() -> tuple[str, str]:
     return sys.executable, f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
-def _source_hash(py_version: str) -> str:
-    digest = hashlib.sha256(py_version.encode())
+def _source_hash(runtime: tuple[str, str]) -> str:
+    digest = hashlib.sha256("\0".join(runtime).encode())
     files = [REPO / "pyproject.toml", REPO / "README.md", MAKEFILE, REPO / "scripts" / "layer_requirements.py",
              *sorted(p for p in (REPO / "src").rglob("*") if p.is_file() and "__pycache__" not in p.parts
                      and ".egg-info" not in str(p))]
@@ -83,24 +83,25 @@ def _source_hash(py_version: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_layer(py_version: str, out_root: Path) -> Path:
-    """The layer built by its Makefile for `py_version` (cached under out_root by source hash); its python/.
+def build_layer(runtime: tuple[str, str], out_root: Path) -> Path:
+    """The layer built by its Makefile for `runtime` (interpreter, version), its bytecode compiled by that
+    interpreter (cached under out_root by source hash); its python/.
 
     One build at a time per source state (a lock file beside it): the xdist workers that need the layer
     together wait for the first one's build instead of each running pip.
     """
-    target = out_root / f"py{py_version}-{_source_hash(py_version)}"
+    target = out_root / f"py{runtime[1]}-{_source_hash(runtime)}"
     with open(f"{target}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_layer(py_version, out_root, target)
+        return _build_layer(runtime, out_root, target)
 
 
-def _build_layer(py_version: str, out_root: Path, target: Path) -> Path:
+def _build_layer(runtime: tuple[str, str], out_root: Path, target: Path) -> Path:
     if (target / "built.ok").exists():
         return target / "python"
     work = Path(tempfile.mkdtemp(prefix="layer-", dir=out_root))
     proc = subprocess.run(["make", "-f", str(MAKEFILE), "build-ScanbridgeLayer", f"ARTIFACTS_DIR={work}",
-                           f"PY_VERSION={py_version}", f"PYTHON={sys.executable}"],
+                           f"PY_VERSION={runtime[1]}", f"RUNTIME_PYTHON={runtime[0]}", f"PYTHON={sys.executable}"],
                           check=False, capture_output=True, text=True, timeout=900,
                           cwd=tempfile.gettempdir())
     if proc.returncode != 0:
@@ -128,7 +129,7 @@ def built_layer(lambda_runtime: tuple[str, str]) -> Path:
         return Path(given)
     root = Path(tempfile.gettempdir()) / "scanbridge-layer-cache"
     root.mkdir(exist_ok=True)
-    return build_layer(lambda_runtime[1], root)
+    return build_layer(lambda_runtime, root)
 
 
 @pytest.fixture(scope="session")
@@ -215,6 +216,7 @@ class LambdaProcess:
             raise AssertionError(f"{self.name}: the handler does not import: {first['error']}\n"
                                  f"{first.get('traceback', '')}\n{self.stderr()}")
         self.modules: set[str] = set(first["modules"])
+        self.compiled: list[str] = list(first["compiled"])  # files the import compiled from source
 
     def stderr(self) -> str:
         """What the function logged so far (its last 6000 characters)."""

@@ -6,7 +6,9 @@ layer, then the runtime's boto3), then the standard library, as AWS Lambda order
 
 Protocol: one JSON line per event on stdin; one JSON line per answer on the original stdout
 (`{"ok": true, "response": ...}` or `{"ok": false, "error": ..., "traceback": ...}`); the first line
-answers the import of the handler. Everything the handler prints goes to stderr.
+answers the import of the handler (with the top-level modules it loaded and the files it had to compile from
+source: Lambda's /opt is read-only, so there that is paid on every cold start). Everything the handler prints
+goes to stderr.
 """
 
 from __future__ import annotations
@@ -36,8 +38,24 @@ class Context:
         return 29_000
 
 
+def _record_compiles() -> list[str]:
+    """The source files this process compiles from now on (the import system's one compile hook)."""
+    from importlib import _bootstrap_external
+
+    compiled: list[str] = []
+    original = _bootstrap_external.SourceLoader.source_to_code
+
+    def source_to_code(self: Any, data: Any, path: str, *, _optimize: int = -1) -> Any:
+        compiled.append(path)
+        return original(self, data, path, _optimize=_optimize)
+
+    _bootstrap_external.SourceLoader.source_to_code = source_to_code  # type: ignore[method-assign,assignment]
+    return compiled
+
+
 def main() -> None:
     function_dir, paths = sys.argv[1], sys.argv[2:]
+    compiled = _record_compiles()
     stdlib = [p for p in sys.path if "site-packages" not in p]
     sys.path[:] = [function_dir, *paths, *stdlib]
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -56,7 +74,7 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails on it
         answer({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
         return
-    answer({"ok": True, "response": "imported", "modules": sorted(
+    answer({"ok": True, "response": "imported", "compiled": compiled, "modules": sorted(
         {m.split(".")[0] for m, mod in sys.modules.items() if getattr(mod, "__file__", None)})})
     name = os.path.basename(os.path.normpath(function_dir))
     for line in sys.stdin:

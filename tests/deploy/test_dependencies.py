@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata as md
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -204,3 +205,22 @@ def test_the_built_layer_holds_base_and_api_and_nothing_of_the_worker(built_laye
     assert "scanbridge" in found
     # AND none of the worker's, the local stack's or the runtime's own packages
     assert not set(found) & NOT_IN_LAYER, sorted(set(found) & NOT_IN_LAYER)
+
+
+def test_the_built_layer_ships_bytecode_its_runtime_loads_unchecked(built_layer: Path,
+                                                                   lambda_runtime: tuple[str, str]) -> None:
+    # GIVEN the layer as its Makefile builds it, and the runtime's bytecode tag and magic number
+    probe = "import importlib.util, sys; print(sys.implementation.cache_tag, importlib.util.MAGIC_NUMBER.hex())"
+    tag, magic = subprocess.run([lambda_runtime[0], "-S", "-I", "-c", probe], check=True, capture_output=True,
+                                text=True, timeout=60).stdout.split()
+    sources = sorted(built_layer.rglob("*.py"))
+    assert len(sources) > 500
+    # THEN every module has a .pyc of that runtime, hash-based and never checked against its source (PEP 552
+    # flags 0b01): Python neither recompiles it nor tries to write one on read-only /opt
+    unusable = []
+    for source in sources:
+        cached = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        header = cached.read_bytes()[:8] if cached.exists() else b""
+        if header[:4] != bytes.fromhex(magic) or int.from_bytes(header[4:8], "little") != 0b01:
+            unusable.append(str(source.relative_to(built_layer)))
+    assert unusable == [], unusable[:10]

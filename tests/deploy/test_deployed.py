@@ -154,6 +154,9 @@ def test_the_built_layer_answers_every_intake_event(deployment: Deployment) -> N
     # AND the API Lambda imported nothing of the worker (the layer has no numpy or onnxruntime)
     api = deployment.function("api")
     assert not api.modules & {"numpy", "onnxruntime", "openslide", "pydicom", "moto", "mcp", "uvicorn"}
+    # AND no cold start compiled a file of the layer: it ships its bytecode (Lambda's /opt is read-only)
+    for folder in {function_for_event(name) for name, _ in INTAKE}:
+        assert [f for f in deployment.function(folder).compiled if f.startswith(str(deployment.layer))] == [], folder
 
 
 def _webhook_for_the_slide(deployment: Deployment) -> tuple[dict[str, Any], str]:
