@@ -78,9 +78,38 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection made (modules, test items, fixtures' definitions) lives as long as the run: frozen out
-    of the collector's reach (gc.freeze), so a full collection walks only what the tests allocated since."""
+    of the collector's reach (gc.freeze), so a full collection walks only what the tests allocated since.
+    Without xdist, this process also starts the layer's background build (`_prefetch_layer`)."""
+    if not session.config.pluginmanager.hasplugin("dsession"):
+        _prefetch_layer(session.config, [item.nodeid for item in session.items])
     gc.collect()
     gc.freeze()
+
+
+_prefetch: list[Any] = []  # the layer's background build (tests/deploy/conftest.py: prefetch_layer), once
+
+
+def _prefetch_layer(config: pytest.Config, nodeids: list[str]) -> None:
+    """In the controlling process (xdist's, or the only one), once: when the run has deploy tests, build the
+    layer while the earlier stages run, instead of two workers idling on its lock when they reach them."""
+    if _prefetch or hasattr(config, "workerinput") or not any(i.startswith("tests/deploy/") for i in nodeids):
+        return
+    from tests.deploy.conftest import prefetch_layer
+
+    _prefetch.append(prefetch_layer())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist's controller: a worker has collected (the controller collects nothing itself)."""
+    _prefetch_layer(node.config, ids)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Wait for the layer's background build (bounded by its own timeout), so no pip outlives the run."""
+    for thread in _prefetch:
+        if thread is not None:
+            thread.join()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into node ids

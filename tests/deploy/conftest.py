@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -115,6 +117,29 @@ def _build_layer(runtime: tuple[str, str], out_root: Path, target: Path) -> Path
     return target / "python"
 
 
+def layer_root() -> Path:
+    """Where built layers are cached (one folder per source state), made if missing."""
+    root = Path(tempfile.gettempdir()) / "scanbridge-layer-cache"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def prefetch_layer() -> threading.Thread | None:
+    """Start building the layer in a background thread of this (the controlling) process, so that the deploy
+    tests find it built instead of their workers waiting on the build's lock. Nothing when SCANBRIDGE_LAYER_DIR
+    names one. A failure is left to the `built_layer` fixture, which builds again and reports it."""
+    if os.environ.get("SCANBRIDGE_LAYER_DIR"):
+        return None
+
+    def build() -> None:
+        with contextlib.suppress(Exception, pytest.fail.Exception):
+            build_layer(lambda_python(), layer_root())
+
+    thread = threading.Thread(target=build, name="layer-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="session")
 def lambda_runtime() -> tuple[str, str]:
     """(interpreter, version) the Lambdas are replayed with."""
@@ -127,9 +152,7 @@ def built_layer(lambda_runtime: tuple[str, str]) -> Path:
     given = os.environ.get("SCANBRIDGE_LAYER_DIR")
     if given:  # e.g. .aws-sam/build/ScanbridgeLayer/python
         return Path(given)
-    root = Path(tempfile.gettempdir()) / "scanbridge-layer-cache"
-    root.mkdir(exist_ok=True)
-    return build_layer(lambda_runtime, root)
+    return build_layer(lambda_runtime, layer_root())
 
 
 @pytest.fixture(scope="session")

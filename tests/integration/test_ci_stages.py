@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,23 @@ def test_all_stages_runs_every_stage_despite_a_failure(tmp_path: Path) -> None:
     # GIVEN the toy suite / WHEN it runs with SCANBRIDGE_ALL_STAGES=1 / THEN nothing is skipped
     outcomes, _order, out = _run(_toy(tmp_path), "-n", "0", all_stages=True)
     assert outcomes["test_fails"] == "FAILED" and list(outcomes.values()).count("PASSED") == 7, out
+
+
+def test_the_e2e_stage_is_handed_out_longest_modules_first() -> None:
+    # GIVEN tests of several stages, the e2e ones in file order
+    from types import SimpleNamespace
+
+    from tests import stages
+
+    config = SimpleNamespace(rootpath=REPO)
+    paths = ["tests/e2e/test_hostile_serve.py", "tests/e2e/test_resume_e2e.py", "tests/unit/test_x.py",
+             "tests/e2e/test_readme_quickstart.py", "tests/integration/test_y.py", "tests/e2e/test_dashboard.py"]
+    items: Any = [SimpleNamespace(fspath=REPO / p, config=config) for p in paths]
+    # WHEN they are ordered for the run
+    stages.pytest_collection_modifyitems(config, items)  # type: ignore[arg-type]
+    # THEN stage by stage; in e2e the listed long modules first, in their order, then the rest in file order
+    assert [str(i.fspath.relative_to(REPO)) for i in items] == [
+        "tests/unit/test_x.py", "tests/integration/test_y.py", "tests/e2e/test_readme_quickstart.py",
+        "tests/e2e/test_resume_e2e.py", "tests/e2e/test_hostile_serve.py", "tests/e2e/test_dashboard.py"]
+    # AND every listed module is one of tests/e2e (a renamed one would silently lose its place)
+    assert {p.stem for p in (REPO / "tests" / "e2e").glob("test_*.py")} >= set(stages.LONGEST_FIRST)
