@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from shapely.ops import unary_union
 from scanbridge.devtools import synth
 from scanbridge.domain.results import geojson_problems, qupath_problems
 from scanbridge.entrypoints.cli import main
+from tests.conftest import fixture_path
 
 
 def test_run_scan_writes_geojson_summary_and_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,3 +72,59 @@ def test_dev_subcommands_take_their_options_first(tmp_path: Path, capsys: pytest
     assert open_scan([out]).metadata.dimensions == (512, 384)
     # AND `dev platform --help` answers with its own usage, not the top-level parser's error
     assert main(["dev", "platform", "--help"]) == 0 and "--send" in capsys.readouterr().out
+
+
+def _printed(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_a_dicom_series_is_one_scan_given_as_its_folder_or_as_its_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN wsidicomizer's series of real tissue: one DICOM file per level, 4 levels
+    folder = fixture_path("thirdparty/wsidicomizer_series")
+    levels = sorted(folder.glob("level*.dcm"))
+    assert len(levels) == 4
+    # WHEN run-scan is given its folder, then its files in another order
+    assert main(["run-scan", str(folder), "--out", str(tmp_path / "a"), "--no-artifacts"]) == 0
+    by_folder = _printed(capsys.readouterr().out)
+    shuffled = [levels[2], levels[0], levels[3], levels[1]]
+    assert main(["run-scan", *map(str, shuffled), "--out", str(tmp_path / "b"), "--no-artifacts"]) == 0
+    by_files = _printed(capsys.readouterr().out)
+    # THEN each is one scan of all four files (named after the folder, or the first file given), the same result
+    assert [r["file"] for r in by_folder] == [str(folder)] and len(by_folder[0]["files"]) == 4
+    assert [r["file"] for r in by_files] == [str(shuffled[0])] and sorted(by_files[0]["files"]) == list(map(str, levels))
+    one = json.loads((tmp_path / "a" / "wsidicomizer_series.geojson").read_text())
+    other = json.loads((tmp_path / "b" / f"{shuffled[0].stem}.geojson").read_text())
+    assert [f["geometry"] for f in one["features"]] == [f["geometry"] for f in other["features"]]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["level2.geojson", "level2.result.json"]
+    # AND inspect sees the one 4-level pyramid, not four single levels
+    assert main(["inspect", str(folder)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["level_count"] == 4 and info["width"] == 1920 and info["format"] == "dicom-wsi"
+
+
+def test_a_folder_stands_for_the_scan_files_below_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a folder of two slides (one in a subfolder), a README, a hidden file and a slide of the same name
+    # elsewhere; and an empty folder
+    slides = tmp_path / "slides"
+    (slides / "more").mkdir(parents=True)
+    (slides / "a.svs").write_bytes(fixture_path("small.svs").read_bytes())
+    (slides / "more" / "b.tiff").write_bytes(fixture_path("boxes.tiff").read_bytes())
+    (slides / "README.txt").write_text("two slides")
+    (slides / ".a.svs").write_bytes(b"a hidden copy's leftovers")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.svs").write_bytes(fixture_path("small.svs").read_bytes())
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    # WHEN run-scan is given the folder and the other slide
+    code = main(["run-scan", str(slides), str(tmp_path / "elsewhere" / "a.svs"), "--out", str(out), "--no-artifacts"])
+    printed = _printed(capsys.readouterr().out)
+    # THEN each slide is a scan of its own, the README and the hidden file left out, and the second a.svs
+    # does not overwrite the first
+    assert code == 0
+    assert [r["file"] for r in printed] == [str(slides / "a.svs"), str(slides / "more" / "b.tiff"),
+                                            str(tmp_path / "elsewhere" / "a.svs")]
+    assert sorted(p.name for p in out.glob("*.geojson")) == ["a-2.geojson", "a.geojson", "b.geojson"]
+    # AND an empty folder is a scan with no files: a coded error, exit 1
+    assert main(["run-scan", str(tmp_path / "empty"), "--out", str(out)]) == 1
+    assert "SCAN_UNSUPPORTED_FORMAT: the scan has no files" in capsys.readouterr().err

@@ -85,30 +85,41 @@ def worker(
     return worker_main(["--task-id", task_id, *([] if scan_index is None else ["--scan-index", str(scan_index)])])
 
 
-@app.command(help="print what the readers find in scan files (JSON per file; exit 1 if one is unreadable)")
-def inspect(files: Annotated[list[str], typer.Argument(metavar="FILE", help="scan files")]) -> int:
+#: FILE arguments of inspect and run-scan: what makes one scan (imaging/local_scans.py)
+SCAN_FILES_HELP = ("scan files or folders: the DICOM files of one series are one scan, a folder stands for "
+                   "the scan files below it")
+
+
+@app.command(help="print what the readers find in scans (JSON per scan; exit 1 if one is unreadable)")
+def inspect(files: Annotated[list[str], typer.Argument(metavar="FILE", help=SCAN_FILES_HELP)]) -> int:
     """`scanbridge inspect`."""
     from scanbridge.domain.errors import ScanbridgeError
+    from scanbridge.imaging.local_scans import local_scans
     from scanbridge.imaging.readers import detect_format, open_scan
 
     status = 0
-    for name in files:
-        path = Path(name)
+    for scan in local_scans(files):
+        info: dict[str, Any] = {"file": scan.given, **_more_files(scan.files)}
         try:
-            reader = open_scan([path])
-            info = {"file": name, "detected": detect_format(path), **reader.metadata.to_json()}
+            reader = open_scan(scan.files)
+            info |= {"detected": detect_format(scan.files[0]), **reader.metadata.to_json()}
             reader.close()
         except ScanbridgeError as exc:
-            info = {"file": name, "error": {"code": exc.code, "message": exc.message}}
+            info["error"] = {"code": exc.code, "message": exc.message}
             status = 1
         print(json.dumps(info, indent=2))
     return status
 
 
+def _more_files(files: list[Path]) -> dict[str, list[str]]:
+    """`{"files": [...]}` for a scan of several files (a DICOM series), else nothing."""
+    return {"files": [str(f) for f in files]} if len(files) > 1 else {}
+
+
 @app.command("run-scan", help="run a model offline on local scan files, with a progress bar; writes "
              "<name>.geojson, <name>.result.json and <name>-artifacts/ (exit 1 if a file failed, 2 bad model)")
 def run_scan(
-    files: Annotated[list[str], typer.Argument(metavar="FILE", help="scan files (any format inspect reads)")],
+    files: Annotated[list[str], typer.Argument(metavar="FILE", help=SCAN_FILES_HELP)],
     model: Annotated[str, typer.Option("--model", help=f"built-in model: {', '.join(BUILTIN_MODELS)}")] = "tissue",
     onnx: Annotated[str | None, typer.Option(
         "--onnx", metavar="MODEL.onnx",
@@ -124,6 +135,7 @@ def run_scan(
     from scanbridge.config import Settings
     from scanbridge.domain.errors import ScanbridgeError
     from scanbridge.domain.feature_spool import result_geojson_chunks, result_json_chunks
+    from scanbridge.imaging.local_scans import local_scans
     from scanbridge.imaging.scan import OpenedScan
     from scanbridge.inference.analyze import analyze_scan
     from scanbridge.inference.device import default_reader_threads
@@ -148,11 +160,10 @@ def run_scan(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     status = 0
-    for name in files:
-        path = Path(name)
-        stem = path.stem
+    for local in local_scans(files):
+        stem = local.name
         try:
-            with OpenedScan.open([path]) as scan:  # once: the analysis and the artifacts share it
+            with OpenedScan.open(local.files) as scan:  # once: the analysis and the artifacts share it
                 with TileProgress(stem) as bar:
                     analysis = analyze_scan(stem, scan, chosen, progress=bar, batch_size=settings.batch_size,
                                             readers=readers)
@@ -163,12 +174,12 @@ def run_scan(
                     fh.writelines(result_json_chunks(result))
                 artifacts = [] if no_artifacts else _write_artifacts(scan, stem, result, folder / f"{stem}-artifacts")
         except ScanbridgeError as exc:
-            print(f"{name}: {exc.code}: {exc.message}", file=sys.stderr)
+            print(f"{local.given}: {exc.code}: {exc.message}", file=sys.stderr)
             status = 1
             continue
         summary = (result.results or {}).get("report", {}).get("summary", {})
-        print(json.dumps({"file": name, "summary": summary, "geojson": str(folder / f"{stem}.geojson"),
-                          "artifacts": [str(a) for a in artifacts]}))
+        print(json.dumps({"file": local.given, **_more_files(local.files), "summary": summary,
+                          "geojson": str(folder / f"{stem}.geojson"), "artifacts": [str(a) for a in artifacts]}))
     return status
 
 
