@@ -84,8 +84,8 @@ def test_a_dicom_series_is_one_scan_given_as_its_folder_or_as_its_files(
     folder = fixture_path("thirdparty/wsidicomizer_series")
     levels = sorted(folder.glob("level*.dcm"))
     assert len(levels) == 4
-    # WHEN run-scan is given its folder, then its files in another order
-    assert main(["run-scan", str(folder), "--out", str(tmp_path / "a"), "--no-artifacts"]) == 0
+    # WHEN run-scan is given its folder (artifacts too), then its files in another order
+    assert main(["run-scan", str(folder), "--out", str(tmp_path / "a")]) == 0
     by_folder = _printed(capsys.readouterr().out)
     shuffled = [levels[2], levels[0], levels[3], levels[1]]
     assert main(["run-scan", *map(str, shuffled), "--out", str(tmp_path / "b"), "--no-artifacts"]) == 0
@@ -97,10 +97,17 @@ def test_a_dicom_series_is_one_scan_given_as_its_folder_or_as_its_files(
     other = json.loads((tmp_path / "b" / f"{shuffled[0].stem}.geojson").read_text())
     assert [f["geometry"] for f in one["features"]] == [f["geometry"] for f in other["features"]]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["level2.geojson", "level2.result.json"]
-    # AND inspect sees the one 4-level pyramid, not four single levels
-    assert main(["inspect", str(folder)]) == 0
+    # AND inspect sees the one 4-level pyramid, not four single levels, also in a folder that holds DICOM
+    # objects of other kinds beside it (the annotations and segmentation run-scan wrote)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for source in [*levels, *(tmp_path / "a" / "wsidicomizer_series-artifacts").glob("*.dcm")]:
+        (mixed / source.name).write_bytes(source.read_bytes())
+    assert {"annotations.dcm", "segmentation.dcm"} <= {p.name for p in mixed.iterdir()}
+    assert main(["inspect", str(mixed)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["level_count"] == 4 and info["width"] == 1920 and info["format"] == "dicom-wsi"
+    assert len(info["files"]) == 4
 
 
 def test_a_folder_stands_for_the_scan_files_below_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

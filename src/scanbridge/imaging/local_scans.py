@@ -3,8 +3,9 @@
 - A file is a scan of its own, except that DICOM files of one series (the same SeriesInstanceUID) are one
   scan, wherever they are given: a DICOM WSI is one file per level (as scanners and wsidicomizer write it),
   and OpenSlide and wsidicom open the series, not one of its levels.
-- A folder stands for the files below it (hidden ones left out, and those of no scan format: a README, a
-  JSON sidecar); so a folder holding one DICOM series is that one scan, named after the folder.
+- A folder stands for the scan files below it: hidden files, files of no scan format (a README, a JSON
+  sidecar) and DICOM objects that are no whole-slide image (a DICOMDIR, an annotation, a segmentation) left
+  out; so a folder holding one DICOM series is that one scan, named after the folder.
 
 The platform's path needs none of this: a webhook names each scan's files itself (`scan_urls`).
 """
@@ -44,9 +45,11 @@ def local_scans(names: Sequence[str]) -> list[LocalScan]:
             kind = _kind(file)
             if (from_folder and kind == "unknown") or file.resolve() in taken:
                 continue
+            uid, slide = _dicom_facts(file) if kind == "dicom" else (None, True)
+            if from_folder and not slide:
+                continue
             taken.add(file.resolve())
             used = True
-            uid = _series_uid(file) if kind == "dicom" else None
             if uid is not None and uid in series:
                 scans[series[uid]].files.append(file)
                 continue
@@ -73,17 +76,22 @@ def _kind(path: Path) -> str:
         return "unknown"
 
 
-def _series_uid(path: Path) -> str | None:
-    """The file's SeriesInstanceUID (its header only); None when it has none or cannot be parsed."""
+#: the SOP class of a DICOM whole-slide image's instances (VL Whole Slide Microscopy Image Storage)
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def _dicom_facts(path: Path) -> tuple[str | None, bool]:
+    """(SeriesInstanceUID or None, whether it is a whole-slide image instance) from the file's header; a
+    header that cannot be parsed: (None, True), so that the reader says what is wrong with it."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
     except (InvalidDicomError, OSError, ValueError, EOFError):
-        return None
+        return None, True
     uid = header.get("SeriesInstanceUID")
-    return str(uid) if uid else None
+    return (str(uid) if uid else None), str(header.get("SOPClassUID", WSI_SOP_CLASS)) == WSI_SOP_CLASS
 
 
 def _unique_names(scans: list[LocalScan]) -> list[LocalScan]:
