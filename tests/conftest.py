@@ -92,7 +92,8 @@ _prefetch: list[Any] = []  # the layer's background build (tests/deploy/conftest
 def _prefetch_layer(config: pytest.Config, nodeids: list[str]) -> None:
     """In the controlling process (xdist's, or the only one), once: when the run has deploy tests, build the
     layer while the earlier stages run, instead of two workers idling on its lock when they reach them."""
-    if _prefetch or hasattr(config, "workerinput") or not any(i.startswith("tests/deploy/") for i in nodeids):
+    if _prefetch or hasattr(config, "workerinput") or config.option.collectonly \
+            or not any(i.startswith("tests/deploy/") for i in nodeids):
         return
     from tests.deploy.conftest import prefetch_layer
 
