@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,7 +87,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-_prefetch: list[Any] = []  # the layer's background build (tests/deploy/conftest.py: prefetch_layer), once
+_prefetch: list[threading.Thread | None] = []  # the layer's background build (tests/deploy/conftest.py), once
 
 
 def _prefetch_layer(config: pytest.Config, nodeids: list[str]) -> None:

@@ -42,13 +42,13 @@ def local_scans(names: Sequence[str]) -> list[LocalScan]:
         found: list[int] = []
         used = False
         for file in files:
-            kind = _kind(file)
-            if (from_folder and kind == "unknown") or file.resolve() in taken:
+            kind, real = _kind(file), file.resolve()
+            if (from_folder and kind == "unknown") or real in taken:
                 continue
             uid, slide = _dicom_facts(file) if kind == "dicom" else (None, True)
             if from_folder and not slide:
                 continue
-            taken.add(file.resolve())
+            taken.add(real)
             used = True
             if uid is not None and uid in series:
                 scans[series[uid]].files.append(file)
