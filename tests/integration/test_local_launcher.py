@@ -235,3 +235,45 @@ def test_the_fork_server_reports_each_child_as_it_ends(tmp_path: Path) -> None:
     assert len(started) == 2 and [pid for pid, _ in exits] == started[::-1]
     assert [code for _, code in exits] == [4, 3]
     assert (tmp_path / "t3.log").read_text().startswith("warm worker")
+
+
+#: The worker's start-up with its steps replaced by probes of the collector (scanbridge/heap.py); the task
+#: prints what it finds. `sys.argv[1]`: the worker's arguments.
+_HEAP_PROBE = """
+import gc, json, sys
+import scanbridge.entrypoints.worker as w
+seen = {}
+kept = []
+def step(name):
+    seen[name] = gc.isenabled()
+    kept.extend([i] for i in range(20_000))  # what a start-up keeps: lists the collector tracks
+w.bootstrap = lambda: step("bootstrap")
+w.build_processing = lambda container: step("build_processing")
+w.prepare = lambda: step("prepare")
+def run_task(task_id, index, container, started):
+    print(json.dumps({"start-up with the collector on": seen, "task": task_id, "task with it on": gc.isenabled(),
+                      "frozen": gc.get_freeze_count()}), flush=True)
+    return 0
+w.run_task = run_task
+sys.exit(w.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm server's fork", "fresh worker"])
+def test_the_worker_imports_with_the_collector_off_and_runs_its_task_with_it_on_and_the_start_up_frozen(
+        tmp_path: Path, warm: bool) -> None:
+    # GIVEN the worker's real entry point, its start-up steps probing the collector
+    log = tmp_path / "task.log"
+    args = ["--warm"] if warm else ["--task-id", "t1"]
+    order = json.dumps({"task_id": "t1", "log": str(log)}) + "\n" if warm else ""
+    # WHEN it starts and runs a task (a warm server: forked for the order read from its stdin)
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, *args], input=order, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((log.read_text() if warm else out.stdout).splitlines()[-1])
+    # THEN every start-up step ran with the collector off, the task with it on
+    steps = ["bootstrap", "build_processing", "prepare"] if warm else ["bootstrap", "build_processing"]
+    assert report["start-up with the collector on"] == dict.fromkeys(steps, False)
+    assert report["task"] == "t1" and report["task with it on"] is True
+    # AND what the start-up made is out of the collector's reach (the task's collections never walk it)
+    assert report["frozen"] >= 20_000 * len(steps)

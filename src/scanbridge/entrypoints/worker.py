@@ -14,6 +14,7 @@ from scanbridge.bootstrap import Container, bootstrap, build_processing
 from scanbridge.domain.errors import DeviceUnavailableError
 from scanbridge.domain.status import ScanStatus, TaskStatus
 from scanbridge.domain.task import Task
+from scanbridge.heap import freeze_heap, gc_paused
 from scanbridge.logs import setup_logging
 
 
@@ -53,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm:
         return warm_main()
     started = time.monotonic()
-    return run_task(args.task_id, args.scan_index, bootstrap(), started)
+    with gc_paused():  # the start-up's imports (scanbridge/heap.py); the processing side's come with run_task's
+        container = bootstrap()
+        build_processing(container)
+    freeze_heap()
+    return run_task(args.task_id, args.scan_index, container, started)
 
 
 def warm_main() -> int:
@@ -63,9 +68,11 @@ def warm_main() -> int:
     forked worker starts from the same clean state. Returns at EOF once its workers have ended."""
     from scanbridge.adapters.local.forkserver import serve_forks
 
-    container = bootstrap()
-    build_processing(container)  # imports the readers, numpy and onnxruntime (the worker's start-up cost)
-    prepare()
+    with gc_paused():  # the start-up's imports (scanbridge/heap.py)
+        container = bootstrap()
+        build_processing(container)  # imports the readers, numpy and onnxruntime (the worker's start-up cost)
+        prepare()
+    freeze_heap()  # each fork's collections walk only what its task makes
 
     def run(order: dict[str, object]) -> int:
         return run_task(str(order["task_id"]), None, container, time.monotonic())

@@ -13,14 +13,12 @@ at level 0 merges the copies that neighbouring windows found.
 
 from __future__ import annotations
 
-import gc
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +30,7 @@ from scanbridge.domain.errors import ModelInvalidError
 from scanbridge.domain.feature_spool import FeatureSpool, StreamedScanResult
 from scanbridge.domain.models import ModelSpec
 from scanbridge.domain.results import ScanResult
+from scanbridge.heap import gc_paused
 from scanbridge.imaging.readers.base import ScanReader
 from scanbridge.imaging.tiling import DEFAULT_MIN_TISSUE, Tile, TileGrid, grid_for_model, read_order
 from scanbridge.inference import ihc, stains
@@ -501,18 +500,6 @@ def _chunk_outlines(all_coords: np.ndarray, offsets: np.ndarray, width: int, hei
     yield from [None] * (count - nxt)
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Cyclic garbage collection off for the block (back to how it was after)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _signed_area2(coords: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Twice the shoelace (signed) area of each open ring of `coords` (rings back to back)."""
     nxt = np.arange(1, len(coords) + 1)
@@ -569,7 +556,7 @@ def objects_result(scan_id: str, model: OnnxModel, run: ObjectRun, *, bounds: tu
     width, height = bounds
     positive, is_box = objs.positive, objs.is_box
 
-    with _gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
+    with gc_paused():  # ~10 containers per outline, none in a cycle: collecting would only walk them
         if want_polygons:
             lines = _FeatureLines(objs, features) if isinstance(features, FeatureSpool) else None
             for i, outline in enumerate(_iter_outlines(objs, width, height)):
