@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from scanbridge.domain.errors import DeviceUnavailableError, ScanbridgeError
+from scanbridge.heap import freeze_heap, gc_paused
 from scanbridge.logs import ScrubSecrets, setup_logging
 
 if TYPE_CHECKING:
@@ -186,7 +187,10 @@ def run(environ: Mapping[str, str]) -> int:
         container.intake.accept(payload)
         snapshot = _Snapshot()
         log.info("processing scan %s of task %s", env.scan_id, env.task_id)
-        build_processing(container, opener=snapshot.open).run(env.task_id)
+        with gc_paused():  # the worker side's imports (scanbridge/heap.py)
+            processing = build_processing(container, opener=snapshot.open)
+        freeze_heap()
+        processing.run(env.task_id)
         task = container.delivery.on_job_finished(env.task_id, True)
         delivered = task.delivery.delivered_at is not None
         log.info("task %s: %s (delivered: %s, platform answered %s)", env.task_id, task.status, delivered,
