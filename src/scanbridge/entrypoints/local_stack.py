@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from scanbridge.heap import freeze_heap, gc_paused
+from scanbridge.heap import freeze_heap
 
 if TYPE_CHECKING:
     from scanbridge.bootstrap import Container
@@ -46,9 +46,13 @@ def moto_main(argv: list[str] | None = None) -> None:
     2.9 ms with that server, 2.2 ms without its log, 1.7 ms on uvicorn (httptools, keep-alive), which
     runs the same app here through a2wsgi's thread pool. Every webhook acknowledgement waits on one
     such put. moto imports a service on its first request; importing them up front lets `freeze_heap`
-    take them in. They import with the collector paused (scanbridge/heap.py).
+    take them in.
     """
     import argparse
+
+    import uvicorn
+    from a2wsgi import WSGIMiddleware
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     parser = argparse.ArgumentParser(prog="moto_main")
     parser.add_argument("-H", "--host", default="127.0.0.1")
@@ -59,13 +63,8 @@ def moto_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compact-bytes", type=int, default=None, help="snapshot when the journal reaches this size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server sets it
-    with gc_paused():
-        import uvicorn
-        from a2wsgi import WSGIMiddleware
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-        for service in MOTO_SERVICES:
-            create_backend_app(service)
+    for service in MOTO_SERVICES:
+        create_backend_app(service)
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.state_dir:
         from scanbridge.adapters.local.journal import COMPACT_BYTES, StateJournal
@@ -266,9 +265,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
 
     The port is taken first (a busy one: a clear message, exit 1, nothing started); the URL is printed once
     the API accepts requests."""
-    with gc_paused():
-        from scanbridge.entrypoints.http.app import create_app
-        from scanbridge.logs import setup_logging
+    from scanbridge.entrypoints.http.app import create_app
+    from scanbridge.logs import setup_logging
 
     setup_logging("scanbridge-local", os.environ.get("SCANBRIDGE_LOG_LEVEL", "INFO"),
                   os.environ.get("SCANBRIDGE_LOG_FORMAT", "auto"))
@@ -281,12 +279,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> int:
     stack: LocalStack | None = None
     try:
         try:
-            with gc_paused():  # the start-up's imports (scanbridge/heap.py)
-                stack = start()
-                app = create_app(stack.container)
+            stack = start()
         except MotoStartError as exc:  # e.g. another serve's state folder: one line, no traceback, no "stopped"
             print(f"scanbridge serve: {exc}", file=sys.stderr, flush=True)
             return 1
+        app = create_app(stack.container)
         freeze_heap()
         # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler found before it
         # ran: the default one would end the process before the clean-up below; this one lets it run
