@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import gc
 import json
+import logging
 import os
 import sys
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -137,6 +139,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         defs = fixtures.name2fixturedefs.values() if fixtures is not None else ()
         if any(d.scope == "module" and d.baseid == module.nodeid for chain in defs for d in chain):
             item.add_marker(pytest.mark.xdist_group(module.path.stem))
+
+
+@contextmanager
+def logged(caplog: pytest.LogCaptureFixture, name: str, level: int = logging.INFO) -> Iterator[None]:
+    """caplog on the logger `name` itself, at `level`: importing a Lambda handler in-process (Powertools'
+    `copy_config_to_registered_loggers`) stops the "scanbridge" logger propagating to the root, where caplog
+    listens, so a test that runs after one on the same worker would see nothing."""
+    logger = logging.getLogger(name)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level, logger=name):
+            yield
+    finally:
+        logger.removeHandler(caplog.handler)
 
 
 def unavailable(message: str) -> NoReturn:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from scanbridge.domain.storage_keys import posted_key, scan_result_key
 from scanbridge.domain.task import ScanState, Task
 from scanbridge.domain.webhook import WebhookPayload
 from scanbridge.services.delivery import NO_PLATFORM
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, logged
 
 
 def _finished_task(tasks: MemoryTaskStore, artifacts: MemoryArtifactStore, *, statuses: dict[str, ScanStatus]) -> str:
@@ -55,13 +54,8 @@ def test_no_platform_url_completes_the_task_with_its_results_readable(caplog: py
     container, tasks, artifacts = _container(Settings(platform_url="", platform_api_key=""))
     task_id = _finished_task(tasks, artifacts, statuses={"s1": ScanStatus.SUCCEEDED, "s22": ScanStatus.FAILED})
     # WHEN the job ends
-    logger = logging.getLogger("scanbridge.services.delivery")  # its handler directly: setup_logging may stop
-    logger.addHandler(caplog.handler)                             # propagation to the root where caplog listens
-    try:
-        with caplog.at_level(logging.INFO, logger="scanbridge.services.delivery"):
-            task = container.delivery.on_job_finished(task_id, True)
-    finally:
-        logger.removeHandler(caplog.handler)
+    with logged(caplog, "scanbridge.services.delivery"):
+        task = container.delivery.on_job_finished(task_id, True)
     # THEN the task is COMPLETED, not DELIVERY_FAILED, its delivery record says why nothing was posted
     assert task.status == TaskStatus.COMPLETED and task.error_code is None, task
     assert task.delivery.skipped == NO_PLATFORM == "no platform configured"

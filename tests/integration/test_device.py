@@ -25,7 +25,7 @@ from scanbridge.inference.pipeline import iter_tiles
 from scanbridge.inference.runner import Analyzer, ModelLoader
 from scanbridge.inference.session import OnnxModel, channel_poor
 from scanbridge.inference.zoo import BUILTINS
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, logged
 
 OOM_MESSAGE = ("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
                "Name:'/conv1/Conv' Status Message: /onnxruntime_src/onnxruntime/core/framework/bfc_arena.cc:376 "
@@ -99,7 +99,7 @@ def test_model_session_that_falls_back_is_refused_under_cuda_and_logged_under_au
     # WHEN a model is created on cuda / on auto and onnxruntime puts the session on the CPU
     with pytest.raises(DeviceUnavailableError) as err:
         OnnxModel(spec, build(), device="cuda")
-    with caplog.at_level(logging.WARNING, logger="scanbridge.inference.session"):
+    with logged(caplog, "scanbridge.inference.session", logging.WARNING):
         auto = OnnxModel(spec, build(), device="auto")
     # THEN cuda fails with the coded error, and auto runs on the CPU and says so
     assert err.value.code == "DEVICE_UNAVAILABLE" and "CUDA" in err.value.message

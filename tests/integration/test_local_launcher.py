@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from scanbridge.adapters.local.forkserver import TITLE_ROOM
 from scanbridge.adapters.local.launcher import LocalJobLauncher
+from tests.conftest import logged
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
@@ -40,40 +40,24 @@ def _wait_for_worker(launcher: LocalJobLauncher, job_id: str, timeout_s: float =
     raise AssertionError("the worker did not start")
 
 
-class _Messages(logging.Handler):
-    """The messages logged to the logger it is added to (caplog's root handler misses a logger that an earlier
-    in-process test configured not to propagate)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_shutdown_kills_a_worker_deaf_to_sigterm_and_returns_once_its_jobs_have_ended(tmp_path: Path) -> None:
+def test_shutdown_kills_a_worker_deaf_to_sigterm_and_returns_once_its_jobs_have_ended(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN a launcher with one worker, SIGSTOPped: a SIGTERM stays pending on it
     launcher = LocalJobLauncher(max_workers=1, log_dir=tmp_path, worker_cmd=SLEEPER, retries=3)
     job_id = launcher.submit("task-1")
     pid = _wait_for_worker(launcher, job_id)
     os.kill(pid, signal.SIGSTOP)
-    logger, seen = logging.getLogger("scanbridge.adapters.local.launcher"), _Messages()
-    level = logger.level
-    logger.addHandler(seen)
-    logger.setLevel(logging.INFO)
     try:
         # WHEN the launcher shuts down with a short grace
-        stopped = launcher.shutdown(grace_s=0.3)
+        with logged(caplog, "scanbridge.adapters.local.launcher"):
+            stopped = launcher.shutdown(grace_s=0.3)
         # THEN when it returns the worker is gone (killed after the grace, and reaped), and its job's thread has
         # ended and said so: nothing of the launcher runs or logs after the shutdown
         assert stopped == ["task-1"]
         assert not _alive(pid)
-        assert "worker stopped by the launcher's shutdown" in seen.messages
+        assert "worker stopped by the launcher's shutdown" in caplog.messages
         assert launcher.pids() == {}
     finally:  # a shutdown that left it stopped would leave its job's thread waiting, and pytest with it
-        logger.removeHandler(seen)
-        logger.setLevel(level)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
