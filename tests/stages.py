@@ -56,31 +56,16 @@ LONGEST_FIRST = ("test_readme_quickstart", "test_restart", "test_reliability", "
                  "test_resume_e2e")
 
 
-#: The stage whose modules are dealt out round-robin, a test of each in turn: its tests that mostly wait (timeouts,
-#: retries, a slow platform, a trickling download) sit in a few neighbouring modules, and in file order the three
-#: workers reached them together and left the cores idle (~15 core-seconds in the stage's first minute).
-INTERLEAVED = "integration"
-
-
-def _rank(item: pytest.Item, turn: int) -> tuple[int, int, int]:
+def _rank(item: pytest.Item) -> tuple[int, int]:
     stage = stage_of(item)
     stem = Path(str(item.fspath)).stem
     order = LONGEST_FIRST.index(stem) if stage == "e2e" and stem in LONGEST_FIRST else len(LONGEST_FIRST)
-    return STAGES.index(stage), turn if stage == INTERLEAVED else 0, order
+    return STAGES.index(stage), order
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the collected tests by stage: the integration stage's modules round-robin (the n-th test of every
-    module before the n+1-th of any), the e2e stage's longest modules first, file order otherwise. Tests that
-    share an xdist group still run together: xdist hands a group out at its first test's place."""
-    seen: dict[str, int] = {}
-    turns = []
-    for item in items:
-        module = str(item.fspath)
-        turns.append(seen.get(module, 0))
-        seen[module] = turns[-1] + 1
-    ranks = {id(item): _rank(item, turn) for item, turn in zip(items, turns, strict=True)}
-    items.sort(key=lambda item: ranks[id(item)])
+    """Order the collected tests by stage, the e2e stage's longest modules first (stable otherwise)."""
+    items.sort(key=_rank)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -165,22 +165,5 @@ def test_the_e2e_stage_is_handed_out_longest_modules_first() -> None:
     assert [str(i.fspath.relative_to(REPO)) for i in items] == [
         "tests/unit/test_x.py", "tests/integration/test_y.py", "tests/e2e/test_readme_quickstart.py",
         "tests/e2e/test_resume_e2e.py", "tests/e2e/test_hostile_serve.py", "tests/e2e/test_dashboard.py"]
-
-
-def test_the_integration_stage_deals_its_modules_out_round_robin() -> None:
-    # GIVEN two integration modules of three and two tests, between a unit test and an e2e test, in file order
-    from types import SimpleNamespace
-
-    from tests import stages
-
-    config = SimpleNamespace(rootpath=REPO)
-    tests = [("unit/test_u.py", "u"), ("integration/test_a.py", "a1"), ("integration/test_a.py", "a2"),
-             ("integration/test_a.py", "a3"), ("integration/test_b.py", "b1"), ("integration/test_b.py", "b2"),
-             ("e2e/test_e.py", "e")]
-    items: Any = [SimpleNamespace(fspath=REPO / "tests" / p, config=config, name=n) for p, n in tests]
-    # WHEN they are ordered for the run
-    stages.pytest_collection_modifyitems(config, items)  # type: ignore[arg-type]
-    # THEN the integration tests alternate between the modules, each module's own in file order
-    assert [i.name for i in items] == ["u", "a1", "b1", "a2", "b2", "a3", "e"]
     # AND every listed module is one of tests/e2e (a renamed one would silently lose its place)
     assert {p.stem for p in (REPO / "tests" / "e2e").glob("test_*.py")} >= set(stages.LONGEST_FIRST)
