@@ -119,7 +119,7 @@ EOF
 fi
 
 # ---------------------------------------------------------------- the slide
-if (( SMALL )); then W=4096; H=3072; else W=61440; H=51200; fi
+if (( SMALL )); then W=2048; H=1536; else W=61440; H=51200; fi
 SLIDE="$WORK/slide-${W}x${H}.svs"
 TRUTH="$WORK/slide-${W}x${H}.json"
 GEN_S=0
