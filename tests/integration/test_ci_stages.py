@@ -156,14 +156,16 @@ def test_the_e2e_stage_is_handed_out_longest_modules_first() -> None:
     from tests import stages
 
     config = SimpleNamespace(rootpath=REPO)
-    paths = ["tests/e2e/test_hostile_serve.py", "tests/e2e/test_resume_e2e.py", "tests/unit/test_x.py",
-             "tests/e2e/test_readme_quickstart.py", "tests/integration/test_y.py", "tests/e2e/test_dashboard.py"]
+    paths = ["tests/e2e/test_local_stack.py", "tests/e2e/test_hostile_serve.py", "tests/e2e/test_resume_e2e.py",
+             "tests/unit/test_x.py", "tests/e2e/test_readme_quickstart.py", "tests/integration/test_y.py",
+             "tests/e2e/test_dashboard.py"]
     items: Any = [SimpleNamespace(fspath=REPO / p, config=config) for p in paths]
     # WHEN they are ordered for the run
     stages.pytest_collection_modifyitems(config, items)  # type: ignore[arg-type]
     # THEN stage by stage; in e2e the listed long modules first, in their order, then the rest in file order
     assert [str(i.fspath.relative_to(REPO)) for i in items] == [
         "tests/unit/test_x.py", "tests/integration/test_y.py", "tests/e2e/test_readme_quickstart.py",
-        "tests/e2e/test_resume_e2e.py", "tests/e2e/test_hostile_serve.py", "tests/e2e/test_dashboard.py"]
+        "tests/e2e/test_resume_e2e.py", "tests/e2e/test_dashboard.py", "tests/e2e/test_hostile_serve.py",
+        "tests/e2e/test_local_stack.py"]
     # AND every listed module is one of tests/e2e (a renamed one would silently lose its place)
     assert {p.stem for p in (REPO / "tests" / "e2e").glob("test_*.py")} >= set(stages.LONGEST_FIRST)
