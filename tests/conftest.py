@@ -26,6 +26,7 @@ from scanbridge.adapters.local.memory import (
 from scanbridge.bootstrap import Container, bootstrap
 from scanbridge.config import Settings
 from scanbridge.domain.results import JsonBody
+from scanbridge.heap import freeze_heap
 from scanbridge.ports import PlatformResponse
 
 # CI in stages (ordered; a failed stage skips the later ones, on every xdist worker): tests/stages.py
@@ -85,8 +86,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     Without xdist, this process also starts the layer's background build (`_prefetch_layer`)."""
     if not session.config.pluginmanager.hasplugin("dsession"):
         _prefetch_layer(session.config, [item.nodeid for item in session.items])
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
 
 
 _prefetch: list[threading.Thread | None] = []  # the layer's background build (tests/deploy/conftest.py), once
